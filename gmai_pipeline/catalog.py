@@ -1,0 +1,241 @@
+"""The source-dataset catalog: one YAML file per dataset, validated against a pydantic schema.
+
+The catalog is data (`assets/sources/*.yaml`, `assets/demo/*.yaml`); this module is the only
+place that knows its shape. Invalid files fail loudly with the file, the field and the problem,
+because a silently skipped dataset would change the training mix without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gmai_pipeline.settings import VOCABULARY_FILE, catalog_dirs
+
+TaskType = Literal["2d_cls", "2d_det", "2d_seg", "3d_seg"]
+SLUG = re.compile(r"^[a-z0-9_]+$")
+READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
+    "2d_cls": ("image_folder", "csv_labels", "dicom"),
+    "2d_det": ("coco", "voc", "yolo"),
+    "2d_seg": ("mask_pairs",),
+    "3d_seg": ("msd",),
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class CatalogError(ValueError):
+    """A catalog file is invalid; the message names the file, the field and the problem."""
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageFolderReader(_Options):
+    """`<class>/<image>` or `<split>/<class>/<image>` under `root`."""
+
+    kind: Literal["image_folder"]
+    root: str = ""
+    split_folders: bool | None = None  # None: detect train/val/test folders
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+
+
+class CsvLabelsReader(_Options):
+    """A CSV with an image column and a label column (`labels.csv` with `image,label`)."""
+
+    kind: Literal["csv_labels"]
+    csv: str = "labels.csv"
+    image_column: str = "image"
+    label_column: str = "label"
+    split_column: str | None = None
+    image_dir: str = ""
+
+
+class CocoReader(_Options):
+    """COCO detection JSON (`annotations.json`) with images relative to `image_dir`."""
+
+    kind: Literal["coco"]
+    annotations: str = "annotations.json"
+    image_dir: str = ""
+
+
+class VocReader(_Options):
+    """Pascal VOC: one XML per image."""
+
+    kind: Literal["voc"]
+    annotations_dir: str = "Annotations"
+    image_dir: str = "JPEGImages"
+
+
+class YoloReader(_Options):
+    """YOLO txt labels (class cx cy w h, normalised) beside `images/`, class names in `classes.txt`."""
+
+    kind: Literal["yolo"]
+    images_dir: str = "images"
+    labels_dir: str = "labels"
+    classes_file: str = "classes.txt"
+
+
+class MaskPairsReader(_Options):
+    """2D image + label-mask pairs: `images/x.png` with `masks/x<mask_suffix>.png`."""
+
+    kind: Literal["mask_pairs"]
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    mask_suffix: str = ""
+    mask_extension: str = ".png"
+    min_mask_fraction: float = Field(0.00153, ge=0, lt=1)
+    min_component_pixels: int = Field(16, ge=1)
+
+
+class MsdReader(_Options):
+    """Medical Segmentation Decathlon / nnU-Net: `dataset.json`, `imagesTr/`, `labelsTr/` (NIfTI, MHA, NRRD)."""
+
+    kind: Literal["msd"]
+    dataset_json: str = "dataset.json"
+    images_dir: str = "imagesTr"
+    labels_dir: str = "labelsTr"
+    axes: tuple[int, ...] = (0, 1, 2)
+    ct_window: tuple[float, float] | None = None  # (level, width); None: a wide window for CT
+    min_mask_fraction: float = Field(0.00153, ge=0, lt=1)
+    min_component_pixels: int = Field(16, ge=1)
+    slice_step: int = Field(1, ge=1)
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(a not in (0, 1, 2) for a in v) or len(set(v)) != len(v):
+            raise ValueError("axes must be distinct values from 0, 1, 2")
+        return v
+
+
+class DicomReader(_Options):
+    """DICOM files plus `labels.csv` (`file,label`)."""
+
+    kind: Literal["dicom"]
+    labels_csv: str = "labels.csv"
+    file_column: str = "file"
+    label_column: str = "label"
+    ct_window: tuple[float, float] | None = None
+
+
+ReaderSpec = Annotated[
+    ImageFolderReader | CsvLabelsReader | CocoReader | VocReader | YoloReader | MaskPairsReader | MsdReader | DicomReader,
+    Field(discriminator="kind"),
+]
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str = Field(min_length=1, description="where this entry's metadata came from")
+    notes: str = ""
+
+
+class SourceDataset(BaseModel):
+    """One public dataset: what it is, where it comes from, how to read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    title: str = Field(min_length=1)
+    url: str = ""
+    license: str = Field(min_length=1, description="'unknown' when not known; never invented")
+    modality: str
+    department: str
+    task_type: TaskType
+    clinical_task: str
+    reader: ReaderSpec
+    labels: dict[str, str] = Field(default_factory=dict)
+    splits: tuple[str, ...] = ("train",)
+    external_llm_allowed: bool = False
+    burned_in_text_allowed: bool = False
+    demo: bool = False
+    provenance: Provenance
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError(f"'{v}' is not a slug of [a-z0-9_]+")
+        return v
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, v: Any) -> Any:
+        return {str(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _against_vocabulary(self) -> SourceDataset:
+        vocab = load_vocabulary()
+        for field, allowed in (
+            ("modality", vocab["modalities"]),
+            ("department", vocab["departments"]),
+            ("clinical_task", vocab["clinical_tasks"]),
+        ):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} '{getattr(self, field)}' is not in assets/vocabulary.yaml ({', '.join(allowed)})")
+        if self.reader.kind not in READERS_FOR_TASK[self.task_type]:
+            raise ValueError(
+                f"reader kind '{self.reader.kind}' does not fit task_type '{self.task_type}' "
+                f"(use one of {', '.join(READERS_FOR_TASK[self.task_type])})"
+            )
+        return self
+
+    @property
+    def dim(self) -> str:
+        return "3d" if self.task_type == "3d_seg" else "2d"
+
+    @property
+    def task(self) -> str:
+        return self.task_type.split("_", 1)[1]
+
+
+@lru_cache(maxsize=1)
+def load_vocabulary() -> dict[str, Any]:
+    return yaml.safe_load(VOCABULARY_FILE.read_text())
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after")) or "(file)"
+        lines.append(f"{path}: field '{loc}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_source(path: Path) -> SourceDataset:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: field '(file)': expected a mapping of fields, got {type(data).__name__}")
+    try:
+        source = SourceDataset.model_validate(data)
+    except ValidationError as exc:
+        raise CatalogError(_format_error(path, exc)) from None
+    if source.name != path.stem:
+        raise CatalogError(f"{path}: field 'name': '{source.name}' must equal the file name '{path.stem}'")
+    return source
+
+
+def load_catalog(dirs: tuple[Path, ...] | None = None) -> list[SourceDataset]:
+    """All sources in `dirs` (default: `GMAI_CATALOG_DIR`, else the 219 sources and the demo), sorted by name."""
+    dirs = dirs if dirs is not None else catalog_dirs()
+    seen: dict[str, Path] = {}
+    sources = []
+    for d in dirs:
+        if not d.is_dir():
+            raise CatalogError(f"{d}: catalog folder does not exist")
+        for path in sorted(d.glob("*.yaml")):
+            source = load_source(path)
+            if source.name in seen:
+                raise CatalogError(f"{path}: field 'name': '{source.name}' is already defined in {seen[source.name]}")
+            seen[source.name] = path
+            sources.append(source)
+    return sorted(sources, key=lambda s: s.name)

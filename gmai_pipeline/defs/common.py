@@ -1,0 +1,40 @@
+"""Small helpers shared by the Dagster layers (never imported by domain code)."""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+import pandas as pd
+
+from gmai_pipeline.catalog import SourceDataset
+from gmai_pipeline.settings import get_settings
+from gmai_pipeline.storage import OutputLayout
+
+
+def layout() -> OutputLayout:
+    return OutputLayout(get_settings().output_root)
+
+
+def group_name(source: SourceDataset) -> str:
+    """Dagster group per modality (`sources_ct`, `sources_x_ray`...): the UI's left rail reads as the paper's mix."""
+    return "sources_" + re.sub(r"[^a-z0-9]+", "_", source.modality.lower()).strip("_")
+
+
+def md_table(df: pd.DataFrame, max_rows: int = 20) -> dg.MetadataValue:
+    return dg.MetadataValue.md(df.head(max_rows).to_markdown(index=False) if len(df) else "_(empty)_")
+
+
+def catalog_metadata(source: SourceDataset) -> dict[str, dg.RawMetadataValue]:
+    return {
+        "title": source.title,
+        "url": dg.MetadataValue.url(source.url) if source.url else "unknown",
+        "license": source.license,
+        "modality": source.modality,
+        "department": source.department,
+        "task_type": source.task_type,
+        "clinical_task": source.clinical_task,
+        "reader": source.reader.kind,
+        "external_llm_allowed": source.external_llm_allowed,
+        "provenance": source.provenance.source,
+    }

@@ -1,0 +1,149 @@
+"""Where everything lives under `$GMAI_OUTPUT_ROOT`, and atomic writes.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crash never leaves a half-written table or shard that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CHUNK = 1 << 20
+
+
+class OutputLayout:
+    """Paths of every table and folder the pipeline writes (DESIGN.md "Output layout")."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def manifest(self, dataset: str) -> Path:
+        return self.root / "manifests" / f"{dataset}.parquet"
+
+    def normalized(self, dataset: str) -> Path:
+        return self.root / "normalized" / f"{dataset}.parquet"
+
+    def quarantine(self, dataset: str) -> Path:
+        return self.root / "quarantine" / f"{dataset}.parquet"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def annotations(self) -> Path:
+        return self.root / "annotations.parquet"
+
+    @property
+    def benchmark_hashes(self) -> Path:
+        return self.root / "benchmark_hashes.parquet"
+
+    @property
+    def decontaminated(self) -> Path:
+        return self.root / "decontaminated.parquet"
+
+    @property
+    def decontamination_report(self) -> Path:
+        return self.root / "decontamination_report.parquet"
+
+    def generated(self, kind: str, partition: str) -> Path:
+        """kind: captions | vqa | translations."""
+        return self.root / "generated" / kind / f"{partition}.parquet"
+
+    def generation_quarantine(self, kind: str, partition: str) -> Path:
+        return self.root / "generated" / "quarantine" / kind / f"{partition}.parquet"
+
+    @property
+    def llm_cache(self) -> Path:
+        return self.root / "llm_cache"
+
+    @property
+    def release(self) -> Path:
+        return self.root / "release"
+
+    @property
+    def mixtures(self) -> Path:
+        return self.root / "release" / "mixtures"
+
+    @property
+    def training(self) -> Path:
+        return self.root / "training"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+
+def md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_parquet(path: Path, batches: Iterable[list[dict]], schema: pa.Schema) -> int:
+    """Stream lists of row dicts into one Parquet file atomically; returns the row count.
+
+    Always writes a file (possibly empty, with the schema) so downstream readers never guess.
+    """
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for batch in batches:
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                rows += len(batch)
+    return rows
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def batched(rows: Iterable[dict], size: int = 2048) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
