@@ -1,0 +1,46 @@
+"""Resource profiles: `resources/<profile>/<resource>.yaml`, chosen by `GMAI_PROFILE` (default `demo`).
+
+A profile is a folder so each resource (llm, gpu_cluster, storage...) keeps its own small file;
+`${VAR}` and `${VAR:-default}` in values are filled from the environment at load time, which is
+how secrets stay out of the repository and out of asset metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gmai_pipeline.settings import RESOURCES_DIR
+
+PROFILES = ("demo", "local", "slurm", "k8s")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def profile_name() -> str:
+    return os.environ.get("GMAI_PROFILE", "demo")
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def load_resource_config(resource: str, profile: str | None = None, root: Path = RESOURCES_DIR) -> dict[str, Any]:
+    """The `resource` section of a profile, with environment variables expanded; {} if the profile has none."""
+    profile = profile or profile_name()
+    folder = root / profile
+    if not folder.is_dir():
+        raise FileNotFoundError(f"resource profile '{profile}' not found: expected the folder {folder}")
+    path = folder / f"{resource}.yaml"
+    if not path.exists():
+        return {}
+    return _expand(yaml.safe_load(path.read_text()) or {})

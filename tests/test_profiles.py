@@ -1,0 +1,32 @@
+from pathlib import Path
+
+import pytest
+
+from gmai_pipeline.profiles import PROFILES, load_resource_config
+
+
+def test_variables_expand_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "llm.yaml").write_text("base_url: ${MY_URL:-http://localhost:8000/v1}\nkey_env: ${MY_KEY}\nn:\n  - ${N:-2}\n")
+    monkeypatch.delenv("MY_URL", raising=False)
+    monkeypatch.setenv("MY_KEY", "from-env")
+    cfg = load_resource_config("llm", "p", root=tmp_path)
+    assert cfg == {"base_url": "http://localhost:8000/v1", "key_env": "from-env", "n": ["2"]}
+    monkeypatch.setenv("MY_URL", "http://vllm:8000/v1")
+    assert load_resource_config("llm", "p", root=tmp_path)["base_url"] == "http://vllm:8000/v1"
+
+
+def test_missing_profile_names_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_resource_config("llm", "nope", root=tmp_path)
+
+
+def test_missing_resource_file_is_empty(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    assert load_resource_config("storage", "p", root=tmp_path) == {}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_shipped_profiles_exist_and_parse(profile: str) -> None:
+    for resource in ("llm", "gpu_cluster"):
+        assert isinstance(load_resource_config(resource, profile), dict)
