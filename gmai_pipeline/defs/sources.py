@@ -1,7 +1,5 @@
 """`source/<name>`: one asset per catalog entry; materializing it scans the raw folder into a manifest."""
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -28,7 +26,10 @@ def _description(source: SourceDataset) -> str:
 
 
 def build_source_asset(source: SourceDataset) -> dg.AssetsDefinition:
-    kinds = {"parquet", "dicom" if source.reader.kind == "dicom" else ("nifti" if source.dim == "3d" else "image")}
+    kinds = {
+        "parquet",
+        "dicom" if source.reader.kind == "dicom" else ("nifti" if source.dim == "3d" else "image"),
+    }
 
     @dg.asset(
         key=source_key(source.name),
@@ -41,11 +42,11 @@ def build_source_asset(source: SourceDataset) -> dg.AssetsDefinition:
     def _source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         settings = get_settings()
         folder = settings.raw_root / source.name
-        if source.demo and not folder.exists():
+        if source.demo:
+            # Cheap when the folder is complete; rebuilds it when the demo generator's version changed.
             from gmai_pipeline.demo import ensure_demo_source
 
             ensure_demo_source(source.name, settings.raw_root)
-            context.log.info(f"generated demo data for {source.name} in {folder}")
         if not folder.is_dir():
             raise MissingDataError(missing_data_message(source, folder))
         rows = scan(folder)
