@@ -45,7 +45,7 @@ QUARANTINE_SCHEMA = pa.schema(
 # generated/{captions,vqa,translations}/<partition>.parquet: one row per training record
 GENERATED_SCHEMA = pa.schema(
     [
-        ("id", pa.string()),  # unique record id: f"{sample_id}#{kind}" (+ "#zh" for translations)
+        ("id", pa.string()),  # unique: f"{sample_id}#{kind}" (+ "#x0_y0_x1_y1" for a box, + "#zh" if Chinese)
         ("sample_id", pa.string()),
         ("dataset", pa.string()),
         ("image", pa.string()),  # relative to the output root

@@ -1,0 +1,114 @@
+"""The Dagster layer of generation: partitioned assets over a run's partition range, metadata, the check."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow.parquet as pq
+from fake_openai import FakeOpenAI, sample_ids_in, write_fixture
+
+from gmai_pipeline.defs import generation
+from gmai_pipeline.defs.generation import TEMPLATE_NOTE, LLMResource
+from gmai_pipeline.jobs import ALL_SHARDS_TAGS
+from gmai_pipeline.partitions import SHARD_KEYS
+from gmai_pipeline.storage import OutputLayout
+
+
+def _fixture(root) -> list[dict]:
+    spec = []
+    for shard, prefix in (("000", "ds_a"), ("002", "ds_a"), ("005", "ds_b")):
+        for i, sid in enumerate(sample_ids_in(shard, 3, prefix)):
+            spec.append(
+                {
+                    "sample_id": sid,
+                    "dataset": prefix,
+                    "label": f"lesion{i}",
+                    "bbox": [1, 1, 9, 9] if i == 1 else None,
+                }
+            )
+    return write_fixture(root, spec)
+
+
+def _materialize(llm: LLMResource) -> dg.ExecuteInProcessResult:
+    assets = generation.build_defs([]).assets
+    with dg.DagsterInstance.ephemeral() as instance:
+        return dg.materialize(assets, resources={"llm": llm}, tags=ALL_SHARDS_TAGS, instance=instance)
+
+
+def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)][:1]
+    return event.step_materialization_data.materialization.metadata
+
+
+def test_assets_definition_shape():
+    defs = generation.build_defs([])
+    for a in defs.assets:
+        assert a.group_names_by_key[a.key] == "generation"
+        assert a.partitions_def.get_partition_keys() == SHARD_KEYS
+        assert a.backfill_policy == dg.BackfillPolicy.single_run()
+        assert a.op.pool == "llm"
+    keys = {a.key.to_user_string(): a for a in defs.assets}
+    assert set(keys) == {"captions", "vqa", "translations"}
+    assert {d.to_user_string() for d in keys["translations"].dependency_keys} == {"captions", "vqa"}
+    assert dg.AssetKey("decontaminated") in keys["captions"].dependency_keys
+
+
+def test_llm_resource_from_profiles_keeps_the_key_out(monkeypatch):
+    monkeypatch.delenv("GMAI_LLM_BACKEND", raising=False)
+    monkeypatch.delenv("GMAI_LLM_MODEL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-appear")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert LLMResource.from_profile("demo").backend == "template"
+    for profile in ("local", "slurm", "k8s"):
+        llm = LLMResource.from_profile(profile)
+        assert llm.backend in ("openai", "openai_batch") and llm.model.startswith("gpt-4o-")
+        assert llm.base_url == "http://127.0.0.1:8000/v1"
+        assert "sk-must-not-appear" not in repr(llm) and "sk-must-not-appear" not in str(llm.config())
+    monkeypatch.setenv("GMAI_LLM_BACKEND", "openai_batch")
+    monkeypatch.setenv("GMAI_LLM_MODEL", "gpt-4o-mini-2024-07-18")
+    llm = LLMResource.from_profile("local")
+    assert (llm.backend, llm.model) == ("openai_batch", "gpt-4o-mini-2024-07-18")
+
+
+def test_template_run_over_all_partitions(output_root):
+    rows = _fixture(output_root)
+    result = _materialize(LLMResource())
+    assert result.success
+    layout = OutputLayout(output_root)
+    captions = [r for k in SHARD_KEYS for r in pq.read_table(layout.generated("captions", k)).to_pylist()]
+    assert len(captions) == len(rows)
+    meta = _meta(result, "captions")
+    assert meta["generator"].value == TEMPLATE_NOTE and meta["backend"].value == "template"
+    assert meta["inputs"].value == len(rows) and meta["quarantined"].value == 0
+    assert meta["requests_sent"].value == 0 and meta["label_mention_rate"].value == 1.0
+    assert "samples" in meta and "estimated_cost_usd" in meta and "failures_by_reason" in meta
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 3 and all(c.passed for c in checks)
+    zh = _meta(result, "translations")
+    assert zh["generated"].value > 0 and zh["generated"].value == zh["inputs"].value
+
+
+def test_openai_materialization_twice_second_sends_nothing(output_root, monkeypatch):
+    _fixture(output_root)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-in-metadata")
+    with FakeOpenAI() as fake:
+        llm = LLMResource(
+            backend="openai", model="gpt-4o-mini-2024-07-18", base_url=fake.base_url, max_retries=2
+        )
+        first = _materialize(llm)
+        sent = fake.counts["chat"]
+        assert first.success and sent > 0
+        meta = _meta(first, "vqa")
+        assert (
+            meta["requests_sent"].value == 9
+            and meta["tokens_in"].value > 0
+            and meta["estimated_cost_usd"].value > 0
+        )
+        assert "sk-never-in-metadata" not in str(
+            {a: _meta(first, a) for a in ("captions", "vqa", "translations")}
+        )
+        second = _materialize(llm)
+        assert second.success and fake.counts["chat"] == sent
+        assert (
+            _meta(second, "captions")["cache_hits"].value == 9
+            and _meta(second, "captions")["requests_sent"].value == 0
+        )
