@@ -1,0 +1,355 @@
+"""Normalize one dataset: run its reader over the manifest, store images, write the two tables.
+
+`normalize_source` streams: the reader yields one event per input, rows go to Parquet in batches
+(`storage.write_parquet`) and quarantine rows to their own Parquet writer, so memory holds one
+image (or one volume) and one batch at a time, plus per-file bookkeeping (paths, MD5s).
+
+Accounting (DESIGN.md): inputs seen = inputs kept + inputs quarantined, per dataset. A refused
+manifest row (symlink, path escaping the folder) is an input quarantined `path_refused`; what else
+is an input is defined per reader (`gmai_pipeline/readers/__init__.py`). `verify_outputs` recounts
+both sides from the files written, which is what the asset check reports.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from gmai_pipeline.catalog import SourceDataset, load_vocabulary
+from gmai_pipeline.imaging import DEFAULT_MAX_SIDE, ImageStore, modality_slug
+from gmai_pipeline.readers import READERS
+from gmai_pipeline.readers.base import Deferred, Event, Kept, Quarantined, ReaderContext
+from gmai_pipeline.readers.dicom import unread_path
+from gmai_pipeline.schemas import NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
+from gmai_pipeline.storage import OutputLayout, atomic_path, write_parquet
+
+REASONS = (
+    "path_refused",
+    "missing_file",
+    "unreadable",
+    "truncated",
+    "unsupported_codec",
+    "unsupported_mask",
+    "shape_mismatch",
+    "empty_mask",
+    "box_outside_image",
+    "degenerate_box",
+    "missing_box",
+    "unknown_label",
+    "missing_label",
+    "no_annotation",
+    "unreferenced_file",
+    "duplicate_image",
+    "split_excluded",
+    "burned_in_text_risk",
+)
+PREVIEW_IMAGES = 6
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+WINDOW = 32  # images in flight at most
+PREVIEW_TILE = 256
+
+
+@dataclass
+class PreviewItem:
+    image: str
+    boxes: list[tuple[str, list[int] | None]]
+
+
+@dataclass
+class NormalizeReport:
+    dataset: str
+    inputs: int = 0
+    kept: int = 0
+    quarantined: int = 0
+    rows: int = 0
+    by_reason: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    counters: Counter = field(default_factory=Counter)
+    ignored: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    preview: list[PreviewItem] = field(default_factory=list)
+
+    def failure_message(self) -> str | None:
+        """Why the whole dataset is unusable, or None when at least one input was kept."""
+        if self.kept or not self.inputs:
+            return None
+        top = ", ".join(f"{r} ({n})" for r, n in self.by_reason.most_common(3))
+        return (
+            f"{self.dataset}: none of {self.inputs} inputs could be normalized; most common reasons: {top}. "
+            f"See quarantine/{self.dataset}.parquet for each file."
+        )
+
+
+def preview_path(layout: OutputLayout, dataset: str) -> Path:
+    return layout.root / "previews" / f"{dataset}.png"
+
+
+def _events(source: SourceDataset, ctx: ReaderContext, manifest_rows: Iterable[dict]) -> Iterator[Event]:
+    for r in manifest_rows:
+        if r.get("refused"):
+            shown = r["path"] if source.reader.kind != "dicom" else unread_path(r["path"], "refused")
+            yield Quarantined(
+                shown,
+                "manifest",
+                "path_refused",
+                f"{shown}: {r['refused'] if shown == r['path'] else 'refused by the source scan'}",
+            )
+    yield from READERS[source.reader.kind](ctx, source.reader)
+
+
+class _Reservoir:
+    """A fixed-size uniform sample of images for the preview (bounded memory, deterministic)."""
+
+    def __init__(self, k: int, seed: str):
+        self.k, self.seen, self.items = k, 0, []
+        self.rng = random.Random(seed)
+
+    def offer(self, rows: list[dict]) -> None:
+        by_image: dict[str, PreviewItem] = {}
+        for row in rows:
+            item = by_image.setdefault(row["image"], PreviewItem(row["image"], []))
+            item.boxes.append((row["label"], row["bbox"]))
+        for item in by_image.values():
+            self.seen += 1
+            if len(self.items) < self.k:
+                self.items.append(item)
+            else:
+                j = self.rng.randrange(self.seen)
+                if j < self.k:
+                    self.items[j] = item
+
+
+def normalize_source(
+    source: SourceDataset,
+    raw_folder: Path,
+    manifest_rows: list[dict],
+    output_root: Path,
+    *,
+    max_side: int = DEFAULT_MAX_SIDE,
+    batch_rows: int = 2048,
+    progress: Callable[[NormalizeReport], None] | None = None,
+    progress_every: float = 5.0,
+    workers: int = DEFAULT_WORKERS,
+) -> NormalizeReport:
+    """Run the source's reader; write normalized/<name>.parquet and quarantine/<name>.parquet.
+
+    With `workers` > 1, 2D images are read, validated, hashed and written on that many threads
+    (Pillow, hashlib and file I/O release the GIL) while the reader walks ahead; their events are
+    resolved strictly in reader order through a window of at most `WINDOW` images, so the output
+    is identical to a sequential run and memory stays bounded.
+    """
+    layout = OutputLayout(output_root)
+    files = {r["path"]: r["md5"] for r in manifest_rows if not r.get("refused")}
+    store = ImageStore(
+        layout.root, source.dim, source.task, modality_slug(source.modality), source.name, max_side, files
+    )
+    executor = (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normalize") if workers > 1 else None
+    )
+    ctx = ReaderContext(source=source, folder=Path(raw_folder), files=files, store=store, executor=executor)
+    report = NormalizeReport(source.name)
+    reservoir = _Reservoir(PREVIEW_IMAGES, source.name)
+    started = last = time.monotonic()
+
+    with (
+        atomic_path(layout.quarantine(source.name)) as qtmp,
+        pq.ParquetWriter(qtmp, QUARANTINE_SCHEMA) as qwriter,
+    ):
+        qbuf: list[dict] = []
+
+        def flush_quarantine() -> None:
+            if qbuf:
+                qwriter.write_table(pa.Table.from_pylist(qbuf, schema=QUARANTINE_SCHEMA))
+                qbuf.clear()
+
+        def resolved() -> Iterator[Kept | Quarantined]:
+            """Reader events in order, Deferred ones replaced by their results."""
+            window: deque = deque()
+            for event in _events(source, ctx, manifest_rows):
+                window.append(event)
+                while len(window) > WINDOW or (window and not isinstance(window[0], Deferred)):
+                    head = window.popleft()
+                    yield from head.finish(head.future.result()) if isinstance(head, Deferred) else (head,)
+            while window:
+                head = window.popleft()
+                yield from head.finish(head.future.result()) if isinstance(head, Deferred) else (head,)
+
+        def batches() -> Iterator[list[dict]]:
+            nonlocal last
+            buf: list[dict] = []
+            for event in resolved():
+                report.inputs += 1
+                if isinstance(event, Kept):
+                    report.kept += 1
+                    report.rows += len(event.rows)
+                    report.labels.update(r["label"] for r in event.rows)
+                    reservoir.offer(event.rows)
+                    buf.extend(event.rows)
+                    if len(buf) >= batch_rows:
+                        yield buf
+                        buf = []
+                else:
+                    report.quarantined += 1
+                    report.by_reason[event.reason] += 1
+                    qbuf.append(
+                        {
+                            "dataset": source.name,
+                            "source_path": event.source_path,
+                            "step": event.step,
+                            "reason": event.reason,
+                            "detail": event.detail,
+                        }
+                    )
+                    if len(qbuf) >= batch_rows:
+                        flush_quarantine()
+                now = time.monotonic()
+                if progress is not None and now - last >= progress_every:
+                    last = now
+                    report.seconds = now - started
+                    progress(report)
+            yield buf
+
+        try:
+            write_parquet(layout.normalized(source.name), batches(), NORMALIZED_SCHEMA)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        flush_quarantine()
+
+    report.counters.update(ctx.counters)
+    report.ignored = sorted(set(files) - ctx.claimed)
+    report.preview = reservoir.items
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# ---------------------------------------------------------------- checks on the written files
+
+
+@dataclass
+class CheckOutcome:
+    passed: bool
+    description: str
+    metadata: dict
+
+
+def _bbox_violations(batch: pa.RecordBatch, task: str) -> np.ndarray:
+    """Indices of rows whose bbox is outside its image (or present on a classification row, absent otherwise)."""
+    bbox = batch.column("bbox")
+    widths = batch.column("width").to_numpy(zero_copy_only=False)
+    heights = batch.column("height").to_numpy(zero_copy_only=False)
+    is_null = bbox.is_null().to_numpy(zero_copy_only=False)
+    filled = pc.fill_null(bbox, pa.scalar([0, 0, 0, 0], type=bbox.type))
+    x0, y0, x1, y1 = filled.flatten().to_numpy(zero_copy_only=False).reshape(-1, 4).T
+    inside = (x0 >= 0) & (x0 < x1) & (x1 <= widths) & (y0 >= 0) & (y0 < y1) & (y1 <= heights)
+    wrong = ~is_null if task == "cls" else is_null | ~inside  # classification rows carry no box
+    return np.flatnonzero(wrong)
+
+
+def verify_outputs(
+    output_root: Path, source: SourceDataset, report: NormalizeReport
+) -> dict[str, CheckOutcome]:
+    """Re-read what was written, batch by batch, and check it; the asset checks report these verbatim."""
+    layout = OutputLayout(output_root)
+    columns = ["sample_id", "source_path", "width", "height", "bbox", "label", "modality", "department"]
+    quarantined = pq.read_metadata(layout.quarantine(source.name)).num_rows
+    vocab = load_vocabulary()
+    bad_boxes, examples, empty, rows = 0, [], 0, 0
+    modalities: set = set()
+    departments: set = set()
+    seg_inputs: set[str] = set()
+    for batch in pq.ParquetFile(layout.normalized(source.name)).iter_batches(
+        batch_size=65536, columns=columns
+    ):
+        rows += batch.num_rows
+        idx = _bbox_violations(batch, source.task)
+        bad_boxes += len(idx)
+        sids = batch.column("sample_id")
+        examples.extend(str(sids[int(i)]) for i in idx[: max(0, 5 - len(examples))])
+        labels = pc.utf8_trim_whitespace(batch.column("label").fill_null(""))
+        empty += int(pc.sum(pc.equal(labels, "")).as_py() or 0)
+        modalities.update(pc.unique(batch.column("modality")).to_pylist())
+        departments.update(pc.unique(batch.column("department")).to_pylist())
+        if source.task == "seg":
+            seg_inputs.update(pc.unique(batch.column("source_path")).to_pylist())
+
+    bad_mod = sorted(modalities - set(vocab["modalities"]), key=str)
+    bad_dep = sorted(departments - set(vocab["departments"]), key=str)
+    # Recount kept inputs from the table: cls/det rows are one input each; seg inputs are files/cases.
+    kept = rows if source.task in ("cls", "det") else len(seg_inputs)
+    return {
+        "boxes_inside_image": CheckOutcome(
+            bad_boxes == 0,
+            "every bbox satisfies 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height (null exactly for classification)",
+            {"violations": bad_boxes, "examples": ", ".join(examples) or "none"},
+        ),
+        "labels_non_empty": CheckOutcome(
+            empty == 0, "every row has a non-empty label", {"empty_labels": empty}
+        ),
+        "modality_department_in_vocabulary": CheckOutcome(
+            not bad_mod and not bad_dep,
+            "modality and department of every row are in assets/vocabulary.yaml",
+            {
+                "unknown_modalities": ", ".join(map(str, bad_mod)) or "none",
+                "unknown_departments": ", ".join(map(str, bad_dep)) or "none",
+            },
+        ),
+        "inputs_accounted": CheckOutcome(
+            report.inputs == kept + quarantined,
+            "inputs seen = inputs kept (recounted from normalized/) + rows in quarantine/",
+            {"inputs": report.inputs, "kept_in_table": kept, "quarantined_in_table": quarantined},
+        ),
+    }
+
+
+# ---------------------------------------------------------------- preview montage
+
+
+def render_preview(
+    output_root: Path, items: list[PreviewItem], tile: int = PREVIEW_TILE
+) -> Image.Image | None:
+    """A montage of sample images with their boxes and labels drawn (a visual check for the UI)."""
+    if not items:
+        return None
+    cols = min(3, len(items))
+    rows = (len(items) + cols - 1) // cols
+    canvas = Image.new("RGB", (cols * tile, rows * tile), "black")
+    for i, item in enumerate(items):
+        with Image.open(Path(output_root) / item.image) as im:
+            im = im.convert("RGB")
+            scale = tile / max(im.size)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+        draw = ImageDraw.Draw(im)
+        for j, (label, box) in enumerate(item.boxes[:12]):
+            colour = ("#ff4040", "#40ff40", "#4080ff", "#ffd040", "#ff40ff", "#40ffff")[j % 6]
+            if box is not None:
+                draw.rectangle([round(v * scale) for v in box], outline=colour, width=2)
+                draw.text((round(box[0] * scale) + 2, round(box[1] * scale) + 1), label[:24], fill=colour)
+            else:
+                draw.text((4, 4 + 12 * j), label[:32], fill=colour)
+        canvas.paste(im, ((i % cols) * tile, (i // cols) * tile))
+    return canvas
+
+
+def preview_markdown(img: Image.Image, max_side: int = 480) -> str:
+    """A small JPEG as a data URL inside Markdown, so the Dagster UI shows it inline."""
+    import base64
+
+    thumb = img.copy()
+    thumb.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=80)
+    return f"![preview](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"

@@ -1,0 +1,36 @@
+"""Readers, one module per catalog `reader.kind`; each yields one event per input (see `base`).
+
+What counts as an input, per kind (the left side of inputs = kept + quarantined; every manifest
+row refused by the source scan is one more input, quarantined `path_refused`, before any reader):
+
+| kind | one input is |
+|---|---|
+| image_folder | an image file under `root` |
+| csv_labels | a CSV data row; an image under `image_dir` no row names |
+| coco | an `annotations` entry; an `images` entry without annotations; an unnamed image file |
+| voc | an `<object>`; an XML without objects or that cannot be parsed; an image no XML names |
+| yolo | a label line; an image without (or with an empty) label file; a label file without image |
+| mask_pairs | an image file (kept: one row per kept mask component) |
+| msd | a case (image + label volume; kept: rows for every kept component of every kept slice); a volume no case uses |
+| dicom | a label-CSV row; a DICOM file no row names |
+
+A missing or unparsable annotation file (CSV, COCO JSON, dataset.json) is one input too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from gmai_pipeline.readers import coco, csv_labels, dicom, image_folder, mask_pairs, msd, voc, yolo
+from gmai_pipeline.readers.base import Event, ReaderContext
+
+READERS: dict[str, Callable[[ReaderContext, object], Iterator[Event]]] = {
+    "image_folder": image_folder.read,
+    "csv_labels": csv_labels.read,
+    "coco": coco.read,
+    "voc": voc.read,
+    "yolo": yolo.read,
+    "mask_pairs": mask_pairs.read,
+    "msd": msd.read,
+    "dicom": dicom.read,
+}

@@ -1,0 +1,89 @@
+"""`coco`: COCO detection JSON with images relative to `image_dir`.
+
+Input = each entry of `annotations`, plus each entry of `images` that has no annotation
+(`no_annotation`), plus each image file under `image_dir` that no entry names (`unreferenced_file`).
+An annotation whose `image_id` is not in `images` is `missing_file`; one whose `category_id` is
+not in `categories` is `unknown_label`; one without a 4-number `bbox` is `missing_box`. Label
+candidates, in order: the category name, then its id (so a catalog map may key on either).
+A JSON that cannot be parsed is one input, quarantined `unreadable`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+
+from gmai_pipeline.catalog import CocoReader
+from gmai_pipeline.readers.base import (
+    Annotation,
+    Event,
+    Quarantined,
+    ReaderContext,
+    image_inputs,
+    join,
+    unreferenced,
+)
+
+
+def _box(ann: dict) -> tuple[float, float, float, float] | None:
+    b = ann.get("bbox")
+    if not isinstance(b, list | tuple) or len(b) != 4:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in b)
+    except (TypeError, ValueError):
+        return None
+    return x, y, x + w, y + h
+
+
+def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
+    ann_rel = opts.annotations
+    if ann_rel not in ctx.files:
+        yield Quarantined(ann_rel, "read", "missing_file", f"{ann_rel}: COCO annotation file not found")
+        yield from unreferenced(ctx, opts.image_dir)
+        return
+    ctx.claim(ann_rel)
+    try:
+        data = json.loads((ctx.folder / ann_rel).read_bytes())
+        images = {img["id"]: img for img in data.get("images", [])}
+        categories = {c["id"]: c for c in data.get("categories", [])}
+        annotations = data.get("annotations", [])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        yield Quarantined(
+            ann_rel, "read", "unreadable", f"{ann_rel}: not valid COCO JSON ({type(exc).__name__}: {exc})"
+        )
+        yield from unreferenced(ctx, opts.image_dir)
+        return
+    by_image: dict = defaultdict(list)
+    for i, ann in enumerate(annotations):
+        where = f"{ann_rel} annotation id {ann.get('id', f'#{i}')}"
+        image_id = ann.get("image_id")
+        if image_id not in images:
+            yield Quarantined(
+                ann_rel, "read", "missing_file", f"{where}: image_id {image_id!r} is not in 'images'"
+            )
+            continue
+        cat = categories.get(ann.get("category_id"))
+        if cat is None:
+            a = Annotation(
+                (),
+                where=where,
+                error=(
+                    "unknown_label",
+                    f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'",
+                ),
+            )
+        else:
+            box = _box(ann)
+            error = None if box is not None else ("missing_box", f"{where}: no [x, y, w, h] bbox")
+            a = Annotation(
+                (str(cat.get("name", "")), str(cat["id"])), box or (0, 0, 0, 0), where=where, error=error
+            )
+        by_image[image_id].append(a)
+    del annotations
+    for image_id, img in images.items():
+        ref = str(img.get("file_name", ""))
+        rel = join(opts.image_dir, ref)
+        yield from image_inputs(ctx, rel, ref, ctx.split_of(rel or ref), by_image.pop(image_id, []))
+    yield from unreferenced(ctx, opts.image_dir)

@@ -1,0 +1,348 @@
+"""`dicom`: DICOM files plus a label CSV (`labels.csv`: `file,label`); pixels only, never headers.
+
+Input = each data row of the label CSV, plus each DICOM-looking file (`.dcm`, `.dicom`, `.ima`
+or no extension; DICOMDIR, LICENSE, README and the like excepted) that no row names
+(`unreferenced_file`). Without the CSV, each such file is an
+input labelled by its parent folder (`missing_label` at the top level).
+
+Patient data rules:
+- Pixels are decoded with pydicom (modality LUT, middle frame of a multi-frame object, CT window
+  from the catalog or a wide default, else 0.5/99.5 percentile clipping, MONOCHROME1 inverted) and
+  written as a fresh PNG with no metadata. Header values are read only to decide (burned-in risk,
+  identifier-looking names) and are never written, logged or put in a quarantine detail; pydicom's
+  own warnings and log lines are silenced while reading because they can quote values.
+- Burned-in text: `BurnedInAnnotation` YES, or absent on ultrasound, secondary-capture, "other",
+  structured-report or dose-report objects -> `burned_in_text_risk`, unless the catalog sets
+  `burned_in_text_allowed`.
+- Identifier-looking names: a path component looks like an identifier when it contains a DICOM
+  UID-like token (`1.2.840...`), a run of 6+ digits (MRN, accession number, date), a date
+  `YYYY-MM-DD`/`YYYY_MM_DD`, a `^` (DICOM person name), or, case-insensitively, any identifying
+  header value of that file of 3+ characters (patient name parts, IDs, accession, institution,
+  physicians, dates, UIDs). If any component does, every such folder becomes `anon` and the file
+  becomes `<first 16 hex of the MD5 of the decoded pixels>.dcm`. Identifying values seen in earlier
+  headers of the dataset (the first 5,000) count too. A file whose header was never read (missing,
+  unreadable, unreferenced, refused, label rejected) always shows as `<harmless folders>/file-<first
+  16 hex of the file MD5>.dcm` (`missing-<CSV line>.dcm`, `refused.dcm`): its name cannot be
+  checked against its own header. The result is what `source_path`, `sample_id`, the stored
+  image name and quarantine details are built from.
+- Duplicates are judged on the decoded pixels (the same image re-exported with other headers).
+- Compressed transfer syntaxes without an installed decoder -> `unsupported_codec`; pixel data
+  shorter than the header says -> `truncated`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from gmai_pipeline.catalog import DicomReader
+from gmai_pipeline.imaging import ImageError, to_uint8
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
+from gmai_pipeline.storage import md5_bytes
+from gmai_pipeline.volumes import window_for
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+IDENTIFYING_TAGS = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthDate",
+    "PatientAddress",
+    "AccessionNumber",
+    "StudyID",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "StationName",
+    "DeviceSerialNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+)
+UID_LIKE = re.compile(r"\d+(?:\.\d+){3,}")
+LONG_DIGITS = re.compile(r"\d{6,}")
+DATE_LIKE = re.compile(r"(?:19|20)\d{2}[-_.]\d{2}[-_.]\d{2}")
+RISKY_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.7",  # secondary capture (all variants)
+    "1.2.840.10008.5.1.4.1.1.6.",  # ultrasound
+    "1.2.840.10008.5.1.4.1.1.3.1",  # ultrasound multi-frame
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, incl. X-ray/CT radiation dose SR
+)
+RISKY_MODALITIES = {"US", "SC", "OT", "SR", "DOC"}
+MAX_REMEMBERED_VALUES = 5000
+NOT_IMAGES = {"DICOMDIR", "LICENSE", "LICENCE", "README", "COPYING", "NOTICE", "AUTHORS", "CHANGELOG"}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """pydicom warnings and log records can quote header values: keep them out of every log."""
+    logger = logging.getLogger("pydicom")
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.CRITICAL + 1)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def header_values(ds) -> list[str]:
+    """Identifying values of one file, lower-cased, for name checks only (never stored)."""
+    out: list[str] = []
+    for tag in IDENTIFYING_TAGS:
+        value = ds.get(tag)
+        if value is None:
+            continue
+        items = value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
+        for item in items:
+            text = str(item)
+            out.extend(p for p in re.split(r"[\^=\s]+", text) if p)
+            out.append(text)
+    return sorted({v.lower() for v in out if len(v.strip()) >= 3}, key=len, reverse=True)
+
+
+def looks_like_identifier(component: str, values: list[str] = ()) -> bool:
+    low = component.lower()
+    return bool(
+        UID_LIKE.search(component)
+        or LONG_DIGITS.search(component)
+        or DATE_LIKE.search(component)
+        or "^" in component
+        or any(v in low for v in values)
+    )
+
+
+def safe_path(rel: str, values: list[str], token: str) -> str:
+    """`rel`, or its pseudonymous form when any component looks like an identifier (module docstring)."""
+    parts = rel.split("/")
+    stem = PurePosixPath(parts[-1]).stem
+    flags = [looks_like_identifier(p, values) for p in parts[:-1]] + [looks_like_identifier(stem, values)]
+    if not any(flags):
+        return rel
+    folders = ["anon" if f else p for p, f in zip(parts[:-1], flags[:-1], strict=True)]
+    return "/".join([*folders, f"{token}.dcm"])
+
+
+def burned_in_risk(ds) -> str | None:
+    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if flag == "YES":
+        return "BurnedInAnnotation says the pixels carry burned-in text"
+    if flag == "NO":
+        return None
+    modality = str(ds.get("Modality", "") or "").upper()
+    sop = str(ds.get("SOPClassUID", "") or "")
+    series = str(ds.get("SeriesDescription", "") or "").upper()
+    image_type = " ".join(str(t) for t in (ds.get("ImageType") or [])).upper()
+    if (
+        modality in RISKY_MODALITIES
+        or sop.startswith(RISKY_SOP_PREFIXES)
+        or "DOSE" in series
+        or "SCREEN" in image_type
+    ):
+        return "BurnedInAnnotation absent on an ultrasound / secondary-capture / other / report-type object"
+    return None
+
+
+def decode(ds, rel: str, slug: str, ct_window) -> tuple[np.ndarray, str]:
+    """(8-bit pixels ready to store, MD5 of the decoded pixel data); ImageError on failure."""
+    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels.decoders.base import get_decoder
+
+    if "PixelData" not in ds:
+        raise ImageError("unreadable", f"{rel}: no pixel data")
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and ts.is_compressed:
+        try:
+            available = get_decoder(ts).is_available
+        except (NotImplementedError, ValueError):
+            available = False
+        if not available:
+            raise ImageError(
+                "unsupported_codec", f"{rel}: compressed transfer syntax with no installed decoder"
+            )
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        msg = str(exc).lower()
+        reason = (
+            "truncated"
+            if any(k in msg for k in ("less than expected", "length", "truncat", "end of"))
+            else "unsupported_codec"
+        )
+        raise ImageError(reason, f"{rel}: pixel data cannot be decoded ({type(exc).__name__})") from None
+    pixel_md5 = md5_bytes(np.ascontiguousarray(arr).tobytes())
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        arr = arr[frames // 2]
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 1:
+        values = apply_modality_lut(arr, ds)
+        window = window_for(slug, ct_window)
+        img = to_uint8(values, *window) if window else to_uint8(np.asarray(values))
+        if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            img = 255 - img
+    else:
+        img = arr[..., :3] if arr.dtype == np.uint8 else to_uint8(arr[..., :3])
+    if img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
+        raise ImageError("unreadable", f"{rel}: unexpected pixel array shape")
+    return img, pixel_md5
+
+
+def unread_path(rel: str, token: str, values: list[str] = ()) -> str:
+    """Shown name of a file whose header was never read: harmless folders kept, the file name replaced."""
+    parts = rel.split("/")
+    folders = ["anon" if looks_like_identifier(p, values) else p for p in parts[:-1]]
+    return "/".join([*folders, f"{token}.dcm"])
+
+
+def _dicom_like(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    if name.upper() in NOT_IMAGES:
+        return False
+    return name.lower().endswith(DICOM_SUFFIXES) or "." not in name
+
+
+class _Names:
+    """Shown names for one dataset; identifying values seen in any header so far also flag later names."""
+
+    def __init__(self, ctx: ReaderContext):
+        self.ctx = ctx
+        self.seen: set[str] = set()
+
+    def unread(self, rel: str, token: str | None = None) -> str:
+        """A file whose header was not read: harmless folders kept, the file name always replaced."""
+        md5 = self.ctx.files.get(rel)
+        return unread_path(
+            rel, token or (f"file-{md5[:16]}" if md5 else "missing"), sorted(self.seen, key=len, reverse=True)
+        )
+
+    def read(self, rel: str, values: list[str], token: str) -> str:
+        if len(self.seen) < MAX_REMEMBERED_VALUES:  # bounded: memory and per-name cost stay flat
+            self.seen.update(values)
+        return safe_path(rel, sorted(self.seen.union(values), key=len, reverse=True), token)
+
+
+def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
+    names = _Names(ctx)
+    dicom_like = [p for p in ctx.under("") if _dicom_like(p)]
+    if opts.labels_csv in ctx.files:
+        yield from _csv_inputs(ctx, opts, names)
+    else:
+        for rel in dicom_like:
+            parts = rel.split("/")
+            if len(parts) < 2:
+                ctx.claim(rel)
+                shown = names.unread(rel)
+                yield Quarantined(
+                    shown, "annotate", "missing_label", f"{shown}: no label CSV and no class folder"
+                )
+                continue
+            yield _file(ctx, opts, names, rel, parts[-2], rel)
+    for rel in dicom_like:
+        if rel not in ctx.claimed:
+            ctx.claim(rel)
+            shown = names.unread(rel)
+            yield Quarantined(shown, "read", "unreferenced_file", f"{shown}: DICOM file has no label entry")
+
+
+def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterator[Event]:
+    csv_rel = opts.labels_csv
+    ctx.claim(csv_rel)
+    try:
+        with open(ctx.folder / csv_rel, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in (opts.file_column, opts.label_column) if c not in (reader.fieldnames or [])]
+            if missing:
+                yield Quarantined(
+                    csv_rel, "read", "unreadable", f"{csv_rel}: column(s) {missing} not in the header"
+                )
+                return
+            for line, record in enumerate(reader, start=2):
+                ref = (record.get(opts.file_column) or "").strip()
+                rel = join("", ref) if ref else None
+                where = f"{csv_rel} line {line}"
+                if rel is None:
+                    yield Quarantined(
+                        csv_rel, "read", "path_refused", f"{where}: empty or escaping file reference"
+                    )
+                    continue
+                yield _file(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        yield Quarantined(
+            csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({type(exc).__name__})"
+        )
+
+
+def _file(
+    ctx: ReaderContext, opts: DicomReader, names: _Names, rel: str, raw_label: str, where: str
+) -> Event:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if rel not in ctx.files:
+        shown = names.unread(rel, f"missing-{where.rsplit(' ', 1)[-1]}" if " line " in where else None)
+        return Quarantined(
+            shown, "read", "missing_file", f"{shown}: named by {where} but not in the dataset folder"
+        )
+    ctx.claim(rel)
+    label, reason = ctx.label([raw_label])
+    if label is None:
+        shown = names.unread(rel)
+        return Quarantined(
+            shown,
+            "annotate",
+            reason or "unknown_label",
+            f"{shown}: label in {where} is not in the catalog's labels",
+        )
+    split = ctx.split_of(rel)
+    if split not in ctx.source.splits:
+        shown = names.unread(rel)
+        return Quarantined(
+            shown, "read", "split_excluded", f"{shown}: split '{split}' not in the catalog's splits"
+        )
+    with _quiet():
+        try:
+            ds = pydicom.dcmread(ctx.folder / rel)
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+            shown = names.unread(rel)
+            return Quarantined(
+                shown, "read", "unreadable", f"{shown}: not a readable DICOM file ({type(exc).__name__})"
+            )
+        values = header_values(ds)
+        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
+        if not ctx.source.burned_in_text_allowed:
+            risk = burned_in_risk(ds)
+            if risk:
+                return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
+        try:
+            img, pixel_md5 = decode(ds, shown, ctx.slug, opts.ct_window)
+        except ImageError as err:
+            return Quarantined(shown, "read", err.reason, err.detail)
+        del ds
+    name = names.read(rel, [], pixel_md5[:16])
+    first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
+    if first is not None:
+        return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
+    target = str(PurePosixPath(name).with_suffix(".png"))
+    try:
+        stored = ctx.store.store_array(img, name, target)
+    except ImageError as err:
+        return Quarantined(name, "read", err.reason, err.detail)
+    return Kept([ctx.row(name, split, stored, label, None)])
