@@ -1,11 +1,316 @@
-"""Placeholder until this stage lands."""
+"""The three GMAI-VL training stages as assets, launched on a GPU cluster resource through Dagster Pipes.
 
-from __future__ import annotations
+gmai_vl_stage1 -> gmai_vl_stage2 -> gmai_vl_stage3, each after its mixture (stage{N}_mix). The training
+code (training_jobs/) runs outside this process and reports loss, lr, tokens/s, MFU, pack fill and
+checkpoint paths back as the materialization's metadata. Backends: `local` (a subprocess: python or
+torchrun; tests and the demo) and `slurm` (sbatch from training_jobs/launch/sbatch.template, polled,
+log streamed, scancel'd when the run is terminated; Pipes files on a shared filesystem). Kubernetes:
+dagster-k8s' PipesK8sClient runs the same command in a pod (resources/k8s/gpu_cluster.yaml); not wired here.
+Profiles: resources/<GMAI_PROFILE>/gpu_cluster.yaml.
+"""
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
+from gmai_pipeline import training_cluster as tc
 from gmai_pipeline.catalog import SourceDataset
+from gmai_pipeline.defs.common import layout
+from gmai_pipeline.profiles import load_resource_config
+from gmai_pipeline.settings import PROJECT_ROOT
+
+STAGES = (1, 2, 3)
+
+
+class GpuClusterResource(dg.ConfigurableResource):
+    """Where and how a training stage runs. Training knobs (max_length...) ride along as `train_options`."""
+
+    backend: str = Field(default="local", description="local | slurm (k8s: see module docstring)")
+    launcher: str = Field(default="python", description="local backend: python (one process) or torchrun")
+    nodes: int = 1
+    gpus_per_node: int = Field(default=0, description="0: CPU (gloo); torchrun starts max(1, this) processes")
+    cpus_per_task: int = 2
+    partition: str = ""
+    time_limit: str = "24:00:00"
+    setup: str = Field(default="", description="shell lines before launch on the node (module load, venv)")
+    container: str = Field(default="", description="launch prefix, e.g. 'apptainer exec --nv gmai.sif'")
+    shared_dir: str = Field(
+        default="", description="shared filesystem for Pipes files and logs (default: output)"
+    )
+    python: str = Field(default="", description="interpreter on the nodes (default: this one)")
+    workdir: str = Field(default="", description="repository root on the nodes (default: this checkout)")
+    base_model: str = Field(default="tiny", description="stage I's model: 'tiny' or a model folder")
+    poll_seconds: float = 2.0
+    retries: int = Field(
+        default=0, description=">0: retry a failed stage, always resuming from its last checkpoint"
+    )
+    max_length: int = 2048
+    micro_batch: int = 1
+    grad_accum: int = 1
+    max_samples: int = Field(default=0, description="train on the first N samples only (demo); 0: all")
+    save_steps: int = 0
+    trust_remote_code: bool = False
+    grad_checkpointing: bool = False
+    extra_args: list[str] = Field(default_factory=list, description="more training_jobs.train flags")
+
+    def train_options(self) -> dict:
+        keys = (
+            "max_length",
+            "micro_batch",
+            "grad_accum",
+            "max_samples",
+            "save_steps",
+            "trust_remote_code",
+            "grad_checkpointing",
+        )
+        return {k: getattr(self, k) for k in keys}
+
+    def _python(self) -> str:
+        return self.python or sys.executable
+
+    def run_stage(
+        self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path
+    ) -> dg.MaterializeResult:
+        if self.backend == "local":
+            return self._run_local(context, args)
+        if self.backend == "slurm":
+            return self._run_slurm(context, args, out_dir)
+        raise dg.Failure(f"gpu_cluster backend '{self.backend}' is not available here (local, slurm)")
+
+    def _env(self) -> dict[str, str]:
+        keep = ("GMAI_OUTPUT_ROOT", "GMAI_PEAK_FLOPS", "HF_HOME", "CUDA_VISIBLE_DEVICES")
+        env = {k: os.environ[k] for k in keep if k in os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [self.workdir or str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
+        )
+        env["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded at run time
+        return env
+
+    def _run_local(self, context: dg.AssetExecutionContext, args: list[str]) -> dg.MaterializeResult:
+        cmd = tc.launch_command(args, self.launcher, max(self.gpus_per_node, 1), self._python())
+        context.log.info("launching: " + " ".join(cmd))
+        client = dg.PipesSubprocessClient(cwd=self.workdir or str(PROJECT_ROOT))
+        # The client passes this process's environment on; a bare python launch is a world of one on a fresh
+        # port whatever torch.distributed variables are set here (torchrun sets its own for its workers).
+        single = (
+            {
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(_free_port()),
+            }
+            if self.launcher == "python"
+            else {}
+        )
+        return client.run(
+            context=context, command=cmd, env={**self._env(), **single}
+        ).get_materialize_result()
+
+    def _run_slurm(
+        self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path
+    ) -> dg.MaterializeResult:
+        tag = uuid.uuid4().hex[:6]
+        shared = Path(self.shared_dir or out_dir) / "slurm" / f"{context.run.run_id[:8]}-{tag}"
+        shared.mkdir(parents=True, exist_ok=True)
+        log_path = shared / "job.log"
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=dg.PipesFileContextInjector(str(shared / "context.json")),
+            message_reader=dg.PipesFileMessageReader(str(shared / "messages.jsonl")),
+        ) as session:
+            job = tc.SlurmJob(
+                job_name=f"gmai-{context.asset_key.to_user_string()}",
+                nodes=self.nodes,
+                gpus_per_node=self.gpus_per_node,
+                cpus_per_task=self.cpus_per_task,
+                time_limit=self.time_limit,
+                partition=self.partition,
+                log_path=log_path,
+                workdir=Path(self.workdir or PROJECT_ROOT),
+                setup=self.setup,
+                container=self.container,
+                python=self._python(),
+                env={**self._env(), **session.get_bootstrap_env_vars()},
+                train_args=args,
+                master_port=20000 + int(tag, 16) % 10000,  # concurrent jobs on one node must not collide
+            )
+            script = shared / "job.sbatch"
+            script.write_text(tc.render_sbatch(job))
+            job_id = tc.sbatch(script, env=_launch_environ())
+            context.log.info(f"submitted Slurm job {job_id}: {script}")
+            state = self._wait(context, job_id, log_path)
+        if state != "COMPLETED":
+            raise dg.Failure(
+                f"Slurm job {job_id} ended {state}; log {log_path}",
+                metadata={"log": dg.MetadataValue.path(str(log_path))},
+            )
+        results = session.get_results()
+        mat = next((r for r in results if isinstance(r, dg.MaterializeResult)), None)
+        if mat is None:
+            raise dg.Failure(f"Slurm job {job_id} completed but reported no metrics; log {log_path}")
+        return dg.MaterializeResult(
+            metadata={
+                **(mat.metadata or {}),
+                "slurm_job_id": job_id,
+                "slurm_log": dg.MetadataValue.path(str(log_path)),
+            }
+        )
+
+    def _wait(self, context: dg.AssetExecutionContext, job_id: str, log_path: Path) -> str:
+        """Poll until a terminal state, forwarding new log lines; scancel if the Dagster run is terminated."""
+        pos, state, unknown = 0, None, 0
+        try:
+            with dg.raise_execution_interrupts():
+                while True:
+                    pos = _forward_log(context, log_path, pos)
+                    state = tc.job_state(job_id)
+                    if state in tc.TERMINAL:
+                        break
+                    unknown = unknown + 1 if state is None else 0
+                    if unknown >= 5:  # no accounting and the controller forgot it: it ended
+                        state = "COMPLETED" if _pipes_closed(log_path.parent) else "UNKNOWN"
+                        break
+                    time.sleep(self.poll_seconds)
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+            context.log.warning(f"run terminated: cancelling Slurm job {job_id}")
+            tc.scancel(job_id)
+            raise
+        _forward_log(context, log_path, pos)
+        context.log.info(f"Slurm job {job_id}: {state}")
+        return state
+
+
+DIST_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_environ() -> dict[str, str]:
+    """This process's environment minus torch.distributed variables a previous in-process run may have left."""
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+
+
+def _forward_log(context: dg.AssetExecutionContext, path: Path, pos: int) -> int:
+    if not path.exists():
+        return pos
+    with open(path, encoding="utf-8", errors="replace") as f:
+        f.seek(pos)
+        for line in f.read().splitlines():
+            if line.strip() and "Writing model shards" not in line:
+                context.log.debug(line[:2000])
+        return f.tell()
+
+
+def _pipes_closed(folder: Path) -> bool:
+    path = folder / "messages.jsonl"
+    return path.exists() and any(
+        json.loads(line).get("method") == "closed" for line in path.read_text().splitlines() if line.strip()
+    )
+
+
+class StageConfig(dg.Config):
+    resume: bool = Field(default=False, description="continue from this stage's last checkpoint")
+    extra_args: list[str] = Field(
+        default_factory=list, description="training_jobs.train flags; later flags win"
+    )
+
+
+def _mixture(stage: int) -> tuple[Path, dict]:
+    folder = layout().mixtures
+    data, meta_path = folder / f"stage{stage}.jsonl", folder / f"stage{stage}.meta.json"
+    if not data.exists() or not meta_path.exists():
+        raise dg.Failure(f"stage{stage}_mix not materialized: expected {data} and {meta_path}")
+    return data, json.loads(meta_path.read_text())
+
+
+def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
+    deps: list = [dg.AssetKey(f"stage{stage}_mix")]
+    if stage > 1:
+        deps.append(dg.AssetKey(f"gmai_vl_stage{stage - 1}"))
+    what = {
+        1: "projector only, lr 1e-3, 1 epoch",
+        2: "projector + vision encoder, lr 1e-4, 1 epoch",
+        3: "everything, lr 1e-5, 2 epochs",
+    }[stage]
+
+    @dg.asset(
+        name=f"gmai_vl_stage{stage}",
+        deps=deps,
+        pool="gpu",
+        group_name="training",
+        kinds={"pytorch", "deepspeed"},
+        retry_policy=dg.RetryPolicy(max_retries=retries) if retries else None,
+        description=f"GMAI-VL stage {'I' * stage if stage < 3 else 'III'}: {what}. Outputs "
+        f"training/stage{stage}/export (hand-off) and checkpoints/ (resume).",
+    )
+    def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuClusterResource):
+        data, meta = _mixture(stage)
+        out = layout().training / f"stage{stage}"
+        # Resume only together with retries (a retry resumes) or when asked; a fresh run starts clean.
+        resume = config.resume or gpu_cluster.retries > 0
+        if not resume:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        init_from = None
+        if stage > 1:
+            init_from = layout().training / f"stage{stage - 1}" / "export"
+            if not (init_from / "llm").exists():
+                raise dg.Failure(f"stage {stage - 1} has no export at {init_from}")
+        args = tc.train_args(
+            stage,
+            data,
+            Path(meta["image_root"]),
+            out,
+            init_from,
+            gpu_cluster.base_model,
+            gpu_cluster.train_options(),
+            resume,
+        )
+        args += [*gpu_cluster.extra_args, *config.extra_args]
+        result = gpu_cluster.run_stage(context, args, out)
+        extra = {
+            "mixture_samples": meta.get("samples"),
+            "mixture_ids_sha256": meta.get("ids_sha256"),
+            "backend": gpu_cluster.backend,
+        }
+        return dg.MaterializeResult(
+            metadata={**(result.metadata or {}), **{k: v for k, v in extra.items() if v is not None}}
+        )
+
+    return _asset
+
+
+def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
+    """The profile's gpu_cluster.yaml; numbers that came through ${VAR:-default} strings become numbers."""
+    cfg = load_resource_config("gpu_cluster", profile)
+    for key, field in GpuClusterResource.model_fields.items():
+        if key in cfg and field.annotation in (int, float) and isinstance(cfg[key], str):
+            cfg[key] = field.annotation(cfg[key])
+    return GpuClusterResource(**cfg)
 
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
-    return dg.Definitions()
+    cluster = gpu_cluster_from_profile()
+    assets = [_stage_asset(n, cluster.retries) for n in STAGES]
+    # train_job (the three stages) is defined with the other jobs in gmai_pipeline/jobs.py.
+    return dg.Definitions(assets=assets, resources={"gpu_cluster": cluster})
