@@ -20,6 +20,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.sqlite.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster job execute -m gmai_pipeline -j demo_job
 	@$(PY) -m gmai_pipeline.summary
 
@@ -36,6 +37,7 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.sqlite.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -m gmai_pipeline -h 127.0.0.1 -p 3000
 
 bench: $(STAMP)

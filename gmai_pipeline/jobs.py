@@ -1,10 +1,28 @@
-"""Jobs: named selections over the asset graph.
+"""Jobs: named selections over the asset graph, the ones a user looks for in the UI and the CLI.
 
-`demo_job` runs the demo sources end to end in one run; it tags the run with the whole
-generation partition range so the partitioned assets process every shard in that run.
+- `demo_job`: the demo sources end to end in one run.
+- `demo_ingest_job`: the demo's per-dataset steps only (`source/*`, `normalized/*`): a quick check of an
+  instance or an executor (the Postgres and Celery tests run it).
+- `build_dataset_job`: sources through the dataset release (shards, stage mixes, report); no training.
+- `generate_job`: the partitioned generation assets (captions, VQA, translations); backfill its shards.
+- `train_job`: the three training stages.
+
+Unpartitioned jobs that include partitioned assets are tagged with the whole generation partition
+range, so one run processes every shard (assets read `context.partition_keys`).
+
+Selections are by key prefix, which matches the exact key and resolves to nothing (instead of
+failing definition loading) while a stage is not in the graph yet; tests/test_ops_schedules.py
+checks that each job holds the keys it is meant to once the graph is complete.
+
+The executor comes from `GMAI_EXECUTOR`: unset/`multiprocess` (Dagster's default: one process per
+step on this machine), `in_process`, `celery` (dagster-celery; broker and result backend from
+`GMAI_CELERY_BROKER_URL` / `GMAI_CELERY_BACKEND_URL`, workers started with `deploy/celery.yaml`) or
+`k8s` (dagster-k8s, one Kubernetes Job per step; `pip install dagster-k8s`).
 """
 
 from __future__ import annotations
+
+import os
 
 import dagster as dg
 
@@ -16,13 +34,74 @@ ALL_SHARDS_TAGS = {
     "dagster/asset_partition_range_end": SHARD_KEYS[-1],
 }
 
+GENERATION_KEYS = ("captions", "vqa", "translations")
+RELEASE_KEYS = ("instruction_shards", "stage1_mix", "stage2_mix", "stage3_mix", "dataset_report")
+TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "gmai_vl_stage3")
+EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
+
+
+def select(*names: str | list[str]) -> dg.AssetSelection:
+    """The assets with these keys (a key given as a string is one path component)."""
+    return dg.AssetSelection.key_prefixes(*[[n] if isinstance(n, str) else list(n) for n in names])
+
+
+def training_selection() -> dg.AssetSelection:
+    return select(*TRAINING_KEYS)
+
+
+def per_dataset_selection() -> dg.AssetSelection:
+    return dg.AssetSelection.key_prefixes(["source"], ["normalized"])
+
 
 def demo_selection(catalog: list[SourceDataset]) -> dg.AssetSelection:
+    """The demo sources, everything downstream, and the shared inputs that needs (e.g. `benchmark_hashes`),
+    but no other dataset's `source/*` or `normalized/*`."""
     demo_sources = dg.AssetSelection.assets(*[["source", s.name] for s in catalog if s.demo])
-    return demo_sources.downstream()
+    downstream = demo_sources.downstream()
+    return downstream | (downstream.upstream() - per_dataset_selection())
+
+
+def demo_ingest_selection(catalog: list[SourceDataset]) -> dg.AssetSelection:
+    demo = [s.name for s in catalog if s.demo]
+    return select(*[["source", n] for n in demo], *[["normalized", n] for n in demo])
+
+
+def build_dataset_selection() -> dg.AssetSelection:
+    return select(*RELEASE_KEYS).upstream() - training_selection()
+
+
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """The executor named by `GMAI_EXECUTOR` (None: the Definitions' default, multiprocess)."""
+    kind = os.environ.get("GMAI_EXECUTOR", "multiprocess").strip() or "multiprocess"
+    if kind not in EXECUTORS:
+        raise ValueError(f"GMAI_EXECUTOR={kind!r} is not one of {', '.join(EXECUTORS)}")
+    if kind == "multiprocess":
+        return None
+    if kind == "in_process":
+        return dg.in_process_executor
+    if kind == "celery":
+        from dagster_celery import celery_executor
+
+        # Read from the environment when the run starts: a broker URL may carry a password, and
+        # configured literals would show in the UI's run config.
+        return celery_executor.configured(
+            {
+                "broker": {"env": "GMAI_CELERY_BROKER_URL"},
+                "backend": {"env": "GMAI_CELERY_BACKEND_URL"},
+            },
+            name="celery",
+        )
+    try:
+        from dagster_k8s import k8s_job_executor
+    except ImportError as exc:  # pragma: no cover - depends on an optional package
+        raise ImportError(
+            "GMAI_EXECUTOR=k8s needs dagster-k8s: pip install 'dagster-k8s>=0.29,<0.30'"
+        ) from exc
+    return k8s_job_executor
 
 
 def build_jobs(catalog: list[SourceDataset]) -> list[dg.UnresolvedAssetJobDefinition]:
+    executor = executor_from_env()
     return [
         dg.define_asset_job(
             "demo_job",
@@ -30,5 +109,36 @@ def build_jobs(catalog: list[SourceDataset]) -> list[dg.UnresolvedAssetJobDefini
             description="The embedded demo end to end: sources -> normalized -> decontaminated -> generated -> "
             "translated -> shards -> three tiny training stages.",
             tags=ALL_SHARDS_TAGS,
+            executor_def=executor,
+        ),
+        dg.define_asset_job(
+            "demo_ingest_job",
+            selection=demo_ingest_selection(catalog),
+            description="The demo's per-dataset steps only (source/* and normalized/*): a quick check of an "
+            "instance or an executor.",
+            executor_def=executor,
+        ),
+        dg.define_asset_job(
+            "build_dataset_job",
+            selection=build_dataset_selection(),
+            description="Every catalogued source through the dataset release: manifests, normalized tables, "
+            "decontamination, captions/VQA/translations (all shards), instruction shards, stage mixes and the "
+            "dataset report. No training.",
+            tags=ALL_SHARDS_TAGS,
+            executor_def=executor,
+        ),
+        dg.define_asset_job(
+            "generate_job",
+            selection=select(*GENERATION_KEYS),
+            description="Captions, VQA and translations for one or more generation shards. Backfill it "
+            "(`dagster job backfill -m gmai_pipeline -j generate_job --all --noprompt`); cached responses make "
+            "finished shards free.",
+            executor_def=executor,
+        ),
+        dg.define_asset_job(
+            "train_job",
+            selection=training_selection(),
+            description="The three GMAI-VL training stages on the GPU cluster resource.",
+            executor_def=executor,
         ),
     ]

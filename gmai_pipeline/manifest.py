@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from gmai_pipeline.catalog import SourceDataset
+from gmai_pipeline.progress import Progress
 from gmai_pipeline.storage import md5_file
 
 MANIFEST_SCHEMA = pa.schema(
@@ -73,8 +74,11 @@ def walk_dataset(folder: Path) -> Iterator[tuple[str, Path] | Refused]:
             yield rel, p
 
 
-def scan(folder: Path) -> list[dict]:
-    """Manifest rows; refused paths are kept as rows (with `refused` set) so they reach quarantine."""
+def scan(folder: Path, progress: Progress | None = None) -> list[dict]:
+    """Manifest rows; refused paths are kept as rows (with `refused` set) so they reach quarantine.
+
+    `progress` (optional) counts each file, so hashing a large dataset logs its rate as it goes.
+    """
     rows: list[dict] = []
     for item in walk_dataset(folder):
         if isinstance(item, Refused):
@@ -82,6 +86,8 @@ def scan(folder: Path) -> list[dict]:
         else:
             rel, p = item
             rows.append({"path": rel, "size": p.stat().st_size, "md5": md5_file(p), "refused": None})
+        if progress is not None:
+            progress.update()
     return rows
 
 

@@ -7,7 +7,9 @@ from gmai_pipeline.profiles import PROFILES, load_resource_config
 
 def test_variables_expand_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "llm.yaml").write_text("base_url: ${MY_URL:-http://localhost:8000/v1}\nkey_env: ${MY_KEY}\nn:\n  - ${N:-2}\n")
+    (tmp_path / "p" / "llm.yaml").write_text(
+        "base_url: ${MY_URL:-http://localhost:8000/v1}\nkey_env: ${MY_KEY}\nn:\n  - ${N:-2}\n"
+    )
     monkeypatch.delenv("MY_URL", raising=False)
     monkeypatch.setenv("MY_KEY", "from-env")
     cfg = load_resource_config("llm", "p", root=tmp_path)

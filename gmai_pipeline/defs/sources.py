@@ -7,6 +7,7 @@ import pyarrow as pa
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import catalog_metadata, group_name, layout, md_table
 from gmai_pipeline.manifest import MANIFEST_SCHEMA, MissingDataError, fingerprint, missing_data_message, scan
+from gmai_pipeline.progress import Progress
 from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import write_table
 
@@ -49,7 +50,11 @@ def build_source_asset(source: SourceDataset) -> dg.AssetsDefinition:
             ensure_demo_source(source.name, settings.raw_root)
         if not folder.is_dir():
             raise MissingDataError(missing_data_message(source, folder))
-        rows = scan(folder)
+        progress = Progress(
+            context.log.info, total=None, label=f"source/{source.name}: hashing", unit="files"
+        )
+        rows = scan(folder, progress=progress)
+        progress.done()
         refused = [r for r in rows if r["refused"]]
         for r in refused:
             context.log.warning(f"{source.name}: {r['path']}: {r['refused']}")
