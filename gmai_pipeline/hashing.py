@@ -25,7 +25,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 from PIL import Image
 
 # Pillow refuses very large images by default (decompression-bomb guard); benchmark and training
@@ -146,6 +145,8 @@ def dhash(grey: Image.Image) -> int:
 
 
 def _phash_of_thumb(t: np.ndarray) -> int:
+    import scipy.fft  # first use only: keeps Dagster code loads fast
+
     low = scipy.fft.dct(scipy.fft.dct(t, axis=0), axis=1)[:8, :8]
     return to_int64(low > np.median(low))
 

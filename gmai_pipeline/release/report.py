@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
-from matplotlib.figure import Figure
 
 from gmai_pipeline.release.records import ReleaseRow
 from gmai_pipeline.storage import atomic_write_bytes, atomic_write_text
@@ -123,6 +122,8 @@ def decontamination_summary(path: Path) -> dict[str, Any]:
 def bar_chart(table: pd.DataFrame, title: str, path: Path) -> Path:
     """Horizontal bar chart of shares, written atomically as PNG (Agg canvas, no pyplot state)."""
     height = 1.2 + 0.35 * max(len(table), 1)
+    from matplotlib.figure import Figure  # imported on first chart: keeps Dagster code loads fast
+
     fig = Figure(figsize=(7, height), dpi=100)
     ax = fig.add_subplot()
     values = list(reversed(table["value"].tolist()))

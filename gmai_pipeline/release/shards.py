@@ -10,6 +10,7 @@ temporary name, fsynced, renamed, and only then added to the index; a crash leav
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -22,8 +23,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import webdataset as wds
 
 from gmai_pipeline.release.records import ReleaseRow, record_json
 from gmai_pipeline.storage import atomic_write_text
@@ -174,19 +173,25 @@ class _HashingSink:
             raise self.error
 
 
-class _TarWriter(wds.TarWriter):
+@functools.cache
+def _tar_writer_class() -> type:
     """webdataset's TarWriter on a seekless sink in plain (not stream) tar mode, copying members in one piece.
 
     Stream mode re-slices every member into 10 KiB records in Python; plain mode writes straight through.
+    Built on first use: importing webdataset imports torch, which would slow every Dagster code load.
     """
+    import webdataset as wds
 
-    def __init__(self, sink: _HashingSink):
-        super().__init__(sink, encoder=False, mtime=TAR_MTIME, compress=False)
-        self.tarstream.copybufsize = 1 << 30
+    class _TarWriter(wds.TarWriter):
+        def __init__(self, sink: _HashingSink):
+            super().__init__(sink, encoder=False, mtime=TAR_MTIME, compress=False)
+            self.tarstream.copybufsize = 1 << 30
 
-    @staticmethod
-    def tarmode(fileobj: Any, compress: bool | str | None = None) -> str:
-        return "w"
+        @staticmethod
+        def tarmode(fileobj: Any, compress: bool | str | None = None) -> str:
+            return "w"
+
+    return _TarWriter
 
 
 def iter_samples(rows: list[ReleaseRow]) -> Iterator[dict[str, Any]]:
@@ -205,7 +210,7 @@ def write_shard(path: Path, rows: list[ReleaseRow], fsync: bool = True) -> dict[
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sink = _HashingSink(fd)
     try:
-        with _TarWriter(sink) as writer:
+        with _tar_writer_class()(sink) as writer:
             for sample in iter_samples(rows):
                 writer.write(sample)
         sink.close()

@@ -9,15 +9,19 @@ not cached, so the next run tries it again. The API key is passed to the client,
 from __future__ import annotations
 
 import asyncio
-
-import openai
+from typing import TYPE_CHECKING
 
 from gmai_pipeline.generation.backends import Result, is_local_url
 from gmai_pipeline.generation.requests import Failure, GenRequest, completion_from_body
 
+if TYPE_CHECKING:  # the SDK is imported on first use: it costs ~0.5 s of every Dagster code load
+    import openai
+
 
 def failure_from_exception(exc: Exception) -> Failure:
     """Stable reason codes; the detail never carries headers or the key (SDK messages do not either)."""
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return Failure("timeout", "no response within the timeout, after the SDK's retries")
     if isinstance(exc, openai.RateLimitError):
@@ -54,6 +58,8 @@ class OpenAIOnline:
         return is_local_url(self.base_url)
 
     def client(self) -> openai.AsyncOpenAI:
+        import openai
+
         return openai.AsyncOpenAI(
             api_key=self._api_key,
             base_url=self.base_url,
