@@ -177,9 +177,11 @@ def _run(
     for key in context.partition_keys:
         try:
             if asset == "translations":
-                report = pipeline.translate_partition(key, out, cfg, backend, allowed)
+                report = pipeline.translate_partition(key, out, cfg, backend, allowed, log=context.log.info)
             else:
-                report = pipeline.generate_partition(asset, key, out, cfg, backend, allowed)
+                report = pipeline.generate_partition(
+                    asset, key, out, cfg, backend, allowed, log=context.log.info
+                )
         except BatchPending as exc:  # submit every partition's batches before giving up on this run
             context.log.info(str(exc))
             pending.append(key)

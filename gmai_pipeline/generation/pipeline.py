@@ -34,6 +34,7 @@ from gmai_pipeline.generation.cache import ResponseCache
 from gmai_pipeline.generation.cost import estimate_usd
 from gmai_pipeline.generation.requests import Completion, Failure, GenRequest, ImageRef
 from gmai_pipeline.generation.translate import DEFAULT_FRACTION, selected
+from gmai_pipeline.progress import Progress
 from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path
 
@@ -386,8 +387,10 @@ def _run_partition(
     finish: Callable[[Item, Completion, validate.Checked], dict[str, Any]],
     step: str,
     max_samples: int = 3,
+    log: Callable[[str], None] | None = None,
 ) -> Report:
     report = Report(partition, asset, backend.name, backend.model)
+    progress = Progress(log or (lambda _: None), None, f"{asset} {partition}", unit="samples")
     runner = Runner(backend, ResponseCache(layout.llm_cache), report)
     seen: set[str] = set()
     pending = 0
@@ -432,6 +435,8 @@ def _run_partition(
             report.by_kind.update(r["kind"] for r in records)
             report.label_mentioned += sum(bool(r["label_mentioned"]) for r in records)
             report.samples += records[: max(0, max_samples - len(report.samples))]
+            progress.update(len(chunk))
+        progress.done()
         if pending:  # raising here discards both half-written tables (atomic paths)
             raise BatchPending(
                 f"{asset} {partition}: {pending} chunk(s) wait on batches; re-run to collect them"
@@ -446,6 +451,7 @@ def generate_partition(
     cfg: LLMConfig,
     backend: Backend,
     allowed: dict[str, bool],
+    log: Callable[[str], None] | None = None,
 ) -> Report:
     """`captions` (caption / region_caption by bbox) or `vqa` for one shard of `decontaminated`."""
     if asset not in GROUPS:
@@ -483,6 +489,7 @@ def generate_partition(
         prepare,
         finish,
         f"generate_{asset}",
+        log=log,
     )
 
 
@@ -503,7 +510,12 @@ def translation_inputs(layout: OutputLayout, partition: str, fraction: float) ->
 
 
 def translate_partition(
-    partition: str, layout: OutputLayout, cfg: LLMConfig, backend: Backend, allowed: dict[str, bool]
+    partition: str,
+    layout: OutputLayout,
+    cfg: LLMConfig,
+    backend: Backend,
+    allowed: dict[str, bool],
+    log: Callable[[str], None] | None = None,
 ) -> Report:
     """Chinese versions of a deterministic ~`translate_fraction` of this partition's English records."""
     generator = f"{backend.name}:{backend.model}"
@@ -530,7 +542,7 @@ def translate_partition(
 
     rows = translation_inputs(layout, partition, cfg.translate_fraction)
     return _run_partition(
-        "translations", partition, layout, cfg, backend, allowed, rows, prepare, finish, "translate"
+        "translations", partition, layout, cfg, backend, allowed, rows, prepare, finish, "translate", log=log
     )
 
 
