@@ -24,13 +24,14 @@ demo: $(STAMP)
 	$(VENV)/bin/dagster job execute -m gmai_pipeline -j demo_job
 	@$(PY) -m gmai_pipeline.summary
 
+# Tests make their own instances and output roots: never the demo's DAGSTER_HOME.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/dagster definitions validate -m gmai_pipeline
-	$(VENV)/bin/pytest -q -n 2 --durations=15
+	env -u DAGSTER_HOME $(VENV)/bin/dagster definitions validate -m gmai_pipeline
+	env -u DAGSTER_HOME $(VENV)/bin/pytest -q -n 2 --durations=20
 
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -n 2 -m "not slow and not services"
+	env -u DAGSTER_HOME $(VENV)/bin/pytest -q -n 2 -m "not slow and not services"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
