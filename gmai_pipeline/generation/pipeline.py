@@ -36,7 +36,7 @@ from gmai_pipeline.generation.requests import Completion, Failure, GenRequest, I
 from gmai_pipeline.generation.translate import DEFAULT_FRACTION, selected
 from gmai_pipeline.progress import Progress
 from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
-from gmai_pipeline.storage import OutputLayout, atomic_path
+from gmai_pipeline.storage import OutputLayout, atomic_path, batched
 
 BACKENDS = ("template", "openai", "openai_batch")
 GROUPS = {"captions": ("caption", "region_caption"), "vqa": ("vqa",)}
@@ -359,17 +359,6 @@ class _Writers:
             self.quar.write_table(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA))
 
 
-def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _held_back(row: dict[str, Any], backend: Backend, allowed: dict[str, bool]) -> bool:
     """A source may go to a non-local endpoint only if its catalog entry sets external_llm_allowed."""
     return not backend.is_local and not allowed.get(row["dataset"], False)
@@ -398,7 +387,7 @@ def _run_partition(
         writers = _Writers(
             stack, layout.generated(asset, partition), layout.generation_quarantine(asset, partition)
         )
-        for chunk in _chunks(rows, cfg.chunk_size):
+        for chunk in batched(rows, cfg.chunk_size):
             items: list[Item] = []
             bad: list[dict[str, Any]] = []
             for row in chunk:

@@ -141,6 +141,20 @@ class ReaderContext:
                 return SPLIT_ALIASES[part.lower()]
         return self.source.splits[0]
 
+    def exclusion(self, rel: str, split: str | None = None) -> tuple[str, str, str] | None:
+        """(step, reason, detail) when `rel` must not become rows: a split the catalog leaves out, or a byte duplicate."""
+        split = split if split is not None else self.split_of(rel)
+        if split not in self.source.splits:
+            return (
+                "read",
+                "split_excluded",
+                f"{rel}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
+            )
+        first = self.duplicate_of(rel)
+        if first is not None:
+            return "dedup", "duplicate_image", f"{rel}: same bytes (MD5) as {first}"
+        return None
+
     def row(
         self,
         source_path: str,
@@ -237,20 +251,9 @@ def image_inputs(
     if not annotations:
         yield Quarantined(rel, "annotate", "no_annotation", f"{rel}: image has no annotation")
         return
-    if split not in ctx.source.splits:
-        yield from quarantine_all(
-            annotations,
-            rel,
-            "read",
-            "split_excluded",
-            f"{rel}: split '{split}' not in the catalog's splits {list(ctx.source.splits)}",
-        )
-        return
-    first = ctx.duplicate_of(rel)
-    if first is not None:
-        yield from quarantine_all(
-            annotations, rel, "dedup", "duplicate_image", f"{rel}: same bytes (MD5) as {first}"
-        )
+    excluded = ctx.exclusion(rel, split)
+    if excluded is not None:
+        yield from quarantine_all(annotations, rel, *excluded)
         return
     pending: list[tuple[Annotation, str]] = []
     for ann in annotations:

@@ -64,13 +64,9 @@ def _pair(ctx: ReaderContext, opts: MaskPairsReader, rel: str, mask_rel: str) ->
         return Quarantined(rel, "read", "missing_file", f"{rel}: mask {mask_rel} not found")
     ctx.claim(mask_rel)
     split = ctx.split_of(rel)
-    if split not in ctx.source.splits:
-        return Quarantined(
-            rel, "read", "split_excluded", f"{rel}: split '{split}' not in the catalog's splits"
-        )
-    first = ctx.duplicate_of(rel)
-    if first is not None:
-        return Quarantined(rel, "dedup", "duplicate_image", f"{rel}: same bytes (MD5) as {first}")
+    excluded = ctx.exclusion(rel, split)
+    if excluded is not None:
+        return Quarantined(rel, *excluded)
     try:
         mask = load_mask(ctx.folder / mask_rel, mask_rel)
         data = (ctx.folder / rel).read_bytes()

@@ -105,13 +105,9 @@ def _case(ctx, opts: MsdReader, rel, ref, label_rel, names, window) -> Event:
         return Quarantined(rel, "read", "missing_file", f"{rel}: label volume {label_rel} not found")
     ctx.claim(label_rel)
     split = ctx.split_of(rel)
-    if split not in ctx.source.splits:
-        return Quarantined(
-            rel, "read", "split_excluded", f"{rel}: split '{split}' not in the catalog's splits"
-        )
-    first = ctx.duplicate_of(rel)
-    if first is not None:
-        return Quarantined(rel, "dedup", "duplicate_image", f"{rel}: same bytes (MD5) as {first}")
+    excluded = ctx.exclusion(rel, split)
+    if excluded is not None:
+        return Quarantined(rel, *excluded)
     try:
         labels = read_volume(ctx.folder / label_rel, label_rel, is_label=True)
         values = (
