@@ -2,7 +2,8 @@
 
 Each runs on a free loopback port in a temporary folder, is started by the test and stopped by
 it (its own process group, signalled by id). Debian's packages provide the servers (`.ci/run`
-installs postgresql, redis-server and chromium); a missing binary skips the test with the reason.
+installs postgresql, redis-server and chromium); a missing binary skips the test with the reason on a
+developer machine, and fails it under CI, where a skip would hide a broken install step.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 DEPLOY = REPO / "deploy"
+
+
+def missing_service(reason: str) -> None:
+    """Skip on a developer machine; fail under CI (`CI` set), where the service must be installed."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI installs it in .ci/run)")
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -104,7 +112,7 @@ def _pg_bin(name: str) -> str:
         return found[0]
     path = shutil.which(name)
     if not path:
-        pytest.skip(f"PostgreSQL's {name} not found (apt-get install postgresql)")
+        missing_service(f"PostgreSQL's {name} not found (apt-get install postgresql)")
     return path
 
 
@@ -147,7 +155,7 @@ def postgres_server() -> Iterator[Postgres]:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to own the cluster")
+            missing_service("running as root and there is no 'postgres' user to own the cluster")
         os.chown(base, owner.pw_uid, owner.pw_gid)
         run_as = "postgres"
     data, log = base / "data", base / "postgres.log"
@@ -199,7 +207,7 @@ def redis_server(tmp: Path) -> Iterator[str]:
     """redis-server on a free loopback port, no persistence; yields its base URL (`redis://127.0.0.1:PORT`)."""
     binary = shutil.which("redis-server")
     if not binary:
-        pytest.skip("redis-server not found (apt-get install redis-server)")
+        missing_service("redis-server not found (apt-get install redis-server)")
     port = free_port()
     log = tmp / "redis.log"
     proc = spawn(

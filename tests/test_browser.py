@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from services import REPO, dagster_dev, install_dagster_yaml, service_env
+from services import REPO, dagster_dev, install_dagster_yaml, missing_service, service_env
 
 from gmai_pipeline.catalog import load_catalog
 
@@ -77,9 +77,8 @@ def _run_status(page) -> str | None:
 
 
 def test_web_ui_tour(tmp_path: Path) -> None:
-    pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
-        pytest.skip("chromium not installed (apt-get install chromium)")
+        missing_service("chromium not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

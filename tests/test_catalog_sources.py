@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import sys
 from collections import Counter
 
@@ -26,7 +27,10 @@ def _script():
 
 
 curate = _script()
-needs_csv = pytest.mark.skipif(not curate.DEFAULT_CSV.is_file(), reason=f"{curate.DEFAULT_CSV} not present")
+# The reference CSV lives in ../shared beside the checkout; CI always has it, so there it never skips.
+needs_csv = pytest.mark.skipif(
+    not curate.DEFAULT_CSV.is_file() and not os.environ.get("CI"), reason=f"{curate.DEFAULT_CSV} not present"
+)
 FILES = sorted(SOURCES_DIR.glob("*.yaml"))
 
 

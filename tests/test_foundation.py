@@ -243,8 +243,7 @@ def test_missing_data_error_says_where_and_from_where(
 
 def test_missing_data_for_a_real_catalog_source(output_root: Path, tmp_path: Path, monkeypatch) -> None:
     real = [s for s in load_catalog() if not s.demo]
-    if not real:
-        pytest.skip("no non-demo sources in assets/sources yet")
+    assert real, "the catalog has no non-demo sources"
     monkeypatch.setenv("GMAI_RAW_ROOT", str(tmp_path))
     source = real[0]
     with pytest.raises(MissingDataError, match=source.name) as err:
