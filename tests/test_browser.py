@@ -173,7 +173,10 @@ def test_web_ui_tour(tmp_path: Path) -> None:
                 assert img.first.evaluate("i => i.complete && i.naturalWidth") > 100, name
                 _shot(page, f"07-{name}")
                 if dialog:
-                    page.get_by_role("button", name="Close").click()
+                    # The closing animation can leave the previous dialog in the DOM for a moment: close the
+                    # newest one and wait until no chart dialog is left before opening the next.
+                    page.get_by_role("button", name="Close").last.click()
+                    page.locator("[role=dialog] img[src^='data:image/png']").first.wait_for(state="detached")
             browser.close()
     finally:
         if log.exists():
