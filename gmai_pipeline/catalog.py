@@ -129,7 +129,14 @@ class DicomReader(_Options):
 
 
 ReaderSpec = Annotated[
-    ImageFolderReader | CsvLabelsReader | CocoReader | VocReader | YoloReader | MaskPairsReader | MsdReader | DicomReader,
+    ImageFolderReader
+    | CsvLabelsReader
+    | CocoReader
+    | VocReader
+    | YoloReader
+    | MaskPairsReader
+    | MsdReader
+    | DicomReader,
     Field(discriminator="kind"),
 ]
 
@@ -182,7 +189,9 @@ class SourceDataset(BaseModel):
             ("clinical_task", vocab["clinical_tasks"]),
         ):
             if getattr(self, field) not in allowed:
-                raise ValueError(f"{field} '{getattr(self, field)}' is not in assets/vocabulary.yaml ({', '.join(allowed)})")
+                raise ValueError(
+                    f"{field} '{getattr(self, field)}' is not in assets/vocabulary.yaml ({', '.join(allowed)})"
+                )
         if self.reader.kind not in READERS_FOR_TASK[self.task_type]:
             raise ValueError(
                 f"reader kind '{self.reader.kind}' does not fit task_type '{self.task_type}' "
@@ -192,11 +201,21 @@ class SourceDataset(BaseModel):
 
     @property
     def dim(self) -> str:
-        return "3d" if self.task_type == "3d_seg" else "2d"
+        return dim_of(self.task_type)
 
     @property
     def task(self) -> str:
-        return self.task_type.split("_", 1)[1]
+        return task_of(self.task_type)
+
+
+def dim_of(task_type: str) -> str:
+    """`2d` or `3d`: the first part of image paths and sample ids (GMAI-VL-5.5M's convention)."""
+    return "3d" if task_type == "3d_seg" else "2d"
+
+
+def task_of(task_type: str) -> str:
+    """`cls`, `det` or `seg`: the second part of image paths and sample ids."""
+    return task_type.split("_", 1)[1]
 
 
 @lru_cache(maxsize=1)
@@ -239,7 +258,9 @@ def load_catalog(dirs: tuple[Path, ...] | None = None) -> list[SourceDataset]:
         for path in sorted(d.glob("*.yaml")):
             source = load_source(path)
             if source.name in seen:
-                raise CatalogError(f"{path}: field 'name': '{source.name}' is already defined in {seen[source.name]}")
+                raise CatalogError(
+                    f"{path}: field 'name': '{source.name}' is already defined in {seen[source.name]}"
+                )
             seen[source.name] = path
             sources.append(source)
     return sorted(sources, key=lambda s: s.name)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gmai_pipeline.catalog import dim_of, task_of
 from gmai_pipeline.partitions import SHARD_KEYS, shard_of
 from gmai_pipeline.release.records import generated_table
 from gmai_pipeline.storage import OutputLayout, md5_bytes, write_table
@@ -33,11 +34,11 @@ class SynthSource:
 
     @property
     def dim(self) -> str:
-        return "3d" if self.task_type == "3d_seg" else "2d"
+        return dim_of(self.task_type)
 
     @property
     def task(self) -> str:
-        return self.task_type.split("_", 1)[1]
+        return task_of(self.task_type)
 
 
 SOURCES = (
