@@ -163,9 +163,12 @@ def load_records(layout: OutputLayout, partitions: Iterable[str] = SHARD_KEYS) -
     return out
 
 
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))  # built once, not per call
+
+
 def record_json(record: dict[str, Any]) -> bytes:
     """Canonical bytes of a record: the same record always gives the same bytes (shard hashes stay stable)."""
-    return json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _CANONICAL.encode(record).encode("utf-8")
 
 
 def generated_table(rows: list[dict[str, Any]]) -> pa.Table:
