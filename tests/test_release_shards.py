@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import io
 import json
+import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import webdataset as wds
 
@@ -12,7 +19,14 @@ from gmai_pipeline.release import shards as shards_mod
 from gmai_pipeline.release.annotations import SUBSETS, write_annotations
 from gmai_pipeline.release.loader import LlavaJsonl
 from gmai_pipeline.release.records import load_records
-from gmai_pipeline.release.shards import read_index, sample_key, sha256_file, verify_shards, write_shards
+from gmai_pipeline.release.shards import (
+    TarShardWriter,
+    read_index,
+    sample_key,
+    sha256_file,
+    verify_shards,
+    write_shards,
+)
 from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.storage import OutputLayout
 
@@ -104,17 +118,17 @@ def test_crash_mid_shard_then_rerun(
     assert len(plans) >= 3
     assert plans[1].samples >= 2
     crash_after = plans[0].samples + plans[1].samples // 2  # the crash comes inside the second shard
-    real_write = wds.TarWriter.write
+    real_write = TarShardWriter.write_sample
     calls = {"n": 0}
 
-    def failing_write(self, obj):
+    def failing_write(self, key, members):
         calls["n"] += 1
         if calls["n"] > crash_after:
             raise OSError("simulated crash")
-        return real_write(self, obj)
+        return real_write(self, key, members)
 
     shard_dir = layout.release / "shards"
-    monkeypatch.setattr(wds.TarWriter, "write", failing_write)
+    monkeypatch.setattr(TarShardWriter, "write_sample", failing_write)
     with pytest.raises(OSError, match="simulated crash"):
         write_shards(rows, shard_dir, TARGET, workers=1)
     # No partial shard visible: every .tar is complete and indexed, no temporary left behind.
@@ -123,7 +137,7 @@ def test_crash_mid_shard_then_rerun(
     assert verify_shards(shard_dir) == []
     assert list(shard_dir.glob(".*")) == []
 
-    monkeypatch.setattr(wds.TarWriter, "write", real_write)
+    monkeypatch.setattr(TarShardWriter, "write_sample", real_write)
     result = write_shards(rows, shard_dir, TARGET)
     assert (result.kept, result.written) == (1, len(plans) - 1)
     back = read_back(shard_dir)
@@ -210,23 +224,136 @@ def test_crash_with_parallel_writers_leaves_only_indexed_shards(
 ) -> None:
     layout = OutputLayout(output_root)
     rows = load_records(layout).rows
-    real_write = wds.TarWriter.write
+    real_write = TarShardWriter.write_sample
     calls = {"n": 0}
 
-    def failing_write(self, obj):
+    def failing_write(self, key, members):
         calls["n"] += 1  # racy across threads, which only moves where the crash lands
         if calls["n"] > len(rows) // 2:
             raise OSError("simulated crash")
-        return real_write(self, obj)
+        return real_write(self, key, members)
 
     shard_dir = layout.release / "shards"
-    monkeypatch.setattr(wds.TarWriter, "write", failing_write)
+    monkeypatch.setattr(TarShardWriter, "write_sample", failing_write)
     with pytest.raises(OSError, match="simulated crash"):
         write_shards(rows, shard_dir, TARGET, workers=3)
     indexed = {e["name"] for e in read_index(shard_dir)["shards"]}
     assert {p.name for p in shard_dir.iterdir()} == indexed  # no partial shard, no temporary
     assert verify_shards(shard_dir) == []
-    monkeypatch.setattr(wds.TarWriter, "write", real_write)
+    monkeypatch.setattr(TarShardWriter, "write_sample", real_write)
     result = write_shards(rows, shard_dir, TARGET, workers=3)
     assert result.kept == len(indexed) and result.samples == len(rows)
     assert sorted(read_back(shard_dir)) == sorted(sample_key(r["id"]) for r in fixture_rows)
+
+
+def webdataset_tar(samples: list[dict]) -> bytes:
+    """What webdataset's own TarWriter writes for `samples` (with our fixed mtime)."""
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, encoder=False, mtime=shards_mod.TAR_MTIME) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_shard_bytes_equal_webdataset_tarwriter(tmp_path: Path, direct: bool) -> None:
+    """Our writer must produce exactly the tar webdataset.TarWriter produces: short names, a name
+    over the 100-byte ustar limit (PAX header), an empty member, and an image larger than the
+    writer's buffers (streamed in pieces)."""
+    rng = np.random.default_rng(0)
+    files = {
+        "small": rng.bytes(1234),
+        "empty": b"",
+        "aligned": rng.bytes(4096),
+        "big": rng.bytes(shards_mod.SINK_BUFFER + 777_777),
+    }
+    for name, data in files.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+    samples = [
+        {"__key__": "a-0001", "png": files["small"], "json": b'{"id":"a"}'},
+        {"__key__": "b-0002", "png": files["empty"], "json": b"{}"},
+        {"__key__": "c" * 120 + "-0003", "png": files["aligned"], "json": b'{"id":"long"}'},
+        {"__key__": "d-0004", "png": files["big"], "json": b'{"id":"big"}'},
+    ]
+    paths = {"a-0001": "small", "b-0002": "empty", "c" * 120 + "-0003": "aligned", "d-0004": "big"}
+    fd, direct = shards_mod._open_for_shard(
+        tmp_path / "ours.tar", direct
+    )  # falls back where O_DIRECT is refused
+    out = shards_mod._ShardFile(fd, direct, shards_mod._BufferPool())
+    writer = TarShardWriter(out)
+    for sample in samples:
+        writer.write_sample(
+            sample["__key__"], {"png": tmp_path / f"{paths[sample['__key__']]}.png", "json": sample["json"]}
+        )
+    writer.close()
+    os.close(fd)
+    expected = webdataset_tar(samples)
+    assert (tmp_path / "ours.tar").read_bytes() == expected
+    assert out.bytes == len(expected) and out.sha256.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_direct_io_refused_at_write_falls_back(
+    output_root: Path, fixture_rows: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some filesystems take O_DIRECT at open and refuse the I/O (EINVAL): the shard is still written, whole."""
+    rows = load_records(OutputLayout(output_root)).rows
+    expected = write_shards(rows, output_root / "buffered" / "shards", TARGET)
+    real_write = os.write
+    refused = {"n": 0}
+
+    def write(fd: int, data) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused["n"] += 1
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(shards_mod, "DIRECT_ALIGN", 4096)  # direct writes even for the tiny fixture
+    monkeypatch.setattr(shards_mod.os, "write", write)
+    got = write_shards(rows, output_root / "direct" / "shards", TARGET)
+    monkeypatch.undo()
+    probe = output_root / "probe"
+    fd, direct_possible = shards_mod._open_for_shard(probe, True)
+    os.close(fd)
+    assert refused["n"] > 0 or not direct_possible  # on tmpfs O_DIRECT is refused at open already
+    assert [e["sha256"] for e in got.shards] == [e["sha256"] for e in expected.shards]
+    assert verify_shards(output_root / "direct" / "shards") == []
+
+
+def test_image_changed_after_planning_is_an_error_naming_it(
+    output_root: Path, fixture_rows: list[dict]
+) -> None:
+    rows = load_records(OutputLayout(output_root)).rows
+    plan = next(shards_mod.iter_plans(rows, TARGET))
+    victim = plan.contents[0].image.path
+    victim.write_bytes(victim.read_bytes() + b"more")
+    shard = output_root / "shards" / plan.name
+    shard.parent.mkdir()
+    with pytest.raises(OSError, match=re.escape(str(victim))):
+        shards_mod.write_shard(shard, plan)
+    assert list(shard.parent.iterdir()) == []  # no shard, no temporary
+
+
+def test_disk_full_mid_shard_raises_and_leaves_no_partial(
+    output_root: Path, fixture_rows: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error on the writer thread (here ENOSPC) reaches the caller; the shard's temporary is removed."""
+    rows = load_records(OutputLayout(output_root)).rows
+    real_write = os.write
+    calls = {"n": 0}
+
+    def write(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(shards_mod.os, "write", write)
+    shard_dir = output_root / "release" / "shards"
+    with pytest.raises(OSError, match="No space left"):
+        write_shards(rows, shard_dir, TARGET, workers=1)
+    monkeypatch.undo()
+    assert list(shard_dir.glob(".*")) == []
+    assert sorted(p.name for p in shard_dir.glob("*.tar")) == [
+        e["name"] for e in read_index(shard_dir)["shards"]
+    ]
+    assert verify_shards(shard_dir) == []

@@ -36,6 +36,8 @@ DEMO_TARGET_BYTES = 1_000_000
 class ShardConfig(dg.Config):
     target_shard_mb: float | None = None  # default: $GMAI_SHARD_TARGET_MB, else 1000 (1 MB on the demo)
     verify: str = "sha256"  # how kept shards are checked on a rerun: "sha256" or "size"
+    workers: int | None = None  # shards written at once; default: one per core, at most 4
+    direct_io: bool = True  # write around the page cache (O_DIRECT) where the filesystem allows it
 
 
 class Stage3Config(dg.Config):
@@ -80,7 +82,13 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
     for r in loaded.rejected[:20]:
         context.log.warning(f"not released: {r['reason']}: {r['detail']}")
     result = write_shards(
-        loaded.rows, out.release / "shards", target_bytes(config), verify=config.verify, log=context.log.info
+        loaded.rows,
+        out.release / "shards",
+        target_bytes(config),
+        verify=config.verify,
+        workers=config.workers,
+        direct=config.direct_io,
+        log=context.log.info,
     )
     subsets = write_annotations(
         loaded.rows, out.release / "annotations", out.images, out.release / "meta.json"
