@@ -16,7 +16,10 @@ from gmai_pipeline.jobs import build_jobs
 def build_definitions() -> dg.Definitions:
     catalog = load_catalog()
     stages = dg.Definitions.merge(
-        *(module.build_defs(catalog) for module in (sources, normalize, decontam, generation, release, training, ops))
+        *(
+            module.build_defs(catalog)
+            for module in (sources, normalize, decontam, generation, release, training, ops)
+        )
     )
     return dg.Definitions.merge(stages, dg.Definitions(jobs=build_jobs(catalog)))
 

@@ -34,7 +34,9 @@ def _expand(value: Any) -> Any:
     return value
 
 
-def load_resource_config(resource: str, profile: str | None = None, root: Path = RESOURCES_DIR) -> dict[str, Any]:
+def load_resource_config(
+    resource: str, profile: str | None = None, root: Path = RESOURCES_DIR
+) -> dict[str, Any]:
     """The `resource` section of a profile, with environment variables expanded; {} if the profile has none."""
     profile = profile or profile_name()
     folder = root / profile

@@ -60,8 +60,10 @@ GENERATED_SCHEMA = pa.schema(
         ("bbox", BBOX),
         ("kind", pa.string()),  # "caption" | "region_caption" | "vqa"
         ("language", pa.string()),  # "en" | "zh"
-        ("conversations", pa.string()),  # JSON: [{"from": "human", "value": "<image>\n..."}, {"from": "gpt", ...}]
-        ("generator", pa.string()),  # "{backend}:{model}", e.g. "template:template-v1", "openai:gpt-4o-2024-08-06"
+        # JSON: [{"from": "human", "value": "<image>\n..."}, {"from": "gpt", ...}]
+        ("conversations", pa.string()),
+        # "{backend}:{model}", e.g. "template:template-v1", "openai:gpt-4o-2024-08-06"
+        ("generator", pa.string()),
         ("prompt_version", pa.string()),
         ("request_sha256", pa.string()),  # SHA-256 of the canonical request (also the cache key)
         ("label_mentioned", pa.bool_()),

@@ -163,7 +163,8 @@ def load_records(layout: OutputLayout, partitions: Iterable[str] = SHARD_KEYS) -
     return out
 
 
-_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))  # built once, not per call
+# Built once, not per call as json.dumps with options does.
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 def record_json(record: dict[str, Any]) -> bytes:
