@@ -171,6 +171,8 @@ def test_web_ui_tour(tmp_path: Path) -> None:
                     img = page.locator("[role=dialog] img[src^='data:image/png']")
                 img.first.wait_for()
                 assert img.first.evaluate("i => i.complete && i.naturalWidth") > 100, name
+                if dialog:
+                    page.wait_for_timeout(800)  # the dialog fades in: shoot it opaque, not over the page
                 _shot(page, f"07-{name}")
                 if dialog:
                     # The closing animation can leave the previous dialog in the DOM for a moment: close the
