@@ -8,7 +8,7 @@ temporary name, fsynced, renamed, and only then added to the index; a crash leav
 
 The tar bytes are exactly what `webdataset.TarWriter` writes for the same samples (a test
 compares them), produced by `TarShardWriter`, which copies each image once into page-aligned
-buffers, hashes them and writes them around the page cache: about 3x the throughput of
+buffers, hashes them and writes them around the page cache: about twice the throughput of
 webdataset's writer, which made shard writing CPU-bound (see `bench/shards.py`).
 """
 
