@@ -512,8 +512,8 @@ def write_shards(
     verify: "sha256" re-hashes a kept shard against the index, "size" only compares its size.
     workers: shards written at once (SHA-256 of one stream runs on one core; shards are independent).
     direct: write around the page cache where the filesystem allows it (see `_ShardFile`).
-    Planning runs ahead of the writers by one shard each. If a shard fails, the shards already
-    finished are indexed before the error is raised.
+    Planning runs ahead of the writers by one shard each; kept shards are verified on the writers'
+    threads. If a shard fails, the shards already finished are indexed before the error is raised.
     """
     if verify not in ("sha256", "size"):
         raise ValueError("verify must be 'sha256' or 'size'")
@@ -536,26 +536,38 @@ def write_shards(
         )
         return entry
 
+    def settle(plan: PlannedShard) -> tuple[bool, dict[str, Any]]:
+        """(kept, entry): the complete shard of an earlier run, verified, or the shard written now.
+
+        On the writers' threads, so a rerun verifies kept shards in parallel, not one by one.
+        """
+        if _still_valid(shard_dir / plan.name, old.get(plan.name), plan, verify):
+            return True, old[plan.name]
+        return False, write(plan)
+
     def in_order() -> list[dict[str, Any]]:
         return [done[name] for name in planned if name in done]
 
-    def collect(finished: set[Future[dict[str, Any]]]) -> None:
-        nonlocal error, written, bytes_written
+    def collect(finished: set[Future[tuple[bool, dict[str, Any]]]]) -> None:
+        nonlocal error, kept, written, bytes_written
         for future in finished:
             plan = running.pop(future)
             try:
-                entry = future.result()
+                was_kept, entry = future.result()
             except BaseException as exc:
                 error = error or exc
                 continue
             done[plan.name] = entry
+            if was_kept:
+                kept += 1
+                continue
             written += 1
             bytes_written += entry["bytes"]
             # Finished shards plus every old entry not replaced yet: each complete .tar on disk stays listed.
             _write_index(shard_dir, in_order() + [e for n, e in old.items() if n not in done], target_bytes)
             log(f"wrote {plan.name}: {entry['samples']} samples, {entry['bytes'] / 1e6:.1f} MB")
 
-    running: dict[Future[dict[str, Any]], PlannedShard] = {}
+    running: dict[Future[tuple[bool, dict[str, Any]]], PlannedShard] = {}
     buffers = _BufferPool()
     t0 = time.perf_counter()
     with (
@@ -565,15 +577,11 @@ def write_shards(
         try:
             for plan in iter_plans(rows, target_bytes):
                 planned.append(plan.name)
-                if _still_valid(shard_dir / plan.name, old.get(plan.name), plan, verify):
-                    done[plan.name] = old[plan.name]
-                    kept += 1
-                    continue
                 while len(running) > workers:  # one shard planned ahead per writer, no more, in memory
                     collect(wait(running, return_when=FIRST_COMPLETED).done)
                 if error is not None:
                     break
-                running[pool.submit(write, plan)] = plan
+                running[pool.submit(settle, plan)] = plan
         except BaseException as exc:  # a planning error (key collision, unreadable image) ends the run too
             error = exc
         collect(wait(running).done)
