@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from gmai_pipeline.release.records import load_records
-from gmai_pipeline.release.shards import default_workers, write_shards
+from gmai_pipeline.release.shards import default_workers, open_for_shard, write_shards
 from gmai_pipeline.release.synthetic import SOURCES, row, write_generated, write_image
 from gmai_pipeline.storage import OutputLayout
 
@@ -77,13 +77,11 @@ def raw_write(folder: Path, sizes: list[int], direct: bool) -> float:
 
 
 def direct_supported(folder: Path) -> bool:
-    try:
-        fd = os.open(folder / "probe-direct", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
-    except OSError:
-        return False
+    """Whether this filesystem takes O_DIRECT, asked the way the shard writer asks."""
+    fd, direct = open_for_shard(folder / "probe-direct", direct=True)
     os.close(fd)
     (folder / "probe-direct").unlink()
-    return True
+    return direct
 
 
 def main() -> None:

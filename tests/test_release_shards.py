@@ -53,6 +53,21 @@ def read_back(shard_dir: Path) -> dict[str, dict]:
     return out
 
 
+def crash_after_samples(monkeypatch: pytest.MonkeyPatch, n: int):
+    """Make TarShardWriter.write_sample raise after `n` samples (as a crash would); returns the real one."""
+    real_write = TarShardWriter.write_sample
+    calls = {"n": 0}
+
+    def failing_write(self, key, members):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise OSError("simulated crash")
+        return real_write(self, key, members)
+
+    monkeypatch.setattr(TarShardWriter, "write_sample", failing_write)
+    return real_write
+
+
 def test_round_trip_shards_and_jsonl(output_root: Path, fixture_rows: list[dict]) -> None:
     layout = OutputLayout(output_root)
     loaded = load_records(layout)
@@ -118,17 +133,8 @@ def test_crash_mid_shard_then_rerun(
     assert len(plans) >= 3
     assert plans[1].samples >= 2
     crash_after = plans[0].samples + plans[1].samples // 2  # the crash comes inside the second shard
-    real_write = TarShardWriter.write_sample
-    calls = {"n": 0}
-
-    def failing_write(self, key, members):
-        calls["n"] += 1
-        if calls["n"] > crash_after:
-            raise OSError("simulated crash")
-        return real_write(self, key, members)
-
     shard_dir = layout.release / "shards"
-    monkeypatch.setattr(TarShardWriter, "write_sample", failing_write)
+    real_write = crash_after_samples(monkeypatch, crash_after)
     with pytest.raises(OSError, match="simulated crash"):
         write_shards(rows, shard_dir, TARGET, workers=1)
     # No partial shard visible: every .tar is complete and indexed, no temporary left behind.
@@ -224,17 +230,8 @@ def test_crash_with_parallel_writers_leaves_only_indexed_shards(
 ) -> None:
     layout = OutputLayout(output_root)
     rows = load_records(layout).rows
-    real_write = TarShardWriter.write_sample
-    calls = {"n": 0}
-
-    def failing_write(self, key, members):
-        calls["n"] += 1  # racy across threads, which only moves where the crash lands
-        if calls["n"] > len(rows) // 2:
-            raise OSError("simulated crash")
-        return real_write(self, key, members)
-
     shard_dir = layout.release / "shards"
-    monkeypatch.setattr(TarShardWriter, "write_sample", failing_write)
+    real_write = crash_after_samples(monkeypatch, len(rows) // 2)  # across threads: where it lands varies
     with pytest.raises(OSError, match="simulated crash"):
         write_shards(rows, shard_dir, TARGET, workers=3)
     indexed = {e["name"] for e in read_index(shard_dir)["shards"]}
@@ -276,7 +273,7 @@ def test_shard_bytes_equal_webdataset_tarwriter(tmp_path: Path, direct: bool) ->
         {"__key__": "d-0004", "png": files["big"], "json": b'{"id":"big"}'},
     ]
     paths = {"a-0001": "small", "b-0002": "empty", "c" * 120 + "-0003": "aligned", "d-0004": "big"}
-    fd, direct = shards_mod._open_for_shard(
+    fd, direct = shards_mod.open_for_shard(
         tmp_path / "ours.tar", direct
     )  # falls back where O_DIRECT is refused
     out = shards_mod._ShardFile(fd, direct, shards_mod._BufferPool())
@@ -312,7 +309,7 @@ def test_direct_io_refused_at_write_falls_back(
     got = write_shards(rows, output_root / "direct" / "shards", TARGET)
     monkeypatch.undo()
     probe = output_root / "probe"
-    fd, direct_possible = shards_mod._open_for_shard(probe, True)
+    fd, direct_possible = shards_mod.open_for_shard(probe, True)
     os.close(fd)
     assert refused["n"] > 0 or not direct_possible  # on tmpfs O_DIRECT is refused at open already
     assert [e["sha256"] for e in got.shards] == [e["sha256"] for e in expected.shards]

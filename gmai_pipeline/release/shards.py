@@ -91,7 +91,6 @@ class PlannedShard:
     start: int  # index range into the sorted rows
     end: int
     samples: int
-    estimated_bytes: int
     plan_sha256: str  # digest of (key, image md5 and size, record JSON) of every sample: what it must hold
     contents: tuple[PlannedSample, ...] = field(default=(), repr=False, compare=False)
 
@@ -115,7 +114,6 @@ def iter_plans(
             start,
             end,
             end - start,
-            size + 2 * TAR_BLOCK,
             digest.hexdigest(),
             tuple(samples),
         )
@@ -382,7 +380,8 @@ class TarShardWriter:
         self.out.close()
 
 
-def _open_for_shard(path: Path, direct: bool) -> tuple[int, bool]:
+def open_for_shard(path: Path, direct: bool) -> tuple[int, bool]:
+    """A new file for writing, and whether it is open with O_DIRECT (asked for, and the filesystem takes it)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     if direct and hasattr(os, "O_DIRECT"):
         try:
@@ -408,7 +407,7 @@ def write_shard(
     if len(plan.contents) != plan.samples:
         raise ValueError(f"{plan.name}: planned without contents")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd, direct = _open_for_shard(tmp, direct)
+    fd, direct = open_for_shard(tmp, direct)
     out = _ShardFile(fd, direct, buffers or _BufferPool())
     try:
         writer = TarShardWriter(out)
