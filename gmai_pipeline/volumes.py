@@ -1,5 +1,8 @@
 """3D volumes -> 2D slices the SA-Med2D-20M way, and masks -> boxes (shared with 2D `mask_pairs`).
 
+- Channels: a 4D image (BraTS-in-MSD modalities, a time series) is read whole only when the reader
+  asks for channels (`read_volume(..., channels=True)`); otherwise it is an error, never a silent
+  first channel.
 - Orientation: every volume is brought to the closest canonical orientation, RAS+ (array axis 0
   runs to patient Right, 1 to Anterior, 2 to Superior): nibabel `as_closest_canonical` for NIfTI,
   SimpleITK `DICOMOrient(..., "RAS")` for MHA/NRRD, so the same scan gives the same array whichever
@@ -54,26 +57,43 @@ def _read_nifti(path: Path, is_label: bool) -> np.ndarray:
     return img.get_fdata(dtype=np.float32)
 
 
-def _read_sitk(path: Path) -> np.ndarray:
+def _sitk_volumes(img):
+    """A SimpleITK image as its 3D volumes: each time point of a 4D image, each component of a vector image."""
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path))
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        img = sitk.VectorIndexSelectionCast(img, 0)
     if img.GetDimension() == 4:
         size = list(img.GetSize())
-        size[3] = 0
-        img = sitk.Extract(img, size, [0, 0, 0, 0])
-    if img.GetDimension() != 3:
-        raise ImageError("unreadable", f"{path.name}: a {img.GetDimension()}D image, expected a 3D volume")
-    img = sitk.DICOMOrient(img, "RAS")
-    return sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # sitk arrays are (z, y, x)
+        count, size[3] = size[3], 0
+        parts = [sitk.Extract(img, size, [0, 0, 0, t]) for t in range(count)]
+    else:
+        parts = [img]
+    for part in parts:
+        comps = part.GetNumberOfComponentsPerPixel()
+        for c in range(comps):
+            yield sitk.VectorIndexSelectionCast(part, c) if comps > 1 else part
 
 
-def read_volume(path: Path, name: str, is_label: bool = False) -> np.ndarray:
-    """A canonical (RAS+) 3D array; 4D images keep their first channel/time point.
+def _read_sitk(path: Path) -> np.ndarray:
+    """(x, y, z) for a 3D image, (x, y, z, c) when it has several time points or components."""
+    import SimpleITK as sitk
 
-    Labels come back as the smallest unsigned integer type that holds them. Errors become
+    arrays = []
+    for vol in _sitk_volumes(sitk.ReadImage(str(path))):
+        if vol.GetDimension() != 3:
+            raise ImageError(
+                "unreadable", f"{path.name}: a {vol.GetDimension()}D image, expected a 3D volume"
+            )
+        vol = sitk.DICOMOrient(vol, "RAS")
+        arrays.append(sitk.GetArrayFromImage(vol).transpose(2, 1, 0))  # sitk arrays are (z, y, x)
+    return arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)
+
+
+def read_volume(path: Path, name: str, is_label: bool = False, channels: bool = False) -> np.ndarray:
+    """A canonical (RAS+) 3D array, or with `channels` always 4D (x, y, z, channel).
+
+    A 4D image (channels or time points) without `channels` is an error, never a silent first
+    channel: the reader says which channels it wants (`reader.channels`). Trailing axes of size 1 are
+    dropped. Labels come back as the smallest unsigned integer type that holds them. Errors become
     ImageError with a quarantine reason (truncated gzip -> truncated; anything else -> unreadable).
     """
     try:
@@ -89,11 +109,20 @@ def read_volume(path: Path, name: str, is_label: bool = False) -> np.ndarray:
             else "unreadable"
         )
         raise ImageError(reason, f"{name}: cannot read volume ({type(exc).__name__})") from None
-    while arr.ndim > 3:
+    while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim != 3:
+    if arr.ndim == 4 and (is_label or not channels):
+        what = "label volume" if is_label else "image"
+        raise ImageError(
+            "unsupported_mask" if is_label else "unreadable",
+            f"{name}: {what} has {arr.shape[-1]} channels or time points (4D); "
+            + ("expected one label map" if is_label else "declare reader.channels"),
+        )
+    if arr.ndim not in (3, 4):
         raise ImageError("unreadable", f"{name}: {arr.ndim}D array, expected a 3D volume")
-    return as_label_array(arr, name) if is_label else arr
+    if is_label:
+        return as_label_array(arr, name)
+    return arr[..., None] if channels and arr.ndim == 3 else arr
 
 
 def as_label_array(arr: np.ndarray, name: str) -> np.ndarray:

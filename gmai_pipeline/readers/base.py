@@ -14,16 +14,20 @@ folder that nothing references are inputs (`unreferenced_file`): a picture witho
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS, SourceDataset
+from gmai_pipeline.catalog import DICOM_EXTENSIONS, IMAGE_EXTENSIONS_2D, SourceDataset
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
 
 SPLIT_ALIASES = {
@@ -38,7 +42,39 @@ SPLIT_ALIASES = {
     "testing": "test",
     "ts": "test",
 }
+# Split words inside folder and file names (`ISIC2018_Task1-2_Test_Input`, `case_test_01.png`); nnU-Net's
+# `imagesTr` / `imagesTs` / AMOS's `imagesVa` suffixes count in folder names only.
+SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+FOLDER_SPLIT_WORDS = {**SPLIT_WORDS, "tr": "train", "ts": "test", "va": "val", "dev": "val"}
+SPLIT_PRIORITY = ("test", "val", "train")  # a name that says test anywhere is test: never train on it
+WORD_BREAK = re.compile(r"[_\-\s.]+|(?<=[a-z])(?=[A-Z])")
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (float rounding in exported annotations)
+
+
+def is_dicom(rel: str | None) -> bool:
+    return bool(rel) and rel.lower().endswith(DICOM_EXTENSIONS)  # type: ignore[union-attr]
+
+
+def split_in_name(rel: str) -> str | None:
+    """The split a path's folder or file names state (`_test_`, `Validation`, `imagesTs`), test first."""
+    parts = rel.split("/")
+    found = set()
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        name = part.split(".", 1)[0] if last else part
+        words = FOLDER_SPLIT_WORDS if not last else SPLIT_WORDS
+        if not last and part.lower() in SPLIT_ALIASES:
+            found.add(SPLIT_ALIASES[part.lower()])
+        found.update(words[w.lower()] for w in WORD_BREAK.split(name) if w.lower() in words)
+    return next((s for s in SPLIT_PRIORITY if s in found), None)
 
 
 @dataclass
@@ -81,12 +117,21 @@ class Annotation:
 class ReaderContext:
     source: SourceDataset
     folder: Path
-    files: dict[str, str]  # usable manifest paths -> MD5 of the bytes
+    files: dict[str, str]  # usable manifest paths (plus unpacked archive members) -> MD5 of the bytes
     store: ImageStore
     executor: Executor | None = None  # set: 2D image stores run on its threads (see normalize.py)
     counters: Counter = field(default_factory=Counter)
     claimed: set[str] = field(default_factory=set)
     first_by_md5: dict[str, str] = field(default_factory=dict)
+    base: str = ""  # the layout root: wrapper folders + the reader's `root` (see `locate_root`)
+    unpacked: dict[str, Path] = field(default_factory=dict)  # archive members: dataset path -> cached file
+    images_seen: set[str] = field(default_factory=set)  # image files found (for `expect: images`)
+    cases_seen: set[str] = field(default_factory=set)  # cases found (for `expect: cases`)
+    filtered: set[str] = field(default_factory=set)  # files a declared filter or channel choice left out
+    ct_window: tuple[float, float] | None = None
+    _stores: dict[str, ImageStore] = field(default_factory=dict)
+    _dicom_names: Any = None
+    _first_image: dict[str, str] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -94,6 +139,21 @@ class ReaderContext:
 
     def claim(self, rel: str) -> None:
         self.claimed.add(rel)
+
+    def path(self, rel: str) -> Path:
+        """Where the bytes of manifest path `rel` are: the raw folder, or the unpack cache."""
+        return self.unpacked.get(rel) or self.folder / rel
+
+    def at(self, path: str) -> str:
+        """A reader option's path (relative to the layout root) as a dataset path."""
+        path = path.strip().strip("/")
+        if not self.base:
+            return path
+        return f"{self.base}/{path}" if path else self.base
+
+    def inner(self, rel: str) -> str:
+        """A dataset path relative to the layout root (what templates and split names are matched on)."""
+        return rel[len(self.base) + 1 :] if self.base and rel.startswith(self.base + "/") else rel
 
     def find(self, rel: str, extensions: Iterable[str] = ()) -> str | None:
         """The manifest path for `rel` (or `rel` + one of `extensions`), None when absent."""
@@ -111,6 +171,11 @@ class ReaderContext:
         return sorted(
             p for p in self.files if p.startswith(prefix) and (exts is None or p.lower().endswith(exts))
         )
+
+    def saw_image(self, rel: str, case: str | None = None) -> None:
+        self.images_seen.add(rel)
+        if case is not None:
+            self.cases_seen.add(case)
 
     def duplicate_of(self, rel: str, md5: str | None = None) -> str | None:
         """The first path with the same bytes (MD5) as `rel`, or None if `rel` is the first."""
@@ -133,27 +198,59 @@ class ReaderContext:
         return cands[0], None
 
     def split_of(self, rel: str, explicit: str | None = None) -> str:
-        """An explicit split value, else a train/val/test folder in the path, else the catalog's first split."""
+        """An explicit split value, else the split the path's names state (`split_in_name`, test first),
+        else the catalog's first split."""
         if explicit is not None and str(explicit).strip():
             return SPLIT_ALIASES.get(str(explicit).strip().lower(), str(explicit).strip().lower())
-        for part in rel.split("/")[:-1]:
-            if part.lower() in SPLIT_ALIASES:
-                return SPLIT_ALIASES[part.lower()]
-        return self.source.splits[0]
+        return split_in_name(self.inner(rel)) or self.source.splits[0]
 
-    def exclusion(self, rel: str, split: str | None = None) -> tuple[str, str, str] | None:
+    def exclusion(
+        self, rel: str, split: str | None = None, shown: str | None = None, bytes_dedup: bool = True
+    ) -> tuple[str, str, str] | None:
         """(step, reason, detail) when `rel` must not become rows: a split the catalog leaves out, or a byte duplicate."""
         split = split if split is not None else self.split_of(rel)
+        shown = shown or rel
         if split not in self.source.splits:
             return (
                 "read",
                 "split_excluded",
-                f"{rel}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
+                f"{shown}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
             )
-        first = self.duplicate_of(rel)
+        first = self.duplicate_of(rel) if bytes_dedup else None
         if first is not None:
             return "dedup", "duplicate_image", f"{rel}: same bytes (MD5) as {first}"
         return None
+
+    def store_for(self, modality: str | None) -> ImageStore:
+        """The image store of one modality: a dataset mixing modalities (AMOS CT/MR) files each under its own."""
+        slug = modality_slug(modality) if modality else self.slug
+        if slug == self.slug:
+            return self.store
+        if slug not in self._stores:
+            s = self.source
+            self._stores[slug] = ImageStore(
+                self.store.output_root,
+                s.dim,
+                s.task,
+                slug,
+                s.name,
+                self.store.max_side,
+                self.store.source_names,
+            )
+        return self._stores[slug]
+
+    @property
+    def dicom_names(self):
+        """Shown names of this dataset's DICOM files (the `dicom` reader's privacy rules)."""
+        if self._dicom_names is None:
+            from gmai_pipeline.readers.dicom import Names
+
+            self._dicom_names = Names(self)
+        return self._dicom_names
+
+    def shown(self, rel: str) -> str:
+        """How `rel` may appear in tables and messages before its header is read (DICOM: pseudonymous)."""
+        return self.dicom_names.unread(rel) if is_dicom(rel) else rel
 
     def row(
         self,
@@ -165,10 +262,14 @@ class ReaderContext:
         id_path: str | None = None,
         axis: str | None = None,
         index: int | None = None,
+        modality: str | None = None,
     ) -> dict:
         s = self.source
+        modality = modality or s.modality
         return {
-            "sample_id": sample_id(s.dim, s.task, self.slug, s.name, id_path or source_path, axis, index),
+            "sample_id": sample_id(
+                s.dim, s.task, modality_slug(modality), s.name, id_path or source_path, axis, index
+            ),
             "dataset": s.name,
             "source_path": source_path,
             "slice_axis": axis,
@@ -178,7 +279,7 @@ class ReaderContext:
             "image_md5": stored.md5,
             "width": stored.width,
             "height": stored.height,
-            "modality": s.modality,
+            "modality": modality,
             "label": label,
             "department": s.department,
             "task_type": s.task_type,
@@ -225,46 +326,58 @@ def _int_box(ann: Annotation, width: int, height: int) -> tuple[list[float] | No
 
 
 def image_inputs(
-    ctx: ReaderContext, rel: str | None, ref: str, split: str, annotations: list[Annotation]
+    ctx: ReaderContext,
+    rel: str | None,
+    ref: str,
+    split: str,
+    annotations: list[Annotation],
+    modality: str | None = None,
 ) -> Iterator[Event]:
     """One 2D image file and its annotations -> one event per annotation (or one for an image without any).
 
     `rel` is the manifest path (None when the reference escapes the dataset folder), `ref` how the
     annotation file named it. Checks run cheapest first, so a bad reference never costs a decode.
+    A DICOM file (`.dcm`, `.dicom`) goes through the `dicom` reader's rules: its name is pseudonymous
+    until its header shows it is harmless, pixels are deduplicated after decoding, burned-in-text risks
+    are quarantined.
     """
-    shown = rel or ref
+    dicom = is_dicom(rel or ref)
     if rel is None:
+        shown = ctx.dicom_names.unread(ref, "refused") if dicom else ref
         yield from quarantine_all(
-            annotations, ref, "read", "path_refused", f"{ref}: path escapes the dataset folder"
+            annotations, shown, "read", "path_refused", f"{shown}: path escapes the dataset folder"
         )
         return
+    shown = ctx.shown(rel)
     if rel not in ctx.files:
+        by = f" by {annotations[0].where}" if annotations and annotations[0].where else ""
         yield from quarantine_all(
             annotations,
-            rel,
+            shown,
             "read",
             "missing_file",
-            f"{rel}: referenced{' by ' + annotations[0].where if annotations and annotations[0].where else ''} but not in the dataset folder",
+            f"{shown}: referenced{by} but not in the dataset folder",
         )
         return
     ctx.claim(rel)
+    ctx.saw_image(rel)
     if not annotations:
-        yield Quarantined(rel, "annotate", "no_annotation", f"{rel}: image has no annotation")
+        yield Quarantined(shown, "annotate", "no_annotation", f"{shown}: image has no annotation")
         return
-    excluded = ctx.exclusion(rel, split)
+    excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
-        yield from quarantine_all(annotations, rel, *excluded)
+        yield from quarantine_all(annotations, shown, *excluded)
         return
     pending: list[tuple[Annotation, str]] = []
     for ann in annotations:
         if ann.error is not None:
-            yield Quarantined(rel, "annotate", ann.error[0], ann.error[1])
+            yield Quarantined(shown, "annotate", ann.error[0], ann.error[1])
             continue
         label, reason = ctx.label(ann.raw_labels)
         if label is None:
             raw = "/".join(str(c) for c in ann.raw_labels if str(c).strip()) or "(empty)"
             yield Quarantined(
-                rel,
+                shown,
                 "annotate",
                 reason or "unknown_label",
                 f"{shown}: label '{raw}'{' in ' + ann.where if ann.where else ''} is not in the catalog's labels",
@@ -273,20 +386,60 @@ def image_inputs(
         pending.append((ann, label))
     if not pending:
         return
-    path = ctx.folder / rel
+    if dicom:
+        yield from _dicom_image(ctx, rel, shown, split, pending, modality)
+        return
+    job = partial(_store, ctx.store_for(modality), ctx.path(rel), rel)
+    finish = partial(_finish, ctx, rel, split, pending, modality)
     if ctx.executor is None:
-        yield from _finish(ctx, rel, split, pending, _store(ctx, path, rel))
+        yield from finish(job())
     else:  # decode/MD5/write on a worker thread; the driver resolves these in order
-        yield Deferred(
-            ctx.executor.submit(_store, ctx, path, rel), partial(_finish, ctx, rel, split, pending)
-        )
+        yield Deferred(ctx.executor.submit(job), finish)
 
 
-def _store(ctx: ReaderContext, path: Path, rel: str) -> StoredImage | ImageError:
+def _store(store: ImageStore, path: Path, rel: str) -> StoredImage | ImageError:
     try:
-        return ctx.store.store_file(path, rel)
+        return store.store_file(path, rel)
     except ImageError as err:
         return err
+
+
+def _dicom_image(
+    ctx: ReaderContext, rel: str, shown: str, split: str, pending: list[tuple[Annotation, str]], modality
+) -> Iterator[Event]:
+    """Header checks here, in reader order (names depend on headers seen so far); pixels on a worker."""
+    from gmai_pipeline.readers.dicom import read_header, store_pixels
+
+    header = read_header(ctx, rel)
+    if isinstance(header, Quarantined):
+        yield from (
+            Quarantined(header.source_path, header.step, header.reason, header.detail) for _ in pending
+        )
+        return
+    job = partial(store_pixels, ctx, header, modality or ctx.source.modality)
+    finish = partial(_finish_dicom, ctx, split, pending, modality)
+    if ctx.executor is None:
+        yield from finish(job())
+    else:
+        yield Deferred(ctx.executor.submit(job), finish)
+
+
+def _finish_dicom(ctx: ReaderContext, split: str, pending, modality, result) -> list[Event]:
+    """Pixel deduplication in reader order, then the rows under the file's final (shown) name."""
+    if isinstance(result, Quarantined):
+        return [result for _ in pending]
+    name, stored, pixel_md5 = result
+    first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
+    if first is not None:
+        if ctx._first_image.get(pixel_md5) != stored.image:  # nothing else refers to this copy
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ctx.store.output_root / stored.image)
+        return [
+            Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
+            for _ in pending
+        ]
+    ctx._first_image[pixel_md5] = stored.image
+    return _finish(ctx, name, split, pending, modality, stored)
 
 
 def _finish(
@@ -294,6 +447,7 @@ def _finish(
     rel: str,
     split: str,
     pending: list[tuple[Annotation, str]],
+    modality: str | None,
     stored: StoredImage | ImageError,
 ) -> list[Event]:
     """The events of one stored (or failed) image: one per annotation."""
@@ -317,15 +471,21 @@ def _finish(
                 )
                 continue
             bbox = stored.scale_box(tuple(box))
-        events.append(Kept([ctx.row(rel, split, stored, label, bbox)]))
+        events.append(Kept([ctx.row(rel, split, stored, label, bbox, modality=modality)]))
     return events
 
 
 def unreferenced(
-    ctx: ReaderContext, folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS
+    ctx: ReaderContext, folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS_2D
 ) -> Iterator[Event]:
     """Image files in the reader's image folder that no annotation referenced."""
     for rel in ctx.under(folder, extensions):
         if rel not in ctx.claimed:
-            ctx.claim(rel)
-            yield Quarantined(rel, "read", "unreferenced_file", f"{rel}: image file has no annotation entry")
+            yield unreferenced_file(ctx, rel)
+
+
+def unreferenced_file(ctx: ReaderContext, rel: str) -> Quarantined:
+    ctx.claim(rel)
+    ctx.saw_image(rel)
+    shown = ctx.shown(rel)
+    return Quarantined(shown, "read", "unreferenced_file", f"{shown}: image file has no annotation entry")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS, CsvLabelsReader
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, CsvLabelsReader
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -24,10 +24,11 @@ from gmai_pipeline.readers.base import (
 
 
 def read(ctx: ReaderContext, opts: CsvLabelsReader) -> Iterator[Event]:
+    image_dir = ctx.at(opts.image_dir)
     yield from read_csv_rows(
-        ctx, opts.csv, opts.image_dir, opts.image_column, opts.label_column, opts.split_column
+        ctx, ctx.at(opts.csv), image_dir, opts.image_column, opts.label_column, opts.split_column
     )
-    yield from unreferenced(ctx, opts.image_dir)
+    yield from unreferenced(ctx, image_dir)
 
 
 def read_csv_rows(
@@ -45,7 +46,7 @@ def read_csv_rows(
         return
     ctx.claim(csv_rel)
     try:
-        with open(ctx.folder / csv_rel, newline="", encoding="utf-8-sig") as f:
+        with open(ctx.path(csv_rel), newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             wanted = [c for c in (image_column, label_column, split_column) if c]
@@ -68,7 +69,7 @@ def read_csv_rows(
                     continue
                 rel = join(image_dir, ref)
                 if rel is not None:
-                    rel = ctx.find(rel, IMAGE_EXTENSIONS) or rel
+                    rel = ctx.find(rel, IMAGE_EXTENSIONS_2D) or rel
                 split = ctx.split_of(rel or ref, record.get(split_column) if split_column else None)
                 ann = Annotation((record.get(label_column) or "",), where=where)
                 yield from image_inputs(ctx, rel, ref, split, [ann])

@@ -38,12 +38,13 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
 
 from gmai_pipeline.catalog import DicomReader
-from gmai_pipeline.imaging import ImageError, to_uint8
+from gmai_pipeline.imaging import ImageError, modality_slug, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
 from gmai_pipeline.storage import md5_bytes
 from gmai_pipeline.volumes import window_for
@@ -88,7 +89,7 @@ NOT_IMAGES = {"DICOMDIR", "LICENSE", "LICENCE", "README", "COPYING", "NOTICE", "
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """pydicom warnings and log records can quote header values: keep them out of every log."""
     logger = logging.getLogger("pydicom")
     level, propagate = logger.level, logger.propagate
@@ -129,15 +130,20 @@ def looks_like_identifier(component: str, values: list[str] = ()) -> bool:
     )
 
 
-def safe_path(rel: str, values: list[str], token: str) -> str:
-    """`rel`, or its pseudonymous form when any component looks like an identifier (module docstring)."""
+def safe_folders(rel: str, values: list[str]) -> list[str] | None:
+    """None when `rel` may be shown as it is, else its folders with identifier-like ones as `anon`."""
     parts = rel.split("/")
     stem = PurePosixPath(parts[-1]).stem
     flags = [looks_like_identifier(p, values) for p in parts[:-1]] + [looks_like_identifier(stem, values)]
     if not any(flags):
-        return rel
-    folders = ["anon" if f else p for p, f in zip(parts[:-1], flags[:-1], strict=True)]
-    return "/".join([*folders, f"{token}.dcm"])
+        return None
+    return ["anon" if f else p for p, f in zip(parts[:-1], flags[:-1], strict=True)]
+
+
+def safe_path(rel: str, values: list[str], token: str) -> str:
+    """`rel`, or its pseudonymous form when any component looks like an identifier (module docstring)."""
+    folders = safe_folders(rel, values)
+    return rel if folders is None else "/".join([*folders, f"{token}.dcm"])
 
 
 def burned_in_risk(ds) -> str | None:
@@ -219,7 +225,7 @@ def _dicom_like(rel: str) -> bool:
     return name.lower().endswith(DICOM_SUFFIXES) or "." not in name
 
 
-class _Names:
+class Names:
     """Shown names for one dataset; identifying values seen in any header so far also flag later names."""
 
     def __init__(self, ctx: ReaderContext):
@@ -238,15 +244,73 @@ class _Names:
             self.seen.update(values)
         return safe_path(rel, sorted(self.seen.union(values), key=len, reverse=True), token)
 
+    def plan(self, rel: str, values: list[str]) -> list[str] | None:
+        """The final name's folders, decided now (in reader order) so a worker thread can add the token."""
+        return safe_folders(rel, sorted(self.seen.union(values), key=len, reverse=True))
+
+
+@dataclass
+class Header:
+    """A DICOM file whose header passed the checks: what a worker needs to decode and store it."""
+
+    rel: str
+    shown: str
+    ds: object
+    folders: list[str] | None  # None: the file keeps its own name
+
+
+def read_header(ctx: ReaderContext, rel: str) -> Header | Quarantined:
+    """Read and check one header in reader order: unreadable or burned-in-text risk -> Quarantined."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    names = ctx.dicom_names
+    with quiet():
+        try:
+            ds = pydicom.dcmread(ctx.path(rel))
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+            shown = names.unread(rel)
+            return Quarantined(
+                shown, "read", "unreadable", f"{shown}: not a readable DICOM file ({type(exc).__name__})"
+            )
+        values = header_values(ds)
+        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
+        if not ctx.source.burned_in_text_allowed:
+            risk = burned_in_risk(ds)
+            if risk:
+                return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
+    return Header(rel, shown, ds, names.plan(rel, values))
+
+
+def store_pixels(ctx: ReaderContext, header: Header, modality: str):
+    """(final name, StoredImage, pixel MD5), or Quarantined; safe on a worker thread.
+
+    No `quiet()` here: warning filters are process-wide and not thread-safe to swap, so
+    `normalize_source` keeps the whole run of a dataset with DICOM files inside one `quiet()`.
+    """
+    try:
+        img, pixel_md5 = decode(header.ds, header.shown, modality_slug(modality), ctx.ct_window)
+    except ImageError as err:
+        return Quarantined(header.shown, "read", err.reason, err.detail)
+    header.ds = None  # the header is not needed any more; free it before the next file
+    name = header.rel if header.folders is None else "/".join([*header.folders, f"{pixel_md5[:16]}.dcm"])
+    target = str(PurePosixPath(name).with_suffix(".png"))
+    try:
+        stored = ctx.store_for(modality).store_array(img, name, target)
+    except ImageError as err:
+        return Quarantined(name, "read", err.reason, err.detail)
+    return name, stored, pixel_md5
+
 
 def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
-    names = _Names(ctx)
-    dicom_like = [p for p in ctx.under("") if _dicom_like(p)]
-    if opts.labels_csv in ctx.files:
+    names = ctx.dicom_names
+    ctx.ct_window = opts.ct_window
+    dicom_like = [p for p in ctx.under(ctx.base) if _dicom_like(p)]
+    if ctx.at(opts.labels_csv) in ctx.files:
         yield from _csv_inputs(ctx, opts, names)
     else:
         for rel in dicom_like:
-            parts = rel.split("/")
+            parts = ctx.inner(rel).split("/")
             if len(parts) < 2:
                 ctx.claim(rel)
                 shown = names.unread(rel)
@@ -258,15 +322,16 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
     for rel in dicom_like:
         if rel not in ctx.claimed:
             ctx.claim(rel)
+            ctx.saw_image(rel)
             shown = names.unread(rel)
             yield Quarantined(shown, "read", "unreferenced_file", f"{shown}: DICOM file has no label entry")
 
 
-def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterator[Event]:
-    csv_rel = opts.labels_csv
+def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator[Event]:
+    csv_rel = ctx.at(opts.labels_csv)
     ctx.claim(csv_rel)
     try:
-        with open(ctx.folder / csv_rel, newline="", encoding="utf-8-sig") as f:
+        with open(ctx.path(csv_rel), newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in (opts.file_column, opts.label_column) if c not in (reader.fieldnames or [])]
             if missing:
@@ -276,7 +341,7 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
                 return
             for line, record in enumerate(reader, start=2):
                 ref = (record.get(opts.file_column) or "").strip()
-                rel = join("", ref) if ref else None
+                rel = join(ctx.base, ref) if ref else None
                 where = f"{csv_rel} line {line}"
                 if rel is None:
                     yield Quarantined(
@@ -290,18 +355,14 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
         )
 
 
-def _file(
-    ctx: ReaderContext, opts: DicomReader, names: _Names, rel: str, raw_label: str, where: str
-) -> Event:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_label: str, where: str) -> Event:
     if rel not in ctx.files:
         shown = names.unread(rel, f"missing-{where.rsplit(' ', 1)[-1]}" if " line " in where else None)
         return Quarantined(
             shown, "read", "missing_file", f"{shown}: named by {where} but not in the dataset folder"
         )
     ctx.claim(rel)
+    ctx.saw_image(rel)
     label, reason = ctx.label([raw_label])
     if label is None:
         shown = names.unread(rel)
@@ -317,26 +378,16 @@ def _file(
         return Quarantined(
             shown, "read", "split_excluded", f"{shown}: split '{split}' not in the catalog's splits"
         )
-    with _quiet():
+    header = read_header(ctx, rel)
+    if isinstance(header, Quarantined):
+        return header
+    # The name is final once the pixels are known: check duplicates before writing anything.
+    with quiet():
         try:
-            ds = pydicom.dcmread(ctx.folder / rel)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-            shown = names.unread(rel)
-            return Quarantined(
-                shown, "read", "unreadable", f"{shown}: not a readable DICOM file ({type(exc).__name__})"
-            )
-        values = header_values(ds)
-        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
-        if not ctx.source.burned_in_text_allowed:
-            risk = burned_in_risk(ds)
-            if risk:
-                return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
-        try:
-            img, pixel_md5 = decode(ds, shown, ctx.slug, opts.ct_window)
+            img, pixel_md5 = decode(header.ds, header.shown, ctx.slug, opts.ct_window)
         except ImageError as err:
-            return Quarantined(shown, "read", err.reason, err.detail)
-        del ds
-    name = names.read(rel, [], pixel_md5[:16])
+            return Quarantined(header.shown, "read", err.reason, err.detail)
+    name = rel if header.folders is None else "/".join([*header.folders, f"{pixel_md5[:16]}.dcm"])
     first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
     if first is not None:
         return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS, YoloReader
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, YoloReader
 from gmai_pipeline.readers.base import Annotation, Event, Quarantined, ReaderContext, image_inputs
 
 
@@ -48,18 +48,19 @@ def _line(line: str, classes: list[str], where: str) -> Annotation:
 
 def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
     classes: list[str] = []
-    if opts.classes_file in ctx.files:
-        ctx.claim(opts.classes_file)
-        text = (ctx.folder / opts.classes_file).read_text(encoding="utf-8", errors="replace")
+    classes_file = ctx.at(opts.classes_file)
+    if classes_file in ctx.files:
+        ctx.claim(classes_file)
+        text = ctx.path(classes_file).read_text(encoding="utf-8", errors="replace")
         classes = [c.strip() for c in text.splitlines() if c.strip()]
-    images_dir, labels_dir = opts.images_dir.strip("/"), opts.labels_dir.strip("/")
-    for rel in ctx.under(images_dir, IMAGE_EXTENSIONS):
+    images_dir, labels_dir = ctx.at(opts.images_dir), ctx.at(opts.labels_dir)
+    for rel in ctx.under(images_dir, IMAGE_EXTENSIONS_2D):
         inner = rel[len(images_dir) + 1 :] if images_dir else rel
         label_rel = str(PurePosixPath(labels_dir) / PurePosixPath(inner).with_suffix(".txt"))
         anns: list[Annotation] = []
         if label_rel in ctx.files:
             ctx.claim(label_rel)
-            text = (ctx.folder / label_rel).read_text(encoding="utf-8", errors="replace")
+            text = ctx.path(label_rel).read_text(encoding="utf-8", errors="replace")
             anns = [
                 _line(ln, classes, f"{label_rel} line {i}")
                 for i, ln in enumerate(text.splitlines(), 1)
@@ -67,7 +68,7 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
             ]
         yield from image_inputs(ctx, rel, rel, ctx.split_of(rel), anns)
     for label_rel in ctx.under(labels_dir, (".txt",)):
-        if label_rel not in ctx.claimed and label_rel != opts.classes_file:
+        if label_rel not in ctx.claimed and label_rel != classes_file:
             ctx.claim(label_rel)
             yield Quarantined(
                 label_rel, "read", "missing_file", f"{label_rel}: label file has no image in {images_dir}/"
