@@ -105,7 +105,12 @@ def unpack_archives(ctx: ReaderContext, spec: ReaderBase, cache: Path) -> tuple[
     for pattern in spec.unpack:
         if not any(_wanted(a.name, [pattern]) for a in archives):
             events.append(
-                Quarantined(pattern, "read", "missing_file", f"{pattern}: reader.unpack names no archive in the dataset folder")
+                Quarantined(
+                    pattern,
+                    "read",
+                    "missing_file",
+                    f"{pattern}: reader.unpack names no archive in the dataset folder",
+                )
             )
     for archive in archives:
         if not _wanted(archive.name, spec.unpack):
