@@ -263,7 +263,8 @@ class BoxSpec(_Spec):
 class Annotators(_Spec):
     """Several annotators per image: whose rows are used, stated (no default).
 
-    all: every annotator's box is its own row; first: only the first annotator (sorted id) of each image;
+    all: every annotator's box is its own row; first: only the first annotator of each image (ids in natural
+    order: R7 before R10);
     merge: boxes of the same label whose IoU >= `iou` across annotators are fused into their mean box,
     and an image's no-finding rows count once. Keep only some annotators with `filters`.
     """

@@ -106,11 +106,15 @@ class NormalizeReport:
         top = ", ".join(f"{r} ({n})" for r, n in self.by_reason.most_common(3))
         return (
             f"{self.dataset}: none of {self.inputs} inputs could be normalized; most common reasons: {top}. "
-            f"See quarantine/{self.dataset}.parquet for each file. Layout expected: {self.expected_layout}."
+            f"See quarantine/{self.dataset}.parquet for each file. Read {self._where()} expecting "
+            f"{self.expected_layout}; download from {self.url or '(no URL in the catalog)'}."
         )
 
+    def _where(self) -> str:
+        return f"{self.folder}/{self.layout_root}" if self.layout_root else self.folder
+
     def _nothing_found(self) -> str:
-        where = f"{self.folder}/{self.layout_root}" if self.layout_root else self.folder
+        where = self._where()
         found = (
             f"The folder holds {self.files} files, none of them an input (e.g. {', '.join(self.ignored[:5])})."
             if self.files

@@ -82,3 +82,45 @@ def disk_mask(size: tuple[int, int], centre: tuple[int, int], r: int, value: int
     m = np.zeros(size, np.uint8)
     m[(x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= r * r] = value
     return m
+
+
+NIH_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+)
+
+
+def nih(raw: Path) -> None:
+    """Kaggle's nih-chest-xrays/data: images_001/images/*.png ... images_012/images/*.png, Data_Entry_2017.csv
+    (header as in mlmed/torchxrayvision:torchxrayvision/data/Data_Entry_2017_v2020.csv.gz), train_val_list.txt,
+    test_list.txt, BBox_List_2017.csv."""
+    rows = [
+        ("00000001_000.png", "images_001", "Cardiomegaly"),
+        ("00000001_001.png", "images_001", "Cardiomegaly|Emphysema"),
+        ("00000002_000.png", "images_002", "No Finding"),
+        ("00000003_000.png", "images_002", "Hernia"),
+    ]
+    lines = [NIH_HEADER]
+    for i, (name, folder, labels) in enumerate(rows):
+        photo(raw / folder / "images" / name, seed=i, size=(64, 64), rgb=False)
+        lines.append(f"{name},{labels},{i},{i + 1},57,M,PA,2682,2749,0.143,0.143\n")
+    (raw / "Data_Entry_2017.csv").write_text("".join(lines))
+    (raw / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000002_000.png\n")
+    (raw / "test_list.txt").write_text("00000003_000.png\n")
+    (raw / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000001_000.png,Cardiomegaly,10.5,12.0,30.25,20.0\n"
+        "00000001_001.png,Cardiomegaly,5,6,10,10\n"
+        "00000001_001.png,Emphysema,40,40,20,30\n"  # 40+30 overruns the 64-pixel image
+    )
+
+
+NIH_CLS = """
+reader:
+  kind: layout
+  images: "images_*/images/*.png"
+  table: {file: Data_Entry_2017.csv, image: Image Index}
+  label: {column: Finding Labels, delimiter: "|"}
+  split: {lists: {train: train_val_list.txt, test: test_list.txt}}
+labels: {Cardiomegaly: cardiomegaly, Emphysema: emphysema, No Finding: no finding, Hernia: hernia}
+"""

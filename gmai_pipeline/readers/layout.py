@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -358,7 +359,10 @@ def _one_hot(spec, values: dict, where: str) -> list[Annotation]:
                 f"{where}: column '{col}' has {cell!r}, neither positive {list(spec.positive)} nor 0/empty"
             )
             anns.append(Annotation((col,), where=where, error=("unknown_label", detail)))
-    return anns or [Annotation((), where=where)]
+    if not anns:
+        detail = f"{where}: no column of {list(spec.columns)} is positive"
+        return [Annotation((), where=where, error=("missing_label", detail))]
+    return anns
 
 
 def _number(text: str) -> float | None:
@@ -533,6 +537,11 @@ def _table_row(ctx, opts: LayoutReader, finder: _Finder, table_rel: str, line: i
     img.annotations += [(annotator, a) for a in _row_boxes(opts, values, label, where)]
 
 
+def natural(text: str) -> tuple:
+    """Sort key that orders R7 before R10."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
 def _iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -549,7 +558,7 @@ def _apply_annotators(
     if spec is None or spec.policy == "all" or not anns:
         return anns
     if spec.policy == "first":
-        first = min(a for a, _ in anns)
+        first = min((a for a, _ in anns), key=natural)
         ctx.counters["rows_of_other_annotators"] += sum(1 for a, _ in anns if a != first)
         return [(a, x) for a, x in anns if a == first]
     return _merge(ctx, spec.iou, anns)
