@@ -150,6 +150,9 @@ class DicomReader(_Options):
     label_column: str = "label"
     ct_window: tuple[float, float] | None = None
 
+    def anchors(self) -> tuple[str, ...]:
+        return (self.labels_csv,)
+
 
 ReaderSpec = Annotated[
     ImageFolderReader

@@ -9,8 +9,8 @@ with a real dataset.
 
 Extension point for converters (formats a declaration cannot describe: DICOM series, polygons, run-length
 masks, HDF5, whole-slide images): `FileSet.format` names how matched files are decoded. `FORMATS` lists
-the formats this build knows; a converter adds its name there and its decoder in `readers/layout.py`
-(`DECODERS`), and the same YAML (`images: {path: ..., format: <name>}`) selects it.
+the formats this build knows; a converter adds its name there and its reader in `readers/layout.py`
+(`CONVERTERS`), and the same YAML (`images: {path: ..., format: <name>}`) selects it.
 """
 
 from __future__ import annotations
@@ -218,12 +218,14 @@ class Join(_Spec):
 class TableSpec(_Spec):
     """A CSV/TSV/XLSX table. With `image` the table drives: each row names an image (a path, tried
     relative to the table's folder and to the layout root, leading folders dropped one by one until it is
-    found; or an id matched against the file name or stem of the files `images` matches). With `join` the
+    found; or an id matched against the file name or stem of the files `images` matches). A cell that
+    wraps the name (`000a312787f2_image`) is read with `image_pattern` (`{stem}_image`). With `join` the
     templates drive and rows add columns to the inputs they match.
     """
 
     file: tuple[str, ...]
     image: str | int | None = None
+    image_pattern: str | None = None  # how the cell names the image, e.g. "{stem}_image" (SIIM-COVID19 ids)
     join: Join | None = None
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
@@ -235,6 +237,12 @@ class TableSpec(_Spec):
     def _mode(self) -> TableSpec:
         if (self.image is None) == (self.join is None):
             raise ValueError("give exactly one of image (the table names the images) or join (templates do)")
+        if self.image_pattern is not None:
+            check_template(self.image_pattern)
+            if not {"path", "file", "stem"} & set(template_fields(self.image_pattern)):
+                raise ValueError(
+                    "image_pattern needs a {path}, {file} or {stem} field: the part that names the image"
+                )
         return self
 
 

@@ -135,3 +135,51 @@ def test_every_reader_has_root_and_unpack(tmp_path: Path) -> None:
         assert source.reader.root == "data/v1" and source.reader.unpack == ("data.zip",)
     with pytest.raises(CatalogError, match="must stay inside"):
         entry(tmp_path, "ok", "2d_cls", "reader: {kind: image_folder, root: ../other}")
+
+
+def test_a_converter_plugs_in_by_format_name(tmp_path: Path, monkeypatch) -> None:
+    """The extension point converters use: a format name in the schema, a reader for it in the layout module."""
+    from normalize_fixtures import run
+
+    from gmai_pipeline.layouts import FORMATS
+    from gmai_pipeline.readers import layout
+    from gmai_pipeline.readers.base import Quarantined
+
+    def fake(ctx, opts):
+        for found in layout.match(ctx, [layout.Template(t) for t in opts.images.path], None):
+            ctx.claim(found.rel)
+            yield Quarantined(
+                found.rel, "read", "unsupported_codec", f"{found.rel}: seen by the fake converter"
+            )
+
+    monkeypatch.setitem(FORMATS, "fake_slides", "test converter")
+    monkeypatch.setitem(layout.CONVERTERS, "fake_slides", fake)
+    raw = tmp_path / "raw" / "ds"
+    raw.mkdir(parents=True)
+    (raw / "slide1.svs").write_bytes(b"not a slide")
+    body = 'reader: {kind: layout, images: {path: "{slide}.svs", format: fake_slides}, label: "{slide}"}'
+    report, _, qrows = run(entry(tmp_path, "ds", "2d_cls", body), raw, tmp_path / "out")
+    assert report.inputs == 1 and "fake converter" in qrows[0]["detail"]
+
+
+def test_boxes_normalized_centre_size_and_corners() -> None:
+    from gmai_pipeline.layouts import LayoutReader
+    from gmai_pipeline.readers.layout import _row_boxes
+
+    def boxes(spec: dict, values: dict):
+        opts = LayoutReader.model_validate(
+            {"kind": "layout", "images": "*.png", "table": {"file": "t.csv", "image": "f"}, "boxes": spec}
+        )
+        return [(a.box, a.normalized, a.error) for a in _row_boxes(opts, values, ("x",), "t.csv line 2")]
+
+    cxcywh = {"columns": ["cx", "cy", "w", "h"], "format": "cxcywh", "units": "normalized"}
+    assert boxes(cxcywh, {"cx": "0.5", "cy": "0.5", "w": "0.2", "h": "0.4"}) == [
+        ((0.4, 0.3, 0.6, 0.7), True, None)
+    ]
+    cell = {"column": "bbox", "format": "xywh"}
+    assert boxes(cell, {"bbox": "[[1, 2, 3, 4], [5, 6, 7, 8]]"}) == [
+        ((1, 2, 4, 6), False, None),
+        ((5, 6, 12, 14), False, None),
+    ]
+    ((_, _, error),) = boxes(cell, {"bbox": "[1, 2]"})
+    assert error[0] == "missing_box" and "4 numbers" in error[1]

@@ -401,3 +401,40 @@ def test_unknown_table_column_is_a_clear_quarantined_input(tmp_path: Path) -> No
     table = [q for q in qrows if q["source_path"] == "Data_Entry_2017.csv"]
     assert table and "['Findings'] not in the header" in table[0]["detail"]
     assert pq.read_metadata(tmp_path / "out" / "normalized" / "nih.parquet").num_rows == 0
+
+
+def test_siim_covid19_boxes_as_a_list_in_one_cell(tmp_path: Path) -> None:
+    """Kaggle siim-covid19-detection: train_image_level.csv (id,boxes,label,StudyInstanceUID) whose `boxes`
+    cell is a Python list of {'x','y','width','height'} dicts and whose id is `<image>_image`, with the DICOM
+    files at train/<study>/<series>/<image>.dcm (b02202050/2021-SIIM-COVID19-Detection:README.md; public
+    notebooks glob train/*/*/*.dcm and parse `boxes` with ast)."""
+    raw = tmp_path / "raw" / "siim_covid"
+    a, b = "65761e66de9f", "000c9c05fd14"
+    dicom_file(raw / "train" / "00086460a852" / "9e8302230c91" / f"{a}.dcm", pattern(64, 64, seed=5) * 8)
+    dicom_file(raw / "train" / "000c9c05fd14" / "e555410bd2cd" / f"{b}.dcm", pattern(64, 64, seed=6) * 8)
+    (raw / "train_image_level.csv").write_text(
+        "id,boxes,label,StudyInstanceUID\n"
+        f"{a}_image,\"[{{'x': 10.5, 'y': 4.0, 'width': 20.0, 'height': 30.0}}, {{'x': 40.0, 'y': 8.0, 'width': 12.0, "
+        f"'height': 20.0}}]\",opacity 1 10.5 4 30.5 34 opacity 1 40 8 52 28,00086460a852\n"
+        f"{b}_image,,none 1 0 0 1 1,000c9c05fd14\n"
+    )
+    source = entry(
+        tmp_path,
+        "siim_covid",
+        "2d_det",
+        """
+        reader:
+          kind: layout
+          images: "train/{study}/{series}/{stem}.dcm"
+          table: {file: train_image_level.csv, image: id, image_pattern: "{stem}_image"}
+          label: {value: opacity}
+          boxes: {column: boxes, format: xywh, no_finding: {label: {glob: "none *"}}}
+        labels: {opacity: lung opacity}
+        """,
+        modality="X-Ray",
+        department="Pulmonary Medicine",
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert (report.kept, reasons(qrows)) == (2, {"no_finding": 1})
+    assert sorted(r["bbox"] for r in rows) == [[10, 4, 31, 34], [40, 8, 52, 28]]
+    assert {r["label"] for r in rows} == {"lung opacity"}

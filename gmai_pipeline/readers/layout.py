@@ -21,7 +21,7 @@ import json
 import posixpath
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -52,8 +52,9 @@ from gmai_pipeline.readers.volume_cases import (
     selected,
 )
 
-# Decoders per `FileSet.format`; converters add theirs (see `gmai_pipeline.layouts`).
-DECODERS: dict[str, object] = {"auto": None}
+# Readers per `FileSet.format` other than "auto": a converter registers `(ctx, opts) -> events` here (and its
+# name in `gmai_pipeline.layouts.FORMATS`), reusing this module's helpers (`match`, `_tables`, `_split`, ...).
+CONVERTERS: dict[str, Callable[[ReaderContext, LayoutReader], Iterator[Event]]] = {}
 
 
 @dataclass
@@ -143,6 +144,10 @@ def case_of(found: Found, template_fields: Iterable[str]) -> str:
 
 
 def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
+    formats = {opts.images.format, opts.masks.format if opts.masks else "auto"} - {"auto"}
+    if formats:
+        yield from CONVERTERS[formats.pop()](ctx, opts)
+        return
     plan = compile_plan(opts)
     ctx.ct_window = opts.ct_window
     three_d = ctx.source.task_type == "3d_seg"
@@ -390,9 +395,14 @@ def _parse_cell(cell: str, where: str) -> list[tuple[float, float, float, float]
             value = ast.literal_eval(cell)
         except (ValueError, SyntaxError):
             return f"{where}: box cell {cell[:60]!r} is not a list of numbers"
-    items = value if value and isinstance(value[0], list | tuple) else [value]
+    items = (
+        value
+        if value and isinstance(value, list | tuple) and isinstance(value[0], list | tuple | dict)
+        else [value]
+    )
     out = []
     for item in items:
+        item = _dict_box(item) if isinstance(item, dict) else item
         if not isinstance(item, list | tuple) or len(item) != 4:
             return f"{where}: box cell {cell[:60]!r} does not hold 4 numbers per box"
         try:
@@ -400,6 +410,22 @@ def _parse_cell(cell: str, where: str) -> list[tuple[float, float, float, float]
         except (TypeError, ValueError):
             return f"{where}: box cell {cell[:60]!r} is not a list of numbers"
     return out  # type: ignore[return-value]
+
+
+BOX_KEYS = (
+    ("x", "y", "width", "height"),
+    ("x", "y", "w", "h"),
+    ("x_min", "y_min", "x_max", "y_max"),
+    ("xmin", "ymin", "xmax", "ymax"),
+)
+
+
+def _dict_box(item: dict) -> tuple | None:
+    """A box written as a dict (SIIM-COVID19's `{'x': .., 'y': .., 'width': .., 'height': ..}`), in `format` order."""
+    for keys in BOX_KEYS:
+        if all(k in item for k in keys):
+            return tuple(item[k] for k in keys)
+    return None
 
 
 def _xyxy(box, fmt: str) -> tuple[float, float, float, float]:
@@ -448,8 +474,9 @@ class _Finder:
     """A table cell -> the image file: as a path (relative to the table or the layout root, leading
     folders dropped one by one), else as an id (file name or stem of a file `images` matched)."""
 
-    def __init__(self, ctx: ReaderContext, found: list[Found], dicom: bool):
+    def __init__(self, ctx: ReaderContext, found: list[Found], dicom: bool, pattern: str | None = None):
         self.ctx = ctx
+        self.pattern = Template(pattern) if pattern else None
         self.dicom = dicom  # a missing file is named as DICOM (pseudonymous): the cell may be a patient id
         self.by_name: dict[str, Found] = {}
         self.by_stem: dict[str, Found] = {}
@@ -461,6 +488,11 @@ class _Finder:
     def find(self, cell: str, table_rel: str) -> tuple[str | None, Found | None]:
         ctx = self.ctx
         ref = cell.replace("\\", "/").strip()
+        if self.pattern is not None:
+            got = self.pattern.match(ref)
+            if got is None:
+                return join(ctx.base, ref), None  # reported missing, with the cell as written
+            ref = got.get("path") or got.get("file") or got["stem"]
         parts = ref.split("/")
         for start in range(len(parts)):
             tail = "/".join(parts[start:])
@@ -485,7 +517,7 @@ def _table_driven(ctx: ReaderContext, plan: Plan, found: list[Found], lists) -> 
     dicom = any(is_dicom(f.rel) for f in found) or any(
         t.lower().endswith((".dcm", ".dicom")) for t in opts.images.path
     )
-    finder = _Finder(ctx, found, dicom)
+    finder = _Finder(ctx, found, dicom, opts.table.image_pattern)  # type: ignore[union-attr]
     images: dict[str, _Image] = {}
     for table in tables:
         for line, row in table.rows:
