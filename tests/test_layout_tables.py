@@ -391,6 +391,13 @@ def test_every_2d_reader_reads_dicom_under_the_privacy_rules(tmp_path: Path, kin
     dicom_file(folder / "PAT-7731.dcm", pattern(48, 48, seed=3).astype(np.uint16) * 16, **risky)
     report, _, qrows = run(source, raw, tmp_path / "out3")
     assert reasons(qrows) == {"burned_in_text_risk": 1} and "PAT-7731" not in qrows[0]["detail"]
+    if kind == "mask_pairs":  # a mask named after the image is shown as pseudonymously as the image
+        dicom_file(
+            folder / "PAT-7731.dcm", pattern(48, 48, seed=3).astype(np.uint16) * 16, patient_id="PAT-7731"
+        )
+        write_image(raw / "masks" / "PAT-7731.png", np.zeros((48, 48), np.uint8))
+        _, _, qrows = run(source, raw, tmp_path / "out4")
+        assert reasons(qrows) == {"empty_mask": 1} and "PAT-7731" not in str(qrows)
 
 
 def test_unknown_table_column_is_a_clear_quarantined_input(tmp_path: Path) -> None:

@@ -239,6 +239,12 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
     return out, events
 
 
+def _saw_case(ctx: ReaderContext, opts: LayoutReader, f: Found | None) -> None:
+    """2D inputs count towards `expect: cases` when the templates name a `{case}`."""
+    if f is not None and "case" in opts.template_fields():
+        ctx.cases_seen.add(f.fields["case"])
+
+
 def _filtered(ctx: ReaderContext, opts: LayoutReader, values: dict, rel: str) -> bool:
     failed = all_hold(opts.filters, values)
     if failed is None:
@@ -300,7 +306,8 @@ def _joined_rows(ctx: ReaderContext, plan: Plan, found: list[Found]) -> tuple[di
     rows = {
         f.rel: by_key[f.fields[join_spec.field]] for f in found if f.fields.get(join_spec.field) in by_key
     }  # type: ignore[union-attr]
-    ctx.counters["inputs_without_table_row"] += len(found) - len(rows)
+    if len(found) > len(rows):
+        ctx.counters["inputs_without_table_row"] += len(found) - len(rows)
     return rows, events
 
 
@@ -325,7 +332,9 @@ def _classified(ctx, plan: Plan, found: list[Found], rows: dict, lists) -> Itera
             ctx.claim(f.rel)
             yield Quarantined(ctx.shown(f.rel), "annotate", err.reason, err.detail)
             continue
-        yield from image_inputs(ctx, f.rel, f.rel, split, _labels(opts, values, f.fields["path"]), modality)
+        _saw_case(ctx, opts, f)
+        # no `where`: the label's source is the path itself, already in every message (pseudonymous for DICOM)
+        yield from image_inputs(ctx, f.rel, f.rel, split, _labels(opts, values, ""), modality)
 
 
 # ------------------------------------------------------------------ labels and boxes from a row
@@ -359,7 +368,7 @@ def _one_hot(spec, values: dict, where: str) -> list[Annotation]:
             elif spec.uncertain.policy == "quarantine":
                 detail = f"{where}: '{col}' is uncertain ({cell}); policy quarantine"
                 anns.append(Annotation((col,), where=where, error=("uncertain_label", detail)))
-        elif cell and _number(cell) != 0:
+        elif cell and cell.lower() not in ("false", "no", "nan") and _number(cell) != 0:
             detail = (
                 f"{where}: column '{col}' has {cell!r}, neither positive {list(spec.positive)} nor 0/empty"
             )

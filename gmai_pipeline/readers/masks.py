@@ -114,8 +114,10 @@ def seg_image(
     """
     dicom = is_dicom(rel)
     shown = ctx.shown(rel)
+    # A DICOM image's masks are usually named after it: they are shown as pseudonymously as the image.
+    display = ctx.dicom_names.unread if dicom else (lambda r: r)
     if not masks:
-        return Quarantined(shown, "read", "missing_file", f"{shown}: mask {expected} not found")
+        return Quarantined(shown, "read", "missing_file", f"{shown}: mask {display(expected)} not found")
     for m in masks:
         ctx.claim(m.rel)
     excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
@@ -126,7 +128,7 @@ def seg_image(
         return image
     size, store, name = image
     try:
-        mask, names, numeric, mask_name = _mask_2d(ctx, masks, size, name)
+        mask, names, numeric, mask_name = _mask_2d(ctx, masks, size, name, display)
     except ImageError as err:
         return Quarantined(
             name, "annotate" if err.reason == "unknown_label" else "read", err.reason, err.detail
@@ -176,18 +178,21 @@ def _open_dicom(ctx, rel: str):
     return (img.shape[1], img.shape[0]), lambda store: store.store_array(img, name, target), name
 
 
-def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str):
+def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, display):
     """(label map, value -> name, numeric?, description) from one or several 2D mask files."""
     names: dict[int, str] = {}
     labels = sorted({m.label for m in masks if m.label is not None})
     index = {label: i + 1 for i, label in enumerate(labels)}
     combined = np.zeros((size[1], size[0]), np.uint16 if len(labels) > 254 else np.uint8)
     for m in sorted(masks, key=lambda m: (m.label or "", m.rel)):
-        arr = _load_mask_file(ctx, m.rel)
+        try:
+            arr = _load_mask_file(ctx, m.rel)
+        except ImageError as err:
+            raise ImageError(err.reason, err.detail.replace(m.rel, display(m.rel))) from None
         if (arr.shape[1], arr.shape[0]) != size:
             raise ImageError(
                 "shape_mismatch",
-                f"{shown}: image is {size[0]}x{size[1]} but mask {m.rel} is {arr.shape[1]}x{arr.shape[0]}",
+                f"{shown}: image is {size[0]}x{size[1]} but mask {display(m.rel)} is {arr.shape[1]}x{arr.shape[0]}",
             )
         fg = arr > 0
         if m.label is not None:
@@ -197,7 +202,8 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str):
             if combined.dtype == np.uint8 and arr.max(initial=0) > 255:
                 combined = combined.astype(np.uint16)
             combined[fg] = arr[fg]
-    desc = masks[0].rel if len(masks) == 1 else f"{len(masks)} mask files ({masks[0].rel}, ...)"
+    first = display(masks[0].rel)
+    desc = first if len(masks) == 1 else f"{len(masks)} mask files ({first}, ...)"
     return combined, names, not labels, desc
 
 
