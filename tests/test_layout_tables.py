@@ -252,22 +252,30 @@ reader:
     format: xyxy
     no_finding: {class_name: No finding}
   annotators: {column: rad_id, policy: POLICY}
+  filters: FILTERS
 labels: {Cardiomegaly: cardiomegaly, Nodule/Mass: nodule or mass, No finding: no finding}
 """
 
 
 @pytest.mark.parametrize(
-    ("policy", "kept", "quarantined"),
-    [("merge", 2, {"no_finding": 1}), ("all", 3, {"no_finding": 3}), ("first", 0, {"no_finding": 2})],
+    ("policy", "filters", "kept", "quarantined"),
+    [
+        ("merge", "{}", 2, {"no_finding": 1}),
+        ("all", "{}", 3, {"no_finding": 3}),
+        ("first", "{}", 0, {"no_finding": 2}),
+        ("all", "{rad_id: [R9]}", 2, {}),  # only R9's rows: image b, with none, is filtered out, not an input
+    ],
 )
-def test_vindr_dicom_boxes_no_finding_rows_and_annotator_policy(tmp_path, policy, kept, quarantined) -> None:
+def test_vindr_dicom_boxes_no_finding_rows_and_annotator_policy(
+    tmp_path, policy, filters, kept, quarantined
+) -> None:
     raw = tmp_path / "raw" / "vindr"
     _vindr(raw)
     source = entry(
         tmp_path,
         "vindr",
         "2d_det",
-        VINDR.replace("POLICY", policy),
+        VINDR.replace("POLICY", policy).replace("FILTERS", filters),
         modality="X-Ray",
         department="Pulmonary Medicine",
     )
