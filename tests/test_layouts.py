@@ -173,6 +173,33 @@ def test_multi_part_and_split_archives(tmp_path: Path) -> None:
         assert "zip -s 0" in err.detail
 
 
+def test_msd_task_tar_unpacked_on_request_beside_its_archive(tmp_path: Path) -> None:
+    """MSD ships Task09_Spleen.tar holding Task09_Spleen/{dataset.json,imagesTr,labelsTr,imagesTs} with macOS
+    `._` files beside the volumes (http://medicaldecathlon.com/; MIC-DKFZ/nnUNet:nnunetv2/dataset_conversion/
+    convert_MSD_dataset.py reads the extracted folder)."""
+    raw = tmp_path / "raw" / "msd_spleen"
+    raw.mkdir(parents=True)
+    scratch = tmp_path / "scratch"
+    nifti(scratch / "img.nii.gz", ct_volume(seed=1))
+    nifti(scratch / "lab.nii.gz", box_label(value=1))
+    meta = {
+        "labels": {"0": "background", "1": "spleen"},
+        "training": [{"image": "./imagesTr/spleen_2.nii.gz", "label": "./labelsTr/spleen_2.nii.gz"}],
+    }
+    (scratch / "dataset.json").write_text(json.dumps(meta))
+    with tarfile.open(raw / "Task09_Spleen.tar", "w") as tf:
+        tf.add(scratch / "dataset.json", "Task09_Spleen/dataset.json")
+        tf.add(scratch / "img.nii.gz", "Task09_Spleen/imagesTr/spleen_2.nii.gz")
+        tf.add(scratch / "img.nii.gz", "Task09_Spleen/imagesTr/._spleen_2.nii.gz")
+        tf.add(scratch / "lab.nii.gz", "Task09_Spleen/labelsTr/spleen_2.nii.gz")
+    source = entry(
+        tmp_path, "msd_spleen", "3d_seg", "reader: {kind: msd, axes: [2], unpack: [Task09_Spleen.tar]}"
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert report.layout_root == "Task09_Spleen" and (report.kept, qrows) == (1, [])
+    assert {r["label"] for r in rows} == {"spleen"} and report.counters["archives_unpacked"] == 1
+
+
 def test_brats21_channels_by_name_from_separate_files(tmp_path: Path) -> None:
     """BraTS 2021: BraTS2021_Training_Data/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz
     (MIC-DKFZ/nnUNet:nnunetv2/dataset_conversion/Dataset137_BraTS21.py)."""

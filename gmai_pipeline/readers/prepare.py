@@ -24,8 +24,9 @@ DOC_NAMES = ("readme", "license", "licence", "citation", "changelog", "copying",
 
 
 def _is_doc(name: str) -> bool:
+    """Files that do not stop a wrapper from being one: documentation, and the archive it came from."""
     low = name.lower()
-    return low.endswith(DOC_SUFFIXES) or low.startswith(DOC_NAMES)
+    return low.endswith(DOC_SUFFIXES) or low.startswith(DOC_NAMES) or bool(find_archives([name]))
 
 
 def _entries(paths, prefix: str) -> tuple[set[str], set[str]]:
