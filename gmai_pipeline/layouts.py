@@ -27,7 +27,7 @@ FORMATS: dict[str, str] = {
 }
 FIELD_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{\d*,?\d*\})+))?\}")
 # Names every input has besides its template fields: usable in conditions, rules, split lists.
-BUILTIN_FIELDS = ("path", "file", "stem", "channel")
+BUILTIN_FIELDS = ("path", "file", "stem", "channel", "case")
 
 
 class _Spec(BaseModel):
@@ -421,7 +421,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
 
     @model_validator(mode="after")
     def _references(self) -> LayoutReader:
-        known = self.template_fields() | set(BUILTIN_FIELDS) | ({"case"} if self.masks else set())
+        known = self.template_fields() | set(BUILTIN_FIELDS)
         has_columns = self.table is not None
         for where, name in self._field_refs():
             if name not in known:

@@ -111,6 +111,8 @@ def read_volume(path: Path, name: str, is_label: bool = False, channels: bool = 
         raise ImageError(reason, f"{name}: cannot read volume ({type(exc).__name__})") from None
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if arr.ndim == 2:  # a single slice stored as NIfTI (QUBIQ): a volume one slice deep
+        arr = arr[..., None]
     if arr.ndim == 4 and (is_label or not channels):
         what = "label volume" if is_label else "image"
         raise ImageError(

@@ -446,6 +446,35 @@ def test_totalsegmentator_one_mask_file_per_structure_and_split_from_meta_csv(tm
     assert "meta.csv" not in report.ignored
 
 
+def test_qubiq_one_raters_masks_chosen_by_a_filter(tmp_path: Path) -> None:
+    """QUBIQ: training_data_v2/<task>/Training/case01/image.nii.gz with one mask per rater, task01_seg01.nii.gz ...
+    (HaoWang420/bOEMD-net:dataloaders/brats.py); the images are single slices stored as NIfTI."""
+    raw = tmp_path / "raw" / "qubiq"
+    case = raw / "training_data_v2" / "brain-growth" / "Training" / "case01"
+    nifti(case / "image.nii.gz", ct_volume((24, 24), low=0, high=255))
+    small, large = np.zeros((24, 24), np.uint8), np.zeros((24, 24), np.uint8)
+    small[8:12, 8:12] = 1
+    large[4:20, 4:20] = 1
+    nifti(case / "task01_seg01.nii.gz", small)
+    nifti(case / "task01_seg02.nii.gz", large)
+    body = """
+        reader:
+          kind: layout
+          root: training_data_v2
+          images: "{task}/Training/{case}/image.nii.gz"
+          masks: "{task}/Training/{case}/task01_seg{rater}.nii.gz"
+          axes: [2]
+          FILTER
+        labels: {"1": brain}
+        """
+    one = entry(tmp_path, "qubiq", "3d_seg", body.replace("FILTER", 'filters: {rater: "01"}'), modality="MR")
+    report, rows, _ = run(one, raw, tmp_path / "out")
+    assert [r["bbox"] for r in rows] == [[8, 12, 12, 16]] and report.counters["masks_filtered_by_rater"] == 1
+    union = entry(tmp_path, "qubiq", "3d_seg", body.replace("FILTER", ""), modality="MR")
+    _, rows, _ = run(union, raw, tmp_path / "out2")
+    assert [r["bbox"] for r in rows] == [[4, 4, 20, 20]]  # without a choice, the raters' masks are merged
+
+
 # ------------------------------------------------------------------ 2D classification from templates
 
 

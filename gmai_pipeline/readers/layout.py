@@ -245,8 +245,14 @@ def _saw_case(ctx: ReaderContext, opts: LayoutReader, f: Found | None) -> None:
         ctx.cases_seen.add(f.fields["case"])
 
 
+def _mask_only(opts: LayoutReader) -> set[str]:
+    return set(opts.masks.fields()) - set(opts.images.fields()) if opts.masks else set()
+
+
 def _filtered(ctx: ReaderContext, opts: LayoutReader, values: dict, rel: str) -> bool:
-    failed = all_hold(opts.filters, values)
+    """Whether a declared filter leaves this input out (conditions on mask-only fields choose masks instead)."""
+    mask_only = _mask_only(opts)
+    failed = all_hold({k: c for k, c in opts.filters.items() if k not in mask_only}, values)
     if failed is None:
         return False
     ctx.counters[f"filtered_by_{failed}"] += 1
@@ -654,6 +660,20 @@ def _shared(plan: Plan) -> list[str]:
     return [f for f in plan.opts.masks.fields() if f in image_fields and f != "channel"]  # type: ignore[union-attr]
 
 
+def _masks_of(ctx, opts: LayoutReader, values: dict, found: list[Found]) -> list[MaskFile]:
+    """An input's mask files, after filters on mask-only fields (one annotator's masks: `filters: {rater: "1"}`)."""
+    conditions = {k: c for k, c in opts.filters.items() if k in _mask_only(opts)}
+    out = []
+    for m in found:
+        both = {**values, **m.fields}
+        failed = all_hold(conditions, both)
+        if failed is not None:
+            ctx.counters[f"masks_filtered_by_{failed}"] += 1
+            continue
+        out.append(MaskFile(m.rel, _mask_label(opts, both)))
+    return out
+
+
 def _mask_label(opts: LayoutReader, values: dict) -> str | None:
     """A mask file's label when the declaration names it (binary masks); None: mask values are labels."""
     return resolve(opts.label, values) if opts.label is not None else None
@@ -675,10 +695,7 @@ def _masks_2d(
         if split is None:
             yield _split_unknown(ctx, f.rel)
             continue
-        masks = [
-            MaskFile(m.rel, _mask_label(opts, {**values, **m.fields}))
-            for m in index.get(tuple(f.fields.get(k) for k in shared), [])
-        ]
+        masks = _masks_of(ctx, opts, values, index.get(tuple(f.fields.get(k) for k in shared), []))
         try:
             modality = _modality(ctx, opts.modality, values, ctx.shown(f.rel))
         except ImageError as err:
@@ -722,10 +739,7 @@ def _volumes(
                 ctx.saw_image(rel, case)
                 yield _split_unknown(ctx, rel)
             continue
-        masks = [
-            MaskFile(m.rel, _mask_label(opts, {**values, **m.fields}))
-            for m in index.get(tuple(members[0].fields.get(k) for k in shared), [])
-        ]
+        masks = _masks_of(ctx, opts, values, index.get(tuple(members[0].fields.get(k) for k in shared), []))
         vc = VolumeCase(case, images, masks, split, values, ref=case)
         yield from case_events(ctx, opts, vc, opts.modality, opts.channels)
 
