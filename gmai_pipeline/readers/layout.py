@@ -23,7 +23,6 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 import numpy as np
 
@@ -76,8 +75,11 @@ class Plan:
 
 
 def _stem(name: str) -> str:
+    """`x` for `x.png` and for `x.nii.gz` (string operations: this runs for every file)."""
     base = strip_volume_suffix(name)
-    return base if base != name else PurePosixPath(name).stem
+    if base != name:
+        return base
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name
 
 
 def builtins(ctx: ReaderContext, rel: str) -> dict[str, str]:
