@@ -354,3 +354,29 @@ def test_disk_full_mid_shard_raises_and_leaves_no_partial(
         e["name"] for e in read_index(shard_dir)["shards"]
     ]
     assert verify_shards(shard_dir) == []
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_end_of_archive_padding_equals_tarwriter_for_every_residue(tmp_path: Path, direct: bool) -> None:
+    """tarfile pads the end of an archive to a whole 10,240-byte record after two zero blocks: an archive
+    whose members end at each of the 20 block offsets within a record gets exactly TarWriter's bytes."""
+    record, block = 10240, 512
+    residues = set()
+    for residue in range(0, record, block):
+        # One sample: image header + image blocks, json header + one json block = 1536 + 512 * image_blocks.
+        image_blocks = (residue - 3 * block) % record // block
+        image = np.random.default_rng(residue).bytes(image_blocks * block - 7 if image_blocks else 0)
+        (tmp_path / "i.png").write_bytes(image)
+        sample = {"__key__": f"k{residue}", "png": image, "json": b'{"id":"x"}'}
+        path = tmp_path / f"ours-{residue}.tar"
+        fd, ok_direct = shards_mod.open_for_shard(path, direct)
+        writer = TarShardWriter(shards_mod._ShardFile(fd, ok_direct, shards_mod._BufferPool()))
+        writer.write_sample(sample["__key__"], {"png": tmp_path / "i.png", "json": sample["json"]})
+        members_end = writer.out.offset
+        writer.close()
+        os.close(fd)
+        residues.add(members_end % record)
+        expected = webdataset_tar([sample])
+        assert len(expected) % record == 0
+        assert path.read_bytes() == expected, f"members end at {members_end} (residue {residue})"
+    assert residues == set(range(0, record, block))
