@@ -32,7 +32,7 @@ def test_release_assets_materialize(output_root: Path) -> None:
     assert verify_shards(layout.release / "shards") == []
     for stage in ("stage1", "stage2", "stage3"):
         md = result.asset_materializations_for_node(f"{stage}_mix")[0].metadata
-        meta = json.loads((layout.mixtures / f"{stage}.meta.json").read_text())
+        meta = json.loads((layout.mixtures / f"{stage}.provenance.json").read_text())
         assert md["samples"].value == meta["samples"] > 0 and md["ids_sha256"].value == meta["ids_sha256"]
     report_md = result.asset_materializations_for_node("dataset_report")[0].metadata
     assert report_md["chart_modality"].value.startswith("![Modality](data:image/png;base64,iVBORw0KGgo")

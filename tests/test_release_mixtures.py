@@ -14,6 +14,7 @@ from gmai_pipeline.release.mixtures import (
     build_mixture,
     copies,
     load_mixtures,
+    provenance_path,
     read_text_dialogue,
     write_mixture,
 )
@@ -161,7 +162,7 @@ def test_mixture_files_are_the_training_format(output_root: Path, tmp_path: Path
             for x in (layout.mixtures / f"{stage}.jsonl").read_text(encoding="utf-8").splitlines()
         ]
         ids = [r["id"] for r in lines]
-        on_disk = json.loads((layout.mixtures / f"{stage}.meta.json").read_text())
+        on_disk = json.loads(provenance_path(layout.mixtures, stage).read_text())
         assert on_disk == meta
         assert meta["image_root"] == str(layout.images.resolve()) and meta["samples"] == len(lines)
         assert meta["ids_sha256"] == hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()

@@ -25,7 +25,7 @@ FAST = {"max_length": 512, "micro_batch": 1, "grad_accum": 2, "max_samples": 6}
 
 @pytest.fixture
 def stage1_inputs(output_root: Path) -> Path:
-    """The release helper's contract: mixtures/stage1.jsonl + .meta.json; plus a 112 px tiny model folder."""
+    """The release helper's contract: mixtures/stage1.jsonl + .provenance.json; plus a 112 px tiny model folder."""
     mix = write_mixture(OutputLayout(output_root).mixtures, stage=1, n=8, text_only=1)
     return build_tiny(output_root / "tiny_model", iter_texts(mix), image_size=112)
 

@@ -16,7 +16,7 @@ FINDINGS = ["no abnormality", "a small nodule", "a large lesion", "an effusion",
 
 
 def write_mixture(folder: Path, stage: int = 1, n: int = 12, text_only: int = 2, seed: int = 0) -> Path:
-    """stage{N}.jsonl + stage{N}.meta.json + images/ under `folder` (the release helper's contract)."""
+    """stage{N}.jsonl + stage{N}.provenance.json + images/ under `folder` (the release helper's contract)."""
     rng = random.Random(seed)
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -62,5 +62,5 @@ def write_mixture(folder: Path, stage: int = 1, n: int = 12, text_only: int = 2,
         "ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
         "components": {"fixture": len(records)},
     }
-    (folder / f"stage{stage}.meta.json").write_text(json.dumps(meta))
+    (folder / f"stage{stage}.provenance.json").write_text(json.dumps(meta))
     return path

@@ -25,6 +25,7 @@ from gmai_pipeline import training_cluster as tc
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout
 from gmai_pipeline.profiles import load_resource_config
+from gmai_pipeline.release.mixtures import provenance_path
 from gmai_pipeline.settings import PROJECT_ROOT
 
 STAGES = (1, 2, 3)
@@ -238,7 +239,7 @@ class StageConfig(dg.Config):
 
 def _mixture(stage: int) -> tuple[Path, dict]:
     folder = layout().mixtures
-    data, meta_path = folder / f"stage{stage}.jsonl", folder / f"stage{stage}.meta.json"
+    data, meta_path = folder / f"stage{stage}.jsonl", provenance_path(folder, f"stage{stage}")
     if not data.exists() or not meta_path.exists():
         raise dg.Failure(f"stage{stage}_mix not materialized: expected {data} and {meta_path}")
     return data, json.loads(meta_path.read_text())

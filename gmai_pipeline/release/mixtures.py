@@ -1,9 +1,10 @@
 """Per-stage training mixtures from `assets/mixtures.yaml`: which released records each stage trains on.
 
 Each mixture is written as LLaVA JSONL (one full record per line, `image` relative to the images
-root, text-only records without `image` and without `<image>`) plus `stageN.meta.json` holding the
+root, text-only records without `image` and without `<image>`) plus `stageN.provenance.json` holding the
 image root, the sample count, the SHA-256 of the sorted id list and per-component counts, so a
-training run can prove which samples it saw.
+training run can prove which samples it saw. The trainer metas of each stage (InternVL, XTuner, LLaVA)
+are written from a Mixture by `gmai_pipeline.release.trainer_metas`.
 """
 
 from __future__ import annotations
@@ -204,6 +205,9 @@ class Mixture:
     records: list[dict[str, Any]]
     components: dict[str, dict[str, Any]]
     rejected: list[dict[str, str]] = field(default_factory=list)
+    # Per component: its records after filtering (each once), and what sampling chose (repeats included).
+    candidates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    chosen: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:
@@ -227,6 +231,7 @@ def build_mixture(
     records: list[dict[str, Any]] = []
     components: dict[str, dict[str, Any]] = {}
     rejected: list[dict[str, str]] = []
+    mixture = Mixture(stage, records, components, rejected)
     for name, comp in spec.components.items():
         dropped: Counter[str] = Counter()
         if comp.text_files:
@@ -249,6 +254,7 @@ def build_mixture(
             source = f"kinds={list(comp.kinds)} languages={list(comp.languages)}"
         chosen = [r for r in candidates for _ in range(copies(r["id"], comp.sample_ratio, config.seed))]
         records += chosen
+        mixture.candidates[name], mixture.chosen[name] = candidates, chosen
         components[name] = {
             "source": source,
             "sample_ratio": comp.sample_ratio,
@@ -258,11 +264,16 @@ def build_mixture(
             "filter": comp.filter.model_dump() if comp.filter else None,
         }
     records.sort(key=lambda r: r["id"])
-    return Mixture(stage, records, components, rejected)
+    return mixture
+
+
+def provenance_path(out_dir: Path, stage: str) -> Path:
+    """What a mixture holds and where its images are (read by the training stages); not a trainer meta."""
+    return Path(out_dir) / f"{stage}.provenance.json"
 
 
 def write_mixture(mixture: Mixture, out_dir: Path, image_root: Path, config_path: Path) -> dict[str, Any]:
-    """`<stage>.jsonl` and `<stage>.meta.json` (the format the training stages read); returns the meta."""
+    """`<stage>.jsonl` (what `training_jobs` reads) and its provenance record; returns the provenance."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"{mixture.stage}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in mixture.records:
@@ -276,6 +287,6 @@ def write_mixture(mixture: Mixture, out_dir: Path, image_root: Path, config_path
         "rejected": len(mixture.rejected),
     }
     atomic_write_text(
-        out_dir / f"{mixture.stage}.meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+        provenance_path(out_dir, mixture.stage), json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
     )
     return meta
