@@ -1,6 +1,5 @@
 """Release stage: `instruction_shards`, `stage{1,2,3}_mix`, `dataset_report` (thin over gmai_pipeline.release)."""
 
-import json
 import os
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import pyarrow as pa
 
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout, md_table
-from gmai_pipeline.release.annotations import write_annotations
+from gmai_pipeline.release.annotations import subset_counts, write_annotations
+from gmai_pipeline.release.images import IMAGES_DIR, sync_images
 from gmai_pipeline.release.mixtures import build_mixture, load_mixtures, write_mixture
 from gmai_pipeline.release.records import LoadedRecords, ReleaseError, load_records
 from gmai_pipeline.release.report import (
@@ -18,12 +18,14 @@ from gmai_pipeline.release.report import (
     build_report,
     dataset_card,
     decontamination_markdown,
+    hf_features,
     md,
     png_data_url,
     table3_markdown,
     write_card,
 )
 from gmai_pipeline.release.shards import DEFAULT_TARGET_BYTES, read_index, verify_shards, write_shards
+from gmai_pipeline.release.trainer_metas import write_release_metas, write_stage_metas
 from gmai_pipeline.schemas import QUARANTINE_SCHEMA
 from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import OutputLayout, write_table
@@ -70,8 +72,9 @@ def _load(context: dg.AssetExecutionContext, out: OutputLayout) -> LoadedRecords
     group_name=GROUP,
     deps=GENERATED_DEPS,
     kinds={"webdataset", "json"},
-    description="WebDataset tar shards of every generated record (image + LLaVA/XTuner `.json`), `shards.json` "
-    "index with SHA-256, annotation JSONL per subset and the XTuner meta list. Crash-safe and resumable.",
+    description="The release folder: WebDataset tar shards of every generated record (image + LLaVA/XTuner "
+    "`.json`) with the `shards.json` index (SHA-256), annotation JSONL per subset, `llava.json`, the InternVL and "
+    "XTuner metas, and `images/` (hard links to the released images only). Crash-safe and resumable.",
 )
 def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -> dg.MaterializeResult:
     out = layout()
@@ -90,9 +93,11 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
         direct=config.direct_io,
         log=context.log.info,
     )
-    subsets = write_annotations(
-        loaded.rows, out.release / "annotations", out.images, out.release / "meta.json"
-    )
+    subsets = write_annotations(loaded.rows, out.release)
+    metas = write_release_metas(out.release, subsets)
+    images = sync_images(loaded.rows, out.release / IMAGES_DIR)
+    for rel in images.removed[:20]:
+        context.log.info(f"images/{rel}: no longer released, removed")
     return dg.MaterializeResult(
         metadata={
             "shards": len(result.shards),
@@ -106,6 +111,12 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
             "rejected": len(loaded.rejected),
             "missing_inputs": len(loaded.missing_inputs),
             "subsets": md_table(pd.DataFrame([{"subset": k, "records": v} for k, v in subsets.items()])),
+            "images": images.images,
+            "images_linked": images.linked,
+            "images_copied": images.copied,
+            "images_removed": len(images.removed),
+            "internvl_meta": dg.MetadataValue.path(str(metas["internvl"])),
+            "xtuner_meta": dg.MetadataValue.path(str(metas["xtuner"])),
             "index": dg.MetadataValue.path(str(out.release / "shards.json")),
             "shard_index": md_table(pd.DataFrame(result.shards)[["name", "samples", "bytes", "sha256"]], 50),
         }
@@ -139,7 +150,8 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
         )
         for r in mixture.rejected[:20]:
             context.log.warning(f"{stage}: not mixed: {r['detail']}")
-        meta = write_mixture(mixture, out.mixtures, out.images, path)
+        meta = write_mixture(mixture, out.mixtures, out.release / IMAGES_DIR, path)
+        tools = write_stage_metas(mixture, out.release)
         components = pd.DataFrame(
             [
                 {
@@ -159,6 +171,7 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
                 "components": md_table(components),
                 "rejected_text_lines": len(mixture.rejected),
                 "mixture": dg.MetadataValue.path(str(out.mixtures / f"{stage}.jsonl")),
+                **{kind: dg.MetadataValue.path(str(p)) for kind, p in tools.items()},
                 "config": dg.MetadataValue.path(str(path)),
             }
         )
@@ -206,9 +219,10 @@ def build_report_asset(sources: list[SourceDataset]) -> dg.AssetsDefinition:
         loaded = _load(context, out)
         report = build_report(loaded.rows, licences, out.decontamination_report, out.release / "report")
         index = read_index(out.release / "shards")
-        meta_list = json.loads((out.release / "meta.json").read_text())
-        subsets = {name: entry["length"] for name, entry in meta_list.items()}
-        card = write_card(dataset_card(report, index, subsets, out.release), out.release / "README.md")
+        card_text = dataset_card(
+            report, index, subset_counts(loaded.rows), out.release, hf_features(loaded.rows)
+        )
+        card = write_card(card_text, out.release / "README.md")
         metadata: dict[str, dg.RawMetadataValue] = {
             "records": report.totals["records"],
             "images": report.totals["images"],
