@@ -9,10 +9,11 @@ files are written by `gmai_pipeline.release.trainer_metas`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from gmai_pipeline.release.records import ReleaseRow
 from gmai_pipeline.storage import atomic_path
@@ -75,13 +76,23 @@ def write_json_array(path: Path, records: Iterable[dict[str, Any]]) -> int:
 
 def write_annotations(rows: list[ReleaseRow], release_dir: Path) -> dict[str, int]:
     """`annotations/<subset>.jsonl` (every subset, empty ones too, so the layout never varies) and
-    `llava.json`; returns records per subset."""
-    groups: dict[str, list[dict[str, Any]]] = {name: [] for name in SUBSETS}
-    for row in rows:
-        groups[subset_of(row.record)].append(row.record)
-    for name, records in groups.items():
-        write_jsonl(release_dir / ANNOTATIONS_DIR / f"{name}.jsonl", records)
-    write_json_array(release_dir / LLAVA_JSON, (row.record for row in rows))
+    `llava.json`, each record serialized once for both; returns records per subset."""
+    counts = dict.fromkeys(SUBSETS, 0)
+    with contextlib.ExitStack() as stack:
+
+        def open_atomic(path: Path) -> TextIO:
+            return stack.enter_context(open(stack.enter_context(atomic_path(path)), "w", encoding="utf-8"))
+
+        subsets = {name: open_atomic(release_dir / ANNOTATIONS_DIR / f"{name}.jsonl") for name in SUBSETS}
+        array = open_atomic(release_dir / LLAVA_JSON)
+        array.write("[")
+        for i, row in enumerate(rows):
+            name = subset_of(row.record)
+            text = json.dumps(row.record, ensure_ascii=False)
+            subsets[name].write(text + "\n")
+            array.write(("\n" if i == 0 else ",\n") + text)
+            counts[name] += 1
+        array.write("\n]\n" if rows else "]\n")
     for name in LEGACY_FILES:
         (release_dir / name).unlink(missing_ok=True)
-    return {name: len(records) for name, records in groups.items()}
+    return counts
