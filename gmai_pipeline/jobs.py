@@ -124,8 +124,8 @@ def build_jobs(catalog: list[SourceDataset]) -> list[dg.UnresolvedAssetJobDefini
             "build_dataset_job",
             selection=build_dataset_selection(),
             description="Every catalogued source through the dataset release: manifests, normalized tables, "
-            "decontamination, captions/VQA/translations (all shards), instruction shards, stage I and II mixes and the "
-            "dataset report. No training.",
+            "decontamination, captions/VQA/translations (all shards), instruction shards, stage I and II mixes "
+            "and the dataset report. No training (stage III's mix needs the stage II model: train_job).",
             tags=ALL_SHARDS_TAGS,
             executor_def=executor,
         ),

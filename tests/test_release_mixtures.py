@@ -273,7 +273,9 @@ def test_text_dialogue_formats_load(tmp_path: Path) -> None:
 def test_bad_text_dialogue_records_are_rejected_naming_file_and_line(tmp_path: Path) -> None:
     ok = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
     bad = {
-        "role 'tool' is not one of": {"messages": [{"role": "user", "content": "Q?"}, {"role": "tool", "content": "{}"}]},
+        "role 'tool' is not one of": {
+            "messages": [{"role": "user", "content": "Q?"}, {"role": "tool", "content": "{}"}]
+        },
         "expected a gpt turn, found 'human'": {
             "conversations": [{"from": "human", "value": "Q?"}, {"from": "human", "value": "Q?"}]
         },

@@ -74,8 +74,9 @@ class LeakyConfig(LlamaConfig):
     model_type = "leaky_llama"
 '''
 
-MODELING_LEAKY = '''"""Remote modelling code shaped like InternLM2's: the decoder builds its own causal mask over the whole
-row (from an all-ones padding mask), ignoring restarting position ids, so packed samples attend to each other."""
+MODELING_LEAKY = '''"""Remote modelling code shaped like InternLM2's: the decoder builds its own causal mask
+over the whole row (from an all-ones padding mask), ignoring restarting position ids, so packed samples
+attend to each other."""
 import torch
 from transformers import LlamaForCausalLM, LlamaModel
 
