@@ -104,3 +104,16 @@ def test_packing_is_refused_for_an_llm_transformers_does_not_run_itself(tmp_path
     converted = _llm(tmp_path / "converted", model_type="llama", architectures=["LlamaForCausalLM"])
     plan.check_packing(converted, trust_remote_code=True, packing=True)
     plan.check_packing(None, trust_remote_code=False, packing=True)  # the tiny demo model
+
+
+def test_training_knobs_left_in_gpu_cluster_yaml_are_pointed_at_training_yaml(tmp_path, monkeypatch):
+    from gmai_pipeline import profiles
+    from gmai_pipeline.defs import training as training_defs
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "gpu_cluster.yaml").write_text("backend: local\nmax_length: 4096\nbase_model: tiny\n")
+    monkeypatch.setattr(
+        training_defs, "load_resource_config", lambda r, p: profiles.load_resource_config(r, p, root=tmp_path)
+    )
+    with pytest.raises(ValueError, match=r"\['base_model', 'max_length'\].*moved to training.yaml"):
+        gpu_cluster_from_profile("old")

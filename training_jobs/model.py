@@ -149,13 +149,19 @@ class LlavaModel(nn.Module):
         cross-entropy in `forward`. CUDA only (Triton has no CPU backend); `pip install liger-kernel`."""
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-            from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+            from liger_kernel.transformers.monkey_patch import (
+                MODEL_TYPE_TO_APPLY_LIGER_FN,
+                _apply_liger_kernel_to_instance,
+            )
         except ImportError as exc:
             raise RuntimeError(
                 f"--liger needs liger-kernel (pip install 'liger-kernel>=0.8.2'): {exc}"
             ) from None
         if next(self.llm.parameters()).device.type != "cuda":
             raise RuntimeError("--liger runs Triton kernels, which need a CUDA GPU (no CPU path)")
+        model_type = self.llm.config.model_type
+        if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:  # liger would only log it and patch nothing
+            raise RuntimeError(f"liger-kernel has no kernels for model_type {model_type!r}")
         _apply_liger_kernel_to_instance(
             model=self.llm, rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=False
         )

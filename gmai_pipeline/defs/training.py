@@ -465,6 +465,12 @@ def stage3_scores(
 def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
     """The profile's gpu_cluster.yaml; numbers that came through ${VAR:-default} strings become numbers."""
     cfg = load_resource_config("gpu_cluster", profile)
+    moved = sorted(set(cfg) & {*plan.StageKnobs.model_fields, "base_model", "trust_remote_code"})
+    if moved:
+        raise ValueError(
+            f"gpu_cluster.yaml of profile {profile or 'from GMAI_PROFILE'!r} sets {moved}: what a stage trains "
+            "with moved to training.yaml beside it (per stage; see resources/slurm/training.yaml)"
+        )
     for key, field in GpuClusterResource.model_fields.items():
         if key in cfg and field.annotation in (int, float) and isinstance(cfg[key], str):
             cfg[key] = field.annotation(cfg[key])
