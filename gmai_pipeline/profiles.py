@@ -2,7 +2,9 @@
 
 A profile is a folder so each resource (llm, gpu_cluster, storage...) keeps its own small file;
 `${VAR}` and `${VAR:-default}` in values are filled from the environment at load time, which is
-how secrets stay out of the repository and out of asset metadata.
+how secrets stay out of the repository and out of asset metadata. `${VAR:?hint}` (the shell's
+"required" form) makes the variable mandatory: loading fails with `MissingVariableError`, naming the
+variable, the file and the hint, instead of quietly running with an empty value.
 """
 
 from __future__ import annotations
@@ -17,20 +19,38 @@ import yaml
 from gmai_pipeline.settings import RESOURCES_DIR
 
 PROFILES = ("demo", "local", "slurm", "k8s")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
+
+
+class MissingVariableError(ValueError):
+    """A `${VAR:?hint}` value whose variable is unset or empty."""
+
+    def __init__(self, variable: str, hint: str, path: Path):
+        self.variable, self.hint, self.path = variable, hint, path
+        super().__init__(f"{path}: set {variable}" + (f" ({hint})" if hint else ""))
 
 
 def profile_name() -> str:
     return os.environ.get("GMAI_PROFILE", "demo")
 
 
-def _expand(value: Any) -> Any:
+def _expand(value: Any, path: Path) -> Any:
     if isinstance(value, str):
-        return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+
+        def sub(m: re.Match) -> str:
+            name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+            found = os.environ.get(name, "")
+            if op == ":?" and not found:
+                raise MissingVariableError(name, arg.strip(), path)
+            if op == ":-" and not found:  # the shell's ${VAR:-x}: unset or empty takes the default
+                return arg
+            return found
+
+        return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: _expand(v, path) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [_expand(v, path) for v in value]
     return value
 
 
@@ -45,4 +65,4 @@ def load_resource_config(
     path = folder / f"{resource}.yaml"
     if not path.exists():
         return {}
-    return _expand(yaml.safe_load(path.read_text()) or {})
+    return _expand(yaml.safe_load(path.read_text()) or {}, path)

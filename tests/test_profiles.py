@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from gmai_pipeline.profiles import PROFILES, load_resource_config
+from gmai_pipeline.profiles import PROFILES, MissingVariableError, load_resource_config
 
 
 def test_variables_expand_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,3 +32,16 @@ def test_missing_resource_file_is_empty(tmp_path: Path) -> None:
 def test_shipped_profiles_exist_and_parse(profile: str) -> None:
     for resource in ("llm", "gpu_cluster"):
         assert isinstance(load_resource_config(resource, profile), dict)
+
+
+def test_required_variable_fails_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "training.yaml").write_text(
+        "base_model: ${MODEL_DIR:?a model folder}\nx: ${EMPTY:-d}\n"
+    )
+    monkeypatch.delenv("MODEL_DIR", raising=False)
+    monkeypatch.setenv("EMPTY", "")
+    with pytest.raises(MissingVariableError, match=r"training.yaml: set MODEL_DIR \(a model folder\)"):
+        load_resource_config("training", "p", root=tmp_path)
+    monkeypatch.setenv("MODEL_DIR", "/models/m")
+    assert load_resource_config("training", "p", root=tmp_path) == {"base_model": "/models/m", "x": "d"}

@@ -11,7 +11,14 @@ from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout, md_table
 from gmai_pipeline.release.annotations import subset_counts, write_annotations
 from gmai_pipeline.release.images import IMAGES_DIR, sync_images
-from gmai_pipeline.release.mixtures import build_mixture, load_mixtures, write_mixture
+from gmai_pipeline.release.mixtures import (
+    StaleScoresError,
+    build_mixture,
+    load_mixtures,
+    model_judged,
+    read_scores,
+    write_mixture,
+)
 from gmai_pipeline.release.records import LoadedRecords, ReleaseError, load_records
 from gmai_pipeline.release.report import (
     DIMENSIONS,
@@ -141,13 +148,20 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
         out = layout()
         config, path = load_mixtures()
         loaded = _load(context, out)
-        mixture = build_mixture(
-            stage,
-            loaded.rows,
-            config,
-            path,
-            [Path(p) for p in text_files] if text_files is not None else None,
-        )
+        # Stage III is judged by the stage II model: the stage3_scores asset wrote its scores.
+        judged = model_judged(config, stage)
+        try:
+            scores = read_scores(out.training / "stage3_scores" / "scores.jsonl") if judged else None
+            mixture = build_mixture(
+                stage,
+                loaded.rows,
+                config,
+                path,
+                [Path(p) for p in text_files] if text_files is not None else None,
+                scores,
+            )
+        except StaleScoresError as exc:
+            raise dg.Failure(str(exc)) from None
         for r in mixture.rejected[:20]:
             context.log.warning(f"{stage}: not mixed: {r['detail']}")
         meta = write_mixture(mixture, out.mixtures, out.release / IMAGES_DIR, path)
@@ -173,20 +187,26 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
                 "mixture": dg.MetadataValue.path(str(out.mixtures / f"{stage}.jsonl")),
                 **{kind: dg.MetadataValue.path(str(p)) for kind, p in tools.items()},
                 "config": dg.MetadataValue.path(str(path)),
+                **(
+                    {"scores_table": dg.MetadataValue.path(meta["scores_table"])}
+                    if "scores_table" in meta
+                    else {}
+                ),
             }
         )
 
     description = {
         "stage1": "Stage I mixture (projector alignment): all captions and region captions.",
         "stage2": "Stage II mixture (deep alignment): all captions and region captions.",
-        "stage3": "Stage III mixture (instruction tuning): VQA and captions without short or low-confidence "
-        "samples, plus text-only medical dialogue.",
+        "stage3": "Stage III mixture (instruction tuning): VQA and captions without short samples and those the "
+        "stage II model is least confident on (stage3_scores; decisions in mixtures/stage3.scores.parquet), plus "
+        "text-only medical dialogue.",
     }[stage]
     spec = dict(
         name=f"{stage}_mix",
         group_name=GROUP,
-        deps=[instruction_shards],
-        kinds={"json"},
+        deps=[instruction_shards, *([dg.AssetKey("stage3_scores")] if stage == "stage3" else [])],
+        kinds={"json", "parquet"} if stage == "stage3" else {"json"},
         description=description,
     )
     if stage == "stage3":
