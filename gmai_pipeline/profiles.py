@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gmai_pipeline import safe_yaml
 from gmai_pipeline.settings import RESOURCES_DIR
 
 PROFILES = ("demo", "local", "slurm", "k8s")
@@ -45,4 +44,4 @@ def load_resource_config(
     path = folder / f"{resource}.yaml"
     if not path.exists():
         return {}
-    return _expand(yaml.safe_load(path.read_text()) or {})
+    return _expand(safe_yaml.load(path) or {})
