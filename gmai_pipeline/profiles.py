@@ -23,20 +23,33 @@ def profile_name() -> str:
     return os.environ.get("GMAI_PROFILE", "demo")
 
 
-def _expand(value: Any) -> Any:
+def expand_env(value: Any) -> Any:
+    """`${VAR}` and `${VAR:-default}` in every string of `value` filled from the environment now."""
     if isinstance(value, str):
         return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: expand_env(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [expand_env(v) for v in value]
     return value
 
 
-def load_resource_config(
+def env_reference(value: Any) -> tuple[str, str] | None:
+    """(variable, default) when `value` is exactly one `${VAR}` or `${VAR:-default}`, else None.
+
+    Such a value can be handed to Dagster as `dg.EnvVar(VAR)`: the run reads the variable when it
+    starts, and only its name is stored with the run (what `jobs.py` does for the Celery broker URL).
+    """
+    if not isinstance(value, str):
+        return None
+    m = _VAR.fullmatch(value.strip())
+    return (m.group(1), m.group(2) or "") if m else None
+
+
+def raw_resource_config(
     resource: str, profile: str | None = None, root: Path = RESOURCES_DIR
 ) -> dict[str, Any]:
-    """The `resource` section of a profile, with environment variables expanded; {} if the profile has none."""
+    """The `resource` section of a profile as written (no expansion); {} if the profile has none."""
     profile = profile or profile_name()
     folder = root / profile
     if not folder.is_dir():
@@ -44,4 +57,14 @@ def load_resource_config(
     path = folder / f"{resource}.yaml"
     if not path.exists():
         return {}
-    return _expand(safe_yaml.load(path) or {})
+    data = safe_yaml.load(path) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_resource_config(
+    resource: str, profile: str | None = None, root: Path = RESOURCES_DIR
+) -> dict[str, Any]:
+    """The `resource` section of a profile, with environment variables expanded; {} if the profile has none."""
+    return expand_env(raw_resource_config(resource, profile, root))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gmai_pipeline.generation.backends import Result, is_local_url
 from gmai_pipeline.generation.requests import Failure, GenRequest, parse_completion
+from gmai_pipeline.redact import redact
 
 if TYPE_CHECKING:  # the SDK is imported on first use: it costs ~0.5 s of every Dagster code load
     import openai
@@ -30,7 +31,7 @@ def failure_from_exception(exc: Exception) -> Failure:
         return Failure(f"http_{exc.status_code}", type(exc).__name__)
     if isinstance(exc, openai.APIConnectionError):
         return Failure("connection_error", type(exc).__name__)
-    return Failure("request_error", f"{type(exc).__name__}: {str(exc)[:200]}")
+    return Failure("request_error", f"{type(exc).__name__}: {redact(str(exc))[:200]}")
 
 
 class OpenAIOnline:
