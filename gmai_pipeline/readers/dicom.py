@@ -34,15 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 
 import numpy as np
 
 from gmai_pipeline.catalog import DicomReader
+from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure
 from gmai_pipeline.imaging import ImageError, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
 from gmai_pipeline.storage import md5_bytes
@@ -160,13 +162,24 @@ def burned_in_risk(ds) -> str | None:
     return None
 
 
-def decode(ds, rel: str, slug: str, ct_window) -> tuple[np.ndarray, str]:
+def declared_pixel_bytes(ds) -> int:
+    """Bytes `pixel_array` allocates (all frames), plus the float64 modality-LUT copy of one frame."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+    bits = max(8, int(ds.get("BitsAllocated", 8) or 8))
+    return rows * cols * samples * (frames * ((bits + 7) // 8) + 8)
+
+
+def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = None) -> tuple[np.ndarray, str]:
     """(8-bit pixels ready to store, MD5 of the decoded pixel data); ImageError on failure."""
     from pydicom.pixels import apply_modality_lut
     from pydicom.pixels.decoders.base import get_decoder
 
     if "PixelData" not in ds:
         raise ImageError("unreadable", f"{rel}: no pixel data")
+    if budget is not None:
+        budget.check(declared_pixel_bytes(ds), rel, "its pixel data")
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and ts.is_compressed:
         try:
@@ -210,6 +223,25 @@ def unread_path(rel: str, token: str, values: list[str] = ()) -> str:
     parts = rel.split("/")
     folders = ["anon" if looks_like_identifier(p, values) else p for p in parts[:-1]]
     return "/".join([*folders, f"{token}.dcm"])
+
+
+def manifest_name(rel: str, md5: Callable[[], str | None]) -> str:
+    """The name a file of a DICOM dataset gets in the manifest (and the source asset's metadata).
+
+    The scan reads no header, so a DICOM-looking file is shown as an unread one (`unread_path`:
+    identifying folders `anon`, the file `file-<MD5>.dcm`); other files (the label CSV, a README)
+    keep their names unless a component looks like an identifier.
+    """
+    if _dicom_like(rel):
+        digest = md5()
+        return unread_path(rel, f"file-{digest[:16]}" if digest else "refused")
+    parts = rel.split("/")
+    folders = ["anon" if looks_like_identifier(p) else p for p in parts[:-1]]
+    leaf = PurePosixPath(parts[-1])
+    if looks_like_identifier(leaf.stem):
+        digest = md5()
+        leaf = PurePosixPath(f"file-{digest[:16] if digest else 'refused'}{leaf.suffix}")
+    return "/".join([*folders, str(leaf)])
 
 
 def _dicom_like(rel: str) -> bool:
@@ -266,7 +298,7 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
     csv_rel = opts.labels_csv
     ctx.claim(csv_rel)
     try:
-        with open(ctx.folder / csv_rel, newline="", encoding="utf-8-sig") as f:
+        with ctx.text_file(csv_rel) as f:
             reader = csv.DictReader(f)
             missing = [c for c in (opts.file_column, opts.label_column) if c not in (reader.fieldnames or [])]
             if missing:
@@ -284,7 +316,9 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
                     )
                     continue
                 yield _file(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except ImageError as err:  # not UTF-8, or changed or swapped since the scan
+        yield Quarantined(csv_rel, "read", err.reason, err.detail)
+    except csv.Error as exc:
         yield Quarantined(
             csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({type(exc).__name__})"
         )
@@ -317,23 +351,38 @@ def _file(
         return Quarantined(
             shown, "read", "split_excluded", f"{shown}: split '{split}' not in the catalog's splits"
         )
+    # The sample boundary of a DICOM file: every exception pydicom (or numpy) raises ends here as this
+    # file's quarantine row, under a name checked against nothing it has not read, and with the
+    # exception's type only: pydicom's messages and warnings can quote the raw element.
+    shown = names.unread(rel)
     with _quiet():
         try:
-            ds = pydicom.dcmread(ctx.folder / rel)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-            shown = names.unread(rel)
-            return Quarantined(
-                shown, "read", "unreadable", f"{shown}: not a readable DICOM file ({type(exc).__name__})"
-            )
-        values = header_values(ds)
-        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
-        if not ctx.source.burned_in_text_allowed:
-            risk = burned_in_risk(ds)
-            if risk:
-                return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
-        try:
-            img, pixel_md5 = decode(ds, shown, ctx.slug, opts.ct_window)
+            ds = pydicom.dcmread(io.BytesIO(ctx.read(rel, shown)))
         except ImageError as err:
+            return Quarantined(shown, "read", err.reason, err.detail)
+        except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, struct errors ...
+            kind = "not a DICOM file" if isinstance(exc, InvalidDicomError) else "not a readable DICOM file"
+            return Quarantined(shown, "read", "unreadable", f"{shown}: {kind} ({type(exc).__name__})")
+        try:
+            values = header_values(ds)
+        except Exception as exc:  # noqa: BLE001 - a corrupt element: its name cannot be checked
+            return Quarantined(
+                shown,
+                "read",
+                "unreadable",
+                f"{shown}: an identifying header element cannot be decoded ({type(exc).__name__})",
+            )
+        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
+        try:
+            if not ctx.source.burned_in_text_allowed:
+                risk = burned_in_risk(ds)
+                if risk:
+                    return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
+            img, pixel_md5 = decode(ds, shown, ctx.slug, opts.ct_window, ctx.store.budget)
+        except ImageError as err:
+            return Quarantined(shown, "read", err.reason, err.detail)
+        except Exception as exc:  # noqa: BLE001 - the sample boundary
+            err = decoder_failure(exc, shown, "DICOM file")
             return Quarantined(shown, "read", err.reason, err.detail)
         del ds
     name = names.read(rel, [], pixel_md5[:16])
