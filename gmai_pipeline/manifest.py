@@ -278,6 +278,7 @@ class Resolved:
     skipped: list[str]  # manifest rows listed but not inputs (hidden, aliases)
     vanished: list[str]  # shown names in the manifest with no file now (inputs: quarantined)
     new: int = 0  # regular files not in the manifest (added since the scan; not inputs)
+    swapped: dict[str, str] = field(default_factory=dict)  # regular at the scan, now a link or special
 
 
 def resolve(folder: Path, manifest_rows: list[dict], shown: ShownName | None = None) -> Resolved:
@@ -287,11 +288,13 @@ def resolve(folder: Path, manifest_rows: list[dict], shown: ShownName | None = N
     real: dict[str, str] = {}
     namer = _Namer(shown)
     matched: set[str] = set()
+    now_refused: dict[str, str] = {}
     new = 0
     if Path(folder).is_dir():
         for item in walk_dataset(folder):
             if isinstance(item, Refused):
-                namer(item.path, lambda: None)
+                namer(item.path, lambda: None)  # keeps the -2, -3 ... numbering the scan used
+                now_refused[item.path] = item.reason
                 continue
             name = namer(item.path, lambda item=item: _safe_hash(item))
             row = by_name.get(name)
@@ -306,8 +309,18 @@ def resolve(folder: Path, manifest_rows: list[dict], shown: ShownName | None = N
     skipped = sorted(
         r["path"] for r in manifest_rows if r.get("refused") and not is_input_refusal(r["refused"])
     )
-    vanished = sorted(set(by_name) - matched)
-    return Resolved(files, real, refused, skipped, vanished, new)
+    swapped: dict[str, str] = {}
+    if shown is None:  # names are real paths: say what a vanished file (or its folder) became
+        folders = {p: r for p, r in now_refused.items() if "folder" in r}
+        for name in sorted(set(by_name) - matched):
+            if name in now_refused:
+                swapped[name] = now_refused[name]
+            else:
+                parent = next((f for f in folders if name.startswith(f + "/")), None)
+                if parent is not None:
+                    swapped[name] = f"inside {parent}, which is now: {folders[parent]}"
+    vanished = sorted(set(by_name) - matched - set(swapped))
+    return Resolved(files, real, refused, skipped, vanished, new, swapped)
 
 
 def _safe_hash(entry: Entry) -> str:

@@ -36,7 +36,7 @@ from gmai_pipeline.imaging import DEFAULT_MAX_SIDE, ImageStore, modality_slug
 from gmai_pipeline.manifest import Resolved, ShownName, resolve
 from gmai_pipeline.readers import READERS
 from gmai_pipeline.readers.base import Deferred, Event, Kept, Quarantined, ReaderContext
-from gmai_pipeline.readers.dicom import manifest_name as dicom_manifest_name
+from gmai_pipeline.readers.dicom import manifest_namer
 from gmai_pipeline.schemas import NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, sweep_stale_temps, write_parquet
 
@@ -107,12 +107,16 @@ def preview_path(layout: OutputLayout, dataset: str) -> Path:
 
 def shown_names(source: SourceDataset) -> ShownName | None:
     """How the manifest names this dataset's files: DICOM datasets mask identifying names there too."""
-    return dicom_manifest_name if source.reader.kind == "dicom" else None
+    return manifest_namer(source) if source.reader.kind == "dicom" else None
 
 
 def _events(source: SourceDataset, ctx: ReaderContext, resolved: Resolved) -> Iterator[Event]:
     for r in resolved.refused:  # manifest names: already masked for DICOM datasets
         yield Quarantined(r["path"], "manifest", "path_refused", f"{r['path']}: {r['refused']}")
+    for name, why in resolved.swapped.items():
+        yield Quarantined(
+            name, "read", "path_refused", f"{name}: a regular file at the source scan; now {why}"
+        )
     for name in resolved.vanished:
         yield Quarantined(
             name,

@@ -43,7 +43,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from gmai_pipeline.catalog import DicomReader
+from gmai_pipeline.catalog import DicomReader, SourceDataset
 from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure
 from gmai_pipeline.imaging import ImageError, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
@@ -225,23 +225,44 @@ def unread_path(rel: str, token: str, values: list[str] = ()) -> str:
     return "/".join([*folders, f"{token}.dcm"])
 
 
-def manifest_name(rel: str, md5: Callable[[], str | None]) -> str:
-    """The name a file of a DICOM dataset gets in the manifest (and the source asset's metadata).
+def safe_folder_names(source: SourceDataset) -> set[str]:
+    """Folder names that identify no one: split names and the catalog's label keys and names (lower case)."""
+    from gmai_pipeline.readers.base import SPLIT_ALIASES
 
-    The scan reads no header, so a DICOM-looking file is shown as an unread one (`unread_path`:
-    identifying folders `anon`, the file `file-<MD5>.dcm`); other files (the label CSV, a README)
-    keep their names unless a component looks like an identifier.
+    safe = {s.lower() for s in SPLIT_ALIASES} | {str(k).lower() for k in source.labels}
+    return safe | {str(v).lower() for v in source.labels.values()}
+
+
+def manifest_namer(source: SourceDataset) -> Callable[[str, Callable[[], str | None]], str]:
+    """How files of a DICOM dataset are named in the manifest and the source asset's metadata.
+
+    The scan reads no header, so it cannot tell a folder named after the patient from any other
+    name; it keeps only what cannot identify anyone and shows the rest as `anon`:
+    - a folder is kept when it is a split name (`train`, `val`, `test` ...) or one of the catalog's
+      label keys or names (class folders), and does not look like an identifier; others are `anon`;
+    - a DICOM-looking file is `file-<first 16 hex of its MD5>.dcm` (as `unread_path` shows an
+      unread file); the label CSV and README-like files keep their names; any other file becomes
+      `file-<MD5>` with its suffix.
+    The reader, which reads the headers, names kept rows more precisely (`safe_path`).
     """
-    if _dicom_like(rel):
-        digest = md5()
-        return unread_path(rel, f"file-{digest[:16]}" if digest else "refused")
-    parts = rel.split("/")
-    folders = ["anon" if looks_like_identifier(p) else p for p in parts[:-1]]
-    leaf = PurePosixPath(parts[-1])
-    if looks_like_identifier(leaf.stem):
-        digest = md5()
-        leaf = PurePosixPath(f"file-{digest[:16] if digest else 'refused'}{leaf.suffix}")
-    return "/".join([*folders, str(leaf)])
+    opts = source.reader
+    safe = safe_folder_names(source)
+    keep = {getattr(opts, "labels_csv", "labels.csv")}
+
+    def name(rel: str, md5: Callable[[], str | None]) -> str:
+        parts = rel.split("/")
+        folders = [p if p.lower() in safe and not looks_like_identifier(p) else "anon" for p in parts[:-1]]
+        leaf = parts[-1]
+        if rel in keep or (leaf.upper() in NOT_IMAGES or PurePosixPath(leaf).stem.upper() in NOT_IMAGES):
+            shown_leaf = leaf
+        else:
+            digest = md5()
+            token = f"file-{digest[:16]}" if digest else "refused"
+            suffix = ".dcm" if _dicom_like(rel) else PurePosixPath(leaf).suffix[:16]
+            shown_leaf = f"{token}{suffix}"
+        return "/".join([*folders, shown_leaf])
+
+    return name
 
 
 def _dicom_like(rel: str) -> bool:
@@ -257,13 +278,18 @@ class _Names:
     def __init__(self, ctx: ReaderContext):
         self.ctx = ctx
         self.seen: set[str] = set()
+        self.safe = safe_folder_names(ctx.source)
 
     def unread(self, rel: str, token: str | None = None) -> str:
-        """A file whose header was not read: harmless folders kept, the file name always replaced."""
+        """A file whose header was not read, shown as the manifest shows it (`manifest_namer`): only
+        split and class folders kept, the file name always replaced (nothing to check it against)."""
         md5 = self.ctx.files.get(rel)
-        return unread_path(
-            rel, token or (f"file-{md5[:16]}" if md5 else "missing"), sorted(self.seen, key=len, reverse=True)
-        )
+        values = sorted(self.seen, key=len, reverse=True)
+        folders = [
+            p if p.lower() in self.safe and not looks_like_identifier(p, values) else "anon"
+            for p in rel.split("/")[:-1]
+        ]
+        return "/".join([*folders, f"{token or (f'file-{md5[:16]}' if md5 else 'missing')}.dcm"])
 
     def read(self, rel: str, values: list[str], token: str) -> str:
         if len(self.seen) < MAX_REMEMBERED_VALUES:  # bounded: memory and per-name cost stay flat
@@ -286,7 +312,7 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
                     shown, "annotate", "missing_label", f"{shown}: no label CSV and no class folder"
                 )
                 continue
-            yield _file(ctx, opts, names, rel, parts[-2], rel)
+            yield _file(ctx, opts, names, rel, parts[-2], "its class folder")
     for rel in dicom_like:
         if rel not in ctx.claimed:
             ctx.claim(rel)
@@ -373,6 +399,13 @@ def _file(
                 f"{shown}: an identifying header element cannot be decoded ({type(exc).__name__})",
             )
         shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
+        if not ctx.source.labels and looks_like_identifier(label, sorted(names.seen, key=len, reverse=True)):
+            return Quarantined(  # a class folder named after the patient would become the label
+                shown,
+                "annotate",
+                "missing_label",
+                f"{shown}: its label looks like an identifier; give the catalog entry a labels map",
+            )
         try:
             if not ctx.source.burned_in_text_allowed:
                 risk = burned_in_risk(ds)
