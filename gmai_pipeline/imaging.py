@@ -166,7 +166,8 @@ def to_uint8(arr: np.ndarray, low: float | None = None, high: float | None = Non
         low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
     if high <= low:
         high = low + 1.0
-    out = (a - low) * (255.0 / (high - low))
+    out = np.subtract(a, np.float32(low), dtype=np.float32)  # one float copy, scaled in place
+    out *= np.float32(255.0 / (high - low))
     if finite is not None:
         out[~finite] = 0.0
     np.clip(out, 0, 255, out=out)
@@ -186,7 +187,7 @@ def declared_bytes(im: Image.Image) -> int:
     """Memory a full decode and 8-bit conversion of `im` takes, from its header alone."""
     pixels = im.width * im.height
     stored = _MODE_BYTES.get(im.mode, 4)
-    working = 9 if im.mode in _WIDE_MODES else 4  # float32 copy + window output; or a mode conversion
+    working = 13 if im.mode in _WIDE_MODES else 4  # array + float32 copies + masks; or a mode conversion
     return pixels * (stored + working)
 
 
@@ -389,9 +390,9 @@ class ImageStore:
                 target = self._target(rel_path, FORMAT_SUFFIX[im.format], keep=FORMAT_SUFFIXES[im.format])
                 self._write(target, data)
                 return StoredImage(target, md5_bytes(data), width, height, width, height)
-            if im.format == "JPEG":
-                check_jpeg(data, rel_path)
             with self.budget.reserve(declared_bytes(im), rel_path, f"a {width}x{height} {im.mode} image"):
+                if im.format == "JPEG":
+                    check_jpeg(data, rel_path)
                 if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)
                 im.load()
