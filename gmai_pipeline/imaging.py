@@ -3,8 +3,9 @@
 Rules (DESIGN.md "Contracts"; the paper deduplicates on the MD5 of image bytes, so bytes matter):
 - A PNG or JPEG that needs no change (8-bit mode, longest side within the cap) is copied byte for
   byte, so `image_md5` equals the source file's MD5. It is still validated: a PNG's chunk CRCs and
-  its IEND are checked (`Image.verify`, no inflate), a JPEG's entropy-coded data is decoded at 1/8
-  scale (`Image.draft`), which finds truncation at a fraction of a full decode.
+  its IEND are checked (`Image.verify`) and its image data inflated (nothing kept) to the exact
+  size IHDR declares; a JPEG's entropy-coded data is decoded at 1/8 scale by libjpeg-turbo in
+  strict mode, which finds truncation at a fraction of a full decode.
 - Anything else (other formats, 16-bit or float pixels, palette/CMYK modes, too large) is decoded,
   converted to 8-bit L/RGB(A), resized so the longest side fits the cap, and encoded as PNG at
   compression level 1 (about 10x faster than the default level for a few % more bytes).

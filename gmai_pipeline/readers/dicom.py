@@ -21,10 +21,14 @@ Patient data rules:
   physicians, dates, UIDs). If any component does, every such folder becomes `anon` and the file
   becomes `<first 16 hex of the MD5 of the decoded pixels>.dcm`. Identifying values seen in earlier
   headers of the dataset (the first 5,000) count too. A file whose header was never read (missing,
-  unreadable, unreferenced, refused, label rejected) always shows as `<harmless folders>/file-<first
-  16 hex of the file MD5>.dcm` (`missing-<CSV line>.dcm`, `refused.dcm`): its name cannot be
-  checked against its own header. The result is what `source_path`, `sample_id`, the stored
-  image name and quarantine details are built from.
+  unreadable, unreferenced, label rejected) shows as the manifest shows it (`manifest_namer`): only
+  split and catalog-class folders kept, others `anon`, the file `file-<first 16 hex of the file
+  MD5>.dcm` (`missing-<CSV line>.dcm`): its name cannot be checked against its own header. The
+  result is what `source_path`, `sample_id`, the stored image name and quarantine details are built
+  from; without a catalog labels map, a class-folder label that looks like an identifier is refused.
+- Every exception pydicom or numpy raises for one file (a corrupt VR, a short element, bad pixel
+  data) is that file's quarantine row with the exception type only (`_file`); the declared pixel
+  size is checked against the decode budget before `pixel_array` allocates it.
 - Duplicates are judged on the decoded pixels (the same image re-exported with other headers).
 - Compressed transfer syntaxes without an installed decoder -> `unsupported_codec`; pixel data
   shorter than the header says -> `truncated`.
