@@ -181,6 +181,13 @@ def open_verified(root: Path, real: str, name: str, md5: str | None) -> Iterator
 
 # ------------------------------------------------------------------ failures
 
+# Errors of the output side: the run stops (fails loudly) instead of blaming the input.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def is_output_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS
+
 
 _CODEC = re.compile(r"decoder (\w+) not available")
 

@@ -401,8 +401,8 @@ class ImageStore:
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise ImageError("name_too_long", f"{rel_path}: the stored path would be too long") from None
-            if exc.errno is not None:
-                raise  # writing the output failed (disk full, permissions): the run stops, the input is fine
+            if exc.errno is not None:  # the bytes are in memory: an errno means writing the output failed
+                raise  # (disk full, permissions): the run stops, the input is fine
             raise classify_error(exc, rel_path) from None
         except Exception as exc:  # Pillow raises many types for bad files
             raise classify_error(exc, rel_path) from None

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS, SourceDataset
-from gmai_pipeline.decode_guard import decoder_failure, open_verified, read_verified
+from gmai_pipeline.decode_guard import decoder_failure, is_output_failure, open_verified, read_verified
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
 
 SPLIT_ALIASES = {
@@ -328,7 +328,9 @@ def at_boundary(name: str, work: Callable[[], Event], what: str = "file") -> Eve
         return work()
     except ImageError as err:
         return Quarantined(name, "read", err.reason, err.detail)
-    except Exception as exc:  # noqa: BLE001 - the sample boundary: nothing may escape it
+    except Exception as exc:  # noqa: BLE001 - the sample boundary: nothing but an output failure escapes
+        if is_output_failure(exc):
+            raise
         err = decoder_failure(exc, name, what)
         return Quarantined(name, "read", err.reason, err.detail)
 
@@ -339,11 +341,9 @@ def _store(ctx: ReaderContext, rel: str) -> StoredImage | ImageError:
         return ctx.store.store_bytes(ctx.read(rel), rel)
     except ImageError as err:
         return err
-    except OSError as exc:
-        if exc.errno is not None:
-            raise  # the output could not be written: a fault of the run, not of this input
-        return decoder_failure(exc, rel, "image")
     except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise  # the output could not be written: a fault of the run, not of this input
         return decoder_failure(exc, rel, "image")
 
 

@@ -48,7 +48,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from gmai_pipeline.catalog import DicomReader, SourceDataset
-from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure
+from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
 from gmai_pipeline.storage import md5_bytes
@@ -419,6 +419,8 @@ def _file(
         except ImageError as err:
             return Quarantined(shown, "read", err.reason, err.detail)
         except Exception as exc:  # noqa: BLE001 - the sample boundary
+            if is_output_failure(exc):
+                raise
             err = decoder_failure(exc, shown, "DICOM file")
             return Quarantined(shown, "read", err.reason, err.detail)
         del ds
