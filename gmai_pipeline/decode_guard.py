@@ -198,7 +198,7 @@ def decoder_failure(exc: BaseException, name: str, what: str = "file") -> ImageE
         return exc
     msg = str(exc).lower()
     kind = type(exc).__name__
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "DecompressionBombError":
         return ImageError("too_large", f"{name}: {what} does not fit in memory ({kind})")
     if isinstance(exc, EOFError) or any(k in msg for k in ("truncat", "premature end", "end of file", "eof")):
         return ImageError("truncated", f"{name}: truncated {what} ({kind})")

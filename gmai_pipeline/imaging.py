@@ -392,7 +392,7 @@ class ImageStore:
                 self._write(target, data)
                 return StoredImage(target, md5_bytes(data), width, height, width, height)
             with self.budget.reserve(declared_bytes(im), rel_path, f"a {width}x{height} {im.mode} image"):
-                if im.format == "JPEG":
+                if im.format in ("JPEG", "MPO"):
                     check_jpeg(data, rel_path)
                 if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)

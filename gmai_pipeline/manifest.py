@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -86,13 +87,17 @@ def is_input_refusal(reason: str | None) -> bool:
     return bool(reason) and reason not in NOT_INPUTS
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def display_name(name: str) -> str:
-    """A name from the filesystem as text: its non-UTF-8 bytes shown as `\\xNN` escapes."""
+    """A name from the filesystem as text: non-UTF-8 bytes and control characters (a newline
+    would forge a log line) shown as `\\xNN` escapes."""
     try:
         name.encode("utf-8")
-        return name
     except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
+        name = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
 
 
 def missing_data_message(source: SourceDataset, folder: Path) -> str:
@@ -125,50 +130,70 @@ def walk_dataset(folder: Path) -> Iterator[Entry | Refused]:
     links: list[tuple[str, str, Path]] = []  # (shown, real, absolute) of file symlinks, judged at the end
     shown_names: set[str] = set()
 
-    def walk(real_dir: str, shown_dir: str) -> Iterator[Entry | Refused]:
-        absolute_dir = root / real_dir if real_dir else root
+    def listing(real_dir: str, shown_dir: str) -> Iterator[tuple[os.DirEntry, str, str]] | Refused:
         try:
-            with os.scandir(absolute_dir) as it:
+            with os.scandir(root / real_dir if real_dir else root) as it:
                 entries = sorted(it, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
-            yield Refused(shown_dir or ".", f"folder cannot be listed ({exc.strerror or type(exc).__name__})")
-            return
-        for e in entries:
-            real = f"{real_dir}/{e.name}" if real_dir else e.name
-            shown = f"{shown_dir}/{display_name(e.name)}" if shown_dir else display_name(e.name)
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError as exc:
-                yield Refused(shown, f"cannot be examined ({exc.strerror or type(exc).__name__})")
-                continue
-            if shown != real and shown in shown_names:
-                yield Refused(shown, "name is not UTF-8 and its escaped form is another file's name")
-                continue
-            shown_names.add(shown)
-            if e.name.startswith("."):
-                yield Refused(shown, HIDDEN_FOLDER if stat.S_ISDIR(st.st_mode) else HIDDEN)
-            elif stat.S_ISLNK(st.st_mode):
-                try:
-                    is_dir = (root / real).is_dir()
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    yield Refused(shown, "symlinked folder refused")
-                else:
-                    links.append((shown, real, root / real))
-            elif stat.S_ISDIR(st.st_mode):
-                yield from walk(real, shown)
-            elif stat.S_ISREG(st.st_mode):
-                inode = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and inode in seen_inodes:
-                    yield Refused(shown, ALIAS_HARDLINK)
-                    continue
-                seen_inodes.setdefault(inode, shown)
-                yield Entry(shown, real, root / real, st.st_size, st.st_mtime_ns, inode)
-            else:
-                yield Refused(shown, f"{_kind(st.st_mode)}, not a regular file: not read")
+            return Refused(
+                shown_dir or ".", f"folder cannot be listed ({exc.strerror or type(exc).__name__})"
+            )
+        return iter(
+            (
+                e,
+                f"{real_dir}/{e.name}" if real_dir else e.name,
+                f"{shown_dir}/{display_name(e.name)}" if shown_dir else display_name(e.name),
+            )
+            for e in entries
+        )
 
-    yield from walk("", "")
+    # Depth first in sorted order, with an explicit stack: no nesting depth can exhaust recursion.
+    stack = [listing("", "")]
+    while stack:
+        top = stack[-1]
+        if isinstance(top, Refused):
+            stack.pop()
+            yield top
+            continue
+        item = next(top, None)
+        if item is None:
+            stack.pop()
+            continue
+        e, real, shown = item
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError as exc:
+            yield Refused(shown, f"cannot be examined ({exc.strerror or type(exc).__name__})")
+            continue
+        if shown != real and shown in shown_names:
+            yield Refused(
+                shown, "name shown with escapes (not UTF-8, or control characters) equals another file's"
+            )
+            continue
+        shown_names.add(shown)
+        if e.name.startswith("."):
+            yield Refused(shown, HIDDEN_FOLDER if stat.S_ISDIR(st.st_mode) else HIDDEN)
+        elif stat.S_ISLNK(st.st_mode):
+            try:
+                is_dir = (root / real).is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield Refused(shown, "symlinked folder refused")
+            else:
+                links.append((shown, real, root / real))
+        elif stat.S_ISDIR(st.st_mode):
+            stack.append(listing(real, shown))
+        elif stat.S_ISREG(st.st_mode):
+            inode = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and inode in seen_inodes:
+                yield Refused(shown, ALIAS_HARDLINK)
+                continue
+            seen_inodes.setdefault(inode, shown)
+            yield Entry(shown, real, root / real, st.st_size, st.st_mtime_ns, inode)
+        else:
+            yield Refused(shown, f"{_kind(st.st_mode)}, not a regular file: not read")
+
     for shown, _real, absolute in links:
         try:
             target = absolute.resolve(strict=True)
