@@ -377,8 +377,11 @@ class ImageStore:
             raise ImageError("missing_file", f"{rel_path}: cannot read ({exc.strerror})") from None
         return self.store_bytes(data, rel_path)
 
-    def store_bytes(self, data: bytes, rel_path: str, im: Image.Image | None = None) -> StoredImage:
-        """Store an encoded 2D image already in memory (`im`: the same bytes already opened lazily)."""
+    def store_bytes(
+        self, data: bytes, rel_path: str, im: Image.Image | None = None, md5: str | None = None
+    ) -> StoredImage:
+        """Store an encoded 2D image already in memory (`im`: the same bytes already opened lazily;
+        `md5`: their MD5 when already known, e.g. verified against the manifest)."""
         try:
             im = im if im is not None else Image.open(io.BytesIO(data))
             width, height = im.size
@@ -390,7 +393,7 @@ class ImageStore:
                 _validate_copy(im, data, rel_path)
                 target = self._target(rel_path, FORMAT_SUFFIX[im.format], keep=FORMAT_SUFFIXES[im.format])
                 self._write(target, data)
-                return StoredImage(target, md5_bytes(data), width, height, width, height)
+                return StoredImage(target, md5 or md5_bytes(data), width, height, width, height)
             with self.budget.reserve(declared_bytes(im), rel_path, f"a {width}x{height} {im.mode} image"):
                 if im.format in ("JPEG", "MPO"):
                     check_jpeg(data, rel_path)

@@ -338,7 +338,7 @@ def at_boundary(name: str, work: Callable[[], Event], what: str = "file") -> Eve
 def _store(ctx: ReaderContext, rel: str) -> StoredImage | ImageError:
     """Read (verified), decode, store: on a worker thread, so every failure is returned, not raised."""
     try:
-        return ctx.store.store_bytes(ctx.read(rel), rel)
+        return ctx.store.store_bytes(ctx.read(rel), rel, md5=ctx.files.get(rel))  # read() checked it
     except ImageError as err:
         return err
     except Exception as exc:  # noqa: BLE001 - the sample boundary

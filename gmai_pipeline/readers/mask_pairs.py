@@ -91,7 +91,9 @@ def _pair(ctx: ReaderContext, opts: MaskPairsReader, rel: str, mask_rel: str) ->
             f"{rel}: image is {size[0]}x{size[1]} but mask {mask_rel} is {mask.shape[1]}x{mask.shape[0]}",
         )
     boxes = mask_boxes(mask, opts.min_mask_fraction, opts.min_component_pixels)
-    return mask_rows(ctx, rel, mask_rel, split, boxes, lambda: ctx.store.store_bytes(data, rel, im))
+    return mask_rows(
+        ctx, rel, mask_rel, split, boxes, lambda: ctx.store.store_bytes(data, rel, im, ctx.files.get(rel))
+    )
 
 
 def value_label(ctx: ReaderContext, value: int, names: dict[int, str] | None = None) -> str | None:
