@@ -14,6 +14,8 @@ folder that nothing references are inputs (`unreferenced_file`): a picture witho
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import posixpath
 from collections import Counter
@@ -24,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS, SourceDataset
+from gmai_pipeline.decode_guard import decoder_failure, is_output_failure, open_verified, read_verified
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
 
 SPLIT_ALIASES = {
@@ -87,10 +90,48 @@ class ReaderContext:
     counters: Counter = field(default_factory=Counter)
     claimed: set[str] = field(default_factory=set)
     first_by_md5: dict[str, str] = field(default_factory=dict)
+    real: dict[str, str] = field(default_factory=dict)  # path -> name on disk, where they differ (non-UTF-8)
 
     @property
     def slug(self) -> str:
         return modality_slug(self.source.modality)
+
+    @property
+    def root(self) -> Path:
+        root = self.__dict__.get("_root")
+        if root is None:
+            root = self.__dict__["_root"] = self.folder.resolve()
+        return root
+
+    def fs_path(self, rel: str) -> Path:
+        """Where `rel` is on disk (for decoders that only take a path; prefer `read`/`open`)."""
+        return self.root / self.real.get(rel, rel)
+
+    def read(self, rel: str, shown: str | None = None) -> bytes:
+        """The bytes of `rel`, still the regular file the scan hashed (no link followed, same MD5);
+        ImageError (`path_refused`, `missing_file`, `content_changed`, `unreadable`) otherwise,
+        whose detail names the file as `shown` (default `rel`)."""
+        return read_verified(self.root, self.real.get(rel, rel), shown or rel, self.files.get(rel))
+
+    def text(self, rel: str) -> str:
+        """`read` decoded as UTF-8 (a BOM allowed); ImageError `unreadable` naming the file otherwise."""
+        data = self.read(rel)
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ImageError(
+                "unreadable", f"{rel}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+            ) from None
+
+    def text_file(self, rel: str) -> io.StringIO:
+        """`text` as a file object (for csv readers)."""
+        return io.StringIO(self.text(rel), newline="")
+
+    @contextlib.contextmanager
+    def open(self, rel: str) -> Iterator[io.BufferedReader]:
+        """A verified binary file object of `rel` (see `read`), for decoders that stream."""
+        with open_verified(self.root, self.real.get(rel, rel), rel, self.files.get(rel)) as f:
+            yield f
 
     def claim(self, rel: str) -> None:
         self.claimed.add(rel)
@@ -273,20 +314,37 @@ def image_inputs(
         pending.append((ann, label))
     if not pending:
         return
-    path = ctx.folder / rel
     if ctx.executor is None:
-        yield from _finish(ctx, rel, split, pending, _store(ctx, path, rel))
+        yield from _finish(ctx, rel, split, pending, _store(ctx, rel))
     else:  # decode/MD5/write on a worker thread; the driver resolves these in order
-        yield Deferred(
-            ctx.executor.submit(_store, ctx, path, rel), partial(_finish, ctx, rel, split, pending)
-        )
+        yield Deferred(ctx.executor.submit(_store, ctx, rel), partial(_finish, ctx, rel, split, pending))
 
 
-def _store(ctx: ReaderContext, path: Path, rel: str) -> StoredImage | ImageError:
+def at_boundary(name: str, work: Callable[[], Event], what: str = "file") -> Event:
+    """Run the work of one input; whatever it raises (any decoder, numpy, a bug in a reader) becomes
+    that input's quarantine row (`decode_guard.decoder_failure`: file and exception type, never its
+    text), so one bad file never ends the dataset and no header value reaches a message."""
     try:
-        return ctx.store.store_file(path, rel)
+        return work()
+    except ImageError as err:
+        return Quarantined(name, "read", err.reason, err.detail)
+    except Exception as exc:  # noqa: BLE001 - the sample boundary: nothing but an output failure escapes
+        if is_output_failure(exc):
+            raise
+        err = decoder_failure(exc, name, what)
+        return Quarantined(name, "read", err.reason, err.detail)
+
+
+def _store(ctx: ReaderContext, rel: str) -> StoredImage | ImageError:
+    """Read (verified), decode, store: on a worker thread, so every failure is returned, not raised."""
+    try:
+        return ctx.store.store_bytes(ctx.read(rel), rel, md5=ctx.files.get(rel))  # read() checked it
     except ImageError as err:
         return err
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise  # the output could not be written: a fault of the run, not of this input
+        return decoder_failure(exc, rel, "image")
 
 
 def _finish(

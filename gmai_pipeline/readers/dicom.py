@@ -21,10 +21,14 @@ Patient data rules:
   physicians, dates, UIDs). If any component does, every such folder becomes `anon` and the file
   becomes `<first 16 hex of the MD5 of the decoded pixels>.dcm`. Identifying values seen in earlier
   headers of the dataset (the first 5,000) count too. A file whose header was never read (missing,
-  unreadable, unreferenced, refused, label rejected) always shows as `<harmless folders>/file-<first
-  16 hex of the file MD5>.dcm` (`missing-<CSV line>.dcm`, `refused.dcm`): its name cannot be
-  checked against its own header. The result is what `source_path`, `sample_id`, the stored
-  image name and quarantine details are built from.
+  unreadable, unreferenced, label rejected) shows as the manifest shows it (`manifest_namer`): only
+  split and catalog-class folders kept, others `anon`, the file `file-<first 16 hex of the file
+  MD5>.dcm` (`missing-<CSV line>.dcm`): its name cannot be checked against its own header. The
+  result is what `source_path`, `sample_id`, the stored image name and quarantine details are built
+  from; without a catalog labels map, a class-folder label that looks like an identifier is refused.
+- Every exception pydicom or numpy raises for one file (a corrupt VR, a short element, bad pixel
+  data) is that file's quarantine row with the exception type only (`_file`); the declared pixel
+  size is checked against the decode budget before `pixel_array` allocates it.
 - Duplicates are judged on the decoded pixels (the same image re-exported with other headers).
 - Compressed transfer syntaxes without an installed decoder -> `unsupported_codec`; pixel data
   shorter than the header says -> `truncated`.
@@ -34,15 +38,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 
 import numpy as np
 
-from gmai_pipeline.catalog import DicomReader
+from gmai_pipeline.catalog import DicomReader, SourceDataset
+from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
 from gmai_pipeline.storage import md5_bytes
@@ -160,13 +166,24 @@ def burned_in_risk(ds) -> str | None:
     return None
 
 
-def decode(ds, rel: str, slug: str, ct_window) -> tuple[np.ndarray, str]:
+def declared_pixel_bytes(ds) -> int:
+    """Bytes `pixel_array` allocates (all frames), plus the float64 modality-LUT copy of one frame."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+    bits = max(8, int(ds.get("BitsAllocated", 8) or 8))
+    return rows * cols * samples * (frames * ((bits + 7) // 8) + 8)
+
+
+def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = None) -> tuple[np.ndarray, str]:
     """(8-bit pixels ready to store, MD5 of the decoded pixel data); ImageError on failure."""
     from pydicom.pixels import apply_modality_lut
     from pydicom.pixels.decoders.base import get_decoder
 
     if "PixelData" not in ds:
         raise ImageError("unreadable", f"{rel}: no pixel data")
+    if budget is not None:
+        budget.check(declared_pixel_bytes(ds), rel, "its pixel data")
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and ts.is_compressed:
         try:
@@ -212,6 +229,46 @@ def unread_path(rel: str, token: str, values: list[str] = ()) -> str:
     return "/".join([*folders, f"{token}.dcm"])
 
 
+def safe_folder_names(source: SourceDataset) -> set[str]:
+    """Folder names that identify no one: split names and the catalog's label keys and names (lower case)."""
+    from gmai_pipeline.readers.base import SPLIT_ALIASES
+
+    safe = {s.lower() for s in SPLIT_ALIASES} | {str(k).lower() for k in source.labels}
+    return safe | {str(v).lower() for v in source.labels.values()}
+
+
+def manifest_namer(source: SourceDataset) -> Callable[[str, Callable[[], str | None]], str]:
+    """How files of a DICOM dataset are named in the manifest and the source asset's metadata.
+
+    The scan reads no header, so it cannot tell a folder named after the patient from any other
+    name; it keeps only what cannot identify anyone and shows the rest as `anon`:
+    - a folder is kept when it is a split name (`train`, `val`, `test` ...) or one of the catalog's
+      label keys or names (class folders), and does not look like an identifier; others are `anon`;
+    - a DICOM-looking file is `file-<first 16 hex of its MD5>.dcm` (as `unread_path` shows an
+      unread file); the label CSV and README-like files keep their names; any other file becomes
+      `file-<MD5>` with its suffix.
+    The reader, which reads the headers, names kept rows more precisely (`safe_path`).
+    """
+    opts = source.reader
+    safe = safe_folder_names(source)
+    keep = {getattr(opts, "labels_csv", "labels.csv")}
+
+    def name(rel: str, md5: Callable[[], str | None]) -> str:
+        parts = rel.split("/")
+        folders = [p if p.lower() in safe and not looks_like_identifier(p) else "anon" for p in parts[:-1]]
+        leaf = parts[-1]
+        if rel in keep or (leaf.upper() in NOT_IMAGES or PurePosixPath(leaf).stem.upper() in NOT_IMAGES):
+            shown_leaf = leaf
+        else:
+            digest = md5()
+            token = f"file-{digest[:16]}" if digest else "refused"
+            suffix = ".dcm" if _dicom_like(rel) else PurePosixPath(leaf).suffix[:16]
+            shown_leaf = f"{token}{suffix}"
+        return "/".join([*folders, shown_leaf])
+
+    return name
+
+
 def _dicom_like(rel: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
     if name.upper() in NOT_IMAGES:
@@ -225,13 +282,18 @@ class _Names:
     def __init__(self, ctx: ReaderContext):
         self.ctx = ctx
         self.seen: set[str] = set()
+        self.safe = safe_folder_names(ctx.source)
 
     def unread(self, rel: str, token: str | None = None) -> str:
-        """A file whose header was not read: harmless folders kept, the file name always replaced."""
+        """A file whose header was not read, shown as the manifest shows it (`manifest_namer`): only
+        split and class folders kept, the file name always replaced (nothing to check it against)."""
         md5 = self.ctx.files.get(rel)
-        return unread_path(
-            rel, token or (f"file-{md5[:16]}" if md5 else "missing"), sorted(self.seen, key=len, reverse=True)
-        )
+        values = sorted(self.seen, key=len, reverse=True)
+        folders = [
+            p if p.lower() in self.safe and not looks_like_identifier(p, values) else "anon"
+            for p in rel.split("/")[:-1]
+        ]
+        return "/".join([*folders, f"{token or (f'file-{md5[:16]}' if md5 else 'missing')}.dcm"])
 
     def read(self, rel: str, values: list[str], token: str) -> str:
         if len(self.seen) < MAX_REMEMBERED_VALUES:  # bounded: memory and per-name cost stay flat
@@ -254,7 +316,7 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
                     shown, "annotate", "missing_label", f"{shown}: no label CSV and no class folder"
                 )
                 continue
-            yield _file(ctx, opts, names, rel, parts[-2], rel)
+            yield _file(ctx, opts, names, rel, parts[-2], "its class folder")
     for rel in dicom_like:
         if rel not in ctx.claimed:
             ctx.claim(rel)
@@ -266,7 +328,7 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
     csv_rel = opts.labels_csv
     ctx.claim(csv_rel)
     try:
-        with open(ctx.folder / csv_rel, newline="", encoding="utf-8-sig") as f:
+        with ctx.text_file(csv_rel) as f:
             reader = csv.DictReader(f)
             missing = [c for c in (opts.file_column, opts.label_column) if c not in (reader.fieldnames or [])]
             if missing:
@@ -284,7 +346,9 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
                     )
                     continue
                 yield _file(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except ImageError as err:  # not UTF-8, or changed or swapped since the scan
+        yield Quarantined(csv_rel, "read", err.reason, err.detail)
+    except csv.Error as exc:
         yield Quarantined(
             csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({type(exc).__name__})"
         )
@@ -317,23 +381,47 @@ def _file(
         return Quarantined(
             shown, "read", "split_excluded", f"{shown}: split '{split}' not in the catalog's splits"
         )
+    # The sample boundary of a DICOM file: every exception pydicom (or numpy) raises ends here as this
+    # file's quarantine row, under a name checked against nothing it has not read, and with the
+    # exception's type only: pydicom's messages and warnings can quote the raw element.
+    shown = names.unread(rel)
     with _quiet():
         try:
-            ds = pydicom.dcmread(ctx.folder / rel)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-            shown = names.unread(rel)
-            return Quarantined(
-                shown, "read", "unreadable", f"{shown}: not a readable DICOM file ({type(exc).__name__})"
-            )
-        values = header_values(ds)
-        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
-        if not ctx.source.burned_in_text_allowed:
-            risk = burned_in_risk(ds)
-            if risk:
-                return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
-        try:
-            img, pixel_md5 = decode(ds, shown, ctx.slug, opts.ct_window)
+            ds = pydicom.dcmread(io.BytesIO(ctx.read(rel, shown)))
         except ImageError as err:
+            return Quarantined(shown, "read", err.reason, err.detail)
+        except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, struct errors ...
+            kind = "not a DICOM file" if isinstance(exc, InvalidDicomError) else "not a readable DICOM file"
+            return Quarantined(shown, "read", "unreadable", f"{shown}: {kind} ({type(exc).__name__})")
+        try:
+            values = header_values(ds)
+        except Exception as exc:  # noqa: BLE001 - a corrupt element: its name cannot be checked
+            return Quarantined(
+                shown,
+                "read",
+                "unreadable",
+                f"{shown}: an identifying header element cannot be decoded ({type(exc).__name__})",
+            )
+        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
+        if not ctx.source.labels and looks_like_identifier(label, sorted(names.seen, key=len, reverse=True)):
+            return Quarantined(  # a class folder named after the patient would become the label
+                shown,
+                "annotate",
+                "missing_label",
+                f"{shown}: its label looks like an identifier; give the catalog entry a labels map",
+            )
+        try:
+            if not ctx.source.burned_in_text_allowed:
+                risk = burned_in_risk(ds)
+                if risk:
+                    return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
+            img, pixel_md5 = decode(ds, shown, ctx.slug, opts.ct_window, ctx.store.budget)
+        except ImageError as err:
+            return Quarantined(shown, "read", err.reason, err.detail)
+        except Exception as exc:  # noqa: BLE001 - the sample boundary
+            if is_output_failure(exc):
+                raise
+            err = decoder_failure(exc, shown, "DICOM file")
             return Quarantined(shown, "read", err.reason, err.detail)
         del ds
     name = names.read(rel, [], pixel_md5[:16])

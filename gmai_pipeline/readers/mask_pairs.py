@@ -21,16 +21,22 @@ import numpy as np
 from PIL import Image
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS, MaskPairsReader
-from gmai_pipeline.imaging import ImageError, classify_error
-from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext
+from gmai_pipeline.decode_guard import DecodeBudget
+from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
 from gmai_pipeline.volumes import mask_boxes
 
 
-def load_mask(path, rel: str) -> np.ndarray:
+def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
+    """Label indices of an encoded mask; its declared size is checked against `budget` before decoding."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
+            if budget is not None:
+                budget.check(declared_bytes(im), rel, f"a {im.width}x{im.height} {im.mode} mask")
             im.load()
             arr = np.asarray(im)
+    except ImageError:
+        raise
     except Exception as exc:
         err = classify_error(exc, rel)
         raise ImageError(err.reason, err.detail.replace(f"{rel}: ", f"{rel}: mask: ", 1)) from None
@@ -56,7 +62,7 @@ def read(ctx: ReaderContext, opts: MaskPairsReader) -> Iterator[Event]:
             PurePosixPath(masks_dir) / inner.with_name(inner.stem + opts.mask_suffix + opts.mask_extension)
         )
         ctx.claim(rel)
-        yield _pair(ctx, opts, rel, mask_rel)
+        yield at_boundary(rel, lambda rel=rel, mask_rel=mask_rel: _pair(ctx, opts, rel, mask_rel), "image")
 
 
 def _pair(ctx: ReaderContext, opts: MaskPairsReader, rel: str, mask_rel: str) -> Event:
@@ -68,8 +74,8 @@ def _pair(ctx: ReaderContext, opts: MaskPairsReader, rel: str, mask_rel: str) ->
     if excluded is not None:
         return Quarantined(rel, *excluded)
     try:
-        mask = load_mask(ctx.folder / mask_rel, mask_rel)
-        data = (ctx.folder / rel).read_bytes()
+        mask = load_mask(ctx.read(mask_rel), mask_rel, ctx.store.budget)
+        data = ctx.read(rel)
         im = Image.open(io.BytesIO(data))  # lazy: the size without decoding; reused by the store
         size = im.size
     except ImageError as err:
@@ -85,7 +91,9 @@ def _pair(ctx: ReaderContext, opts: MaskPairsReader, rel: str, mask_rel: str) ->
             f"{rel}: image is {size[0]}x{size[1]} but mask {mask_rel} is {mask.shape[1]}x{mask.shape[0]}",
         )
     boxes = mask_boxes(mask, opts.min_mask_fraction, opts.min_component_pixels)
-    return mask_rows(ctx, rel, mask_rel, split, boxes, lambda: ctx.store.store_bytes(data, rel, im))
+    return mask_rows(
+        ctx, rel, mask_rel, split, boxes, lambda: ctx.store.store_bytes(data, rel, im, ctx.files.get(rel))
+    )
 
 
 def value_label(ctx: ReaderContext, value: int, names: dict[int, str] | None = None) -> str | None:

@@ -24,7 +24,15 @@ import numpy as np
 
 from gmai_pipeline.catalog import MsdReader
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
-from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join, unreferenced
+from gmai_pipeline.readers.base import (
+    Event,
+    Kept,
+    Quarantined,
+    ReaderContext,
+    at_boundary,
+    join,
+    unreferenced,
+)
 from gmai_pipeline.readers.mask_pairs import mask_rows, value_label
 from gmai_pipeline.volumes import (
     NIFTI_SUFFIXES,
@@ -36,6 +44,7 @@ from gmai_pipeline.volumes import (
 )
 
 VOLUME_EXTENSIONS = NIFTI_SUFFIXES + SITK_SUFFIXES
+DETACHED_HEADERS = (".mhd", ".nhdr")
 
 
 def _label_names(raw) -> dict[int, str]:
@@ -56,7 +65,7 @@ def _cases(
     if opts.dataset_json in ctx.files:
         ctx.claim(opts.dataset_json)
         try:
-            meta = json.loads((ctx.folder / opts.dataset_json).read_bytes())
+            meta = json.loads(ctx.read(opts.dataset_json))
             training = meta.get("training")
             if isinstance(training, list) and training:
                 cases = []
@@ -65,6 +74,9 @@ def _cases(
                     cases.append((join("", image), image, join("", label) if label else None))
                 return cases, _label_names(meta.get("labels")), events
             names = _label_names(meta.get("labels"))
+        except ImageError as err:
+            events.append(Quarantined(opts.dataset_json, "read", err.reason, err.detail))
+            names = {}
         except (ValueError, AttributeError, TypeError) as exc:
             events.append(
                 Quarantined(
@@ -84,12 +96,26 @@ def _cases(
     return cases, names, events
 
 
+def load(ctx: ReaderContext, rel: str, is_label: bool = False) -> np.ndarray:
+    """A volume read through a verified descriptor (`ReaderContext.open`), with the decode budget."""
+    with ctx.open(rel) as f:
+        if rel.lower().endswith(DETACHED_HEADERS):  # the header names a data file beside it: by path
+            return read_volume(ctx.fs_path(rel), rel, is_label, ctx.store.budget)
+        return read_volume(f, rel, is_label, ctx.store.budget)
+
+
 def read(ctx: ReaderContext, opts: MsdReader) -> Iterator[Event]:
     cases, names, events = _cases(ctx, opts)
     yield from events
     window = window_for(ctx.slug, opts.ct_window)
     for rel, ref, label_rel in cases:
-        yield _case(ctx, opts, rel, ref, label_rel, names, window)
+        yield at_boundary(
+            rel or ref,
+            lambda rel=rel, ref=ref, label_rel=label_rel: _case(
+                ctx, opts, rel, ref, label_rel, names, window
+            ),
+            "volume",
+        )
     yield from unreferenced(ctx, opts.images_dir, VOLUME_EXTENSIONS)
 
 
@@ -109,7 +135,7 @@ def _case(ctx, opts: MsdReader, rel, ref, label_rel, names, window) -> Event:
     if excluded is not None:
         return Quarantined(rel, *excluded)
     try:
-        labels = read_volume(ctx.folder / label_rel, label_rel, is_label=True)
+        labels = load(ctx, label_rel, is_label=True)
         values = (
             np.flatnonzero(np.bincount(labels.ravel())) if labels.dtype != np.uint32 else np.unique(labels)
         )
@@ -121,7 +147,7 @@ def _case(ctx, opts: MsdReader, rel, ref, label_rel, names, window) -> Event:
                 "unknown_label",
                 f"{rel}: label values {unknown} in {label_rel} are not in the label map",
             )
-        volume = read_volume(ctx.folder / rel, rel)
+        volume = load(ctx, rel)
         if volume.shape != labels.shape:
             return Quarantined(
                 rel,
@@ -129,7 +155,7 @@ def _case(ctx, opts: MsdReader, rel, ref, label_rel, names, window) -> Event:
                 "shape_mismatch",
                 f"{rel}: image shape {volume.shape} != label shape {labels.shape} ({label_rel})",
             )
-        image8 = volume_to_uint8(volume, window)
+        image8 = volume_to_uint8(volume, window, ctx.counters, rel)
         del volume
     except ImageError as err:
         return Quarantined(rel, "read", err.reason, err.detail)

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS, VocReader
+from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -45,7 +46,10 @@ def read(ctx: ReaderContext, opts: VocReader) -> Iterator[Event]:
     for xml_rel in ctx.under(opts.annotations_dir, (".xml",)):
         ctx.claim(xml_rel)
         try:
-            root = ET.parse(ctx.folder / xml_rel).getroot()
+            root = ET.fromstring(ctx.read(xml_rel))
+        except ImageError as err:
+            yield Quarantined(xml_rel, "read", err.reason, err.detail)
+            continue
         except (ET.ParseError, OSError) as exc:
             yield Quarantined(xml_rel, "read", "unreadable", f"{xml_rel}: not valid XML ({exc})")
             continue

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS, YoloReader
+from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import Annotation, Event, Quarantined, ReaderContext, image_inputs
 
 
@@ -50,7 +51,10 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
     classes: list[str] = []
     if opts.classes_file in ctx.files:
         ctx.claim(opts.classes_file)
-        text = (ctx.folder / opts.classes_file).read_text(encoding="utf-8", errors="replace")
+        try:
+            text = ctx.read(opts.classes_file).decode("utf-8", errors="replace")
+        except ImageError:
+            text = ""  # every label line then names an unknown class index, and says so
         classes = [c.strip() for c in text.splitlines() if c.strip()]
     images_dir, labels_dir = opts.images_dir.strip("/"), opts.labels_dir.strip("/")
     for rel in ctx.under(images_dir, IMAGE_EXTENSIONS):
@@ -59,12 +63,15 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
         anns: list[Annotation] = []
         if label_rel in ctx.files:
             ctx.claim(label_rel)
-            text = (ctx.folder / label_rel).read_text(encoding="utf-8", errors="replace")
-            anns = [
-                _line(ln, classes, f"{label_rel} line {i}")
-                for i, ln in enumerate(text.splitlines(), 1)
-                if ln.strip()
-            ]
+            try:
+                text = ctx.read(label_rel).decode("utf-8", errors="replace")
+                anns = [
+                    _line(ln, classes, f"{label_rel} line {i}")
+                    for i, ln in enumerate(text.splitlines(), 1)
+                    if ln.strip()
+                ]
+            except ImageError as err:
+                anns = [Annotation((), where=label_rel, error=(err.reason, err.detail))]
         yield from image_inputs(ctx, rel, rel, ctx.split_of(rel), anns)
     for label_rel in ctx.under(labels_dir, (".txt",)):
         if label_rel not in ctx.claimed and label_rel != opts.classes_file:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gmai_pipeline import safe_yaml
 from gmai_pipeline.release.loader import check_record
 from gmai_pipeline.release.records import IMAGE_TOKEN, ReleaseRow
 from gmai_pipeline.settings import ASSETS_DIR
@@ -101,7 +101,7 @@ def mixtures_file() -> Path:
 
 def load_mixtures(path: Path | None = None) -> tuple[MixturesConfig, Path]:
     path = Path(path) if path else mixtures_file()
-    config = MixturesConfig.model_validate(yaml.safe_load(path.read_text()))
+    config = MixturesConfig.model_validate(safe_yaml.load(path))
     missing = [s for s in STAGES if s not in config.stages]
     if missing:
         raise ValueError(f"{path}: stages {missing} are missing")
