@@ -531,9 +531,9 @@ def child(kind: str, folder: str, out: str) -> None:
     pkg.__path__ = [str(ROOT / "gmai_pipeline")]
     sys.modules["gmai_pipeline"] = pkg
     from gmai_pipeline.manifest import scan
-    from gmai_pipeline.normalize import normalize_source
+    from gmai_pipeline.normalize import normalize_source, shown_names
 
-    manifest = scan(Path(folder))
+    manifest = scan(Path(folder), shown=shown_names(source_for(kind)))
     base = peak_rss_kib()
     report = normalize_source(source_for(kind), Path(folder), manifest, Path(out))
     peak = peak_rss_kib()

@@ -14,6 +14,8 @@ Modes, all at the same token budget per step:
   packed_sdpa the same rows with transformers' SDPA block mask (CUDA only, for comparison)
   bound       the same rows with plain causal attention over the whole row (no mask): what a perfect
               varlen kernel approaches
+  packed+K    packed, with kernel variant K (--kernels): liger (liger-kernel's RMSNorm, SwiGLU, RoPE and
+              fused linear cross-entropy, CUDA only), compile (torch.compile per decoder layer), liger+compile
 Real tokens/s counts only sample tokens (no padding). Results: bench/results/train_step-<device>.json.
 A time budget (--budget-s) skips what is left rather than overrun; every skip and error is recorded.
 """
@@ -186,6 +188,18 @@ def run_mode(
     }
 
 
+KERNEL_ORDER = ("none", "compile", "liger", "liger+compile")  # liger patches transformers' Llama for good
+
+
+def with_kernels(model: LlavaModel, variant: str) -> LlavaModel:
+    """Apply a kernel variant the way training_jobs.train does (--liger, --compile)."""
+    if "liger" in variant:
+        model.use_liger()
+    if "compile" in variant:
+        model.compile_decoder()
+    return model
+
+
 def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results):
     attn = pick_attention(device)
     t0 = time.perf_counter()
@@ -198,9 +212,9 @@ def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results)
     samples = make_samples(n_samples, vocab, seed=0)
     lengths = [len(s) for s in samples]
     pixels_cache = torch.randn(3, 336, 336, device=device, dtype=dtype)
-    modes = ["padded", "packed", "bound"] + (
-        ["packed_sdpa"] if device.type == "cuda" and attn != "sdpa" else []
-    )
+    modes = [m for m in ("padded", "packed", "bound") if m in args.modes]
+    if device.type == "cuda" and attn != "sdpa" and "packed_sdpa" in args.modes:
+        modes.append("packed_sdpa")
     plan = {
         m: batches(
             m if m != "packed_sdpa" and m != "bound" else "packed",
@@ -209,7 +223,7 @@ def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results)
             rows_per_step,
             args.warmup + args.steps,
         )
-        for m in modes
+        for m in ("padded", "packed", "bound", "packed_sdpa")
     }
     info = {
         "llm_shape": llm_shape,
@@ -218,6 +232,8 @@ def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results)
         "row_length": row_length,
         "rows_per_step": rows_per_step,
         "pack_fill_ffd": fill_ratio(pack_ffd(lengths, row_length), lengths, row_length),
+        "samples_per_row_ffd": len(lengths) / len(pack_ffd(lengths, row_length)),
+        "kernels": ["none", *args.kernels],
         "params": {
             "llm": shape.llm_trunk + shape.llm_head,
             "vision": shape.vision,
@@ -225,7 +241,9 @@ def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results)
         },
     }
     print(json.dumps(info), flush=True)
-    for stage in stages:
+
+    def measure(model, variant: str, modes: list[str], stage: int) -> None:
+        """One stage's measurements on one model: freeze as the stage, then each mode in turn."""
         trainable = set_stage(model, stage)
         ckpt = stage == 3 and llm_shape == "7b" and device.type == "cuda"
         if ckpt:
@@ -233,7 +251,7 @@ def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results)
         model.train()
         optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=device.type == "cuda")
         for mode in modes:
-            key = f"{llm_shape}/stage{stage}/{mode}"
+            key = f"{llm_shape}/stage{stage}/{mode}" + (f"+{variant}" if variant != "none" else "")
             if time.perf_counter() > deadline:
                 results[key] = {"skipped": "time budget"}
                 continue
@@ -255,7 +273,7 @@ def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results)
                     row_length,
                     attn,
                 )
-                r.update(attention=impl, grad_checkpointing=ckpt)
+                r.update(attention=impl, grad_checkpointing=ckpt, kernels=variant)
                 results[key] = r
             except torch.OutOfMemoryError as exc:
                 results[key] = {"error": f"OOM: {str(exc)[:200]}"}
@@ -271,14 +289,38 @@ def bench_shape(llm_shape, stages, device, dtype, args, peak, deadline, results)
         del optimizer
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+    variants = [v for v in KERNEL_ORDER if v == "none" or v in args.kernels]
+    for variant in variants:
+        if variant != "none":  # a fresh model: kernels patch modules in place
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            try:
+                model = with_kernels(build_model(llm_shape, device, dtype, attn), variant)
+            except Exception as exc:  # e.g. liger-kernel not installed: recorded, the rest goes on
+                for stage in stages:
+                    results[f"{llm_shape}/stage{stage}/packed+{variant}"] = {
+                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"
+                    }
+                model = None
+                continue
+        for stage in stages:
+            measure(model, variant, modes if variant == "none" else ["packed"], stage)
     for stage in stages:
-        p, b, pad = (results.get(f"{llm_shape}/stage{stage}/{m}", {}) for m in ("packed", "bound", "padded"))
-        if "real_tokens_per_s" in p and "real_tokens_per_s" in b and "real_tokens_per_s" in pad:
-            results[f"{llm_shape}/stage{stage}/summary"] = {
-                "packed_over_bound": p["real_tokens_per_s"] / b["real_tokens_per_s"],
-                "packed_over_padded": p["real_tokens_per_s"] / pad["real_tokens_per_s"],
-                "bound_over_padded": b["real_tokens_per_s"] / pad["real_tokens_per_s"],
-            }
+        base = f"{llm_shape}/stage{stage}"
+        p, b, pad = (results.get(f"{base}/{m}", {}) for m in ("packed", "bound", "padded"))
+        if "real_tokens_per_s" in p and "real_tokens_per_s" in b:
+            summary = {"packed_over_bound": p["real_tokens_per_s"] / b["real_tokens_per_s"]}
+            if "real_tokens_per_s" in pad:
+                summary["packed_over_padded"] = p["real_tokens_per_s"] / pad["real_tokens_per_s"]
+                summary["bound_over_padded"] = b["real_tokens_per_s"] / pad["real_tokens_per_s"]
+            for v in variants[1:]:
+                r = results.get(f"{base}/packed+{v}", {})
+                if "real_tokens_per_s" in r:
+                    summary[f"packed+{v}_over_bound"] = r["real_tokens_per_s"] / b["real_tokens_per_s"]
+                    summary[f"packed+{v}_mfu"] = r["mfu"]
+            results[f"{base}/summary"] = summary
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -299,6 +341,20 @@ def main(argv=None) -> Path:
     p.add_argument("--rows-per-step", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=330.0, help="skip what is left after this many seconds")
     p.add_argument("--peak-flops", type=float, default=None)
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("padded", "packed", "bound", "packed_sdpa"),
+        default=["padded", "packed", "bound", "packed_sdpa"],
+        help="baseline measurements (packed_sdpa: CUDA only)",
+    )
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=KERNEL_ORDER[1:],
+        default=[],
+        help="also measure the packed mode with these kernel variants, each on a fresh model (CUDA for liger)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device != "cpu"

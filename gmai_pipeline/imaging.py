@@ -3,11 +3,23 @@
 Rules (DESIGN.md "Contracts"; the paper deduplicates on the MD5 of image bytes, so bytes matter):
 - A PNG or JPEG that needs no change (8-bit mode, longest side within the cap) is copied byte for
   byte, so `image_md5` equals the source file's MD5. It is still validated: a PNG's chunk CRCs and
-  its IEND are checked (`Image.verify`, no inflate), a JPEG's entropy-coded data is decoded at 1/8
-  scale (`Image.draft`), which finds truncation at a fraction of a full decode.
+  its IEND are checked (`Image.verify`) and its image data inflated (nothing kept) to the exact
+  size IHDR declares; a JPEG's entropy-coded data is decoded at 1/8 scale by libjpeg-turbo in
+  strict mode, which finds truncation at a fraction of a full decode.
 - Anything else (other formats, 16-bit or float pixels, palette/CMYK modes, too large) is decoded,
   converted to 8-bit L/RGB(A), resized so the longest side fits the cap, and encoded as PNG at
   compression level 1 (about 10x faster than the default level for a few % more bytes).
+- Checks before and while decoding (`decode_guard`): the declared size (width x height x bytes
+  per pixel, from the header) is reserved from the decode budget before any pixel is decoded, so an
+  image over `GMAI_DECODE_BUDGET_MB` is `too_large` and images decoded on the worker threads share
+  the budget; a JPEG is decoded by libjpeg-turbo in strict mode (`simplejpeg`, at 1/8 scale for the
+  copy check), so data that ends early is `truncated` even when an end marker follows (Pillow
+  fills the rest with grey); a PNG's zlib stream must end and inflate to exactly the size its
+  header declares; float pixels that are NaN or infinite are left out of the intensity window and
+  stored black (an image with no finite pixel is `non_finite`).
+- The stored name keeps the source's relative path; its suffix always says the stored format
+  (JPEG bytes in a file called `x.png` are stored as `x.png.jpg`), and a name component longer
+  than the filesystem allows is shortened with a hash of the full name.
 - Boxes are in pixels of the stored image, half-open: `[x0, y0, x1, y1]` with
   `0 <= x0 < x1 <= width`, `0 <= y0 < y1 <= height` (SAM-Med2D's regionprops convention).
 """
@@ -15,6 +27,7 @@ Rules (DESIGN.md "Contracts"; the paper deduplicates on the MD5 of image bytes, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import math
 import os
@@ -26,21 +39,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gmai_pipeline.storage import md5_bytes
+from gmai_pipeline.decode_guard import DecodeBudget, ImageError, decoder_failure
+from gmai_pipeline.storage import md5_bytes, temp_tag
+
+__all__ = ["ImageError", "ImageStore", "StoredImage", "classify_error", "sample_id", "to_uint8"]
 
 DEFAULT_MAX_SIDE = 1024
 PNG_COMPRESS_LEVEL = 1
 COPY_MODES = {"PNG": {"1", "L", "LA", "P", "RGB", "RGBA"}, "JPEG": {"L", "RGB"}}
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-
-
-class ImageError(Exception):
-    """An input that cannot become an image; `reason` is a quarantine code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -76,15 +83,47 @@ class StoredImage:
         return out
 
 
+FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg"}
+FORMAT_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif")}
+NAME_MAX = 255  # bytes in one path component on every filesystem we write to
+
+
+def fit_name(name: str, limit: int = NAME_MAX) -> str:
+    """`name` with any component over `limit` bytes cut and ended with a hash of the whole component."""
+    parts = name.split("/")
+    out = []
+    for part in parts:
+        raw = part.encode("utf-8", "surrogateescape")
+        if len(raw) <= limit:
+            out.append(part)
+            continue
+        suffix = PurePosixPath(part).suffix if len(PurePosixPath(part).suffix) <= 16 else ""
+        digest = "~" + md5_bytes(raw)[:16]
+        room = limit - len(digest.encode()) - len(suffix.encode())
+        head = raw[:room].decode("utf-8", "ignore")
+        out.append(head + digest + suffix)
+    return "/".join(out)
+
+
 def modality_slug(modality: str) -> str:
     """'X-Ray' -> 'x-ray', 'Natural Image' -> 'natural-image' (the release's lowercase folder names)."""
     return re.sub(r"[^a-z0-9-]+", "-", modality.strip().lower()).strip("-")
 
 
+def id_path(rel_path: str) -> str:
+    """The path part of a sample id: `/` -> `#`, after `%` -> `%25` and `#` -> `%23`.
+
+    Ordinary paths (no `#`, no `%`) read exactly as GMAI-VL's `{relative path with / -> #}`; the
+    escapes make the mapping one-to-one, so `a#b.png` (`a%23b.png`) and `a/b.png` (`a#b.png`) differ.
+    """
+    return rel_path.replace("%", "%25").replace("#", "%23").replace("/", "#")
+
+
 def sample_id(
     dim: str, task: str, slug: str, dataset: str, rel_path: str, axis: str | None = None, index=None
 ) -> str:
-    sid = f"{dim}#{task}#{slug}#{dataset}#{rel_path.replace('/', '#')}"
+    """`{dim}#{task}#{modality}#{dataset}#{path}` (`id_path`), plus `#{axis}{index}` for a volume slice."""
+    sid = f"{dim}#{task}#{slug}#{dataset}#{id_path(rel_path)}"
     return f"{sid}#{axis}{index}" if axis is not None else sid
 
 
@@ -104,41 +143,136 @@ def box_inside(box: list[int] | None, width: int, height: int) -> bool:
 
 
 def to_uint8(arr: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
-    """Scale to 0..255: a window [low, high] when given, else the 0.5/99.5 percentiles."""
+    """Scale to 0..255: a window [low, high] when given, else the 0.5/99.5 percentiles.
+
+    NaN and infinite values take no part in the percentiles and are stored as 0 (one NaN would
+    otherwise make the window NaN and the whole image black); none finite at all is `non_finite`.
+    """
     if arr.dtype == np.uint8 and low is None:
         return arr
     a = arr.astype(np.float32, copy=False)
+    finite = None
+    if a.dtype.kind == "f":
+        finite = np.isfinite(a)
+        if finite.all():
+            finite = None
+        elif not finite.any():
+            raise ImageError("non_finite", "no pixel has a finite value (all NaN or infinite)")
     if low is None or high is None:
         sample = a[:: max(1, a.shape[0] // 256), :: max(1, a.shape[1] // 256)] if a.ndim >= 2 else a
+        if finite is not None:
+            sample = sample[np.isfinite(sample)]
+            if sample.size == 0:
+                sample = a[finite]
         low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
     if high <= low:
         high = low + 1.0
-    out = (a - low) * (255.0 / (high - low))
+    out = np.subtract(a, np.float32(low), dtype=np.float32)  # one float copy, scaled in place
+    out *= np.float32(255.0 / (high - low))
+    if finite is not None:
+        out[~finite] = 0.0
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8)
 
 
-def _validate_copy(im: Image.Image) -> None:
+# Bytes Pillow keeps per pixel by mode (multi-band 8-bit modes are stored as 4 bytes a pixel).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # converted through float32 to 8 bits
+# libjpeg-turbo warnings that mean pixel data was lost (strict mode raises on every warning; the
+# others, e.g. "N extraneous bytes before marker", are about bytes between segments: decoded again leniently).
+_JPEG_DATA_LOST = ("premature end", "bad huffman code", "bad arithmetic code", "instead of rst")
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def declared_bytes(im: Image.Image) -> int:
+    """Memory a full decode and 8-bit conversion of `im` takes, from its header alone."""
+    pixels = im.width * im.height
+    stored = _MODE_BYTES.get(im.mode, 4)
+    working = 13 if im.mode in _WIDE_MODES else 4  # array + float32 copies + masks; or a mode conversion
+    return pixels * (stored + working)
+
+
+def check_jpeg(data: bytes, name: str, scale: int = 8) -> None:
+    """Decode with libjpeg-turbo in strict mode at 1/`scale`: ImageError `truncated`/`unreadable` if data is lost."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=scale, strict=True)
+    except ValueError as exc:
+        msg = str(exc).lower()
+        if "premature end" in msg:
+            raise ImageError("truncated", f"{name}: JPEG data ends before the image does") from None
+        if any(k in msg for k in _JPEG_DATA_LOST):
+            raise ImageError("unreadable", f"{name}: corrupt JPEG entropy-coded data") from None
+        try:  # a warning about bytes between segments: the pixels are all there
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=scale, strict=False)
+        except ValueError:
+            raise ImageError("unreadable", f"{name}: JPEG cannot be decoded") from None
+
+
+def _png_expected(width: int, height: int, bits: int, channels: int, interlaced: bool) -> int:
+    def size(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * channels * bits + 7) // 8)
+
+    if not interlaced:
+        return size(width, height)
+    passes = (
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    )
+    return sum(size((width - x + dx - 1) // dx, (height - y + dy - 1) // dy) for x, y, dx, dy in passes)
+
+
+def check_png(data: bytes, name: str) -> None:
+    """The image data must inflate to exactly what IHDR declares and its zlib stream must end.
+
+    `Image.verify` checks chunk CRCs and IEND but inflates nothing: a stream cut short inside a
+    well-formed chunk would be stored as it is. Inflated in bounded pieces, nothing kept.
+    """
+    import struct
+    import zlib
+
+    pos, expected, total = 8, None, 0
+    d = zlib.decompressobj()
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if ctype == b"IHDR" and len(body) >= 13:
+            width, height, bits, colour, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
+            expected = _png_expected(width, height, bits, PNG_CHANNELS.get(colour, 4), interlace == 1)
+        elif ctype == b"IDAT" and expected is not None:
+            try:
+                total += len(d.decompress(body, max(1, expected + 1 - total)))
+            except zlib.error:
+                raise ImageError("unreadable", f"{name}: PNG image data is not a valid zlib stream") from None
+            if total > expected or d.unconsumed_tail:
+                raise ImageError("unreadable", f"{name}: PNG image data is larger than its header declares")
+        elif ctype == b"IEND":
+            break
+    if expected is None or not d.eof or total != expected:
+        raise ImageError("truncated", f"{name}: PNG image data ends before the image does")
+
+
+def _validate_copy(im: Image.Image, data: bytes, name: str) -> None:
     """Find truncation/corruption without a full decode (see the module docstring)."""
     if im.format == "PNG":
         im.verify()
+        check_png(data, name)
     else:
-        im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-        im.load()
+        check_jpeg(data, name)
 
 
 def classify_error(exc: BaseException, name: str) -> ImageError:
-    """A Pillow/IO exception as a quarantine reason and a stable detail naming the file."""
-    if isinstance(exc, ImageError):
-        return exc
+    """A Pillow/IO exception as a quarantine reason and a detail naming the file (never the exception text)."""
     if isinstance(exc, UnidentifiedImageError):
         return ImageError("unreadable", f"{name}: not an image file Pillow recognises")
-    msg = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))  # object addresses would make details differ run to run
-    if "truncated" in msg.lower() or isinstance(exc, EOFError):
-        return ImageError("truncated", f"{name}: truncated file ({msg})")
-    if "decoder" in msg.lower() and "not available" in msg.lower():
-        return ImageError("unsupported_codec", f"{name}: {msg}")
-    return ImageError("unreadable", f"{name}: {type(exc).__name__}: {msg}")
+    return decoder_failure(exc, name, "image")
 
 
 def _as_8bit(im: Image.Image) -> Image.Image:
@@ -183,6 +317,7 @@ class ImageStore:
         dataset: str,
         max_side: int = DEFAULT_MAX_SIDE,
         source_names: Container[str] = (),
+        budget: DecodeBudget | None = None,
     ):
         self.output_root = Path(output_root)
         self.prefix = f"images/{dim}/{task}/{slug}/{dataset}"
@@ -191,20 +326,26 @@ class ImageStore:
         self._dirs: set[str] = set()
         self._root = str(self.output_root)
         self._pid = os.getpid()
+        self._tag = temp_tag()
+        self.budget = budget if budget is not None else DecodeBudget()
 
-    def _target(self, rel_path: str, ext: str | None) -> str:
+    def _target(self, rel_path: str, ext: str | None, keep: tuple[str, ...] = ()) -> str:
         """Stored relative name: the source's relative path, suffix changed to `ext` when re-encoded.
 
         Decided from the manifest alone, so it is the same whatever order images are stored in:
         `a.bmp` becomes `a.png`, unless the dataset also has a file `a.png`; then `a.bmp.png`.
         """
         name = rel_path
+        if keep and name.lower().endswith(keep):
+            ext = None  # copied bytes under a name that already says their format
+        elif keep:  # copied bytes whose name says another format: keep the name, say the format
+            name, ext = rel_path + ext, None
         if ext is not None and not name.lower().endswith(ext):
             base = strip_volume_suffix(name)
             name = (base if base != name else str(PurePosixPath(name).with_suffix(""))) + ext
             if name in self.source_names:
                 name = rel_path + ext
-        return f"{self.prefix}/{name}"
+        return f"{self.prefix}/{fit_name(name)}"
 
     def _write(self, target: str, data: bytes) -> None:
         """Atomic like `storage.atomic_write_bytes` (temp name, then rename), minus its per-call
@@ -214,7 +355,11 @@ class ImageStore:
         if parent not in self._dirs:
             os.makedirs(parent, exist_ok=True)
             self._dirs.add(parent)
-        tmp = os.path.join(parent, f".{name}.{self._pid}.tmp")
+        # Short and tagged (`storage.is_stale_temp`): a name near NAME_MAX must still fit, and a
+        # killed run's leftovers are recognised and swept by the next run.
+        tmp = os.path.join(
+            parent, f".gmai-{md5_bytes(name.encode('utf-8', 'surrogateescape'))[:12]}.{self._tag}.tmp"
+        )
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -232,8 +377,11 @@ class ImageStore:
             raise ImageError("missing_file", f"{rel_path}: cannot read ({exc.strerror})") from None
         return self.store_bytes(data, rel_path)
 
-    def store_bytes(self, data: bytes, rel_path: str, im: Image.Image | None = None) -> StoredImage:
-        """Store an encoded 2D image already in memory (`im`: the same bytes already opened lazily)."""
+    def store_bytes(
+        self, data: bytes, rel_path: str, im: Image.Image | None = None, md5: str | None = None
+    ) -> StoredImage:
+        """Store an encoded 2D image already in memory (`im`: the same bytes already opened lazily;
+        `md5`: their MD5 when already known, e.g. verified against the manifest)."""
         try:
             im = im if im is not None else Image.open(io.BytesIO(data))
             width, height = im.size
@@ -242,14 +390,23 @@ class ImageStore:
                 and im.mode in COPY_MODES[im.format]
                 and max(width, height) <= self.max_side
             ):
-                _validate_copy(im)
-                target = self._target(rel_path, None)
+                _validate_copy(im, data, rel_path)
+                target = self._target(rel_path, FORMAT_SUFFIX[im.format], keep=FORMAT_SUFFIXES[im.format])
                 self._write(target, data)
-                return StoredImage(target, md5_bytes(data), width, height, width, height)
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            im.load()
-            return self.store_pil(im, rel_path)
+                return StoredImage(target, md5 or md5_bytes(data), width, height, width, height)
+            with self.budget.reserve(declared_bytes(im), rel_path, f"a {width}x{height} {im.mode} image"):
+                if im.format in ("JPEG", "MPO"):
+                    check_jpeg(data, rel_path)
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)
+                im.load()
+                return self.store_pil(im, rel_path)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise ImageError("name_too_long", f"{rel_path}: the stored path would be too long") from None
+            if exc.errno is not None:  # the bytes are in memory: an errno means writing the output failed
+                raise  # (disk full, permissions): the run stops, the input is fine
+            raise classify_error(exc, rel_path) from None
         except Exception as exc:  # Pillow raises many types for bad files
             raise classify_error(exc, rel_path) from None
 
@@ -260,7 +417,7 @@ class ImageStore:
         if size != im.size:
             im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         data = encode_png(im)
-        target = f"{self.prefix}/{target_name}" if target_name else self._target(rel_path, ".png")
+        target = f"{self.prefix}/{fit_name(target_name)}" if target_name else self._target(rel_path, ".png")
         self._write(target, data)
         return StoredImage(target, md5_bytes(data), size[0], size[1], source_width, source_height)
 

@@ -3,9 +3,10 @@
 - `demo_job`: the demo sources end to end in one run.
 - `demo_ingest_job`: the demo's per-dataset steps only (`source/*`, `normalized/*`): a quick check of an
   instance or an executor (the Postgres and Celery tests run it).
-- `build_dataset_job`: sources through the dataset release (shards, stage mixes, report); no training.
+- `build_dataset_job`: sources through the dataset release (shards, stage I and II mixes, report); no training.
 - `generate_job`: the partitioned generation assets (captions, VQA, translations); backfill its shards.
-- `train_job`: the three training stages.
+- `train_job`: the three training stages, with stage III's scoring pass and mixture between II and III
+  (the stage II model judges stage III's candidates, so that mixture can only be made inside training).
 
 Unpartitioned jobs that include partitioned assets are tagged with the whole generation partition
 range, so one run processes every shard (assets read `context.partition_keys`).
@@ -35,8 +36,9 @@ ALL_SHARDS_TAGS = {
 }
 
 GENERATION_KEYS = ("captions", "vqa", "translations")
-RELEASE_KEYS = ("instruction_shards", "stage1_mix", "stage2_mix", "stage3_mix", "dataset_report")
-TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "gmai_vl_stage3")
+RELEASE_KEYS = ("instruction_shards", "stage1_mix", "stage2_mix", "dataset_report")
+# stage3_mix is filtered by the stage II model's scores (stage3_scores), so it runs with the training stages.
+TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "stage3_scores", "stage3_mix", "gmai_vl_stage3")
 EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 
 
@@ -122,8 +124,8 @@ def build_jobs(catalog: list[SourceDataset]) -> list[dg.UnresolvedAssetJobDefini
             "build_dataset_job",
             selection=build_dataset_selection(),
             description="Every catalogued source through the dataset release: manifests, normalized tables, "
-            "decontamination, captions/VQA/translations (all shards), instruction shards, stage mixes and the "
-            "dataset report. No training.",
+            "decontamination, captions/VQA/translations (all shards), instruction shards, stage I and II mixes "
+            "and the dataset report. No training (stage III's mix needs the stage II model: train_job).",
             tags=ALL_SHARDS_TAGS,
             executor_def=executor,
         ),
@@ -138,7 +140,8 @@ def build_jobs(catalog: list[SourceDataset]) -> list[dg.UnresolvedAssetJobDefini
         dg.define_asset_job(
             "train_job",
             selection=training_selection(),
-            description="The three GMAI-VL training stages on the GPU cluster resource.",
+            description="The three GMAI-VL training stages on the GPU cluster resource, with stage III's "
+            "scoring pass (the stage II model's confidence) and mixture between stages II and III.",
             executor_def=executor,
         ),
     ]

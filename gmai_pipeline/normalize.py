@@ -5,8 +5,11 @@
 image (or one volume) and one batch at a time, plus per-file bookkeeping (paths, MD5s).
 
 Accounting (DESIGN.md): inputs seen = inputs kept + inputs quarantined, per dataset. A refused
-manifest row (symlink, path escaping the folder) is an input quarantined `path_refused`; what else
-is an input is defined per reader (`gmai_pipeline/readers/__init__.py`). `verify_outputs` recounts
+manifest row (a link leading outside, a pipe, an unreadable file) is an input quarantined
+`path_refused`; a manifest row whose file is gone is one quarantined `missing_file`; hidden files
+and aliases are listed with the ignored files; what else is an input is defined per reader
+(`gmai_pipeline/readers/__init__.py`). The manifest is matched to the folder as it is now
+(`manifest.resolve`), and every read is checked against the manifest's MD5 (`ReaderContext.read`). `verify_outputs` recounts
 both sides from the files written, which is what the asset check reports.
 """
 
@@ -19,7 +22,7 @@ import random
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +35,13 @@ from PIL import Image, ImageDraw
 
 from gmai_pipeline.catalog import SourceDataset, load_vocabulary
 from gmai_pipeline.imaging import DEFAULT_MAX_SIDE, ImageStore, modality_slug
+from gmai_pipeline.manifest import Resolved, ShownName, resolve
 from gmai_pipeline.readers import READERS, describe
 from gmai_pipeline.readers.base import Deferred, Event, Kept, Quarantined, ReaderContext, is_dicom
-from gmai_pipeline.readers.dicom import quiet, unread_path
+from gmai_pipeline.readers.dicom import manifest_namer, quiet
 from gmai_pipeline.readers.prepare import prepare
 from gmai_pipeline.schemas import NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
-from gmai_pipeline.storage import OutputLayout, atomic_path, write_parquet
+from gmai_pipeline.storage import OutputLayout, atomic_path, sweep_stale_temps, write_parquet
 
 REASONS = (
     "path_refused",
@@ -62,6 +66,10 @@ REASONS = (
     "no_finding",
     "uncertain_label",
     "unknown_modality",
+    "content_changed",
+    "too_large",
+    "non_finite",
+    "name_too_long",
 )
 PREVIEW_IMAGES = 6
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -138,20 +146,29 @@ def preview_path(layout: OutputLayout, dataset: str) -> Path:
     return layout.root / "previews" / f"{dataset}.png"
 
 
+def shown_names(source: SourceDataset) -> ShownName | None:
+    """How the manifest names this dataset's files: DICOM datasets mask identifying names there too."""
+    return manifest_namer(source) if source.reader.kind == "dicom" else None
+
+
 def _events(
-    source: SourceDataset, ctx: ReaderContext, manifest_rows: Iterable[dict], prepared: list[Event]
+    source: SourceDataset, ctx: ReaderContext, resolved: Resolved, prepared: list[Event]
 ) -> Iterator[Event]:
+    for r in resolved.refused:  # manifest names: already masked for DICOM datasets
+        yield Quarantined(r["path"], "manifest", "path_refused", f"{r['path']}: {r['refused']}")
+    for name, why in resolved.swapped.items():
+        yield Quarantined(
+            name, "read", "path_refused", f"{name}: a regular file at the source scan; now {why}"
+        )
+    for name in resolved.vanished:
+        yield Quarantined(
+            name,
+            "manifest",
+            "missing_file",
+            f"{name}: listed by the source scan but no longer in the dataset folder; re-materialize "
+            f"source/{source.name}",
+        )
     yield from prepared
-    for r in manifest_rows:
-        if r.get("refused"):
-            dicom = source.reader.kind == "dicom" or is_dicom(r["path"])
-            shown = unread_path(r["path"], "refused") if dicom else r["path"]
-            yield Quarantined(
-                shown,
-                "manifest",
-                "path_refused",
-                f"{shown}: {r['refused'] if shown == r['path'] else 'refused by the source scan'}",
-            )
     yield from READERS[source.reader.kind](ctx, source.reader)
 
 
@@ -197,14 +214,28 @@ def normalize_source(
     is identical to a sequential run and memory stays bounded.
     """
     layout = OutputLayout(output_root)
-    files = {r["path"]: r["md5"] for r in manifest_rows if not r.get("refused")}
+    shown = shown_names(source)
+    matched = resolve(Path(raw_folder), manifest_rows, shown)
+    files = matched.files
     store = ImageStore(
         layout.root, source.dim, source.task, modality_slug(source.modality), source.name, max_side, files
     )
+    stale = sweep_stale_temps(layout.root / store.prefix)
     executor = (
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normalize") if workers > 1 else None
     )
-    ctx = ReaderContext(source=source, folder=Path(raw_folder), files=files, store=store, executor=executor)
+    ctx = ReaderContext(
+        source=source,
+        folder=Path(raw_folder),
+        files=files,
+        store=store,
+        executor=executor,
+        real=matched.real,
+    )
+    if stale:
+        ctx.counters["stale_temp_files_removed"] += stale
+    if matched.new:
+        ctx.counters["files_added_since_scan"] += matched.new
     report = NormalizeReport(
         source.name,
         folder=str(raw_folder),
@@ -235,7 +266,7 @@ def normalize_source(
         def resolved() -> Iterator[Kept | Quarantined]:
             """Reader events in order, Deferred ones replaced by their results."""
             window: deque = deque()
-            for event in _events(source, ctx, manifest_rows, prepared):
+            for event in _events(source, ctx, matched, prepared):
                 window.append(event)
                 while len(window) > WINDOW or (window and not isinstance(window[0], Deferred)):
                     head = window.popleft()
@@ -287,7 +318,10 @@ def normalize_source(
         flush_quarantine()
 
     report.counters.update(ctx.counters)
-    report.ignored = sorted(set(files) - ctx.claimed)
+    unclaimed = sorted(set(files) - ctx.claimed)
+    if shown is not None:  # real names of a DICOM dataset stay in memory: report the manifest's
+        unclaimed = [shown(p, lambda p=p: files.get(p)) for p in unclaimed]
+    report.ignored = sorted(unclaimed + matched.skipped)
     report.images, report.cases = len(ctx.images_seen), len(ctx.cases_seen)
     report.preview = reservoir.items
     report.seconds = time.monotonic() - started

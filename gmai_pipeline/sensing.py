@@ -2,7 +2,7 @@
 
 The source asset hashes every byte (MD5 manifest); a sensor that ticks every few minutes cannot.
 Here a folder's fingerprint is a digest of (relative path, size, mtime) of the same files the
-manifest walk sees (`manifest.walk_dataset`: no symlinks followed, hidden files skipped), so a
+manifest walk sees (`manifest.walk_dataset`: no symlinks followed, special files listed, not read; hidden entries left out here, since they are never inputs), so a
 new, removed, resized or touched file changes it, and reading it costs one `stat` per file.
 The sensor keeps `{dataset: digest}` as its cursor (JSON) and compares.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gmai_pipeline.manifest import Refused, walk_dataset
+from gmai_pipeline.manifest import HIDDEN, HIDDEN_FOLDER, Refused, walk_dataset
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,15 @@ def fingerprint_folder(folder: Path) -> FolderState:
     newest: float | None = None
     for item in walk_dataset(folder):
         if isinstance(item, Refused):
+            if item.reason in (HIDDEN, HIDDEN_FOLDER):
+                continue  # listed by the manifest, never inputs: editor/OS litter must not start runs
             h.update(f"{item.path}\0refused\0{item.reason}\n".encode())
             continue
-        rel, path = item
-        st = path.stat()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{item.path}\0{item.size}\0{item.mtime_ns}\n".encode())
         files += 1
-        total += st.st_size
-        newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
+        total += item.size
+        mtime = item.mtime_ns / 1e9
+        newest = mtime if newest is None else max(newest, mtime)
     return FolderState(folder.name, h.hexdigest(), files, total, newest)
 
 

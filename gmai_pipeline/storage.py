@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -94,12 +97,67 @@ def md5_bytes(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+STALE_TEMP_SECONDS = 3600.0
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+_TEMP = re.compile(r"^\..*\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]*\.?tmp$")
+
+
+def temp_tag() -> str:
+    """`{host}.{pid}`: in every temporary name, so a later run can tell whose it was."""
+    return f"{_HOST}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_temp(name: str, mtime: float, now: float | None = None) -> bool:
+    """A temporary file left by a killed run: its writer (on this host) is gone, or it is older than
+    `STALE_TEMP_SECONDS` (a writer on another host, or a name from before the host/pid tag)."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    m = _TEMP.match(name)
+    if m and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+        return True
+    return (now if now is not None else time.time()) - mtime > STALE_TEMP_SECONDS
+
+
+def sweep_stale_temps(folder: Path, prefix: str = "", recursive: bool = True) -> int:
+    """Remove stale temporary files (`is_stale_temp`) under `folder` whose names start with `prefix`;
+    returns how many. A killed run leaves its temporaries behind; nothing else ever deletes them."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        try:
+            if e.is_dir(follow_symlinks=False):
+                if recursive:
+                    removed += sweep_stale_temps(Path(e.path), prefix, recursive)
+            elif e.name.startswith(prefix) and is_stale_temp(e.name, e.stat(follow_symlinks=False).st_mtime):
+                os.unlink(e.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+
+    Stale temporaries of the same target (a killed run's) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temps(path.parent, prefix=f".{path.name}.", recursive=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be read by others (a published release)
     try:

@@ -22,6 +22,7 @@ def main() -> None:
         ("generated records", out.root / "generated", "*/*.parquet"),
         ("WebDataset shards", out.release / "shards", "*.tar"),
         ("annotation files", out.release / "annotations", "*.jsonl"),
+        ("release images", out.release / "images", "**/*.*"),
         ("training mixtures", out.mixtures, "*.jsonl"),
         ("training stages", out.training, "stage*/export"),
     ]

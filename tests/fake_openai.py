@@ -3,7 +3,9 @@
 `/v1/chat/completions`, `/v1/files` (upload, retrieve, content), `/v1/batches` (create, retrieve).
 Each chat request (online, or a line of a batch) takes the next behaviour from `behaviours`
 (default "valid"): "valid", "invalid" (unparseable JSON, or a caption that breaks the rules),
-"429" (with Retry-After), "500", "slow" (answers after `slow_s`, past the client's timeout).
+"429" (with Retry-After), "500", "slow" (answers after `slow_s`, past the client's timeout),
+"not_json" (HTTP 200 with an HTML page, as a misconfigured proxy sends) and "wrong_shape"
+(HTTP 200 with JSON that is not a chat completion).
 Every request is counted and every request body is kept, so tests can assert what was sent.
 Used by tests and by bench/generate.py; binds 127.0.0.1 on a free port, runs in a thread.
 """
@@ -99,6 +101,13 @@ def completion(body: dict[str, Any], content: str) -> dict[str, Any]:
     }
 
 
+# HTTP 200 bodies that are not chat completions (a str is sent as text/html, as proxies do).
+MALFORMED: dict[str, Any] = {
+    "not_json": "<html><body><h1>502 Bad Gateway</h1></body></html>",
+    "wrong_shape": {"object": "chat.completion", "choices": "rate limit exceeded, try later"},
+}
+
+
 class FakeOpenAI:
     def __init__(
         self,
@@ -150,7 +159,7 @@ class FakeOpenAI:
             return self.behaviours.popleft() if self.behaviours else "valid"
 
     # -- endpoints ------------------------------------------------------------------------------
-    def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def chat(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         behaviour = self.next_behaviour()
         with self._lock:
             self.counts["chat"] += 1
@@ -167,6 +176,8 @@ class FakeOpenAI:
             return 500, {"error": {"message": "internal error", "type": "server_error"}}, {}
         if behaviour == "slow":
             time.sleep(self.slow_s)
+        if behaviour in MALFORMED:
+            return 200, MALFORMED[behaviour], {}
         return 200, completion(body, answer_for(body, behaviour)), {}
 
     def upload(self, content_type: str, raw: bytes) -> dict[str, Any]:
@@ -240,7 +251,16 @@ class FakeOpenAI:
             behaviour = self.next_behaviour()
             with self._lock:
                 self.counts["batch_lines"] += 1
-            if behaviour in ("429", "500", "slow"):
+            if behaviour in MALFORMED:
+                out.append(
+                    {
+                        "id": f"req_{line['custom_id'][:8]}",
+                        "custom_id": line["custom_id"],
+                        "response": {"status_code": 200, "request_id": "r", "body": MALFORMED[behaviour]},
+                        "error": None,
+                    }
+                )
+            elif behaviour in ("429", "500", "slow"):
                 code = 500 if behaviour != "429" else 429
                 err.append(
                     {
@@ -293,12 +313,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, payload: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
     ) -> None:
-        data = raw if raw is not None else json.dumps(payload).encode()
+        if raw is None and isinstance(payload, str):  # a text page where JSON was expected
+            data, content_type = payload.encode(), "text/html"
+        elif raw is not None:
+            data, content_type = raw, "application/octet-stream"
+        else:
+            data, content_type = json.dumps(payload).encode(), "application/json"
         try:
             self.send_response(status)
-            self.send_header(
-                "Content-Type", "application/octet-stream" if raw is not None else "application/json"
-            )
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.manifest import scan
-from gmai_pipeline.normalize import NormalizeReport, normalize_source, verify_outputs
+from gmai_pipeline.normalize import NormalizeReport, normalize_source, shown_names, verify_outputs
 from gmai_pipeline.storage import md5_file
 
 DEFAULTS = {
@@ -71,7 +71,7 @@ def run(
     source: SourceDataset, folder: Path, out: Path, **kw
 ) -> tuple[NormalizeReport, list[dict], list[dict]]:
     """Scan, normalize, and assert the invariants every dataset must satisfy."""
-    report = normalize_source(source, folder, scan(folder), out, **kw)
+    report = normalize_source(source, folder, scan(folder, shown=shown_names(source)), out, **kw)
     rows = pq.read_table(out / "normalized" / f"{source.name}.parquet").to_pylist()
     qrows = pq.read_table(out / "quarantine" / f"{source.name}.parquet").to_pylist()
     assert report.inputs == report.kept + report.quarantined

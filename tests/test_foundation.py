@@ -13,7 +13,7 @@ import yaml
 
 from gmai_pipeline.catalog import CatalogError, load_catalog, load_source
 from gmai_pipeline.defs.sources import build_source_asset
-from gmai_pipeline.manifest import MissingDataError, scan
+from gmai_pipeline.manifest import HIDDEN, MissingDataError, scan
 from gmai_pipeline.settings import DEMO_CATALOG_DIR, SOURCES_DIR
 from gmai_pipeline.storage import OutputLayout
 
@@ -209,7 +209,10 @@ def test_demo_source_asset_writes_a_true_manifest(output_root: Path) -> None:
     assert result.success
     folder = output_root / "demo_raw" / source.name
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    rows = _manifest(output_root, source.name)
+    listed = _manifest(output_root, source.name)
+    # The demo marker is a hidden file: listed (nothing is dropped without a trace), not an input.
+    assert [(r["path"], r["refused"]) for r in listed if r["refused"]] == [(".gmai_demo", HIDDEN)]
+    rows = [r for r in listed if not r["refused"]]
     assert [r["path"] for r in rows] == [p.relative_to(folder).as_posix() for p in files]
     for row, path in zip(rows, files, strict=True):
         assert row["size"] == path.stat().st_size
@@ -217,7 +220,7 @@ def test_demo_source_asset_writes_a_true_manifest(output_root: Path) -> None:
         assert row["refused"] is None
     meta = result.asset_materializations_for_node("source__demo_histology_csv")[0].metadata
     assert meta["file_count"].value == len(files) == 13
-    assert meta["refused_count"].value == 0
+    assert meta["refused_count"].value == 0 and meta["skipped_count"].value == 1
 
 
 def _tmp_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

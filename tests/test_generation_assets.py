@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pyarrow.parquet as pq
 from fake_openai import FakeOpenAI, sample_ids_in, write_fixture
+from run_storage import stored_text
 
 from gmai_pipeline.defs import generation
 from gmai_pipeline.defs.generation import TEMPLATE_NOTE, LLMResource
@@ -61,7 +62,7 @@ def test_llm_resource_from_profiles_keeps_the_key_out(monkeypatch):
     for profile in ("local", "slurm", "k8s"):
         llm = LLMResource.from_profile(profile)
         assert llm.backend in ("openai", "openai_batch") and llm.model.startswith("gpt-4o-")
-        assert llm.base_url == "http://127.0.0.1:8000/v1"
+        assert isinstance(llm.base_url, dg.EnvVar) and llm.config().base_url == "http://127.0.0.1:8000/v1"
         assert "sk-must-not-appear" not in repr(llm) and "sk-must-not-appear" not in str(llm.config())
     monkeypatch.setenv("GMAI_LLM_BACKEND", "openai_batch")
     monkeypatch.setenv("GMAI_LLM_MODEL", "gpt-4o-mini-2024-07-18")
@@ -112,3 +113,45 @@ def test_openai_materialization_twice_second_sends_nothing(output_root, monkeypa
             _meta(second, "captions")["cache_hits"].value == 9
             and _meta(second, "captions")["requests_sent"].value == 0
         )
+
+
+def test_endpoint_credentials_never_stored_or_shown(tmp_path, output_root, monkeypatch):
+    """Hardening point 4: a password in OPENAI_BASE_URL reaches the endpoint, never the run storage."""
+    import os
+
+    password, key = "Pw-9f3Kq2-zebra", "sk-test-Zq81Lm4Nv0Xc7Bb2"
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.delenv("GMAI_LLM_BACKEND", raising=False)
+    monkeypatch.delenv("GMAI_LLM_MODEL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    spec = [
+        {"sample_id": s, "dataset": "ds_a", "label": "lesion", "bbox": None}
+        for s in sample_ids_in("000", 3, "ds_a")
+    ]
+    write_fixture(output_root, spec)
+    with FakeOpenAI() as fake:
+        url = fake.base_url.replace("http://", f"http://gmai-user:{password}@")
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        llm = LLMResource.from_profile("local")
+        assets = generation.build_defs([]).assets
+        with dg.DagsterInstance.get() as instance:
+            result = dg.materialize(
+                [a for a in assets if a.key == dg.AssetKey("captions")],
+                resources={"llm": llm},
+                partition_key="000",
+                instance=instance,
+            )
+            assert result.success
+            run_config = str(instance.get_run_by_id(result.run_id).run_config)
+            logs = "\n".join(str(e) for e in instance.all_logs(result.run_id))
+    assert fake.counts["chat"] == 3  # the endpoint (and its credentials) were used
+    assert len(pq.read_table(OutputLayout(output_root).generated("captions", "000"))) == 3
+    # Everything Dagster stored (SQLite run, event and schedule storage with their compressed
+    # snapshots, compute logs) and everything the asset wrote.
+    text = stored_text(home, output_root)
+    assert "== " + str(home / "history" / "runs.db") in text and "OPENAI_BASE_URL" in text
+    assert password not in text and key not in text
+    assert password not in run_config and password not in logs and key not in logs
+    assert os.environ["OPENAI_BASE_URL"] == url  # nothing rewrote the variable itself

@@ -275,3 +275,29 @@ def test_batch_resumes_after_restart_without_paying_twice(tmp_path: Path, fake: 
     report = _generate(layout, cfg, backend=backend)
     assert fake.counts["batches.create"] == 3 and fake.counts["files.create"] == 3
     assert backend.batches_resumed == 3 and report.generated == N and report.requests_sent == 0
+
+
+@pytest.mark.parametrize("backend", ["openai", "openai_batch"])
+def test_malformed_200_bodies_are_invalid_answers_and_good_ones_stay_cached(
+    tmp_path: Path, fake: FakeOpenAI, rows: list[dict], backend: str
+):
+    """Hardening point 2: an HTML page or JSON of another shape behind HTTP 200 fails only its request."""
+    layout = OutputLayout(tmp_path)
+    # Row order (one request in flight; a batch answers lines in key order, so only counts matter):
+    # two malformed answers, the rest valid; the retry of one is malformed again, the other valid.
+    fake.script("not_json", "wrong_shape", *["valid"] * (N - 2), "wrong_shape", "valid")
+    cfg = _cfg(fake, backend=backend)
+    report = _generate(layout, cfg)
+    assert report.generated == N - 1 and report.quarantined == 1 and report.retried == 2
+    assert dict(report.failures) == {"malformed_response": 1}
+    quarantine = pq.read_table(layout.generation_quarantine("captions", "000")).to_pylist()
+    assert quarantine[0]["reason"] == "malformed_response"
+    assert quarantine[0]["source_path"] in {r["sample_id"] for r in rows}
+    assert "502 Bad Gateway" not in quarantine[0]["detail"] and "rate limit" not in quarantine[0]["detail"]
+    sent = fake.counts["chat"] + fake.counts["batch_lines"]
+    assert sent == N + 2
+    # A re-run pays again only for the two requests whose answers were malformed (those are never
+    # cached); the N - 2 good answers of the same chunk come from the cache.
+    again = _generate(layout, cfg)
+    assert fake.counts["chat"] + fake.counts["batch_lines"] == sent + 2
+    assert again.generated == N and again.cache_hits == N - 2 and again.requests_sent == 2

@@ -188,10 +188,10 @@ def test_boxes_normalized_centre_size_and_corners() -> None:
 def test_tables_sniff_their_delimiter_and_keep_only_wanted_columns(tmp_path: Path) -> None:
     from gmai_pipeline.readers.tables import TableError, read_table
 
-    (tmp_path / "a.tsv").write_text("image\tlabel\tnote\nx.png\tnormal\tok, fine\n")
-    (tmp_path / "b.csv").write_text("image_id;split\ns0000;train\n")
-    t = read_table(tmp_path / "a.tsv", "a.tsv", ["image", "label"])
+    tsv = b"image\tlabel\tnote\nx.png\tnormal\tok, fine\n"
+    csv = b"image_id;split\ns0000;train\n"
+    t = read_table(tsv, "a.tsv", ["image", "label"])
     assert t.rows == [(2, {"image": "x.png", "label": "normal"})]
-    assert read_table(tmp_path / "b.csv", "b.csv", ["split", 0]).rows == [(2, {"split": "train", 0: "s0000"})]
+    assert read_table(csv, "b.csv", ["split", 0]).rows == [(2, {"split": "train", 0: "s0000"})]
     with pytest.raises(TableError, match="not in the header"):
-        read_table(tmp_path / "b.csv", "b.csv", ["dx"])
+        read_table(csv, "b.csv", ["dx"])

@@ -4,6 +4,7 @@ from the manifest the `source/<name>` asset writes (`scan`); some go through Dag
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -12,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from layout_fixtures import box_label, ct_volume, disk_mask, entry, nifti, photo
 from normalize_fixtures import reasons, run, write_image
+
+from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.manifest import scan
+from gmai_pipeline.readers.base import ReaderContext
 
 # ------------------------------------------------------------------ 3D: templates, wrappers, archives
 
@@ -162,15 +168,58 @@ def test_multi_part_and_split_archives(tmp_path: Path) -> None:
     paths = [p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()]
     archives = {a.name: a for a in find_archives(paths)}
     assert set(archives) == {"sub/imgs.zip", "labels.tar.gz", "big.zip"}
-    members = unpack(raw, archives["sub/imgs.zip"], {}, tmp_path / "cache")
+    ctx = _archive_ctx(raw)
+    members = unpack(ctx, archives["sub/imgs.zip"], tmp_path / "cache")
     assert set(members) == {"sub/images/a.png"}
-    assert members["sub/images/a.png"][0].read_bytes() == b"x" * 100
-    assert set(unpack(raw, archives["labels.tar.gz"], {}, tmp_path / "cache")) == {"labels/b.txt"}
+    folder, member, md5 = members["sub/images/a.png"]
+    assert (folder / member).read_bytes() == b"x" * 100 and md5 == hashlib.md5(b"x" * 100).hexdigest()
+    assert set(unpack(ctx, archives["labels.tar.gz"], tmp_path / "cache")) == {"labels/b.txt"}
     try:
-        unpack(raw, archives["big.zip"], {}, tmp_path / "cache")
+        unpack(ctx, archives["big.zip"], tmp_path / "cache")
         raise AssertionError("a spanned zip must be refused")
     except ArchiveError as err:
         assert "zip -s 0" in err.detail
+
+
+def _archive_ctx(raw: Path) -> ReaderContext:
+    """A reader context over `raw` as the source scan sees it (only what unpacking uses)."""
+    rows = scan(raw)
+    return ReaderContext(None, raw, {r["path"]: r["md5"] for r in rows if not r["refused"]}, None)  # type: ignore[arg-type]
+
+
+def test_archives_are_verified_before_unpacking_and_members_when_read(tmp_path: Path) -> None:
+    """The hardening promise for archives: a part whose bytes changed since the scan is not unpacked
+    (`content_changed`), and a cached member that was altered, or replaced by a link, is refused on read."""
+    from gmai_pipeline.readers.archives import ArchiveError, find_archives, unpack
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("images/a.png", b"a" * 64)
+        zf.writestr("images/b.png", b"b" * 64)
+    (raw / "imgs.zip").write_bytes(buf.getvalue())
+    ctx = _archive_ctx(raw)
+    (archive,) = find_archives(ctx.files)
+    data = buf.getvalue()
+    (raw / "imgs.zip").write_bytes(data[:40] + bytes([data[40] ^ 1]) + data[41:])  # changed after the scan
+    with pytest.raises(ArchiveError) as info:
+        unpack(ctx, archive, tmp_path / "cache")
+    assert info.value.reason == "content_changed" and "imgs.zip" in info.value.detail
+    assert not any((tmp_path / "cache").glob("*/files"))  # nothing unpacked from changed bytes
+    (raw / "imgs.zip").write_bytes(buf.getvalue())
+    for rel, (folder, member, md5) in unpack(ctx, archive, tmp_path / "cache").items():
+        ctx.files[rel], ctx.unpacked[rel] = md5, (folder, member)
+    assert ctx.read("images/a.png") == b"a" * 64
+    folder, member = ctx.unpacked["images/a.png"]
+    (folder / member).write_bytes(b"A" * 64)
+    (folder / "images/b.png").unlink()
+    (folder / "images/b.png").symlink_to(folder / member)
+    with pytest.raises(ImageError) as changed:
+        ctx.read("images/a.png")
+    with pytest.raises(ImageError) as linked:
+        ctx.read("images/b.png")
+    assert (changed.value.reason, linked.value.reason) == ("content_changed", "path_refused")
 
 
 def test_msd_task_tar_unpacked_on_request_beside_its_archive(tmp_path: Path) -> None:

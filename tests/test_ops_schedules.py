@@ -58,10 +58,12 @@ def _toy_assets(catalog: list[SourceDataset]) -> list[dg.AssetsDefinition]:
     specs.append(dg.AssetSpec("translations", deps=["captions", "vqa"], partitions_def=SHARDS))
     made += specs
     made.append(dg.AssetSpec("instruction_shards", deps=list(GENERATION_KEYS)))
-    made += [dg.AssetSpec(k, deps=["instruction_shards"]) for k in ("stage1_mix", "stage2_mix", "stage3_mix")]
+    made += [dg.AssetSpec(k, deps=["instruction_shards"]) for k in ("stage1_mix", "stage2_mix")]
     made.append(dg.AssetSpec("dataset_report", deps=["instruction_shards"]))
     made.append(dg.AssetSpec("gmai_vl_stage1", deps=["stage1_mix"]))
     made.append(dg.AssetSpec("gmai_vl_stage2", deps=["stage2_mix", "gmai_vl_stage1"]))
+    made.append(dg.AssetSpec("stage3_scores", deps=["instruction_shards", "gmai_vl_stage2"]))
+    made.append(dg.AssetSpec("stage3_mix", deps=["instruction_shards", "stage3_scores"]))
     made.append(dg.AssetSpec("gmai_vl_stage3", deps=["stage3_mix", "gmai_vl_stage2"]))
 
     return [_one(spec) for spec in made]

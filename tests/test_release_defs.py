@@ -8,6 +8,8 @@ from pathlib import Path
 import dagster as dg
 
 from gmai_pipeline.defs import release
+from gmai_pipeline.release.mixtures import load_mixtures, score_candidates
+from gmai_pipeline.release.records import load_records
 from gmai_pipeline.release.shards import read_index, verify_shards
 from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.storage import OutputLayout
@@ -17,6 +19,17 @@ def test_release_assets_materialize(output_root: Path) -> None:
     layout = OutputLayout(output_root)
     rows = demo_rows(layout)
     write_generated(layout, rows)
+    # stage3_mix filters by the stage II model's scores (the stage3_scores asset); here: made-up ones.
+    config, _ = load_mixtures()
+    candidates = score_candidates("stage3", load_records(layout).rows, config)
+    (layout.training / "stage3_scores").mkdir(parents=True)
+    (layout.training / "stage3_scores" / "scores.jsonl").write_text(
+        "".join(
+            json.dumps({"id": r["id"], "status": "scored", "mean_loss": i / 10, "confidence": 1 / (1 + i)})
+            + "\n"
+            for i, r in enumerate(candidates)
+        )
+    )
     defs = release.build_defs([])
     assets = list(defs.assets)
     result = dg.materialize(
@@ -32,8 +45,9 @@ def test_release_assets_materialize(output_root: Path) -> None:
     assert verify_shards(layout.release / "shards") == []
     for stage in ("stage1", "stage2", "stage3"):
         md = result.asset_materializations_for_node(f"{stage}_mix")[0].metadata
-        meta = json.loads((layout.mixtures / f"{stage}.meta.json").read_text())
+        meta = json.loads((layout.mixtures / f"{stage}.provenance.json").read_text())
         assert md["samples"].value == meta["samples"] > 0 and md["ids_sha256"].value == meta["ids_sha256"]
+    assert (layout.mixtures / "stage3.scores.parquet").is_file() and "scores_table" in md
     report_md = result.asset_materializations_for_node("dataset_report")[0].metadata
     assert report_md["chart_modality"].value.startswith("![Modality](data:image/png;base64,iVBORw0KGgo")
     assert "| Task Type |" in report_md["table3"].value

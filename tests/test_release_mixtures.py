@@ -14,6 +14,7 @@ from gmai_pipeline.release.mixtures import (
     build_mixture,
     copies,
     load_mixtures,
+    provenance_path,
     read_text_dialogue,
     write_mixture,
 )
@@ -161,7 +162,7 @@ def test_mixture_files_are_the_training_format(output_root: Path, tmp_path: Path
             for x in (layout.mixtures / f"{stage}.jsonl").read_text(encoding="utf-8").splitlines()
         ]
         ids = [r["id"] for r in lines]
-        on_disk = json.loads((layout.mixtures / f"{stage}.meta.json").read_text())
+        on_disk = json.loads(provenance_path(layout.mixtures, stage).read_text())
         assert on_disk == meta
         assert meta["image_root"] == str(layout.images.resolve()) and meta["samples"] == len(lines)
         assert meta["ids_sha256"] == hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
@@ -207,3 +208,126 @@ def test_default_config_and_demo_text_load() -> None:
 def test_missing_text_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_text_dialogue([tmp_path / "nope.jsonl"])
+
+
+def _lines(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_text_dialogue_formats_load(tmp_path: Path) -> None:
+    """ShareGPT (from/value, JSON array), LLaVA JSONL, OpenAI messages with content parts, JSONL in a .json."""
+    sharegpt = tmp_path / "sharegpt.json"
+    sharegpt.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "sg-1",
+                    "conversations": [
+                        {"from": "system", "value": "You are a radiologist."},
+                        {"from": "human", "value": "What is a Hounsfield unit?"},
+                        {"from": "gpt", "value": "A CT density unit: water is 0, air -1000."},
+                        {"from": "user", "value": "And bone?"},
+                        {"from": "assistant", "value": "Several hundred to over 1000."},
+                    ],
+                },
+                {
+                    "system": "Answer in Chinese.",
+                    "conversations": [
+                        {"from": "human", "value": "CT?"},
+                        {"from": "gpt", "value": "计算机断层扫描。"},
+                    ],
+                },
+            ],
+            ensure_ascii=False,
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    openai = _lines(
+        tmp_path / "openai.json",  # JSON Lines despite the suffix, as many exports are
+        [
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "Is MRI "}, {"type": "text", "text": "loud?"}],
+                    },
+                    {"role": "assistant", "content": "Yes, the gradient coils knock."},
+                ]
+            }
+        ],
+    )
+    records, rejected = read_text_dialogue([sharegpt, openai])
+    assert not rejected and [len(r["conversations"]) for r in records] == [4, 2, 2]
+    first = records[0]["conversations"]
+    assert first[0] == {"from": "human", "value": "You are a radiologist.\n\nWhat is a Hounsfield unit?"}
+    assert [t["from"] for t in first] == ["human", "gpt", "human", "gpt"] and records[0]["id"] == "sg-1"
+    assert (
+        records[1]["conversations"][0]["value"].startswith("Answer in Chinese.")
+        and records[1]["language"] == "zh"
+    )
+    assert records[2]["conversations"][0]["value"] == "Is MRI loud?" and records[2]["dataset"] == "openai"
+    assert all(r["kind"] == "text_dialogue" and "image" not in r for r in records)
+
+
+def test_bad_text_dialogue_records_are_rejected_naming_file_and_line(tmp_path: Path) -> None:
+    ok = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
+    bad = {
+        "role 'tool' is not one of": {
+            "messages": [{"role": "user", "content": "Q?"}, {"role": "tool", "content": "{}"}]
+        },
+        "expected a gpt turn, found 'human'": {
+            "conversations": [{"from": "human", "value": "Q?"}, {"from": "human", "value": "Q?"}]
+        },
+        "last turn is the user's": {"messages": [{"role": "user", "content": "Q?"}]},
+        "must not name an image": {**ok, "image": "x.png"},
+        "must not contain <image>": {
+            "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}]
+        },
+        "only text content parts": {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
+                {"role": "assistant", "content": "A."},
+            ]
+        },
+        "empty or non-text": {
+            "conversations": [{"from": "human", "value": " "}, {"from": "gpt", "value": "A."}]
+        },
+        "expected `conversations`": {"text": "Q? A."},
+        "must be a JSON object": ["Q?", "A."],
+        "id 'dup' already used at": {**ok, "id": "dup"},
+    }
+    path = tmp_path / "mixed.json"  # a JSON array, one record per few lines: errors name the record's line
+    items = [{**ok, "id": "dup"}, *bad.values(), ok]
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in items) + "\n]\n")
+    records, rejected = read_text_dialogue([path])
+    assert len(records) == 2 and len(rejected) == len(bad)
+    for (why, _), rej, line in zip(bad.items(), rejected, range(3, 3 + len(bad)), strict=True):
+        assert (
+            rej["id"] == f"{path}:{line}"
+            and rej["detail"].startswith(f"{path}:{line}: ")
+            and why in rej["detail"]
+        )
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text(json.dumps(ok) + "\n\n{not json\n" + json.dumps({**ok, "id": "x"}) + "\n")
+    records, rejected = read_text_dialogue([jsonl])
+    assert (
+        len(records) == 2
+        and [r["id"] for r in rejected] == [f"{jsonl}:3"]
+        and "not valid JSON" in rejected[0]["detail"]
+    )
+
+
+def test_unreadable_or_empty_text_dialogue_files_fail_loudly(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n  {"conversations": []},\n  {"conversations": [\n')
+    with pytest.raises(ValueError, match=rf"{broken}:4: not valid JSON"):
+        read_text_dialogue([broken])
+    nothing = _lines(tmp_path / "nothing.jsonl", [{"messages": [{"role": "user", "content": "Q?"}]}])
+    with pytest.raises(ValueError, match="holds no usable dialogue \\(1 records rejected\\)"):
+        read_text_dialogue([nothing])
+    prose = tmp_path / "prose.json"
+    prose.write_text("just words\n")
+    with pytest.raises(ValueError, match="neither a JSON array of records nor JSON Lines"):
+        read_text_dialogue([prose])

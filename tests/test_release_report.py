@@ -10,7 +10,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from gmai_pipeline.release.records import load_records
-from gmai_pipeline.release.report import DIMENSIONS, TASK_LABELS, build_report, dataset_card, table3_markdown
+from gmai_pipeline.release.report import (
+    DIMENSIONS,
+    TASK_LABELS,
+    build_report,
+    dataset_card,
+    hf_features,
+    table3_markdown,
+)
 from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.storage import OutputLayout
 
@@ -28,6 +35,7 @@ def test_report_numbers_match_independent_counts(output_root: Path) -> None:
         pa.table(
             {
                 "sample_id": ["a", "b", "c"],
+                "image": ["images/2d/cls/ct/x/a.png", "images/2d/cls/ct/x/b.png", "images/2d/cls/ct/x/c.png"],
                 "benchmark": ["vqa_rad", "vqa_rad", "slake"],
                 "method": ["md5", "dhash", "md5"],
             }
@@ -65,7 +73,9 @@ def test_report_numbers_match_independent_counts(output_root: Path) -> None:
         with Image.open(path) as im:
             assert im.size[0] > 300 and im.size[1] > 100
 
-    card = dataset_card(report, {"shards": []}, {"GMAI-MM-Caption-en": 3}, layout.release)
+    card = dataset_card(
+        report, {"shards": []}, {"GMAI-MM-Caption-en": 3}, layout.release, hf_features(loaded.rows)
+    )
     assert table3_markdown(report) in card and "CC-BY-4.0" in card and "template" in card
     assert "(report/modality.png)" in card and "vqa_rad" in card
 
@@ -73,9 +83,8 @@ def test_report_numbers_match_independent_counts(output_root: Path) -> None:
 def test_report_without_decontamination_says_so(output_root: Path) -> None:
     layout = OutputLayout(output_root)
     write_generated(layout, demo_rows(layout, images_per_source=1))
-    report = build_report(
-        load_records(layout).rows, {}, layout.decontamination_report, layout.release / "report"
-    )
+    rows = load_records(layout).rows
+    report = build_report(rows, {}, layout.decontamination_report, layout.release / "report")
     assert report.decontamination == {"present": False, "path": str(layout.decontamination_report)}
-    card = dataset_card(report, {"shards": []}, {}, layout.release)
+    card = dataset_card(report, {"shards": []}, {}, layout.release, hf_features(rows))
     assert "has not been checked against the benchmarks" in card

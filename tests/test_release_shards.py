@@ -17,6 +17,7 @@ import webdataset as wds
 
 from gmai_pipeline.release import shards as shards_mod
 from gmai_pipeline.release.annotations import SUBSETS, write_annotations
+from gmai_pipeline.release.images import sync_images
 from gmai_pipeline.release.loader import LlavaJsonl
 from gmai_pipeline.release.records import load_records
 from gmai_pipeline.release.shards import (
@@ -28,6 +29,7 @@ from gmai_pipeline.release.shards import (
     write_shards,
 )
 from gmai_pipeline.release.synthetic import demo_rows, write_generated
+from gmai_pipeline.release.trainer_metas import write_release_metas
 from gmai_pipeline.storage import OutputLayout
 
 TARGET = 12000  # bytes: several shards from the tiny fixture
@@ -101,11 +103,11 @@ def test_round_trip_shards_and_jsonl(output_root: Path, fixture_rows: list[dict]
             and (shard_dir / e["name"]).stat().st_size == e["bytes"]
         )
 
-    counts = write_annotations(
-        loaded.rows, layout.release / "annotations", layout.images, layout.release / "meta.json"
-    )
+    counts = write_annotations(loaded.rows, layout.release)
     assert set(counts) == set(SUBSETS) and sum(counts.values()) == len(fixture_rows)
-    ds = LlavaJsonl.from_meta(layout.release / "meta.json")
+    write_release_metas(layout.release, counts)
+    sync_images(loaded.rows, layout.release / "images")
+    ds = LlavaJsonl.from_meta(layout.release / "xtuner_meta.json", layout.release)
     assert len(ds) == len(fixture_rows)
     by_id = {s["id"]: s for s in ds}
     for r in fixture_rows:
@@ -113,7 +115,7 @@ def test_round_trip_shards_and_jsonl(output_root: Path, fixture_rows: list[dict]
         assert s["image_bytes"] == (output_root / r["image"]).read_bytes()
         assert s["conversations"] == json.loads(r["conversations"])
         assert s["conversations"][0]["value"].startswith("<image>\n")
-    meta = json.loads((layout.release / "meta.json").read_text())
+    meta = json.loads((layout.release / "xtuner_meta.json").read_text())
     assert meta["GMAI-MM-Chinese-zh"]["length"] == sum(r["language"] == "zh" for r in fixture_rows)
     assert set(meta["GMAI-MM-Caption-en"]) == {
         "image_dir",
@@ -354,3 +356,29 @@ def test_disk_full_mid_shard_raises_and_leaves_no_partial(
         e["name"] for e in read_index(shard_dir)["shards"]
     ]
     assert verify_shards(shard_dir) == []
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_end_of_archive_padding_equals_tarwriter_for_every_residue(tmp_path: Path, direct: bool) -> None:
+    """tarfile pads the end of an archive to a whole 10,240-byte record after two zero blocks: an archive
+    whose members end at each of the 20 block offsets within a record gets exactly TarWriter's bytes."""
+    record, block = 10240, 512
+    residues = set()
+    for residue in range(0, record, block):
+        # One sample: image header + image blocks, json header + one json block = 1536 + 512 * image_blocks.
+        image_blocks = (residue - 3 * block) % record // block
+        image = np.random.default_rng(residue).bytes(image_blocks * block - 7 if image_blocks else 0)
+        (tmp_path / "i.png").write_bytes(image)
+        sample = {"__key__": f"k{residue}", "png": image, "json": b'{"id":"x"}'}
+        path = tmp_path / f"ours-{residue}.tar"
+        fd, ok_direct = shards_mod.open_for_shard(path, direct)
+        writer = TarShardWriter(shards_mod._ShardFile(fd, ok_direct, shards_mod._BufferPool()))
+        writer.write_sample(sample["__key__"], {"png": tmp_path / "i.png", "json": sample["json"]})
+        members_end = writer.out.offset
+        writer.close()
+        os.close(fd)
+        residues.add(members_end % record)
+        expected = webdataset_tar([sample])
+        assert len(expected) % record == 0
+        assert path.read_bytes() == expected, f"members end at {members_end} (residue {residue})"
+    assert residues == set(range(0, record, block))

@@ -267,3 +267,82 @@ def test_train_step_bench_smoke_on_cpu(tmp_path):
         assert res[f"tiny/stage3/{mode}"]["real_tokens_per_s"] > 0 and res[f"tiny/stage3/{mode}"]["mfu"] > 0
     assert res["tiny/stage3/padded"]["waste"] > 0  # padding to the longest sample wastes slots
     assert "packed_over_bound" in res["tiny/stage3/summary"] and doc["peak_source"].startswith("measured")
+
+
+def test_unpacked_plan_is_one_sample_per_row_grouped_by_length():
+    lengths = [int(x) for x in np.random.default_rng(1).integers(20, 400, 37)]
+    rows = plan_epoch(lengths, 512, seed=3, epoch=0, method="single", group=4)
+    assert sorted(i for r in rows for i in r) == list(range(37)) and all(len(r) == 1 for r in rows)
+    assert rows == plan_epoch(lengths, 512, seed=3, epoch=0, method="single", group=4)
+    blocks = [[lengths[r[0]] for r in rows[k : k + 4]] for k in range(0, 36, 4)]
+    padding = sum(max(b) * len(b) - sum(b) for b in blocks)
+    shuffled = [lengths[i] for i in np.random.default_rng(0).permutation(37)][:36]  # no grouping
+    assert padding < sum(max(shuffled[k : k + 4]) * 4 - sum(shuffled[k : k + 4]) for k in range(0, 36, 4)) / 2
+
+
+def test_scoring_pass_packed_equals_sample_by_sample(tmp_path, tiny_dir, mix):
+    from training_jobs import score
+
+    def run(*extra):
+        out = tmp_path / f"s{len(extra)}"
+        score.main(
+            ["--model", str(tiny_dir), "--data", str(mix), "--image-root", str(mix.parent / "images")]
+            + ["--output", str(out), "--max-length", str(MAXLEN), "--micro-batch", "2", *extra]
+        )
+        return {r["id"]: r for r in map(json.loads, (out / "scores.jsonl").read_text().splitlines())}
+
+    packed, single = run(), run("--no-packing")
+    assert len(packed) == 10 and packed.keys() == single.keys()
+    for k, r in packed.items():
+        assert r["status"] == "scored" and r["answer_tokens"] == single[k]["answer_tokens"] > 0
+        assert r["mean_loss"] == pytest.approx(single[k]["mean_loss"], abs=1e-5)
+        assert r["confidence"] == pytest.approx(np.exp(-r["mean_loss"]))
+
+
+def test_probe_catches_attention_that_ignores_restarting_positions(tiny_dir):
+    from training_jobs.model import packing_isolation_problem
+
+    model, _ = load_model(tiny_dir)
+    assert packing_isolation_problem(model, torch.device("cpu")) is None
+    own = model.trunk.forward  # a transformers class whose forward builds a plain causal mask over the row
+
+    def leaky(*args, inputs_embeds, **kwargs):
+        kwargs["attention_mask"] = torch.ones(inputs_embeds.shape[:2], dtype=torch.long)
+        return own(*args, inputs_embeds=inputs_embeds, **kwargs)
+
+    model.trunk.forward = leaky
+    problem = packing_isolation_problem(model, torch.device("cpu"))
+    assert problem and "lets packed samples attend to each other" in problem
+
+
+@pytest.fixture
+def leaky_dir(tmp_path, tiny_dir, monkeypatch):
+    import transformers.dynamic_module_utils as dynamic
+    from training_fixtures import write_leaky_model
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))  # remote code lands here
+    return write_leaky_model(tiny_dir, tmp_path / "leaky")
+
+
+def test_remote_code_llm_is_refused_for_packing_and_trains_unpacked(tmp_path, leaky_dir, mix):
+    opts = ("--trust-remote-code", "--max-samples", "4", "--grad-accum", "1")
+    with pytest.raises(SystemExit, match="refusing to pack: LeakyForCausalLM .* is remote modelling code"):
+        _run(mix, tmp_path / "packed", 3, leaky_dir, *opts)
+    res = _run(mix, tmp_path / "single", 3, leaky_dir, *opts, "--no-packing")
+    assert res["steps"] == 8 and not res["packing"] and res["samples_per_row"] == 1.0  # 4 samples x 2 epochs
+
+
+def test_liger_without_a_gpu_is_refused_clearly(tmp_path, tiny_dir, mix):
+    with pytest.raises(SystemExit, match="liger"):
+        _run(mix, tmp_path / "liger", 1, tiny_dir, "--liger", "--max-samples", "2")
+
+
+@pytest.mark.slow
+def test_compiled_decoder_trains_like_the_eager_one_on_cpu(tmp_path, tiny_dir, mix):
+    opts = ("--lr", "1e-3", "--max-samples", "6", "--grad-accum", "1")
+    eager = _run(mix, tmp_path / "eager", 3, tiny_dir, *opts)
+    compiled = _run(mix, tmp_path / "compiled", 3, tiny_dir, *opts, "--compile")
+    assert compiled["kernels"] == "compile" and eager["kernels"] == "none"
+    assert [r["loss"] for r in compiled["history"]] == pytest.approx(
+        [r["loss"] for r in eager["history"]], abs=1e-4
+    )

@@ -23,9 +23,13 @@ from training_jobs.tiny import build_tiny
 FAST = {"max_length": 512, "micro_batch": 1, "grad_accum": 2, "max_samples": 6}
 
 
+def _run_config(stage: int = 1, **config) -> dict:
+    return {"ops": {f"gmai_vl_stage{stage}": {"config": {**FAST, **config}}}}
+
+
 @pytest.fixture
 def stage1_inputs(output_root: Path) -> Path:
-    """The release helper's contract: mixtures/stage1.jsonl + .meta.json; plus a 112 px tiny model folder."""
+    """The release helper's contract: mixtures/stage1.jsonl + .provenance.json; plus a 112 px tiny model folder."""
     mix = write_mixture(OutputLayout(output_root).mixtures, stage=1, n=8, text_only=1)
     return build_tiny(output_root / "tiny_model", iter_texts(mix), image_size=112)
 
@@ -59,20 +63,34 @@ def _check_metrics(meta: dict, output_root: Path) -> None:
 
 
 def test_local_backend_runs_stage1_through_pipes(output_root, stage1_inputs):
-    cluster = GpuClusterResource(backend="local", base_model=str(stage1_inputs), **FAST)
-    result = dg.materialize([_stage_assets()["gmai_vl_stage1"]], resources={"gpu_cluster": cluster})
+    cluster = GpuClusterResource(backend="local")
+    result = dg.materialize(
+        [_stage_assets()["gmai_vl_stage1"]],
+        resources={"gpu_cluster": cluster},
+        run_config=_run_config(base_model=str(stage1_inputs)),
+    )
     assert result.success
     meta = _materialization_metadata(result)
     _check_metrics(meta, output_root)
     assert meta["backend"].value == "local" and meta["mixture_samples"].value == 8
+    # The effective batch a person checks against the paper: rows per optimizer step, and samples in them.
+    assert meta["effective_batch"].value == "1 GPUs x 1 rows x 2 accumulation = 2 rows"
+    assert meta["global_batch_rows"].value == 2 and meta["micro_batch"].value == 1
+    per_row = meta["samples_per_row"].value
+    assert 1 < per_row <= 6 and meta["global_batch_samples"].value == pytest.approx(2 * per_row, abs=0.1)
 
 
 def test_stage_assets_shape_and_profiles():
     assets = _stage_assets()
-    assert sorted(assets) == ["gmai_vl_stage1", "gmai_vl_stage2", "gmai_vl_stage3"]
+    assert sorted(assets) == ["gmai_vl_stage1", "gmai_vl_stage2", "gmai_vl_stage3", "stage3_scores"]
     s2 = assets["gmai_vl_stage2"]
     deps = {k.to_user_string() for k in s2.asset_deps[s2.key]}
     assert deps == {"stage2_mix", "gmai_vl_stage1"}
+    scores = assets["stage3_scores"]
+    assert {k.to_user_string() for k in scores.asset_deps[scores.key]} == {
+        "gmai_vl_stage2",
+        "instruction_shards",
+    }
     assert s2.op.pool == "gpu" and s2.op.retry_policy is None and s2.group_names_by_key[s2.key] == "training"
     assert gpu_cluster_from_profile("demo").backend == "local"
     slurm = gpu_cluster_from_profile("slurm")
@@ -92,6 +110,12 @@ def test_command_lines_and_sbatch_rendering(tmp_path):
     )
     assert args[-4:] == ["--max-length", "4096", "--trust-remote-code", "--resume"]
     assert "--grad-checkpointing" not in args
+    assert tc.launch_command(["--x"], python="py", module="training_jobs.score") == [
+        "py",
+        "-m",
+        "training_jobs.score",
+        "--x",
+    ]
     cmd = tc.launch_command(args, "torchrun", nproc=8, python="py")
     assert cmd[:6] == [
         "py",
@@ -153,15 +177,12 @@ def slurm(tmp_path_factory, monkeypatch):
 @pytest.mark.services
 @pytest.mark.slow
 def test_slurm_backend_round_trip(output_root, stage1_inputs, slurm):
-    cluster = GpuClusterResource(
-        backend="slurm",
-        base_model=str(stage1_inputs),
-        cpus_per_task=1,
-        time_limit="00:10:00",
-        poll_seconds=1.0,
-        **FAST,
+    cluster = GpuClusterResource(backend="slurm", cpus_per_task=1, time_limit="00:10:00", poll_seconds=1.0)
+    result = dg.materialize(
+        [_stage_assets()["gmai_vl_stage1"]],
+        resources={"gpu_cluster": cluster},
+        run_config=_run_config(base_model=str(stage1_inputs)),
     )
-    result = dg.materialize([_stage_assets()["gmai_vl_stage1"]], resources={"gpu_cluster": cluster})
     assert result.success
     meta = _materialization_metadata(result)
     _check_metrics(meta, output_root)
@@ -183,3 +204,64 @@ def test_slurm_wait_cancels_the_job_when_the_run_is_terminated(monkeypatch, tmp_
     with pytest.raises(dg.DagsterExecutionInterruptedError):
         GpuClusterResource(backend="slurm")._wait(context, "77", tmp_path / "job.log")
     assert cancelled == ["77"]
+
+
+def _refusal(result: dg.ExecuteInProcessResult, node: str) -> str:
+    assert not result.success
+    return result.failure_data_for_node(node).error.message
+
+
+def test_real_profile_without_model_folder_fails_before_submitting(output_root, monkeypatch, tmp_path):
+    """GMAI_PROFILE=slurm with GMAI_MODEL_DIR unset (or pointing at nothing) must not train the tiny model."""
+    submitted = []
+    monkeypatch.setattr(tc, "sbatch", lambda *a, **k: submitted.append(a) or "1")
+    monkeypatch.setenv("GMAI_PROFILE", "slurm")
+    monkeypatch.delenv("GMAI_MODEL_DIR", raising=False)
+    asset = _stage_assets()["gmai_vl_stage1"]
+    cluster = GpuClusterResource(backend="slurm")
+
+    def run(**config):
+        return dg.materialize(
+            [asset],
+            resources={"gpu_cluster": cluster},
+            run_config={"ops": {"gmai_vl_stage1": {"config": config}}},
+            raise_on_error=False,
+        )
+
+    message = _refusal(run(), "gmai_vl_stage1")
+    assert "GMAI_MODEL_DIR is not set" in message and "Nothing was submitted" in message
+    assert "resources/slurm/training.yaml" in message
+    monkeypatch.setenv("GMAI_MODEL_DIR", str(tmp_path / "no-such-model"))
+    assert "no-such-model (GMAI_MODEL_DIR) does not exist" in _refusal(run(), "gmai_vl_stage1")
+    monkeypatch.setenv("GMAI_MODEL_DIR", "tiny")
+    assert "the tiny random model is for the demo" in _refusal(run(), "gmai_vl_stage1")
+    half = tmp_path / "half"
+    (half / "llm").mkdir(parents=True)
+    assert "lacks vision/, tokenizer/" in _refusal(run(base_model=str(half)), "gmai_vl_stage1")
+    assert submitted == []
+
+
+def test_packing_with_a_non_isolating_model_is_refused_before_launch(output_root, stage1_inputs, monkeypatch):
+    """A model folder whose LLM is remote code (InternLM2 unconverted) with packing on: refused, nothing run."""
+    from training_fixtures import write_leaky_model
+
+    from gmai_pipeline import training_plan as plan
+
+    leaky = write_leaky_model(stage1_inputs, output_root / "leaky_model")
+    launched = []
+    monkeypatch.setattr(GpuClusterResource, "run_stage", lambda self, *a, **k: launched.append(a))
+    profile = plan.TrainingProfile(base_model=str(leaky), trust_remote_code=True, defaults=FAST)
+    monkeypatch.setattr(training_defs.plan, "load_training_profile", lambda: profile)
+    asset = _stage_assets()["gmai_vl_stage1"]
+    result = dg.materialize([asset], resources={"gpu_cluster": GpuClusterResource()}, raise_on_error=False)
+    message = _refusal(result, "gmai_vl_stage1")
+    assert "packing is on but" in message and "runs its own modelling code" in message
+    assert "packing: false" in message and launched == []
+    # Packing off: the same model is accepted and launched.
+    result = dg.materialize(
+        [asset],
+        resources={"gpu_cluster": GpuClusterResource()},
+        run_config=_run_config(packing=False),
+        raise_on_error=False,
+    )
+    assert len(launched) == 1 and "--no-packing" in launched[0][1] and "--trust-remote-code" in launched[0][1]

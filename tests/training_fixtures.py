@@ -16,7 +16,7 @@ FINDINGS = ["no abnormality", "a small nodule", "a large lesion", "an effusion",
 
 
 def write_mixture(folder: Path, stage: int = 1, n: int = 12, text_only: int = 2, seed: int = 0) -> Path:
-    """stage{N}.jsonl + stage{N}.meta.json + images/ under `folder` (the release helper's contract)."""
+    """stage{N}.jsonl + stage{N}.provenance.json + images/ under `folder` (the release helper's contract)."""
     rng = random.Random(seed)
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -62,5 +62,63 @@ def write_mixture(folder: Path, stage: int = 1, n: int = 12, text_only: int = 2,
         "ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
         "components": {"fixture": len(records)},
     }
-    (folder / f"stage{stage}.meta.json").write_text(json.dumps(meta))
+    (folder / f"stage{stage}.provenance.json").write_text(json.dumps(meta))
     return path
+
+
+CONFIGURATION_LEAKY = '''"""Configuration of the leaky test model (remote code, as InternLM2 ships its own)."""
+from transformers import LlamaConfig
+
+
+class LeakyConfig(LlamaConfig):
+    model_type = "leaky_llama"
+'''
+
+MODELING_LEAKY = '''"""Remote modelling code shaped like InternLM2's: the decoder builds its own causal mask
+over the whole row (from an all-ones padding mask), ignoring restarting position ids, so packed samples
+attend to each other."""
+import torch
+from transformers import LlamaForCausalLM, LlamaModel
+
+from .configuration_leaky import LeakyConfig
+
+
+class LeakyModel(LlamaModel):
+    config_class = LeakyConfig
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        x = input_ids if inputs_embeds is None else inputs_embeds
+        own = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        return super().forward(input_ids=input_ids, attention_mask=own, inputs_embeds=inputs_embeds, **kwargs)
+
+
+class LeakyForCausalLM(LlamaForCausalLM):
+    config_class = LeakyConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LeakyModel(config)
+        self.post_init()
+'''
+
+
+def write_leaky_model(tiny_dir: Path, out_dir: Path) -> Path:
+    """A copy of a tiny model folder whose llm/ is remote code (`auto_map`) that does not isolate packed
+    samples: what an unconverted InternLM2 folder looks like to the training code."""
+    import shutil
+
+    shutil.copytree(tiny_dir, out_dir)
+    llm = out_dir / "llm"
+    (llm / "configuration_leaky.py").write_text(CONFIGURATION_LEAKY)
+    (llm / "modeling_leaky.py").write_text(MODELING_LEAKY)
+    cfg = json.loads((llm / "config.json").read_text())
+    cfg.update(
+        model_type="leaky_llama",
+        architectures=["LeakyForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_leaky.LeakyConfig",
+            "AutoModelForCausalLM": "modeling_leaky.LeakyForCausalLM",
+        },
+    )
+    (llm / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out_dir

@@ -56,6 +56,7 @@ class LlavaModel(nn.Module):
         self.vision, self.llm, self.projector = vision, llm, projector
         self.meta = dict(meta or {})
         self.vision_feature_layer = int(self.meta.get("vision_feature_layer", -2))
+        self.fused_ce: nn.Module | None = None  # liger's fused linear cross-entropy (use_liger)
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -102,13 +103,15 @@ class LlavaModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         loss_weights: torch.Tensor | None = None,
         return_logits: bool = False,
+        return_token_loss: bool = False,
         **attn_kwargs,
     ) -> dict[str, torch.Tensor]:
         """Loss = weighted mean of next-token CE over supervised tokens (weights 1: per-token mean).
 
         No attention mask: restarting position ids mark the samples (transformers >= 4.5x).
         Logits are computed only where a label exists unless `return_logits`, which keeps the
-        image tokens' vocabulary-sized logits out of memory during training.
+        image tokens' vocabulary-sized logits out of memory during training. `return_token_loss` adds
+        `token_loss` (per supervised token) and `keep` (where they sit in labels[:, 1:]): per-sample scores.
         """
         embeds = self.embed(input_ids, pixel_values)
         hidden = self.trunk(
@@ -126,14 +129,54 @@ class LlavaModel(nn.Module):
             targets = labels[:, 1:].clone()
             targets[position_ids[:, 1:] == 0] = IGNORE_INDEX  # never predict across a sample boundary
             keep = targets != IGNORE_INDEX
-            logits = head(hidden[:, :-1][keep]).float()
-            token_loss = F.cross_entropy(logits, targets[keep], reduction="none")
+            if self.fused_ce is not None:  # logits never materialised (liger, CUDA)
+                token_loss = self.fused_ce(head.weight, hidden[:, :-1][keep], targets[keep]).float()
+            else:
+                logits = head(hidden[:, :-1][keep]).float()
+                token_loss = F.cross_entropy(logits, targets[keep], reduction="none")
             weights = (
                 torch.ones_like(token_loss) if loss_weights is None else loss_weights[:, 1:][keep].float()
             )
             out["loss"] = (token_loss * weights).sum() / weights.sum().clamp(min=1e-12)
             out["n_tokens"] = keep.sum()
+            if return_token_loss:
+                out["token_loss"], out["keep"] = token_loss.detach(), keep
         return out
+
+    # --- faster kernels (optional) -----------------------------------------------------------
+    def use_liger(self) -> None:
+        """liger-kernel's Triton kernels in the LLM: RMSNorm, SwiGLU, RoPE, and the fused linear
+        cross-entropy in `forward`. CUDA only (Triton has no CPU backend); `pip install liger-kernel`."""
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+            from liger_kernel.transformers.monkey_patch import (
+                MODEL_TYPE_TO_APPLY_LIGER_FN,
+                _apply_liger_kernel_to_instance,
+            )
+        except ImportError as exc:
+            raise RuntimeError(
+                f"--liger needs liger-kernel (pip install 'liger-kernel>=0.8.2'): {exc}"
+            ) from None
+        if next(self.llm.parameters()).device.type != "cuda":
+            raise RuntimeError("--liger runs Triton kernels, which need a CUDA GPU (no CPU path)")
+        model_type = self.llm.config.model_type
+        if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:  # liger would only log it and patch nothing
+            raise RuntimeError(f"liger-kernel has no kernels for model_type {model_type!r}")
+        _apply_liger_kernel_to_instance(
+            model=self.llm, rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=False
+        )
+        self.fused_ce = LigerFusedLinearCrossEntropyLoss(reduction="none")
+        self.meta["kernels"] = sorted({*self.meta.get("kernels", []), "liger"})
+
+    def compile_decoder(self, **options) -> int:
+        """torch.compile each decoder layer (regional compilation: one graph reused by every layer, so it
+        compiles in seconds, and the attention kernel the layer was loaded with stays). Returns the layers."""
+        layers = getattr(self.trunk, "layers", None)
+        if layers is None:
+            raise RuntimeError(f"{type(self.trunk).__name__} has no `layers` to compile")
+        for layer in layers:
+            layer.compile(**options)
+        return len(layers)
 
     # --- persistence -------------------------------------------------------------------------
     def save(self, out_dir: Path, tokenizer=None) -> Path:
@@ -177,6 +220,54 @@ def load_model(
     meta.setdefault("vision_feature_layer", -2)
     meta.setdefault("template", "internlm2")
     return LlavaModel(vision, llm, projector, meta), tokenizer
+
+
+def packing_isolation_problem(model: LlavaModel, device: torch.device, flatten: bool = False) -> str | None:
+    """Why packed samples would not stay isolated in this model's LLM (None: they do).
+
+    Decided on the class actually loaded: remote modelling code (not a transformers class) is refused,
+    since it builds its own masks; a transformers class is probed: sample B's hidden states must not change
+    when the sample packed before it changes (they are bit-identical when attention is kept per sample).
+    """
+    cls = type(model.llm)
+    if not cls.__module__.startswith("transformers."):
+        return (
+            f"{cls.__name__} ({cls.__module__}) is remote modelling code, which builds its own attention mask, "
+            "so packed samples would attend to each other"
+        )
+    vocab = model.llm.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    a1, a2, b = (torch.randint(4, vocab, (n,), generator=g) for n in (24, 24, 16))
+    impl = getattr(model.llm.config, "_attn_implementation", "?")
+
+    def sample_b(first: torch.Tensor) -> torch.Tensor:
+        ids = torch.cat([first, b])[None].to(device)
+        pos = torch.cat([torch.arange(len(first)), torch.arange(len(b))])[None].to(device)
+        kwargs = {}
+        if flatten:
+            cu = torch.tensor([0, len(first), len(first) + len(b)], dtype=torch.int32, device=device)
+            kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 24, "max_length_k": 24}
+        hidden = model.trunk(
+            inputs_embeds=model.embed(ids, None),
+            position_ids=pos,
+            attention_mask=None,
+            use_cache=False,
+            **kwargs,
+        ).last_hidden_state
+        return hidden[0, len(first) :].float()
+
+    try:
+        with torch.no_grad():
+            h1, h2 = sample_b(a1), sample_b(a2)
+    except Exception as exc:  # noqa: BLE001 - any failure means packing is not supported
+        return f"{cls.__name__} with attn_implementation={impl} failed on a packed row: {exc}"
+    leak = float((h1 - h2).abs().max() / h1.abs().max().clamp(min=1e-12))
+    if leak > 1e-3:
+        return (
+            f"{cls.__name__} with attn_implementation={impl} lets packed samples attend to each other "
+            f"(a sample's hidden states moved by {leak:.2g} of their scale when the sample before it changed)"
+        )
+    return None
 
 
 STAGE_TRAINABLE = {1: ("projector",), 2: ("projector", "vision"), 3: ("projector", "vision", "llm")}

@@ -4,7 +4,9 @@ Per epoch the sample order is shuffled with (seed, epoch), cut into windows, and
 first-fit-decreasing (FFD); the window's rows are then shuffled so long samples do not cluster. The
 plan is a pure function of (lengths, max_length, window, seed, epoch): every rank and every resumed run
 computes the same rows. Arrival-order packing (`pack_arrival`, next-fit) is kept for comparison: it
-leaves rows badly filled (NOTES.md: 76%).
+leaves rows badly filled (76% on realistic caption lengths). Without packing (`method="single"`, for an LLM
+whose attention does not isolate packed samples) each row is one sample; samples of similar length are
+grouped into the same micro-batch, as transformers' `group_by_length` does, to keep padding low.
 
 A collated row restarts `position_ids` at 0 for every sample; with no attention mask transformers
 turns that into a per-sample (block-diagonal causal) mask, or cu_seqlens for flash-attn's varlen kernel.
@@ -55,15 +57,32 @@ def pack_arrival(
 
 
 def plan_epoch(
-    lengths: Sequence[int], max_length: int, seed: int, epoch: int, window: int = 4096, method: str = "ffd"
+    lengths: Sequence[int],
+    max_length: int,
+    seed: int,
+    epoch: int,
+    window: int = 4096,
+    method: str = "ffd",
+    group: int = 1,
 ) -> list[list[int]]:
-    """Rows of sample indices for one epoch; deterministic for (seed, epoch)."""
+    """Rows of sample indices for one epoch; deterministic for (seed, epoch).
+
+    method: "ffd" (soft packing), "arrival" (next-fit, for comparison) or "single" (no packing; runs of
+    `group` rows, the micro-batch, stay together when the rows are shuffled).
+    """
+    if method not in ("ffd", "arrival", "single"):
+        raise ValueError(f"unknown packing method {method!r}")
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths)).tolist()
-    packer = pack_ffd if method == "ffd" else pack_arrival
     rows: list[list[int]] = []
     for start in range(0, len(order), window):
-        chunk = packer(lengths, max_length, order[start : start + window])
+        items = order[start : start + window]
+        if method == "single":
+            single = [[i] for i in sorted(items, key=lambda i: (-lengths[i], i))]  # similar lengths together
+            blocks = [single[k : k + group] for k in range(0, len(single), group)]
+            rows.extend(r for j in rng.permutation(len(blocks)) for r in blocks[j])
+            continue
+        chunk = (pack_ffd if method == "ffd" else pack_arrival)(lengths, max_length, items)
         rows.extend(chunk[j] for j in rng.permutation(len(chunk)))
     return rows
 
@@ -79,9 +98,11 @@ def collate(
     pixels=None,
     flatten: bool = False,
     sqrt_weights: bool = False,
+    pad_to: int | None = None,
 ) -> dict[str, torch.Tensor | list]:
     """Rows of `Sample`s -> tensors. Rows are right-padded to the longest row with a padding 'sample'
     (positions from 0, no labels); `flatten` concatenates the rows into one (flash-attn varlen wants batch 1).
+    `pad_to` pads to at least that width (a static shape for compiled kernels).
 
     pixels(sample) -> (3, H, W) for samples with an image, in token order (model.embed relies on it).
     """
@@ -100,7 +121,7 @@ def collate(
             weights += [w] * n
             doc += [d] * n
         seqs.append((ids, labels, pos, weights, doc))
-    width = max(len(s[0]) for s in seqs)
+    width = max(max(len(s[0]) for s in seqs), pad_to or 0)
     batch = {k: [] for k in ("input_ids", "labels", "position_ids", "loss_weights", "doc_ids")}
     for ids, labels, pos, weights, doc in seqs:
         pad = width - len(ids)

@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deepspeed-config", type=Path, default=CONFIGS / "zero2.json")
     p.add_argument("--pack-window", type=int, default=4096, help="samples per first-fit-decreasing window")
     p.add_argument(
+        "--no-packing",
+        dest="packing",
+        action="store_false",
+        help="one sample per row (padded): for an LLM whose attention does not isolate packed samples",
+    )
+    p.add_argument(
         "--loss",
         choices=("token", "sqrt"),
         default="token",
@@ -61,6 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--template", default=None, help="chat template (default: the model's, internlm2)")
     p.add_argument("--trust-remote-code", action="store_true", help="needed for InternLM2.5")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument(
+        "--liger",
+        action="store_true",
+        help="liger-kernel's fused RMSNorm/SwiGLU/RoPE/linear cross-entropy (CUDA; pip install liger-kernel)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each LLM decoder layer; rows are padded to --max-length (static shapes)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--save-steps", type=int, default=0, help="checkpoint every N optimizer steps (0: at the end)"
@@ -133,9 +149,12 @@ def epoch_plans(lengths: list[int], args, world: int) -> list[dict]:
     from training_jobs.packing import fill_ratio, plan_epoch
 
     per_step = world * args.micro_batch * args.grad_accum
+    method = "ffd" if args.packing else "single"
     plans = []
     for epoch in range(args.epochs):
-        rows = plan_epoch(lengths, args.max_length, args.seed, epoch, args.pack_window)
+        rows = plan_epoch(
+            lengths, args.max_length, args.seed, epoch, args.pack_window, method, group=args.micro_batch
+        )
         steps = math.ceil(len(rows) / per_step)
         plans.append(
             {
@@ -146,6 +165,34 @@ def epoch_plans(lengths: list[int], args, world: int) -> list[dict]:
             }
         )
     return plans
+
+
+PACKING_FIX = (
+    "Convert the model to a transformers-native architecture (InternLM2: InternLM's tools/convert2llama.py "
+    "rewrites it in the Llama layout; training_jobs/README.md, 'Real models'), or train with --no-packing"
+)
+
+
+def effective_batch(rows: list[list[int]], samples: int, world: int, args) -> dict:
+    """Rows and (mean) samples per optimizer step: the paper counts its batch in rows of packed samples."""
+    per_row = samples / max(len(rows), 1)
+    n = world * args.micro_batch * args.grad_accum
+    return {"rows": n, "samples_per_row": per_row, "samples": n * per_row}
+
+
+def apply_kernels(model, args) -> list[str]:
+    """--liger / --compile on the loaded model; returns what was applied."""
+    applied = []
+    if args.liger:
+        try:
+            model.use_liger()
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+        applied.append("liger")
+    if args.compile:
+        model.compile_decoder()
+        applied.append("compile")
+    return applied
 
 
 def resolve_model_dir(args, rank: int, world: int) -> Path:
@@ -173,10 +220,12 @@ class MicroBatches(torch.utils.data.Dataset):
     Micro-step m takes rows [m*world*mb + rank*mb, +mb) of the epoch's plan, wrapping around at the end.
     """
 
-    def __init__(self, ds, rows, steps: range, rank, world, micro_batch, pad_id, flatten, sqrt_weights):
+    def __init__(
+        self, ds, rows, steps: range, rank, world, micro_batch, pad_id, flatten, sqrt_weights, pad_to=None
+    ):
         self.ds, self.rows, self.steps = ds, rows, steps
         self.rank, self.world, self.mb = rank, world, micro_batch
-        self.pad_id, self.flatten, self.sqrt = pad_id, flatten, sqrt_weights
+        self.pad_id, self.flatten, self.sqrt, self.pad_to = pad_id, flatten, sqrt_weights, pad_to
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -187,7 +236,14 @@ class MicroBatches(torch.utils.data.Dataset):
         base = self.steps[k] * self.world * self.mb + self.rank * self.mb
         picked = [self.rows[(base + j) % len(self.rows)] for j in range(self.mb)]
         samples = [[self.ds.samples[i] for i in r] for r in picked]
-        batch = collate(samples, self.pad_id, self.ds.pixels, flatten=self.flatten, sqrt_weights=self.sqrt)
+        batch = collate(
+            samples,
+            self.pad_id,
+            self.ds.pixels,
+            flatten=self.flatten,
+            sqrt_weights=self.sqrt,
+            pad_to=self.pad_to,
+        )
         batch["n_rows"] = len(picked)
         return batch
 
@@ -220,7 +276,13 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
 
     from training_jobs.data import Dataset
     from training_jobs.metrics import device_name, peak_flops, shape_of, step_flops
-    from training_jobs.model import count_params, load_model, pick_attention, set_stage
+    from training_jobs.model import (
+        count_params,
+        load_model,
+        packing_isolation_problem,
+        pick_attention,
+        set_stage,
+    )
 
     args.output.mkdir(parents=True, exist_ok=True)
     bf16 = device.type == "cuda"
@@ -230,12 +292,6 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
     template = args.template or model.meta.get("template", "internlm2")
     model.meta["template"] = template
     trainable = set_stage(model, args.stage)
-    if not type(model.llm).__module__.startswith("transformers."):
-        reporter.warning(
-            f"{type(model.llm).__name__} is remote code: packed samples stay isolated only if it honours "
-            "restarting position_ids; InternLM2 converted to Llama format (InternLM's convert2llama) takes "
-            "transformers' own path"
-        )
     if args.grad_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -272,6 +328,12 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=trainable, config=ds_cfg
     )
+    flatten = attn == "flash_attention_2"
+    if args.packing:  # on the device and dtype it trains in, with the kernel it trains with
+        problem = packing_isolation_problem(model, device, flatten)
+        if problem:
+            raise SystemExit(f"refusing to pack: {problem}. {PACKING_FIX}")
+    kernels = apply_kernels(model, args)
     ckpt_dir = args.output / "checkpoints"
     epoch0, micro0, step = 0, 0, 0
     history: list[dict] = []
@@ -292,12 +354,17 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         dist.broadcast(t, 0)
         peak = float(t)
     llm_trained, vision_trained = args.stage == 3, args.stage >= 2
-    flatten = attn == "flash_attention_2"
+    eff = effective_batch(plans[0]["rows"], len(ds), world, args)
     reporter.info(
         f"stage {args.stage} on {device_name(device)} x{world}: attention={attn}, bf16={bf16}, "
-        f"trainable {count_params(model, True):,} of {count_params(model):,} params, {len(ds)} samples "
-        f"({len(ds.skipped)} skipped, {len(ds.truncated)} truncated), {total_steps} steps of "
-        f"{world}x{args.micro_batch}x{args.grad_accum} rows, pack fill {plans[0]['fill']:.3f}, peak {peak:.3g} ({peak_src})"
+        f"kernels={'+'.join(kernels) or 'none'}, trainable {count_params(model, True):,} of "
+        f"{count_params(model):,} params, {len(ds)} samples ({len(ds.skipped)} skipped, {len(ds.truncated)} "
+        f"truncated), {total_steps} steps, pack fill {plans[0]['fill']:.3f}, peak {peak:.3g} ({peak_src})"
+    )
+    reporter.info(
+        f"effective batch: {world} GPUs x {args.micro_batch} x {args.grad_accum} = {eff['rows']} rows of "
+        f"{args.max_length} tokens, about {eff['samples']:.0f} samples per optimizer step "
+        f"({eff['samples_per_row']:.2f} samples per row, packing {'on' if args.packing else 'off'})"
     )
 
     def save(epoch: int, micro: int) -> Path:
@@ -332,6 +399,7 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
             pad_id,
             flatten,
             args.loss == "sqrt",
+            pad_to=(args.max_length * (args.micro_batch if flatten else 1)) if args.compile else None,
         )
         loader = torch.utils.data.DataLoader(
             micro_batches, batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda"
@@ -439,7 +507,14 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         "mfu": statistics.median(r["mfu"] for r in timed) if timed else None,
         "pack_fill_plan": plans[0]["fill"],
         "world_size": world,
-        "global_batch_rows": world * args.micro_batch * args.grad_accum,
+        "micro_batch": args.micro_batch,
+        "grad_accum": args.grad_accum,
+        "max_length": args.max_length,
+        "packing": args.packing,
+        "global_batch_rows": eff["rows"],
+        "global_batch_samples": round(eff["samples"], 1),
+        "samples_per_row": round(eff["samples_per_row"], 3),
+        "kernels": "+".join(kernels) or "none",
         "device": device_name(device),
         "peak_flops": peak,
         "peak_source": peak_src,

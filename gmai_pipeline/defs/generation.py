@@ -6,6 +6,7 @@ or the demo job passes a range), writes its tables under the output root and rep
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -17,7 +18,9 @@ from gmai_pipeline.defs.common import layout, md_table
 from gmai_pipeline.generation import pipeline
 from gmai_pipeline.generation.backends.openai_batch import BatchPending
 from gmai_pipeline.generation.pipeline import HELD_BACK, LLMConfig, Report
-from gmai_pipeline.profiles import load_resource_config
+from gmai_pipeline.profiles import env_reference, expand_env, profile_name, raw_resource_config
+from gmai_pipeline.redact import has_credentials, redact_url
+from gmai_pipeline.settings import RESOURCES_DIR
 
 PARTITIONS = dg.StaticPartitionsDefinition(partitions.SHARD_KEYS)
 TEMPLATE_NOTE = "template (offline, not model output)"
@@ -44,23 +47,43 @@ class LLMResource(dg.ConfigurableResource):
     translate_fraction: float = 0.3
 
     @classmethod
-    def from_profile(cls, profile: str | None = None) -> "LLMResource":
-        """`resources/<profile>/llm.yaml`, then `GMAI_LLM_BACKEND` / `GMAI_LLM_MODEL` when set."""
-        cfg: dict[str, Any] = {
-            k: v for k, v in load_resource_config("llm", profile).items() if k.lower() not in _SECRET_KEYS
-        }
+    def from_profile(cls, profile: str | None = None, root: Path = RESOURCES_DIR) -> "LLMResource":
+        """`resources/<profile>/llm.yaml`, then `GMAI_LLM_BACKEND` / `GMAI_LLM_MODEL` when set.
+
+        A text setting written as `${VAR}` / `${VAR:-default}` becomes `dg.EnvVar(VAR)` while VAR is
+        set: the run reads it when it starts, and the stored configuration (run storage, the UI)
+        holds only the variable's name, so `OPENAI_BASE_URL=http://user:password@host/v1` is never
+        saved. A literal endpoint URL with credentials in a profile is refused.
+        """
+        raw = raw_resource_config("llm", profile, root)
+        cfg: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key.lower() in _SECRET_KEYS or key not in cls.model_fields:
+                continue
+            ref = env_reference(value)
+            if ref is not None and cls.model_fields[key].annotation is str:
+                name, default = ref
+                cfg[key] = dg.EnvVar(name) if os.environ.get(name) else default
+            else:
+                cfg[key] = expand_env(value)
+        literal = cfg.get("base_url")
+        if isinstance(literal, str) and not isinstance(literal, dg.EnvVar) and has_credentials(literal):
+            raise ValueError(
+                f"{root / (profile or profile_name()) / 'llm.yaml'}: base_url carries credentials "
+                f"({redact_url(literal)}); write base_url: ${{OPENAI_BASE_URL:-}} and set the variable"
+            )
         if os.environ.get("GMAI_LLM_BACKEND"):
             cfg["backend"] = os.environ["GMAI_LLM_BACKEND"]
         if os.environ.get("GMAI_LLM_MODEL"):
             cfg["model"] = os.environ["GMAI_LLM_MODEL"]
-        known = set(cls.model_fields)
-        return cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
+        return cls(**{k: v for k, v in cfg.items() if v is not None})
 
     def config(self) -> LLMConfig:
+        base_url = self.base_url.get_value("") if isinstance(self.base_url, dg.EnvVar) else self.base_url
         return LLMConfig(
             backend=self.backend,
             model=self.model,
-            base_url=self.base_url or None,
+            base_url=base_url or None,
             max_in_flight=self.max_in_flight,
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,

@@ -1,6 +1,5 @@
 """Release stage: `instruction_shards`, `stage{1,2,3}_mix`, `dataset_report` (thin over gmai_pipeline.release)."""
 
-import json
 import os
 from pathlib import Path
 
@@ -10,20 +9,30 @@ import pyarrow as pa
 
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout, md_table
-from gmai_pipeline.release.annotations import write_annotations
-from gmai_pipeline.release.mixtures import build_mixture, load_mixtures, write_mixture
+from gmai_pipeline.release.annotations import subset_counts, write_annotations
+from gmai_pipeline.release.images import IMAGES_DIR, sync_images
+from gmai_pipeline.release.mixtures import (
+    StaleScoresError,
+    build_mixture,
+    load_mixtures,
+    model_judged,
+    read_scores,
+    write_mixture,
+)
 from gmai_pipeline.release.records import LoadedRecords, ReleaseError, load_records
 from gmai_pipeline.release.report import (
     DIMENSIONS,
     build_report,
     dataset_card,
     decontamination_markdown,
+    hf_features,
     md,
     png_data_url,
     table3_markdown,
     write_card,
 )
 from gmai_pipeline.release.shards import DEFAULT_TARGET_BYTES, read_index, verify_shards, write_shards
+from gmai_pipeline.release.trainer_metas import write_release_metas, write_stage_metas
 from gmai_pipeline.schemas import QUARANTINE_SCHEMA
 from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import OutputLayout, write_table
@@ -70,8 +79,9 @@ def _load(context: dg.AssetExecutionContext, out: OutputLayout) -> LoadedRecords
     group_name=GROUP,
     deps=GENERATED_DEPS,
     kinds={"webdataset", "json"},
-    description="WebDataset tar shards of every generated record (image + LLaVA/XTuner `.json`), `shards.json` "
-    "index with SHA-256, annotation JSONL per subset and the XTuner meta list. Crash-safe and resumable.",
+    description="The release folder: WebDataset tar shards of every generated record (image + LLaVA/XTuner "
+    "`.json`) with the `shards.json` index (SHA-256), annotation JSONL per subset, `llava.json`, the InternVL and "
+    "XTuner metas, and `images/` (hard links to the released images only). Crash-safe and resumable.",
 )
 def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -> dg.MaterializeResult:
     out = layout()
@@ -90,9 +100,11 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
         direct=config.direct_io,
         log=context.log.info,
     )
-    subsets = write_annotations(
-        loaded.rows, out.release / "annotations", out.images, out.release / "meta.json"
-    )
+    subsets = write_annotations(loaded.rows, out.release)
+    metas = write_release_metas(out.release, subsets)
+    images = sync_images(loaded.rows, out.release / IMAGES_DIR)
+    for rel in images.removed[:20]:
+        context.log.info(f"images/{rel}: no longer released, removed")
     return dg.MaterializeResult(
         metadata={
             "shards": len(result.shards),
@@ -106,6 +118,12 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
             "rejected": len(loaded.rejected),
             "missing_inputs": len(loaded.missing_inputs),
             "subsets": md_table(pd.DataFrame([{"subset": k, "records": v} for k, v in subsets.items()])),
+            "images": images.images,
+            "images_linked": images.linked,
+            "images_copied": images.copied,
+            "images_removed": len(images.removed),
+            "internvl_meta": dg.MetadataValue.path(str(metas["internvl"])),
+            "xtuner_meta": dg.MetadataValue.path(str(metas["xtuner"])),
             "index": dg.MetadataValue.path(str(out.release / "shards.json")),
             "shard_index": md_table(pd.DataFrame(result.shards)[["name", "samples", "bytes", "sha256"]], 50),
         }
@@ -130,16 +148,24 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
         out = layout()
         config, path = load_mixtures()
         loaded = _load(context, out)
-        mixture = build_mixture(
-            stage,
-            loaded.rows,
-            config,
-            path,
-            [Path(p) for p in text_files] if text_files is not None else None,
-        )
+        # Stage III is judged by the stage II model: the stage3_scores asset wrote its scores.
+        judged = model_judged(config, stage)
+        try:
+            scores = read_scores(out.training / "stage3_scores" / "scores.jsonl") if judged else None
+            mixture = build_mixture(
+                stage,
+                loaded.rows,
+                config,
+                path,
+                [Path(p) for p in text_files] if text_files is not None else None,
+                scores,
+            )
+        except StaleScoresError as exc:
+            raise dg.Failure(str(exc)) from None
         for r in mixture.rejected[:20]:
             context.log.warning(f"{stage}: not mixed: {r['detail']}")
-        meta = write_mixture(mixture, out.mixtures, out.images, path)
+        meta = write_mixture(mixture, out.mixtures, out.release / IMAGES_DIR, path)
+        tools = write_stage_metas(mixture, out.release)
         components = pd.DataFrame(
             [
                 {
@@ -159,21 +185,28 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
                 "components": md_table(components),
                 "rejected_text_lines": len(mixture.rejected),
                 "mixture": dg.MetadataValue.path(str(out.mixtures / f"{stage}.jsonl")),
+                **{kind: dg.MetadataValue.path(str(p)) for kind, p in tools.items()},
                 "config": dg.MetadataValue.path(str(path)),
+                **(
+                    {"scores_table": dg.MetadataValue.path(meta["scores_table"])}
+                    if "scores_table" in meta
+                    else {}
+                ),
             }
         )
 
     description = {
         "stage1": "Stage I mixture (projector alignment): all captions and region captions.",
         "stage2": "Stage II mixture (deep alignment): all captions and region captions.",
-        "stage3": "Stage III mixture (instruction tuning): VQA and captions without short or low-confidence "
-        "samples, plus text-only medical dialogue.",
+        "stage3": "Stage III mixture (instruction tuning): VQA and captions without short samples and those the "
+        "stage II model is least confident on (stage3_scores; decisions in mixtures/stage3.scores.parquet), plus "
+        "text-only medical dialogue.",
     }[stage]
     spec = dict(
         name=f"{stage}_mix",
         group_name=GROUP,
-        deps=[instruction_shards],
-        kinds={"json"},
+        deps=[instruction_shards, *([dg.AssetKey("stage3_scores")] if stage == "stage3" else [])],
+        kinds={"json", "parquet"} if stage == "stage3" else {"json"},
         description=description,
     )
     if stage == "stage3":
@@ -206,9 +239,10 @@ def build_report_asset(sources: list[SourceDataset]) -> dg.AssetsDefinition:
         loaded = _load(context, out)
         report = build_report(loaded.rows, licences, out.decontamination_report, out.release / "report")
         index = read_index(out.release / "shards")
-        meta_list = json.loads((out.release / "meta.json").read_text())
-        subsets = {name: entry["length"] for name, entry in meta_list.items()}
-        card = write_card(dataset_card(report, index, subsets, out.release), out.release / "README.md")
+        card_text = dataset_card(
+            report, index, subset_counts(loaded.rows), out.release, hf_features(loaded.rows)
+        )
+        card = write_card(card_text, out.release / "README.md")
         metadata: dict[str, dg.RawMetadataValue] = {
             "records": report.totals["records"],
             "images": report.totals["images"],

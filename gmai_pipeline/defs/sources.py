@@ -6,7 +6,15 @@ import pyarrow as pa
 
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import catalog_metadata, group_name, layout, md_table
-from gmai_pipeline.manifest import MANIFEST_SCHEMA, MissingDataError, fingerprint, missing_data_message, scan
+from gmai_pipeline.manifest import (
+    MANIFEST_SCHEMA,
+    MissingDataError,
+    fingerprint,
+    is_input_refusal,
+    missing_data_message,
+    scan,
+)
+from gmai_pipeline.normalize import shown_names
 from gmai_pipeline.progress import Progress
 from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import write_table
@@ -53,21 +61,26 @@ def build_source_asset(source: SourceDataset) -> dg.AssetsDefinition:
         progress = Progress(
             context.log.info, total=None, label=f"source/{source.name}: hashing", unit="files"
         )
-        rows = scan(folder, progress=progress)
+        # Shown names: a DICOM dataset's identifying folder and file names are masked here already.
+        rows = scan(folder, progress=progress, shown=shown_names(source))
         progress.done()
-        refused = [r for r in rows if r["refused"]]
+        refused = [r for r in rows if is_input_refusal(r["refused"])]
+        skipped = [r for r in rows if r["refused"] and not is_input_refusal(r["refused"])]
         for r in refused:
             context.log.warning(f"{source.name}: {r['path']}: {r['refused']}")
+        if skipped:
+            context.log.info(f"{source.name}: {len(skipped)} hidden file(s) or alias(es) listed, not inputs")
         write_table(layout().manifest(source.name), pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
         df = pd.DataFrame(rows, columns=[f.name for f in MANIFEST_SCHEMA])
         return dg.MaterializeResult(
             metadata={
-                "file_count": len(rows) - len(refused),
+                "file_count": len(rows) - len(refused) - len(skipped),
                 "refused_count": len(refused),
+                "skipped_count": len(skipped),
                 "bytes": int(df["size"].sum()) if len(df) else 0,
                 "fingerprint": fingerprint(rows),
                 "preview": md_table(df, 10),
-                "refused": md_table(df[df["refused"].notna()]) if refused else "none",
+                "refused": md_table(df[df["refused"].notna()]) if refused or skipped else "none",
             }
         )
 

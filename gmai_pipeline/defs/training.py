@@ -1,12 +1,19 @@
 """The three GMAI-VL training stages as assets, launched on a GPU cluster resource through Dagster Pipes.
 
-gmai_vl_stage1 -> gmai_vl_stage2 -> gmai_vl_stage3, each after its mixture (stage{N}_mix). The training
-code (training_jobs/) runs outside this process and reports loss, lr, tokens/s, MFU, pack fill and
-checkpoint paths back as the materialization's metadata. Backends: `local` (a subprocess: python or
-torchrun; tests and the demo) and `slurm` (sbatch from training_jobs/launch/sbatch.template, polled,
-log streamed, scancel'd when the run is terminated; Pipes files on a shared filesystem). Kubernetes:
-dagster-k8s' PipesK8sClient runs the same command in a pod (resources/k8s/gpu_cluster.yaml); not wired here.
-Profiles: resources/<GMAI_PROFILE>/gpu_cluster.yaml.
+gmai_vl_stage1 -> gmai_vl_stage2 -> stage3_scores -> (stage3_mix) -> gmai_vl_stage3, each stage after its
+mixture (stage{N}_mix). stage3_scores is the paper's stage III filter input: the stage II model's confidence
+on each stage III candidate (training_jobs.score), which stage3_mix (defs/release.py) filters by. The
+training code (training_jobs/) runs outside this process and reports loss, lr, tokens/s, MFU, pack fill,
+the effective batch and checkpoint paths back as the materialization's metadata. Backends: `local` (a
+subprocess: python or torchrun; tests and the demo) and `slurm` (sbatch from
+training_jobs/launch/sbatch.template, polled, log streamed, scancel'd when the run is terminated; Pipes
+files on a shared filesystem). Kubernetes: dagster-k8s' PipesK8sClient runs the same command in a pod
+(resources/k8s/gpu_cluster.yaml); not wired here.
+
+Where a stage runs is the `gpu_cluster` resource (resources/<GMAI_PROFILE>/gpu_cluster.yaml); what it trains
+with is the profile's training.yaml per stage (gmai_pipeline/training_plan.py), overridable in the stage's
+run config. Before anything is submitted a stage refuses: a profile with no model folder (naming
+GMAI_MODEL_DIR), and packing with an LLM whose attention does not keep packed samples apart.
 """
 
 import json
@@ -22,16 +29,27 @@ import dagster as dg
 from pydantic import Field
 
 from gmai_pipeline import training_cluster as tc
+from gmai_pipeline import training_plan as plan
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout
-from gmai_pipeline.profiles import load_resource_config
+from gmai_pipeline.profiles import MissingVariableError, load_resource_config
+from gmai_pipeline.release.mixtures import (
+    ids_sha256,
+    load_mixtures,
+    model_judged,
+    provenance_path,
+    score_candidates,
+)
+from gmai_pipeline.release.records import load_records
 from gmai_pipeline.settings import PROJECT_ROOT
+from gmai_pipeline.storage import atomic_write_text
 
 STAGES = (1, 2, 3)
 
 
 class GpuClusterResource(dg.ConfigurableResource):
-    """Where and how a training stage runs. Training knobs (max_length...) ride along as `train_options`."""
+    """Where a training job runs (backend, nodes, GPUs, container). What it trains with is not here: the
+    profile's training.yaml per stage, and the stage asset's config."""
 
     backend: str = Field(default="local", description="local | slurm (k8s: see module docstring)")
     launcher: str = Field(default="python", description="local backend: python (one process) or torchrun")
@@ -47,42 +65,32 @@ class GpuClusterResource(dg.ConfigurableResource):
     )
     python: str = Field(default="", description="interpreter on the nodes (default: this one)")
     workdir: str = Field(default="", description="repository root on the nodes (default: this checkout)")
-    base_model: str = Field(default="tiny", description="stage I's model: 'tiny' or a model folder")
     poll_seconds: float = 2.0
     retries: int = Field(
         default=0, description=">0: retry a failed stage, always resuming from its last checkpoint"
     )
-    max_length: int = 2048
-    micro_batch: int = 1
-    grad_accum: int = 1
-    max_samples: int = Field(default=0, description="train on the first N samples only (demo); 0: all")
-    save_steps: int = 0
-    trust_remote_code: bool = False
-    grad_checkpointing: bool = False
-    extra_args: list[str] = Field(default_factory=list, description="more training_jobs.train flags")
 
-    def train_options(self) -> dict:
-        keys = (
-            "max_length",
-            "micro_batch",
-            "grad_accum",
-            "max_samples",
-            "save_steps",
-            "trust_remote_code",
-            "grad_checkpointing",
-        )
-        return {k: getattr(self, k) for k in keys}
+    def world_size(self) -> int:
+        """Processes a launch starts: the effective batch is computed from it before submitting."""
+        if self.backend == "local":
+            return 1 if self.launcher == "python" else max(self.gpus_per_node, 1)
+        return self.nodes * max(self.gpus_per_node, 1)
 
     def _python(self) -> str:
         return self.python or sys.executable
 
     def run_stage(
-        self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path
+        self,
+        context: dg.AssetExecutionContext,
+        args: list[str],
+        out_dir: Path,
+        module: str = "training_jobs.train",
     ) -> dg.MaterializeResult:
+        """Run `python -m <module> <args>` where this resource says, reporting through Pipes."""
         if self.backend == "local":
-            return self._run_local(context, args)
+            return self._run_local(context, args, module)
         if self.backend == "slurm":
-            return self._run_slurm(context, args, out_dir)
+            return self._run_slurm(context, args, out_dir, module)
         raise dg.Failure(f"gpu_cluster backend '{self.backend}' is not available here (local, slurm)")
 
     def _env(self) -> dict[str, str]:
@@ -94,8 +102,12 @@ class GpuClusterResource(dg.ConfigurableResource):
         env["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded at run time
         return env
 
-    def _run_local(self, context: dg.AssetExecutionContext, args: list[str]) -> dg.MaterializeResult:
-        cmd = tc.launch_command(args, self.launcher, max(self.gpus_per_node, 1), self._python())
+    def _run_local(
+        self, context: dg.AssetExecutionContext, args: list[str], module: str
+    ) -> dg.MaterializeResult:
+        cmd = tc.launch_command(
+            args, self.launcher, max(self.gpus_per_node, 1), self._python(), module=module
+        )
         context.log.info("launching: " + " ".join(cmd))
         client = dg.PipesSubprocessClient(cwd=self.workdir or str(PROJECT_ROOT))
         # The client passes this process's environment on; a bare python launch is a world of one on a fresh
@@ -116,7 +128,7 @@ class GpuClusterResource(dg.ConfigurableResource):
         ).get_materialize_result()
 
     def _run_slurm(
-        self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path
+        self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path, module: str
     ) -> dg.MaterializeResult:
         tag = uuid.uuid4().hex[:6]
         shared = Path(self.shared_dir or out_dir) / "slurm" / f"{context.run.run_id[:8]}-{tag}"
@@ -142,6 +154,7 @@ class GpuClusterResource(dg.ConfigurableResource):
                 env={**self._env(), **session.get_bootstrap_env_vars()},
                 train_args=args,
                 master_port=20000 + int(tag, 16) % 10000,  # concurrent jobs on one node must not collide
+                module=module,
             )
             script = shared / "job.sbatch"
             script.write_text(tc.render_sbatch(job))
@@ -230,18 +243,77 @@ def _pipes_closed(folder: Path) -> bool:
 
 
 class StageConfig(dg.Config):
+    """Per-run overrides of the profile's training.yaml for this stage (unset: the profile's value)."""
+
     resume: bool = Field(default=False, description="continue from this stage's last checkpoint")
+    base_model: str | None = Field(
+        default=None, description="stage I: a model folder (or 'tiny' in the demo)"
+    )
+    max_length: int | None = Field(default=None, description="packed row length in tokens")
+    micro_batch: int | None = Field(default=None, description="rows per GPU per micro-step")
+    grad_accum: int | None = Field(default=None, description="micro-steps per optimizer step")
+    global_batch_rows: int | None = Field(default=None, description="rows per optimizer step")
+    packing: bool | None = None
+    max_samples: int | None = None
+    save_steps: int | None = None
+    grad_checkpointing: bool | None = None
+    liger: bool | None = None
+    compile: bool | None = None
     extra_args: list[str] = Field(
         default_factory=list, description="training_jobs.train flags; later flags win"
     )
 
+    def overrides(self) -> dict:
+        keys = set(plan.StageKnobs.model_fields) - {"extra_args"}
+        return {k: getattr(self, k) for k in keys if getattr(self, k, None) is not None}
+
+
+class ScoreConfig(dg.Config):
+    """Overrides for the stage III scoring pass (unset: stage III's row length and micro-batch, packing)."""
+
+    max_length: int | None = None
+    micro_batch: int | None = None
+    packing: bool | None = None
+
 
 def _mixture(stage: int) -> tuple[Path, dict]:
     folder = layout().mixtures
-    data, meta_path = folder / f"stage{stage}.jsonl", folder / f"stage{stage}.meta.json"
+    data, meta_path = folder / f"stage{stage}.jsonl", provenance_path(folder, f"stage{stage}")
     if not data.exists() or not meta_path.exists():
         raise dg.Failure(f"stage{stage}_mix not materialized: expected {data} and {meta_path}")
     return data, json.loads(meta_path.read_text())
+
+
+def _refuse(message: str) -> dg.Failure:
+    """A configuration error: retrying cannot help, so the retry policy must not resubmit it."""
+    return dg.Failure(message, allow_retries=False)
+
+
+def _profile() -> plan.TrainingProfile:
+    """The profile's training.yaml, or a failure that names what to set, before anything is launched."""
+    try:
+        return plan.load_training_profile()
+    except MissingVariableError as exc:
+        raise _refuse(
+            f"{exc.variable} is not set: the {os.environ.get('GMAI_PROFILE', 'demo')!r} profile trains for "
+            f"real and needs a model folder ({exc.hint}; {exc.path}). Nothing was submitted."
+        ) from None
+    except plan.TrainingPlanError as exc:
+        raise _refuse(str(exc)) from None
+
+
+def _export(stage: int) -> Path:
+    folder = layout().training / f"stage{stage}" / "export"
+    if not (folder / "llm").exists():
+        raise _refuse(f"stage {stage} has no export at {folder}: materialize gmai_vl_stage{stage} first")
+    return folder
+
+
+def _check(what) -> object:
+    try:
+        return what()
+    except plan.TrainingPlanError as exc:
+        raise _refuse(f"{exc} Nothing was submitted.") from None
 
 
 def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
@@ -262,36 +334,50 @@ def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
         kinds={"pytorch", "deepspeed"},
         retry_policy=dg.RetryPolicy(max_retries=retries) if retries else None,
         description=f"GMAI-VL stage {'I' * stage if stage < 3 else 'III'}: {what}. Outputs "
-        f"training/stage{stage}/export (hand-off) and checkpoints/ (resume).",
+        f"training/stage{stage}/export (hand-off) and checkpoints/ (resume). Knobs: the profile's "
+        "training.yaml, overridable here.",
     )
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuClusterResource):
+        profile = _profile()
+        if config.base_model is not None:
+            profile = profile.model_copy(update={"base_model": config.base_model})
+        knobs = _check(lambda: profile.knobs(stage, config.overrides()))
+        if stage == 1:
+            model_dir = _check(lambda: plan.check_base_model(profile))
+            init_from = None
+        else:
+            model_dir = init_from = _export(stage - 1)
+        _check(lambda: plan.check_packing(model_dir, profile.trust_remote_code, knobs.packing))
+        world = gpu_cluster.world_size()
+        batch = _check(lambda: plan.effective_batch(knobs, world))
+        context.log.info(
+            f"stage {stage} effective batch: {batch['formula']} of {knobs.max_length} tokens "
+            f"(packing {'on' if knobs.packing else 'off'}; samples per row are counted once the rows are planned)"
+        )
         data, meta = _mixture(stage)
         out = layout().training / f"stage{stage}"
         # Resume only together with retries (a retry resumes) or when asked; a fresh run starts clean.
         resume = config.resume or gpu_cluster.retries > 0
         if not resume:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        init_from = None
-        if stage > 1:
-            init_from = layout().training / f"stage{stage - 1}" / "export"
-            if not (init_from / "llm").exists():
-                raise dg.Failure(f"stage {stage - 1} has no export at {init_from}")
+        options = {**knobs.train_options(world), "trust_remote_code": profile.trust_remote_code}
         args = tc.train_args(
             stage,
             data,
             Path(meta["image_root"]),
             out,
             init_from,
-            gpu_cluster.base_model,
-            gpu_cluster.train_options(),
+            str(model_dir) if stage == 1 and model_dir else "tiny",
+            options,
             resume,
         )
-        args += [*gpu_cluster.extra_args, *config.extra_args]
+        args += [*knobs.extra_args, *config.extra_args]
         result = gpu_cluster.run_stage(context, args, out)
         extra = {
             "mixture_samples": meta.get("samples"),
             "mixture_ids_sha256": meta.get("ids_sha256"),
             "backend": gpu_cluster.backend,
+            "effective_batch": batch["formula"],
         }
         return dg.MaterializeResult(
             metadata={**(result.metadata or {}), **{k: v for k, v in extra.items() if v is not None}}
@@ -300,9 +386,97 @@ def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
     return _asset
 
 
+SCORES_DIR = "stage3_scores"
+
+
+@dg.asset(
+    name="stage3_scores",
+    deps=[dg.AssetKey("gmai_vl_stage2"), dg.AssetKey("instruction_shards")],
+    pool="gpu",
+    group_name="training",
+    kinds={"pytorch"},
+    description="Stage III's filter input, as the paper: the stage II model's confidence (exp(-mean answer-token "
+    "loss), same chat template and packing as training) on every stage III candidate of a component with a "
+    "`model_confidence` rule in the mixtures YAML. training/stage3_scores/scores.jsonl; stage3_mix applies "
+    "the rule and keeps the table beside the mix.",
+)
+def stage3_scores(
+    context: dg.AssetExecutionContext, config: ScoreConfig, gpu_cluster: GpuClusterResource
+) -> dg.MaterializeResult:
+    out = layout()
+    folder = out.training / SCORES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    mixtures, mixtures_path = load_mixtures()
+    judged = model_judged(mixtures, "stage3")
+    loaded = load_records(out)
+    candidates = score_candidates("stage3", loaded.rows, mixtures)
+    meta = {
+        "candidates": len(candidates),
+        "ids_sha256": ids_sha256([r["id"] for r in candidates]),
+        "components": judged,
+        "mixtures": str(mixtures_path),
+    }
+    data = folder / "candidates.jsonl"
+    atomic_write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in candidates))
+    if not judged:
+        atomic_write_text(folder / "scores.jsonl", "")
+        atomic_write_text(folder / "candidates.meta.json", json.dumps(meta, indent=2) + "\n")
+        context.log.info(
+            f"no stage3 component of {mixtures_path} has a model_confidence rule: nothing to score"
+        )
+        return dg.MaterializeResult(metadata={"candidates": 0, "components": "none"})
+    if not candidates:
+        raise dg.Failure(
+            f"stage3 components {judged} of {mixtures_path} have no candidates among {len(loaded.rows)} released "
+            "records: materialize instruction_shards, or check the components' kinds and languages"
+        )
+    profile = _profile()
+    knobs = _check(lambda: profile.knobs(3, config.model_dump(exclude_none=True)))
+    model = _export(2)
+    _check(lambda: plan.check_packing(model, profile.trust_remote_code, knobs.packing))
+    args = [
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--image-root",
+        str(out.images),
+        "--output",
+        str(folder),
+    ]
+    args += ["--max-length", str(knobs.max_length), "--micro-batch", str(knobs.micro_batch)]
+    args += [] if knobs.packing else ["--no-packing"]
+    args += ["--trust-remote-code"] if profile.trust_remote_code else []
+    (folder / "scores.jsonl").unlink(missing_ok=True)  # never read scores of an earlier model
+    result = gpu_cluster.run_stage(context, args, folder, module="training_jobs.score")
+    lines = (
+        (folder / "scores.jsonl").read_text(encoding="utf-8").splitlines()
+        if (folder / "scores.jsonl").exists()
+        else []
+    )
+    if len(lines) != len(candidates):
+        raise dg.Failure(f"{folder / 'scores.jsonl'} has {len(lines)} lines for {len(candidates)} candidates")
+    atomic_write_text(folder / "candidates.meta.json", json.dumps(meta, indent=2) + "\n")
+    return dg.MaterializeResult(
+        metadata={
+            **(result.metadata or {}),
+            "candidates_ids_sha256": meta["ids_sha256"],
+            "components": ", ".join(judged),
+            "model": dg.MetadataValue.path(str(model)),
+            "backend": gpu_cluster.backend,
+        }
+    )
+
+
 def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
     """The profile's gpu_cluster.yaml; numbers that came through ${VAR:-default} strings become numbers."""
     cfg = load_resource_config("gpu_cluster", profile)
+    moved = sorted(set(cfg) & {*plan.StageKnobs.model_fields, "base_model", "trust_remote_code"})
+    if moved:
+        raise ValueError(
+            f"gpu_cluster.yaml of profile {profile or 'from GMAI_PROFILE'!r} sets {moved}: what a stage trains "
+            "with moved to training.yaml beside it (per stage; see resources/slurm/training.yaml)"
+        )
     for key, field in GpuClusterResource.model_fields.items():
         if key in cfg and field.annotation in (int, float) and isinstance(cfg[key], str):
             cfg[key] = field.annotation(cfg[key])
@@ -312,5 +486,5 @@ def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
     cluster = gpu_cluster_from_profile()
     assets = [_stage_asset(n, cluster.retries) for n in STAGES]
-    # train_job (the three stages) is defined with the other jobs in gmai_pipeline/jobs.py.
-    return dg.Definitions(assets=assets, resources={"gpu_cluster": cluster})
+    # train_job (the stages, the stage III scoring pass and mix) is defined in gmai_pipeline/jobs.py.
+    return dg.Definitions(assets=[*assets, stage3_scores], resources={"gpu_cluster": cluster})

@@ -24,10 +24,17 @@ class ResponseCache:
     def get(self, key: str) -> Completion | None:
         path = self.path(key)
         try:
-            data = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            data = json.loads(path.read_bytes())
+            if not isinstance(data, dict) or data.get("key") != key:
+                return None
+            return Completion.from_json(data["response"], cached=True)
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ):  # absent, or damaged (e.g. a disk filled up): a miss
             return None
-        return Completion.from_json(data["response"], cached=True) if data.get("key") == key else None
 
     def put(self, key: str, completion: Completion) -> None:
         atomic_write_text(

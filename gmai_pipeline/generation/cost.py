@@ -6,8 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gmai_pipeline import safe_yaml
 from gmai_pipeline.settings import RESOURCES_DIR
 
 PRICES_FILE = RESOURCES_DIR / "prices.yaml"
@@ -15,7 +14,7 @@ PRICES_FILE = RESOURCES_DIR / "prices.yaml"
 
 @lru_cache(maxsize=2)
 def load_prices(path: Path = PRICES_FILE) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    return safe_yaml.load(path)
 
 
 def price_of(model: str, prices: dict[str, Any] | None = None) -> dict[str, float] | None:

@@ -203,10 +203,13 @@ def run_items(items: list[Item], runner: Runner) -> tuple[list[Outcome], list[Qu
         retry: list[Item] = []
         for it in pending:
             result = results[it.request.key]
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and not result.retry:
                 quarantined.append((it, result.reason, result.detail))
                 continue
-            checked = validate.check(it.request.task, result.content, it.request.fields)
+            if isinstance(result, Failure):  # answered, but not a chat completion: an invalid answer
+                checked = validate.Checked(False, [], result.reason, result.detail)
+            else:
+                checked = validate.check(it.request.task, result.content, it.request.fields)
             if checked.ok:
                 accepted.append((it, result, checked))
             elif attempt == 0:

@@ -13,8 +13,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import yaml
-
+from gmai_pipeline import safe_yaml
 from gmai_pipeline.settings import ASSETS_DIR
 
 PROMPTS_DIR = ASSETS_DIR / "prompts"
@@ -23,7 +22,7 @@ TASKS = ("caption", "region_caption", "vqa", "translate")
 
 @lru_cache(maxsize=4)
 def load_index(folder: Path = PROMPTS_DIR) -> dict[str, Any]:
-    return yaml.safe_load((folder / "index.yaml").read_text())
+    return safe_yaml.load(folder / "index.yaml")
 
 
 @lru_cache(maxsize=32)

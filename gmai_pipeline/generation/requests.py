@@ -152,6 +152,8 @@ class Completion:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], cached: bool = False) -> Completion:
+        if not isinstance(data.get("content"), str):
+            raise TypeError("cached response has no text content")
         return cls(
             content=data["content"],
             tokens_in=int(data.get("tokens_in") or 0),
@@ -164,27 +166,74 @@ class Completion:
 
 @dataclass
 class Failure:
-    """A request that got no usable answer from the endpoint (after the SDK's retries)."""
+    """A request that got no usable answer from the endpoint (after the SDK's retries).
 
-    reason: str  # timeout | rate_limited | http_<status> | connection_error | batch_<status> | ...
+    `retry`: the endpoint answered, but with something that is not a chat completion (an HTML
+    error page behind HTTP 200, JSON of another shape). That is handled like an invalid answer:
+    asked once more, then quarantined; never cached, so a later run asks again.
+    """
+
+    reason: (
+        str  # timeout | rate_limited | http_<status> | connection_error | batch_<status> | malformed_response
+    )
     detail: str = ""
+    retry: bool = False
 
 
-def completion_from_body(body: dict[str, Any]) -> Completion:
-    """A chat.completion JSON (as returned online or in a Batch output line) -> Completion."""
-    choice = (body.get("choices") or [{}])[0]
-    content = (choice.get("message") or {}).get("content") or ""
-    usage = body.get("usage") or {}
+MALFORMED = "malformed_response"
+
+
+def _malformed(detail: str) -> Failure:
+    return Failure(MALFORMED, detail, retry=True)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def parse_completion(body: Any) -> Completion | Failure:
+    """A chat.completion JSON (online, or a Batch output line's body) -> Completion, checking its shape.
+
+    Anything else becomes a retryable `malformed_response` Failure; the detail names what was wrong,
+    never the body (it could echo the prompt).
+    """
+    if isinstance(body, bytes | bytearray | str):
+        try:
+            body = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _malformed("HTTP 200 but the body is not JSON")
+    if not isinstance(body, dict):
+        return _malformed(f"the body is JSON {type(body).__name__}, not an object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return _malformed("no 'choices' list of objects in the body")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return _malformed("choices[0].message is not an object")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        return _malformed(f"choices[0].message.content is {type(content).__name__}, not text")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    model = body.get("model")
     return Completion(
         content=content,
-        tokens_in=int(usage.get("prompt_tokens") or 0),
-        tokens_out=int(usage.get("completion_tokens") or 0),
+        tokens_in=_count(usage.get("prompt_tokens")),
+        tokens_out=_count(usage.get("completion_tokens")),
         mean_prob=mean_token_prob(choice.get("logprobs")),
-        model=body.get("model") or "",
+        model=model if isinstance(model, str) else "",
     )
 
 
-def mean_token_prob(logprobs: dict[str, Any] | None) -> float | None:
-    tokens = (logprobs or {}).get("content") or []
-    values = [t.get("logprob") for t in tokens if t.get("logprob") is not None]
-    return sum(math.exp(v) for v in values) / len(values) if values else None
+def mean_token_prob(logprobs: Any) -> float | None:
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(tokens, list):
+        return None
+    values = [
+        t["logprob"]
+        for t in tokens
+        if isinstance(t, dict) and isinstance(t.get("logprob"), int | float) and math.isfinite(t["logprob"])
+    ]
+    return sum(math.exp(min(0.0, v)) for v in values) / len(values) if values else None

@@ -15,6 +15,7 @@ folder that nothing references are inputs (`unreferenced_file`): a picture witho
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import posixpath
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gmai_pipeline.catalog import DICOM_EXTENSIONS, IMAGE_EXTENSIONS_2D, SourceDataset
+from gmai_pipeline.decode_guard import decoder_failure, is_output_failure, open_verified, read_verified
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
 
 SPLIT_ALIASES = {
@@ -57,6 +59,16 @@ FOLDER_SPLIT_WORDS = {**SPLIT_WORDS, "tr": "train", "ts": "test", "va": "val", "
 SPLIT_PRIORITY = ("test", "val", "train")  # a name that says test anywhere is test: never train on it
 WORD_BREAK = re.compile(r"[_\-\s.]+|(?<=[a-z])(?=[A-Z])")
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (float rounding in exported annotations)
+DETACHED_HEADERS = (".mhd", ".nhdr")  # volume headers whose voxels are in a separate data file
+
+
+def _renamed(err: ImageError, rel: str, shown: str | Callable[[str], str] | None) -> ImageError:
+    """`err` (whose detail starts with `rel`) naming the file as `shown` instead."""
+    if shown is None:
+        return err
+    name = shown(rel) if callable(shown) else shown
+    detail = name + err.detail[len(rel) :] if err.detail.startswith(rel) else err.detail
+    return ImageError(err.reason, detail)
 
 
 def is_dicom(rel: str | None) -> bool:
@@ -123,8 +135,10 @@ class ReaderContext:
     counters: Counter = field(default_factory=Counter)
     claimed: set[str] = field(default_factory=set)
     first_by_md5: dict[str, str] = field(default_factory=dict)
+    real: dict[str, str] = field(default_factory=dict)  # path -> name on disk, where they differ (non-UTF-8)
     base: str = ""  # the layout root: wrapper folders + the reader's `root` (see `locate_root`)
-    unpacked: dict[str, Path] = field(default_factory=dict)  # archive members: dataset path -> cached file
+    # Archive members: dataset path -> (cache folder, member path inside it); read like raw files (`read`).
+    unpacked: dict[str, tuple[Path, str]] = field(default_factory=dict)
     images_seen: set[str] = field(default_factory=set)  # image files found (for `expect: images`)
     cases_seen: set[str] = field(default_factory=set)  # cases found (for `expect: cases`)
     filtered: set[str] = field(default_factory=set)  # files a declared filter or channel choice left out
@@ -137,12 +151,83 @@ class ReaderContext:
     def slug(self) -> str:
         return modality_slug(self.source.modality)
 
+    # ------------------------------------------------------------ reading files (verified)
+    # Readers read a file only through these: never `open(folder / rel)`. A dataset path is either a
+    # raw file (beneath the dataset folder, under its real on-disk name) or an archive member in the
+    # unpack cache (`readers.archives`); both are opened one path component at a time without
+    # following a link, must be regular files, and must have the MD5 recorded for them (the source
+    # scan's, or the one recorded while unpacking), else `path_refused` / `missing_file` /
+    # `content_changed`. The bytes read are the bytes decoded: one read, one hash.
+
+    @property
+    def root(self) -> Path:
+        root = self.__dict__.get("_root")
+        if root is None:
+            root = self.__dict__["_root"] = self.folder.resolve()
+        return root
+
+    def _where(self, rel: str) -> tuple[Path, str]:
+        """(folder to open beneath, name inside it) of dataset path `rel`."""
+        member = self.unpacked.get(rel)
+        if member is not None:
+            return member
+        return self.root, self.real.get(rel, rel)
+
+    def md5(self, rel: str) -> str | None:
+        """The MD5 `rel`'s bytes must have (None: not a file of the dataset)."""
+        return self.files.get(rel)
+
+    def fs_path(self, rel: str) -> Path:
+        """Where `rel` is on disk, for decoders that only take a path (a detached .mhd header's data
+        file); prefer `read` / `open`, which verify what they read."""
+        folder, name = self._where(rel)
+        return folder / name
+
+    def read(self, rel: str, shown: str | Callable[[str], str] | None = None) -> bytes:
+        """The verified bytes of `rel` (see above); an ImageError's detail names the file as `shown`
+        (a name, or a function giving it: a DICOM file's pseudonym is only worked out on failure)."""
+        folder, name = self._where(rel)
+        try:
+            return read_verified(folder, name, rel, self.md5(rel))
+        except ImageError as err:
+            raise _renamed(err, rel, shown) from None
+
+    def text(self, rel: str) -> str:
+        """`read` decoded as UTF-8 (a BOM allowed); ImageError `unreadable` naming the file otherwise."""
+        data = self.read(rel)
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ImageError(
+                "unreadable", f"{rel}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+            ) from None
+
+    def text_file(self, rel: str) -> io.StringIO:
+        """`text` as a file object (for csv readers)."""
+        return io.StringIO(self.text(rel), newline="")
+
+    @contextlib.contextmanager
+    def open(self, rel: str, shown: str | Callable[[str], str] | None = None) -> Iterator[io.BufferedReader]:
+        """A verified binary file object of `rel` (hashed in one streaming pass, then rewound), for
+        decoders that stream (volumes, workbooks, archives)."""
+        folder, name = self._where(rel)
+        try:
+            with open_verified(folder, name, rel, self.md5(rel)) as f:
+                yield f
+        except ImageError as err:
+            raise _renamed(err, rel, shown) from None
+
+    def volume(self, rel: str, is_label: bool = False, channels: bool = False):
+        """`volumes.read_volume` of `rel` through a verified descriptor, within the decode budget."""
+        from gmai_pipeline.volumes import read_volume
+
+        with self.open(rel) as f:
+            if rel.lower().endswith(DETACHED_HEADERS):  # the header names a data file beside it: by path
+                return read_volume(self.fs_path(rel), rel, is_label, self.store.budget, channels)
+            return read_volume(f, rel, is_label, self.store.budget, channels)
+
     def claim(self, rel: str) -> None:
         self.claimed.add(rel)
-
-    def path(self, rel: str) -> Path:
-        """Where the bytes of manifest path `rel` are: the raw folder, or the unpack cache."""
-        return self.unpacked.get(rel) or self.folder / rel
 
     def at(self, path: str) -> str:
         """A reader option's path (relative to the layout root) as a dataset path."""
@@ -236,6 +321,7 @@ class ReaderContext:
                 s.name,
                 self.store.max_side,
                 self.store.source_names,
+                self.store.budget,  # one decode budget for the dataset, whatever the modality
             )
         return self._stores[slug]
 
@@ -389,19 +475,54 @@ def image_inputs(
     if dicom:
         yield from _dicom_image(ctx, rel, shown, split, pending, modality)
         return
-    job = partial(_store, ctx.store_for(modality), ctx.path(rel), rel)
+    job = partial(_store, ctx, ctx.store_for(modality), rel)
     finish = partial(_finish, ctx, rel, split, pending, modality)
     if ctx.executor is None:
         yield from finish(job())
-    else:  # decode/MD5/write on a worker thread; the driver resolves these in order
+    else:  # read/verify/decode/write on a worker thread; the driver resolves these in order
         yield Deferred(ctx.executor.submit(job), finish)
 
 
-def _store(store: ImageStore, path: Path, rel: str) -> StoredImage | ImageError:
+def at_boundary(name: str | Callable[[], str], work: Callable[[], Event], what: str = "file") -> Event:
+    """Run the work of one input; whatever it raises (any decoder, numpy, a bug in a reader) becomes
+    that input's quarantine row (`decode_guard.decoder_failure`: file and exception type, never its
+    text), so one bad file never ends the dataset and no header value reaches a message. `name` may
+    be a function (a DICOM file's pseudonym, worked out only when needed)."""
     try:
-        return store.store_file(path, rel)
+        return work()
+    except Exception as exc:  # noqa: BLE001 - the sample boundary: nothing but an output failure escapes
+        if is_output_failure(exc):
+            raise
+        shown = name() if callable(name) else name
+        err = decoder_failure(exc, shown, what)
+        return Quarantined(shown, "read", err.reason, err.detail)
+
+
+def boundary_events(
+    name: str | Callable[[], str], work: Callable[[], Iterable[Event]], count: int = 1, what: str = "file"
+) -> list[Event]:
+    """`at_boundary` for work that gives several events (a case of several image files): on a failure,
+    `count` quarantine rows (one per input the work stood for), so the accounting still holds."""
+    try:
+        return list(work())
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise
+        shown = name() if callable(name) else name
+        err = decoder_failure(exc, shown, what)
+        return [Quarantined(shown, "read", err.reason, err.detail) for _ in range(count)]
+
+
+def _store(ctx: ReaderContext, store: ImageStore, rel: str) -> StoredImage | ImageError:
+    """Read (verified), decode, store: on a worker thread, so every failure is returned, not raised."""
+    try:
+        return store.store_bytes(ctx.read(rel), rel, md5=ctx.md5(rel))  # read() checked the MD5
     except ImageError as err:
         return err
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise  # the output could not be written: a fault of the run, not of this input
+        return decoder_failure(exc, rel, "image")
 
 
 def _dicom_image(
@@ -416,6 +537,18 @@ def _dicom_image(
             Quarantined(header.source_path, header.step, header.reason, header.detail) for _ in pending
         )
         return
+    if not ctx.source.labels:  # a folder or cell named after the patient must not become a label
+        names = ctx.dicom_names
+        for _ in [p for p in pending if names.identifying(p[1])]:
+            yield Quarantined(
+                header.shown,
+                "annotate",
+                "missing_label",
+                f"{header.shown}: its label looks like an identifier; give the catalog entry a labels map",
+            )
+        pending = [p for p in pending if not names.identifying(p[1])]
+        if not pending:
+            return
     job = partial(store_pixels, ctx, header, modality or ctx.source.modality)
     finish = partial(_finish_dicom, ctx, split, pending, modality)
     if ctx.executor is None:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from gmai_pipeline.catalog import CocoReader
+from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -45,10 +46,14 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
         return
     ctx.claim(ann_rel)
     try:
-        data = json.loads(ctx.path(ann_rel).read_bytes())
+        data = json.loads(ctx.read(ann_rel))
         images = {img["id"]: img for img in data.get("images", [])}
         categories = {c["id"]: c for c in data.get("categories", [])}
         annotations = data.get("annotations", [])
+    except ImageError as err:  # changed or swapped since the scan
+        yield Quarantined(ann_rel, "read", err.reason, err.detail)
+        yield from unreferenced(ctx, opts.image_dir)
+        return
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         yield Quarantined(
             ann_rel, "read", "unreadable", f"{ann_rel}: not valid COCO JSON ({type(exc).__name__}: {exc})"

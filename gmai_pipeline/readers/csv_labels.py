@@ -12,6 +12,7 @@ import csv
 from collections.abc import Iterator
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, CsvLabelsReader
+from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -46,7 +47,7 @@ def read_csv_rows(
         return
     ctx.claim(csv_rel)
     try:
-        with open(ctx.path(csv_rel), newline="", encoding="utf-8-sig") as f:
+        with ctx.text_file(csv_rel) as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             wanted = [c for c in (image_column, label_column, split_column) if c]
@@ -73,5 +74,7 @@ def read_csv_rows(
                 split = ctx.split_of(rel or ref, record.get(split_column) if split_column else None)
                 ann = Annotation((record.get(label_column) or "",), where=where)
                 yield from image_inputs(ctx, rel, ref, split, [ann])
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except ImageError as err:  # not UTF-8, or changed or swapped since the scan
+        yield Quarantined(csv_rel, "read", err.reason, err.detail)
+    except csv.Error as exc:
         yield Quarantined(csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({exc})")

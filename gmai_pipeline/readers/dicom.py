@@ -21,10 +21,14 @@ Patient data rules:
   physicians, dates, UIDs). If any component does, every such folder becomes `anon` and the file
   becomes `<first 16 hex of the MD5 of the decoded pixels>.dcm`. Identifying values seen in earlier
   headers of the dataset (the first 5,000) count too. A file whose header was never read (missing,
-  unreadable, unreferenced, refused, label rejected) always shows as `<harmless folders>/file-<first
-  16 hex of the file MD5>.dcm` (`missing-<CSV line>.dcm`, `refused.dcm`): its name cannot be
-  checked against its own header. The result is what `source_path`, `sample_id`, the stored
-  image name and quarantine details are built from.
+  unreadable, unreferenced, label rejected) shows as the manifest shows it (`manifest_namer`): only
+  split and catalog-class folders kept, others `anon`, the file `file-<first 16 hex of the file
+  MD5>.dcm` (`missing-<CSV line>.dcm`): its name cannot be checked against its own header. The
+  result is what `source_path`, `sample_id`, the stored image name and quarantine details are built
+  from; without a catalog labels map, a class-folder label that looks like an identifier is refused.
+- Every exception pydicom or numpy raises for one file (a corrupt VR, a short element, bad pixel
+  data) is that file's quarantine row with the exception type only (`_file`); the declared pixel
+  size is checked against the decode budget before `pixel_array` allocates it.
 - Duplicates are judged on the decoded pixels (the same image re-exported with other headers).
 - Compressed transfer syntaxes without an installed decoder -> `unsupported_codec`; pixel data
   shorter than the header says -> `truncated`.
@@ -34,16 +38,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
 
-from gmai_pipeline.catalog import DicomReader
+from gmai_pipeline.catalog import DicomReader, SourceDataset
+from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
 from gmai_pipeline.storage import md5_bytes
@@ -166,13 +172,24 @@ def burned_in_risk(ds) -> str | None:
     return None
 
 
-def decode(ds, rel: str, slug: str, ct_window) -> tuple[np.ndarray, str]:
+def declared_pixel_bytes(ds) -> int:
+    """Bytes `pixel_array` allocates (all frames), plus the float64 modality-LUT copy of one frame."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+    bits = max(8, int(ds.get("BitsAllocated", 8) or 8))
+    return rows * cols * samples * (frames * ((bits + 7) // 8) + 8)
+
+
+def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = None) -> tuple[np.ndarray, str]:
     """(8-bit pixels ready to store, MD5 of the decoded pixel data); ImageError on failure."""
     from pydicom.pixels import apply_modality_lut
     from pydicom.pixels.decoders.base import get_decoder
 
     if "PixelData" not in ds:
         raise ImageError("unreadable", f"{rel}: no pixel data")
+    if budget is not None:
+        budget.check(declared_pixel_bytes(ds), rel, "its pixel data")
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and ts.is_compressed:
         try:
@@ -218,6 +235,46 @@ def unread_path(rel: str, token: str, values: list[str] = ()) -> str:
     return "/".join([*folders, f"{token}.dcm"])
 
 
+def safe_folder_names(source: SourceDataset) -> set[str]:
+    """Folder names that identify no one: split names and the catalog's label keys and names (lower case)."""
+    from gmai_pipeline.readers.base import SPLIT_ALIASES
+
+    safe = {s.lower() for s in SPLIT_ALIASES} | {str(k).lower() for k in source.labels}
+    return safe | {str(v).lower() for v in source.labels.values()}
+
+
+def manifest_namer(source: SourceDataset) -> Callable[[str, Callable[[], str | None]], str]:
+    """How files of a DICOM dataset are named in the manifest and the source asset's metadata.
+
+    The scan reads no header, so it cannot tell a folder named after the patient from any other
+    name; it keeps only what cannot identify anyone and shows the rest as `anon`:
+    - a folder is kept when it is a split name (`train`, `val`, `test` ...) or one of the catalog's
+      label keys or names (class folders), and does not look like an identifier; others are `anon`;
+    - a DICOM-looking file is `file-<first 16 hex of its MD5>.dcm` (as `unread_path` shows an
+      unread file); the label CSV and README-like files keep their names; any other file becomes
+      `file-<MD5>` with its suffix.
+    The reader, which reads the headers, names kept rows more precisely (`safe_path`).
+    """
+    opts = source.reader
+    safe = safe_folder_names(source)
+    keep = {getattr(opts, "labels_csv", "labels.csv")}
+
+    def name(rel: str, md5: Callable[[], str | None]) -> str:
+        parts = rel.split("/")
+        folders = [p if p.lower() in safe and not looks_like_identifier(p) else "anon" for p in parts[:-1]]
+        leaf = parts[-1]
+        if rel in keep or (leaf.upper() in NOT_IMAGES or PurePosixPath(leaf).stem.upper() in NOT_IMAGES):
+            shown_leaf = leaf
+        else:
+            digest = md5()
+            token = f"file-{digest[:16]}" if digest else "refused"
+            suffix = ".dcm" if _dicom_like(rel) else PurePosixPath(leaf).suffix[:16]
+            shown_leaf = f"{token}{suffix}"
+        return "/".join([*folders, shown_leaf])
+
+    return name
+
+
 def _dicom_like(rel: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
     if name.upper() in NOT_IMAGES:
@@ -231,18 +288,27 @@ class Names:
     def __init__(self, ctx: ReaderContext):
         self.ctx = ctx
         self.seen: set[str] = set()
+        self.safe = safe_folder_names(ctx.source)
 
     def unread(self, rel: str, token: str | None = None) -> str:
-        """A file whose header was not read: harmless folders kept, the file name always replaced."""
-        md5 = self.ctx.files.get(rel)
-        return unread_path(
-            rel, token or (f"file-{md5[:16]}" if md5 else "missing"), sorted(self.seen, key=len, reverse=True)
-        )
+        """A file whose header was not read, shown as the manifest shows it (`manifest_namer`): only
+        split and class folders kept, the file name always replaced (nothing to check it against)."""
+        md5 = self.ctx.md5(rel)
+        values = sorted(self.seen, key=len, reverse=True)
+        folders = [
+            p if p.lower() in self.safe and not looks_like_identifier(p, values) else "anon"
+            for p in rel.split("/")[:-1]
+        ]
+        return "/".join([*folders, f"{token or (f'file-{md5[:16]}' if md5 else 'missing')}.dcm"])
 
     def read(self, rel: str, values: list[str], token: str) -> str:
         if len(self.seen) < MAX_REMEMBERED_VALUES:  # bounded: memory and per-name cost stay flat
             self.seen.update(values)
         return safe_path(rel, sorted(self.seen.union(values), key=len, reverse=True), token)
+
+    def identifying(self, text: str) -> bool:
+        """Whether `text` (a label) looks like an identifier, judged with every header value seen so far."""
+        return looks_like_identifier(text, sorted(self.seen, key=len, reverse=True))
 
     def plan(self, rel: str, values: list[str]) -> list[str] | None:
         """The final name's folders, decided now (in reader order) so a worker thread can add the token."""
@@ -259,27 +325,73 @@ class Header:
     folders: list[str] | None  # None: the file keeps its own name
 
 
-def read_header(ctx: ReaderContext, rel: str) -> Header | Quarantined:
-    """Read and check one header in reader order: unreadable or burned-in-text risk -> Quarantined."""
+def read_header(ctx: ReaderContext, rel: str, label: str | None = None) -> Header | Quarantined:
+    """Read and check one header in reader order: the sample boundary of a DICOM file's header.
+
+    Every exception pydicom (or numpy) raises ends here as this file's quarantine row, under a name
+    checked against nothing it has not read, with the exception's type only: pydicom's messages and
+    warnings can quote the raw element. Quarantined too: a burned-in-text risk, and (without a
+    catalog labels map) a `label` that looks like an identifier (a class folder named after the patient).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     names = ctx.dicom_names
     with quiet():
         try:
-            ds = pydicom.dcmread(ctx.path(rel))
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+            ds = pydicom.dcmread(io.BytesIO(ctx.read(rel, names.unread)))
+        except ImageError as err:
+            return Quarantined(names.unread(rel), "read", err.reason, err.detail)
+        except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, struct errors ...
+            shown = names.unread(rel)
+            kind = "not a DICOM file" if isinstance(exc, InvalidDicomError) else "not a readable DICOM file"
+            return Quarantined(shown, "read", "unreadable", f"{shown}: {kind} ({type(exc).__name__})")
+        try:
+            values = header_values(ds)
+        except Exception as exc:  # noqa: BLE001 - a corrupt element: its name cannot be checked
             shown = names.unread(rel)
             return Quarantined(
-                shown, "read", "unreadable", f"{shown}: not a readable DICOM file ({type(exc).__name__})"
+                shown,
+                "read",
+                "unreadable",
+                f"{shown}: an identifying header element cannot be decoded ({type(exc).__name__})",
             )
-        values = header_values(ds)
-        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
-        if not ctx.source.burned_in_text_allowed:
-            risk = burned_in_risk(ds)
-            if risk:
-                return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
+        shown = names.read(rel, values, f"file-{ctx.md5(rel)[:16]}")
+        if label is not None and not ctx.source.labels and names.identifying(label):
+            return Quarantined(
+                shown,
+                "annotate",
+                "missing_label",
+                f"{shown}: its label looks like an identifier; give the catalog entry a labels map",
+            )
+        try:
+            risk = None if ctx.source.burned_in_text_allowed else burned_in_risk(ds)
+        except Exception as exc:  # noqa: BLE001 - a corrupt element
+            err = decoder_failure(exc, shown, "DICOM file")
+            return Quarantined(shown, "read", err.reason, err.detail)
+        if risk:
+            return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
     return Header(rel, shown, ds, names.plan(rel, values))
+
+
+def decode_header(ctx: ReaderContext, header: Header, modality: str | None = None) -> tuple[np.ndarray, str]:
+    """`decode` of a checked header with the decode budget; every failure an ImageError (type only)."""
+    slug = modality_slug(modality) if modality else ctx.slug
+    try:
+        return decode(header.ds, header.shown, slug, ctx.ct_window, ctx.store.budget)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise
+        raise decoder_failure(exc, header.shown, "DICOM file") from None
+    finally:
+        header.ds = None  # the header is not needed any more; free it before the next file
+
+
+def final_name(header: Header, pixel_md5: str) -> str:
+    """The name rows and the stored image get: the file's own, or its pseudonym (module docstring)."""
+    return header.rel if header.folders is None else "/".join([*header.folders, f"{pixel_md5[:16]}.dcm"])
 
 
 def store_pixels(ctx: ReaderContext, header: Header, modality: str):
@@ -289,15 +401,17 @@ def store_pixels(ctx: ReaderContext, header: Header, modality: str):
     `normalize_source` keeps the whole run of a dataset with DICOM files inside one `quiet()`.
     """
     try:
-        img, pixel_md5 = decode(header.ds, header.shown, modality_slug(modality), ctx.ct_window)
+        img, pixel_md5 = decode_header(ctx, header, modality)
     except ImageError as err:
         return Quarantined(header.shown, "read", err.reason, err.detail)
-    header.ds = None  # the header is not needed any more; free it before the next file
-    name = header.rel if header.folders is None else "/".join([*header.folders, f"{pixel_md5[:16]}.dcm"])
+    name = final_name(header, pixel_md5)
     target = str(PurePosixPath(name).with_suffix(".png"))
     try:
         stored = ctx.store_for(modality).store_array(img, name, target)
-    except ImageError as err:
+    except Exception as exc:  # noqa: BLE001 - on a worker thread: returned, never raised (output failures aside)
+        if is_output_failure(exc):
+            raise
+        err = decoder_failure(exc, name, "image")
         return Quarantined(name, "read", err.reason, err.detail)
     return name, stored, pixel_md5
 
@@ -318,7 +432,7 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
                     shown, "annotate", "missing_label", f"{shown}: no label CSV and no class folder"
                 )
                 continue
-            yield _file(ctx, opts, names, rel, parts[-2], rel)
+            yield _file(ctx, opts, names, rel, parts[-2], "its class folder")
     for rel in dicom_like:
         if rel not in ctx.claimed:
             ctx.claim(rel)
@@ -331,7 +445,7 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator
     csv_rel = ctx.at(opts.labels_csv)
     ctx.claim(csv_rel)
     try:
-        with open(ctx.path(csv_rel), newline="", encoding="utf-8-sig") as f:
+        with ctx.text_file(csv_rel) as f:
             reader = csv.DictReader(f)
             missing = [c for c in (opts.file_column, opts.label_column) if c not in (reader.fieldnames or [])]
             if missing:
@@ -349,7 +463,9 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator
                     )
                     continue
                 yield _file(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except ImageError as err:  # not UTF-8, or changed or swapped since the scan
+        yield Quarantined(csv_rel, "read", err.reason, err.detail)
+    except csv.Error as exc:
         yield Quarantined(
             csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({type(exc).__name__})"
         )
@@ -378,16 +494,16 @@ def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_lab
         return Quarantined(
             shown, "read", "split_excluded", f"{shown}: split '{split}' not in the catalog's splits"
         )
-    header = read_header(ctx, rel)
+    header = read_header(ctx, rel, label)
     if isinstance(header, Quarantined):
         return header
     # The name is final once the pixels are known: check duplicates before writing anything.
-    with quiet():
+    with quiet():  # this reader decodes in reader order, so it may also run outside `normalize_source`
         try:
-            img, pixel_md5 = decode(header.ds, header.shown, ctx.slug, opts.ct_window)
+            img, pixel_md5 = decode_header(ctx, header)
         except ImageError as err:
             return Quarantined(header.shown, "read", err.reason, err.detail)
-    name = rel if header.folders is None else "/".join([*header.folders, f"{pixel_md5[:16]}.dcm"])
+    name = final_name(header, pixel_md5)
     first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
     if first is not None:
         return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")

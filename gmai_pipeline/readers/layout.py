@@ -231,8 +231,8 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
             continue
         ctx.claim(rel)
         try:
-            names = read_list(ctx.path(rel), rel)
-        except TableError as err:
+            names = read_list(ctx.read(rel), rel)
+        except (TableError, ImageError) as err:
             events.append(Quarantined(rel, "read", err.reason, err.detail))
             continue
         value = ctx.split_of(rel, split)
@@ -288,7 +288,7 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
         try:
             tables.append(
                 read_table(
-                    ctx.path(rel),
+                    ctx.read(rel),
                     rel,
                     plan.columns,
                     delimiter=spec.delimiter,
@@ -296,7 +296,7 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
                     names=spec.names,
                 )
             )
-        except TableError as err:
+        except (TableError, ImageError) as err:  # unparsable, or changed or swapped since the scan
             events.append(Quarantined(rel, "read", err.reason, err.detail))
     return tables, events
 

@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS
-from gmai_pipeline.imaging import ImageError, classify_error
-from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, is_dicom
+from gmai_pipeline.decode_guard import DecodeBudget
+from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, is_dicom
 from gmai_pipeline.volumes import mask_boxes
 
 MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom")
@@ -31,11 +32,16 @@ class MaskFile:
     label: str | None = None  # a binary mask of this label; None: a label map (values -> labels)
 
 
-def load_mask(path, rel: str) -> np.ndarray:
+def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
+    """Label indices of an encoded mask; its declared size is checked against `budget` before decoding."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
+            if budget is not None:
+                budget.check(declared_bytes(im), rel, f"a {im.width}x{im.height} {im.mode} mask")
             im.load()
             arr = np.asarray(im)
+    except ImageError:
+        raise
     except Exception as exc:
         err = classify_error(exc, rel)
         raise ImageError(err.reason, err.detail.replace(f"{rel}: ", f"{rel}: mask: ", 1)) from None
@@ -111,7 +117,16 @@ def seg_image(
     """One 2D image and its mask file(s) -> rows per kept component, or the reason it is quarantined.
 
     Shared with `mask_pairs`. Several masks are combined (`volume_cases` rules); an image may be DICOM.
+    The whole input runs at the sample boundary (`base.at_boundary`).
     """
+    return at_boundary(
+        lambda: ctx.shown(rel),
+        lambda: _seg_image(ctx, opts, rel, masks, split, modality, expected),
+        "image",
+    )
+
+
+def _seg_image(ctx, opts, rel: str, masks: list[MaskFile], split: str, modality: str | None, expected: str):
     dicom = is_dicom(rel)
     shown = ctx.shown(rel)
     # A DICOM image's masks are usually named after it: they are shown as pseudonymously as the image.
@@ -151,26 +166,28 @@ def seg_image(
 def _open_2d(ctx, rel: str):
     """((width, height), store(store) -> StoredImage, name) for a Pillow image, decoded lazily."""
     try:
-        data = ctx.path(rel).read_bytes()
+        data = ctx.read(rel)
         im = Image.open(io.BytesIO(data))  # lazy: the size without decoding; reused by the store
+    except ImageError as err:
+        return Quarantined(rel, "read", err.reason, err.detail)
     except Exception as exc:
         err = classify_error(exc, rel)
         return Quarantined(rel, "read", err.reason, err.detail)
-    return im.size, lambda store: store.store_bytes(data, rel, im), rel
+    return im.size, lambda store: store.store_bytes(data, rel, im, ctx.md5(rel)), rel
 
 
 def _open_dicom(ctx, rel: str):
     """Like `_open_2d` for a DICOM image: header rules, decode, pixel deduplication (the `dicom` reader's)."""
-    from gmai_pipeline.readers.dicom import decode, read_header
+    from gmai_pipeline.readers.dicom import decode_header, final_name, read_header
 
     header = read_header(ctx, rel)
     if isinstance(header, Quarantined):
         return header
     try:
-        img, pixel_md5 = decode(header.ds, header.shown, ctx.slug, ctx.ct_window)
+        img, pixel_md5 = decode_header(ctx, header)
     except ImageError as err:
         return Quarantined(header.shown, "read", err.reason, err.detail)
-    name = rel if header.folders is None else "/".join([*header.folders, f"{pixel_md5[:16]}.dcm"])
+    name = final_name(header, pixel_md5)
     first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
     if first is not None:
         return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
@@ -208,16 +225,22 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
 
 
 def _load_mask_file(ctx, rel: str) -> np.ndarray:
+    """A mask file's label indices, read verified and within the decode budget (DICOM masks too)."""
     if is_dicom(rel):
         import pydicom
 
-        from gmai_pipeline.readers.dicom import quiet
+        from gmai_pipeline.readers.dicom import declared_pixel_bytes, quiet
 
+        data = ctx.read(rel, ctx.shown)
         with quiet():
             try:
-                return np.asarray(pydicom.dcmread(ctx.path(rel)).pixel_array)
-            except Exception as exc:
+                ds = pydicom.dcmread(io.BytesIO(data))
+                ctx.store.budget.check(declared_pixel_bytes(ds), ctx.shown(rel), "its pixel data")
+                return np.asarray(ds.pixel_array)
+            except ImageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - type only: pydicom's text can quote the header
                 raise ImageError(
                     "unreadable", f"{ctx.shown(rel)}: mask not readable ({type(exc).__name__})"
                 ) from None
-    return load_mask(ctx.path(rel), rel)
+    return load_mask(ctx.read(rel), rel, ctx.store.budget)

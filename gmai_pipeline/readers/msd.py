@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from gmai_pipeline.catalog import MsdReader
-from gmai_pipeline.imaging import strip_volume_suffix
+from gmai_pipeline.imaging import ImageError, strip_volume_suffix
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext, join, unreferenced_file
 from gmai_pipeline.readers.templates import all_hold
 from gmai_pipeline.readers.volume_cases import VOLUME_EXTENSIONS, MaskFile, VolumeCase, case_events, selected
@@ -146,9 +146,12 @@ def read(ctx: ReaderContext, opts: MsdReader) -> Iterator[Event]:
     if json_rel in ctx.files:
         ctx.claim(json_rel)
         try:
-            meta = json.loads(ctx.path(json_rel).read_bytes())
+            meta = json.loads(ctx.read(json_rel))
             if not isinstance(meta, dict):
                 raise TypeError("not a JSON object")
+        except ImageError as err:  # changed or swapped since the scan
+            yield Quarantined(json_rel, "read", err.reason, err.detail)
+            meta = {}
         except (ValueError, TypeError) as exc:
             yield Quarantined(json_rel, "read", "unreadable", f"{json_rel}: not valid JSON ({exc})")
             meta = {}

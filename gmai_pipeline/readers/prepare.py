@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path, PurePosixPath
 
-from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader, ReaderBase
 from gmai_pipeline.readers.archives import ArchiveError, find_archives, unpack
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext
@@ -120,16 +119,16 @@ def unpack_archives(ctx: ReaderContext, spec: ReaderBase, cache: Path) -> tuple[
         for part in archive.parts:
             ctx.claim(part)
         try:
-            members = unpack(ctx.folder, archive, ctx.files, cache)
+            members = unpack(ctx, archive, cache)
         except ArchiveError as err:
             events.append(Quarantined(archive.name, "read", err.reason, err.detail))
             continue
-        for rel, (path, md5) in members.items():
+        for rel, (folder, member, md5) in members.items():
             if rel in ctx.files:
                 ctx.counters["archive_members_already_unpacked"] += 1
                 continue
-            ctx.files[rel] = md5
-            ctx.unpacked[rel] = path
+            ctx.files[rel] = md5  # what every read of the member is checked against
+            ctx.unpacked[rel] = (folder, member)
         ctx.counters["archives_unpacked"] += 1
     return events, left
 
@@ -138,7 +137,7 @@ def prepare(ctx: ReaderContext, spec: ReaderBase, cache: Path) -> tuple[list[Eve
     """Unpack, then locate the layout root (sets `ctx.base`); (events, archives left packed)."""
     try:
         events, left = unpack_archives(ctx, spec, cache)
-    except (OSError, ImageError) as exc:  # the cache itself cannot be written: say where
+    except OSError as exc:  # the cache itself cannot be written: say where
         raise OSError(f"cannot unpack archives into {cache}: {exc}") from exc
     ctx.base = locate_root(ctx, spec)
     return events, left

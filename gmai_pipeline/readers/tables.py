@@ -1,16 +1,17 @@
 """CSV / TSV / XLSX tables as label, split and box sources (`reader.table`), and split list files.
 
 Only the columns a declaration uses are kept in memory, so a 100k-row metadata table costs a few
-columns, not the whole sheet. Errors name the file and the problem (`TableError`), and become one
+columns, not the whole sheet. The functions take the file's bytes, read by the caller through
+`ReaderContext.read` (verified against the manifest), never a path. Errors name the file and the problem (`TableError`), and become one
 quarantined input: a table that cannot be read is visible, never an empty dataset.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 DELIMITERS = (",", ";", "\t", "|")
 
@@ -38,8 +39,8 @@ def _delimiter(first_line: str, rel: str, declared: str | None) -> str:
     return best if counts[best] else ","
 
 
-def _csv_rows(path: Path, rel: str, delimiter: str | None) -> Iterator[tuple[int, list[str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
+def _csv_rows(data: bytes, rel: str, delimiter: str | None) -> Iterator[tuple[int, list[str]]]:
+    with io.StringIO(data.decode("utf-8-sig"), newline="") as f:
         first = f.readline()
         f.seek(0)
         if first.startswith("\ufeff"):  # utf-8-sig already strips a BOM; a second one would be data
@@ -48,10 +49,10 @@ def _csv_rows(path: Path, rel: str, delimiter: str | None) -> Iterator[tuple[int
         yield from enumerate(reader, start=1)
 
 
-def _xlsx_rows(path: Path, sheet: str | None) -> Iterator[tuple[int, list[str]]]:
+def _xlsx_rows(data: bytes, sheet: str | None) -> Iterator[tuple[int, list[str]]]:
     import openpyxl
 
-    wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     try:
         ws = wb[sheet] if sheet else wb.worksheets[0]
         for line, values in enumerate(ws.iter_rows(values_only=True), start=1):
@@ -60,13 +61,13 @@ def _xlsx_rows(path: Path, sheet: str | None) -> Iterator[tuple[int, list[str]]]
         wb.close()
 
 
-def raw_rows(path: Path, rel: str, delimiter: str | None = None, sheet: str | None = None):
-    """(row number, cells) of a CSV/TSV or XLSX file; TableError when it cannot be parsed."""
+def raw_rows(data: bytes, rel: str, delimiter: str | None = None, sheet: str | None = None):
+    """(row number, cells) of a CSV/TSV or XLSX file's bytes; TableError when it cannot be parsed."""
     try:
         if rel.lower().endswith((".xlsx", ".xlsm")):
-            yield from _xlsx_rows(path, sheet)
+            yield from _xlsx_rows(data, sheet)
         else:
-            yield from _csv_rows(path, rel, delimiter)
+            yield from _csv_rows(data, rel, delimiter)
     except KeyError:
         raise TableError("unreadable", f"{rel}: no sheet named {sheet!r}") from None
     except (UnicodeDecodeError, csv.Error, OSError, ValueError) as exc:
@@ -76,7 +77,7 @@ def raw_rows(path: Path, rel: str, delimiter: str | None = None, sheet: str | No
 
 
 def read_table(
-    path: Path,
+    data: bytes,
     rel: str,
     wanted: Iterable[str | int],
     *,
@@ -85,7 +86,7 @@ def read_table(
     names: tuple[str, ...] = (),
 ) -> Table:
     """The wanted columns (names or 0-based indices) of every data row; TableError naming what is missing."""
-    rows_iter = raw_rows(path, rel, delimiter, sheet)
+    rows_iter = raw_rows(data, rel, delimiter, sheet)
     header = list(names)
     try:
         line, first = next(rows_iter)
@@ -117,10 +118,10 @@ def read_table(
     return Table(rel, header, rows)
 
 
-def read_list(path: Path, rel: str) -> list[str]:
-    """Entries of a split list file (one name per line, blank lines ignored)."""
+def read_list(data: bytes, rel: str) -> list[str]:
+    """Entries of a split list file's bytes (one name per line, blank lines ignored)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise TableError("unreadable", f"{rel}: not a readable list file ({type(exc).__name__})") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, VocReader
+from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -46,7 +47,10 @@ def read(ctx: ReaderContext, opts: VocReader) -> Iterator[Event]:
     for xml_rel in ctx.under(ctx.at(opts.annotations_dir), (".xml",)):
         ctx.claim(xml_rel)
         try:
-            root = ET.parse(ctx.path(xml_rel)).getroot()
+            root = ET.fromstring(ctx.read(xml_rel))
+        except ImageError as err:
+            yield Quarantined(xml_rel, "read", err.reason, err.detail)
+            continue
         except (ET.ParseError, OSError) as exc:
             yield Quarantined(xml_rel, "read", "unreadable", f"{xml_rel}: not valid XML ({exc})")
             continue

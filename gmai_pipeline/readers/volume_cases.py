@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gmai_pipeline.catalog import load_vocabulary
+from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug, strip_volume_suffix
 from gmai_pipeline.layouts import ValueSource, VolumeOptions
-from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
 from gmai_pipeline.readers.masks import MaskFile, mask_rows, value_label
 from gmai_pipeline.readers.values import resolve
 from gmai_pipeline.volumes import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
     iter_slices,
-    read_volume,
     volume_to_uint8,
     window_for,
 )
@@ -117,18 +117,34 @@ def case_events(
             yield Quarantined(rel, step, labels.reason, labels.detail.replace("{image}", rel))
         return
     volume_labels, names, numeric, mask_name = labels
-    for rel, channel, split in todo:
-        yield _image_event(
-            ctx, opts, case, rel, channel, split, volume_labels, names, numeric, mask_name, modality, channels
+    for rel, channel, split in todo:  # each image file at the sample boundary
+        yield at_boundary(
+            rel,
+            lambda rel=rel, channel=channel, split=split: _image_event(
+                ctx,
+                opts,
+                case,
+                rel,
+                channel,
+                split,
+                volume_labels,
+                names,
+                numeric,
+                mask_name,
+                modality,
+                channels,
+            ),
+            "volume",
         )
 
 
 def _labels(ctx: ReaderContext, case: VolumeCase):
-    """(label volume, value -> name, numeric values?, mask name for messages) or ImageError."""
+    """(label volume, value -> name, numeric values?, mask name for messages) or ImageError; read
+    once for all image files of the case, at the sample boundary (any failure is an ImageError)."""
     try:
         if len(case.masks) == 1 and case.masks[0].label is None:
             m = case.masks[0]
-            labels = read_volume(ctx.path(m.rel), m.rel, is_label=True)
+            labels = ctx.volume(m.rel, is_label=True)
             values = (
                 np.flatnonzero(np.bincount(labels.ravel()))
                 if labels.dtype != np.uint32
@@ -143,6 +159,10 @@ def _labels(ctx: ReaderContext, case: VolumeCase):
         return _combined(ctx, case)
     except ImageError as err:
         return err
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise
+        return decoder_failure(exc, "{image}", "label volume")
 
 
 def _combined(ctx: ReaderContext, case: VolumeCase):
@@ -153,7 +173,7 @@ def _combined(ctx: ReaderContext, case: VolumeCase):
     index = {label: i + 1 for i, label in enumerate(by_label)}
     numeric = not by_label
     for m in sorted(case.masks, key=lambda m: (m.label or "", m.rel)):
-        arr = read_volume(ctx.path(m.rel), m.rel, is_label=True)
+        arr = ctx.volume(m.rel, is_label=True)
         if combined is None:
             combined = np.zeros(arr.shape, np.uint16 if len(by_label) > 254 else np.uint8)
         elif arr.shape != combined.shape:
@@ -180,7 +200,7 @@ def _image_event(
     ctx, opts, case, rel, channel, split, labels, names, numeric, mask_name, modality, channels
 ) -> Event:
     try:
-        volume = read_volume(ctx.path(rel), rel, channels=True)
+        volume = ctx.volume(rel, channels=True)
     except ImageError as err:
         return Quarantined(rel, "read", err.reason, err.detail)
     if volume.shape[:3] != labels.shape:
@@ -203,7 +223,10 @@ def _image_event(
         try:
             mod = _modality(ctx, modality, {**case.values, "channel": tag or channel or ""}, rel)
             image8 = volume_to_uint8(
-                volume[..., c], window_for(modality_slug(mod), getattr(opts, "ct_window", None))
+                volume[..., c],
+                window_for(modality_slug(mod), getattr(opts, "ct_window", None)),
+                ctx.counters,
+                rel,
             )
         except ImageError as err:
             return Quarantined(rel, "read", err.reason, err.detail)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, YoloReader
+from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import Annotation, Event, Quarantined, ReaderContext, image_inputs
 
 
@@ -51,7 +52,10 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
     classes_file = ctx.at(opts.classes_file)
     if classes_file in ctx.files:
         ctx.claim(classes_file)
-        text = ctx.path(classes_file).read_text(encoding="utf-8", errors="replace")
+        try:
+            text = ctx.read(classes_file).decode("utf-8", errors="replace")
+        except ImageError:
+            text = ""  # every label line then names an unknown class index, and says so
         classes = [c.strip() for c in text.splitlines() if c.strip()]
     images_dir, labels_dir = ctx.at(opts.images_dir), ctx.at(opts.labels_dir)
     for rel in ctx.under(images_dir, IMAGE_EXTENSIONS_2D):
@@ -60,12 +64,15 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
         anns: list[Annotation] = []
         if label_rel in ctx.files:
             ctx.claim(label_rel)
-            text = ctx.path(label_rel).read_text(encoding="utf-8", errors="replace")
-            anns = [
-                _line(ln, classes, f"{label_rel} line {i}")
-                for i, ln in enumerate(text.splitlines(), 1)
-                if ln.strip()
-            ]
+            try:
+                text = ctx.read(label_rel).decode("utf-8", errors="replace")
+                anns = [
+                    _line(ln, classes, f"{label_rel} line {i}")
+                    for i, ln in enumerate(text.splitlines(), 1)
+                    if ln.strip()
+                ]
+            except ImageError as err:
+                anns = [Annotation((), where=label_rel, error=(err.reason, err.detail))]
         yield from image_inputs(ctx, rel, rel, ctx.split_of(rel), anns)
     for label_rel in ctx.under(labels_dir, (".txt",)):
         if label_rel not in ctx.claimed and label_rel != classes_file:

@@ -51,13 +51,17 @@ class LlavaJsonl:
                 self.records.append(record)
 
     @classmethod
-    def from_meta(cls, meta_path: Path) -> LlavaJsonl:
-        """XTuner/InternVL meta list (`{name: {image_dir, annotations, ...}}`): all listed files, one image root."""
+    def from_meta(cls, meta_path: Path, base: Path) -> LlavaJsonl:
+        """An XTuner meta (`{name: {image_dir, annotations, ...}}`): every listed file once, one image root.
+
+        Relative paths resolve against `base` (the release folder, where the trainers run).
+        """
         meta = json.loads(Path(meta_path).read_text())
         roots = {entry["image_dir"] for entry in meta.values()}
         if len(roots) != 1:
             raise ValueError(f"{meta_path}: expected one image_dir, found {sorted(roots)}")
-        return cls([Path(entry["annotations"]) for entry in meta.values()], Path(roots.pop()))
+        base = Path(base)
+        return cls([base / entry["annotations"] for entry in meta.values()], base / roots.pop())
 
     def __len__(self) -> int:
         return len(self.records)

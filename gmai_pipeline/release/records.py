@@ -112,14 +112,27 @@ def _reject(rejected: list[dict[str, str]], row: dict[str, Any], reason: str, de
     )
 
 
+def removed_images(layout: OutputLayout) -> set[str]:
+    """Images (relative to the output root) that decontamination removed: benchmark matches and their volumes."""
+    path = layout.decontamination_report
+    if not path.exists():
+        return set()
+    table = pq.read_table(path)
+    if "image" not in table.column_names:
+        raise ReleaseError(f"{path}: no `image` column; rerun the decontaminated asset to rewrite it")
+    return set(table["image"].to_pylist())
+
+
 def load_records(layout: OutputLayout, partitions: Iterable[str] = SHARD_KEYS) -> LoadedRecords:
     """Every generated row of every partition as a ReleaseRow, sorted by id.
 
     Rejects (with reason): conversations that do not parse or break the LLaVA turn rules, a missing
-    image file, and a second row with an id already seen.
+    image file, an image decontamination removed (generated tables older than the last
+    decontamination), and a second row with an id already seen.
     """
     out = LoadedRecords(rows=[])
     seen: set[str] = set()
+    removed = removed_images(layout)
     columns = [f.name for f in GENERATED_SCHEMA]
     for path in input_paths(layout, partitions):
         if not path.exists():
@@ -140,6 +153,14 @@ def load_records(layout: OutputLayout, partitions: Iterable[str] = SHARD_KEYS) -
                 continue
             if row["id"] in seen:
                 _reject(out.rejected, row, "duplicate_id", f"{where}: id already released")
+                continue
+            if row["image"] in removed:
+                _reject(
+                    out.rejected,
+                    row,
+                    "benchmark_match",
+                    f"{where}: image {row['image']} was removed by decontamination (regenerate this partition)",
+                )
                 continue
             image_path = layout.root / row["image"]
             if not row["image"].startswith("images/") or not image_path.is_file():

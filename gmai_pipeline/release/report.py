@@ -1,5 +1,6 @@
 """The dataset report: the paper's Table 3 for our data, sources with licences, generators, decontamination,
-charts, and a dataset card (`README.md` beside the shards) that a person could publish.
+charts, and a dataset card (`README.md` of the release folder) that a person could publish: its YAML
+declares the shards' configuration and features, so Hugging Face `datasets` loads every sample.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
 from gmai_pipeline.release.records import ReleaseRow
+from gmai_pipeline.release.shards import image_extension
 from gmai_pipeline.storage import atomic_write_bytes, atomic_write_text
 
 # Table 3 of the paper: dimension -> column of the annotation.
@@ -191,7 +194,116 @@ def decontamination_markdown(summary: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def dataset_card(report: Report, index: dict[str, Any], subsets: dict[str, int], card_dir: Path) -> str:
+# Hugging Face `datasets` features of a shard sample's `.json` record, by key, in the order a record is written.
+# Declared in the card so every sample loads with the same columns: `datasets` otherwise infers them from
+# the first few samples of the first shard and drops (or refuses) image formats that appear later.
+RECORD_FEATURES: dict[str, dict[str, Any]] = {
+    "id": {"dtype": "string"},
+    "image": {"dtype": "string"},
+    "conversations": {"list": [{"name": "from", "dtype": "string"}, {"name": "value", "dtype": "string"}]},
+    "width": {"dtype": "int64"},
+    "height": {"dtype": "int64"},
+    "dataset": {"dtype": "string"},
+    "language": {"dtype": "string"},
+    "kind": {"dtype": "string"},
+    "generator": {"dtype": "string"},
+    "prompt_version": {"dtype": "string"},
+}
+SHARD_GLOB = "shards/*.tar"
+
+
+def hf_features(rows: list[ReleaseRow]) -> list[dict[str, Any]]:
+    """The card's `dataset_info.features`: one image column per image extension in the shards (bytes kept
+    as stored: the GMAI-VL-5.5M MD5 identity), the record as a struct, and WebDataset's key and URL.
+
+    A record key without a declared type is an error: `datasets` would drop it without a word.
+    """
+    keys = {k for r in rows for k in r.record}
+    unknown = sorted(keys - set(RECORD_FEATURES))
+    if unknown:
+        raise ValueError(
+            f"record keys {unknown} have no Hugging Face feature type: add them to RECORD_FEATURES"
+        )
+    exts = sorted({image_extension(r.image_path) for r in rows})
+    record = [{"name": k, **RECORD_FEATURES[k]} for k in RECORD_FEATURES if k in keys]
+    return [
+        *({"name": ext, "dtype": "image"} for ext in exts),
+        {"name": "json", "struct": record},
+        {"name": "__key__", "dtype": "string"},
+        {"name": "__url__", "dtype": "string"},
+    ]
+
+
+def card_yaml(report: Report, features: list[dict[str, Any]]) -> str:
+    """The card's YAML header: Hub metadata, the shards as the `train` split, and their features."""
+    meta = {
+        "license": "other",
+        "language": ["en", "zh"],
+        "task_categories": ["visual-question-answering", "image-to-text"],
+        "tags": ["medical", "multimodal", "webdataset", "llava"],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": SHARD_GLOB}]}],
+        "dataset_info": {
+            "config_name": "default",
+            "features": features,
+            "splits": [{"name": "train", "num_examples": report.totals["records"]}],
+        },
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def files_markdown(image_columns: list[str]) -> str:
+    """Which tool reads which file of the release, and how (the same text as the repository README)."""
+    cast = "\n".join(
+        f'ds = ds.cast_column("{c}", Image(decode=False))  # the stored bytes' for c in image_columns
+    )
+    columns = ", ".join(f"`{c}`" for c in image_columns)
+    return f"""Every path below is relative to this folder, and so is every path inside the metas and annotation
+files (`image` is relative to `images/`). InternVL and XTuner resolve a meta's paths against the working
+directory: run them from this folder, or make the metas' paths absolute for where this copy lives with
+`python -m gmai_pipeline.release.trainer_metas .` (gmai-pipeline).
+
+| file | read by | what |
+|---|---|---|
+| `shards/*.tar`, `shards.json` | WebDataset, Hugging Face `datasets` | each sample: the stored image (`.png`, `.jpg`, ...: original bytes) and its record (`.json`); `shards.json` lists each shard's samples, size and SHA-256 (check a download with `sha256sum shards/*.tar`) |
+| `README.md` (this card) | Hugging Face `datasets` | YAML `configs` (the shards are the `train` split) and `dataset_info.features` (columns {columns}, `json`, `__key__`, `__url__`: declared, not inferred) |
+| `internvl_meta.json` | InternVL (`--meta_path`) | `root`, `annotation`, `data_augment`, `repeat_time`, `length` per subset |
+| `xtuner_meta.json` | XTuner / GMAI-VL (`--datasets`) | `image_dir`, `annotations`, `sample_ratio`, `length`, `data_augment` per subset |
+| `llava.json` | LLaVA (`--data_path`) | every record in one JSON array |
+| `annotations/*.jsonl` | InternVL, XTuner (through the metas) | one record per line per subset |
+| `images/` | every JSON route (`image` is relative to it) | the released images only; rebuild it from the shards with `python -m gmai_pipeline.release.images unpack .` (gmai-pipeline) where it did not travel |
+| `mixtures/stageN.{{internvl_meta,xtuner_meta}}.json`, `mixtures/stageN/*.jsonl` | InternVL, XTuner | the stage mixtures, each component's ratio in the tool's field (`repeat_time`, `sample_ratio`) |
+| `mixtures/stageN.llava.json` | LLaVA | the stage's samples as sampled |
+| `mixtures/stageN.jsonl`, `mixtures/stageN.provenance.json` | `training_jobs` of gmai-pipeline | the stage's samples; what they are (count, SHA-256 of the ids, components) |
+
+```python
+import webdataset as wds
+ds = wds.WebDataset("shards/gmai-vl-{{000000..NNNNNN}}.tar", shardshuffle=False).decode("pil")
+
+from datasets import Image, load_dataset, load_dataset_builder
+ds = load_dataset(".", split="train")  # this folder, or its Hub repository id: the card's configs and features
+# the shards alone, with the features this card declares:
+features = load_dataset_builder(".").info.features
+ds = load_dataset("webdataset", data_files={{"train": "{SHARD_GLOB}"}}, features=features, split="train")
+{cast}
+```
+
+```bash
+# InternVL (OpenGVLab/InternVL internvl_chat/), from this folder, with your model and output flags:
+torchrun --nproc_per_node=8 $INTERNVL/internvl_chat/internvl/train/internvl_chat_finetune.py --meta_path internvl_meta.json ...
+# XTuner lite as GMAI-VL runs it (uni-medical/GMAI-VL README), from this folder:
+torchrun --nproc_per_node=8 $GMAI_VL/tools/llava/llava_sft.py --datasets xtuner_meta.json ...
+# LLaVA (haotian-liu/LLaVA):
+python $LLAVA/llava/train/train_mem.py --data_path llava.json --image_folder images ...
+```"""
+
+
+def dataset_card(
+    report: Report,
+    index: dict[str, Any],
+    subsets: dict[str, int],
+    card_dir: Path,
+    features: list[dict[str, Any]],
+) -> str:
     """The README.md published next to the shards."""
     template = [g for g in report.generators["generator"].unique() if str(g).startswith("template:")]
     warning = (
@@ -206,13 +318,9 @@ def dataset_card(report: Report, index: dict[str, Any], subsets: dict[str, int],
     )
     subset_df = pd.DataFrame([{"file": f"annotations/{k}.jsonl", "records": v} for k, v in subsets.items()])
     shard_df = pd.DataFrame(index.get("shards", []), columns=["name", "samples", "bytes", "sha256"])
-    return f"""---
-license: other
-language: [en, zh]
-task_categories: [visual-question-answering, image-to-text]
-tags: [medical, multimodal, webdataset, llava]
----
-
+    image_columns = [f["name"] for f in features if f.get("dtype") == "image"]
+    files = files_markdown(image_columns).replace("NNNNNN", f"{max(len(shard_df) - 1, 0):06d}")
+    return f"""{card_yaml(report, features)}
 # GMAI-VL-style medical multimodal instruction data
 
 {report.totals["records"]} training records on {report.totals["images"]} images from {report.totals["sources"]} public
@@ -245,24 +353,15 @@ generator that wrote it (see "Generators").
 
 {decontamination_markdown(report.decontamination)}
 
-## Files
+## Files, and which tool reads them
 
-- `shards/*.tar`: WebDataset shards; each sample is the stored image (`.png`, `.jpg`, ...) and its record (`.json`).
-  `shards.json` lists every shard with its sample count, size and SHA-256: verify a download with `sha256sum`.
-- `annotations/*.jsonl`: the same records as LLaVA/XTuner JSONL, image paths relative to the `images/` root.
-- `meta.json`: XTuner/InternVL meta list (`image_dir`, `annotations`, `sample_ratio`, `length`, `data_augment`);
-  its paths are absolute on the machine that built it: point `image_dir` and `annotations` at your copy.
+{files}
 
 {md(subset_df)}
 
 {md(shard_df)}
 
 Record format: `{{"id", "image", "conversations": [{{"from": "human", "value": "<image>\\n..."}}, {{"from": "gpt", "value": "..."}}], "width", "height", "dataset", "language", "kind", "generator", "prompt_version"}}`.
-
-```python
-import webdataset as wds
-ds = wds.WebDataset("shards/gmai-vl-{{000000..{max(len(shard_df) - 1, 0):06d}}}.tar", shardshuffle=False).decode("pil")
-```
 """
 
 

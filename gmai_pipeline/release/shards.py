@@ -45,7 +45,8 @@ SINK_BUFFER = 8 << 20  # each shard writer holds WRITE_DEPTH buffers of this siz
 WRITE_DEPTH = 4  # buffers per shard: one being filled, the others queued for the disk (rides out slow writes)
 # O_DIRECT writes go out in multiples of this: ext4 quietly fell back to buffered I/O for some smaller ones.
 DIRECT_ALIGN = 1 << 20
-_ZEROS = bytes(tarfile.RECORDSIZE)
+# Zeros for padding: a member's tail (< 512) or the end of the archive, two blocks plus up to a record (< 10,240).
+_ZEROS = bytes(2 * TAR_BLOCK + tarfile.RECORDSIZE)
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -64,6 +65,11 @@ def image_extension(path: Path) -> str:
     if not ext or not ext.isalnum():
         raise ValueError(f"{path}: image has no usable extension")
     return "jpg" if ext == "jpeg" else ext
+
+
+def end_of_archive_bytes(offset: int) -> int:
+    """Zeros tarfile writes at close after `offset` bytes of members: two blocks, then up to a whole record."""
+    return 2 * TAR_BLOCK + -(offset + 2 * TAR_BLOCK) % tarfile.RECORDSIZE
 
 
 def _tar_member_bytes(size: int) -> int:
@@ -374,9 +380,12 @@ class TarShardWriter:
         return size
 
     def close(self) -> None:
-        """End-of-archive: two zero blocks, then zeros up to a whole tar record, as tarfile does."""
-        end = self.out.offset + 2 * TAR_BLOCK
-        self.out.put(_ZEROS[: 2 * TAR_BLOCK + -end % tarfile.RECORDSIZE])
+        """End-of-archive: two zero blocks, then zeros up to a whole tar record, as tarfile does.
+
+        The padding can exceed one record: an archive ending 512 bytes short of a record boundary gets
+        two blocks plus 19 more (tarfile.TarFile.close pads after the two blocks).
+        """
+        self.out.put(_ZEROS[: end_of_archive_bytes(self.out.offset)])
         self.out.close()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gmai_pipeline.generation.backends import Result, is_local_url
-from gmai_pipeline.generation.requests import CHAT_URL, Failure, GenRequest, completion_from_body
+from gmai_pipeline.generation.requests import CHAT_URL, Failure, GenRequest, parse_completion
 from gmai_pipeline.storage import atomic_write_text
 
 if TYPE_CHECKING:  # the SDK is imported on first use: it costs ~0.5 s of every Dagster code load
@@ -166,14 +166,21 @@ class OpenAIBatch:
         for line in text.splitlines():
             if not line.strip():
                 continue
-            item = json.loads(line)
-            response = item.get("response") or {}
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue  # no custom_id to join on: its request ends as "batch_missing" below
+            if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
+                continue
+            response = item.get("response") if isinstance(item.get("response"), dict) else {}
             status = response.get("status_code")
-            if status == 200 and response.get("body"):
-                results[item["custom_id"]] = completion_from_body(response["body"])
+            body = response.get("body")
+            if status == 200 and body:
+                results[item["custom_id"]] = parse_completion(body)
             else:
-                error = item.get("error") or (response.get("body") or {}).get("error") or {}
-                code = f"http_{status}" if status else "batch_error"
+                error = item.get("error") or (body.get("error") if isinstance(body, dict) else None)
+                error = error if isinstance(error, dict) else {}
+                code = f"http_{status}" if isinstance(status, int) else "batch_error"
                 results[item["custom_id"]] = Failure(
                     code, str(error.get("code") or error.get("message") or "")[:200]
                 )

@@ -12,7 +12,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from gmai_pipeline.generation.backends import Result, is_local_url
-from gmai_pipeline.generation.requests import Failure, GenRequest, completion_from_body
+from gmai_pipeline.generation.requests import Failure, GenRequest, parse_completion
+from gmai_pipeline.redact import redact
 
 if TYPE_CHECKING:  # the SDK is imported on first use: it costs ~0.5 s of every Dagster code load
     import openai
@@ -30,7 +31,7 @@ def failure_from_exception(exc: Exception) -> Failure:
         return Failure(f"http_{exc.status_code}", type(exc).__name__)
     if isinstance(exc, openai.APIConnectionError):
         return Failure("connection_error", type(exc).__name__)
-    return Failure("request_error", f"{type(exc).__name__}: {str(exc)[:200]}")
+    return Failure("request_error", f"{type(exc).__name__}: {redact(str(exc))[:200]}")
 
 
 class OpenAIOnline:
@@ -75,10 +76,12 @@ class OpenAIOnline:
                 async with limit:
                     self.requests_sent += 1
                     try:
-                        response = await client.chat.completions.create(**request.body())
+                        # The raw body, parsed and shape-checked here: the SDK's own parse hands back a
+                        # bare string for a non-JSON 200 and builds objects of any shape without checking.
+                        raw = await client.chat.completions.with_raw_response.create(**request.body())
                     except Exception as exc:  # every failure becomes a reason code, nothing is lost
                         return request.key, failure_from_exception(exc)
-                    return request.key, completion_from_body(response.model_dump())
+                    return request.key, parse_completion(raw.content)
 
             results = await asyncio.gather(*(one(r) for r in requests))
         return dict(results)

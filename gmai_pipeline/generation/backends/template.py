@@ -13,8 +13,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-import yaml
-
+from gmai_pipeline import safe_yaml
 from gmai_pipeline.generation import prompts
 from gmai_pipeline.generation.backends import Result
 from gmai_pipeline.generation.requests import Completion, Failure, GenRequest
@@ -24,7 +23,7 @@ VERSION_FILE = "template_v1.yaml"
 
 @lru_cache(maxsize=1)
 def phrase_table() -> dict[str, Any]:
-    return yaml.safe_load((prompts.PROMPTS_DIR / VERSION_FILE).read_text())
+    return safe_yaml.load(prompts.PROMPTS_DIR / VERSION_FILE)
 
 
 def position(bbox: list[int], width: int, height: int) -> str:

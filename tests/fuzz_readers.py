@@ -1,0 +1,273 @@
+"""Mutated DICOM, PNG, JPEG and NIfTI files through the real readers, in a process of their own.
+
+`python tests/fuzz_readers.py OUT_DIR [SEED] [COUNT]` builds a few valid files in each format,
+derives COUNT mutants of each kind (byte flips, cuts, cuts with a fake end marker, inserted and
+zeroed blocks, header fields set to absurd values: dimensions, data types, VRs, lengths), runs
+scan + normalize over four datasets and prints one JSON line: per dataset the files written,
+inputs, kept and quarantined, whether anything escaped the readers, whether a planted header
+value appears in any output or log line, and the peak RSS of the process. Deterministic per SEED.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import random
+import resource
+import struct
+import sys
+import traceback
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+PATIENT = "Fuzzington^Ottoline"
+PATIENT_ID = "FZID-73310"
+NEEDLES = ("fuzzington", "ottoline", "fzid-73310")
+
+
+def _dicom_bases() -> list[bytes]:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    out = []
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.PatientName, ds.PatientID = PATIENT, PATIENT_ID
+        ds.InstitutionName = PATIENT  # more places for the value to hide
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
+
+
+def _image(rng: np.random.Generator, h: int, w: int, rgb: bool) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    base = 128 + 90 * np.sin(x / 7) * np.cos(y / 9) + rng.normal(0, 8, (h, w))
+    a = np.clip(base, 0, 255).astype(np.uint8)
+    return np.stack([a, a[::-1], 255 - a], -1) if rgb else a
+
+
+def _encoded(arr: np.ndarray, fmt: str, **kw) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_bases(rng) -> list[bytes]:
+    from PIL import Image
+
+    out = [_encoded(_image(rng, 48, 40, False), "PNG"), _encoded(_image(rng, 32, 48, True), "PNG")]
+    buf = io.BytesIO()
+    Image.fromarray(_image(rng, 40, 40, False).astype(np.uint16) * 200).save(buf, "PNG")
+    out.append(buf.getvalue())
+    return out
+
+
+def _jpeg_bases(rng) -> list[bytes]:
+    return [
+        _encoded(_image(rng, 96, 80, True), "JPEG", quality=90),
+        _encoded(_image(rng, 80, 96, False), "JPEG", quality=80),
+        _encoded(_image(rng, 96, 96, True), "JPEG", progressive=True),
+    ]
+
+
+def _nifti_bases(rng) -> tuple[list[bytes], bytes]:
+    import nibabel as nib
+
+    vol = rng.normal(300, 60, (24, 20, 10)).astype(np.float32)
+    img = nib.Nifti1Image(vol, np.eye(4))
+    img.header["descrip"] = PATIENT.encode()[:80]  # a header text field with the value in it
+    raw = img.to_bytes()
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[4:18, 4:16, 2:8] = 1
+    label = gzip.compress(nib.Nifti1Image(lab, np.eye(4)).to_bytes(), mtime=0)
+    return [raw, gzip.compress(raw, mtime=0)], label
+
+
+# ---------------------------------------------------------------------------------------- mutations
+
+
+def _flip(data: bytearray, rng: random.Random) -> bytes:
+    for _ in range(rng.randint(1, 8)):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    return bytes(data)
+
+
+def _cut(data: bytearray, rng: random.Random, tail: bytes = b"") -> bytes:
+    return bytes(data[: rng.randrange(1, len(data))]) + tail
+
+
+def _insert(data: bytearray, rng: random.Random) -> bytes:
+    i = rng.randrange(len(data))
+    return bytes(data[:i] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))) + data[i:])
+
+
+def _zero(data: bytearray, rng: random.Random) -> bytes:
+    i = rng.randrange(len(data))
+    n = rng.randint(1, 512)
+    data[i : i + n] = bytes(len(data[i : i + n]))
+    return bytes(data)
+
+
+def _absurd(rng: random.Random) -> bytes:
+    if rng.random() < 0.5:  # a 16-bit field (NIfTI dims and datatype, DICOM VR lengths)
+        return struct.pack("<H", rng.choice([0, 1, 7, 2048, 0x7FFF, 0xFFFF]))
+    return struct.pack("<I", rng.choice([0, 1, 65536, 1 << 24, 0x7FFFFFFF, 0xFFFFFFFF]))
+
+
+def _field(data: bytearray, rng: random.Random, offsets: list[int]) -> bytes:
+    at = rng.choice(offsets)
+    value = _absurd(rng)
+    data[at : at + len(value)] = value
+    return bytes(data)
+
+
+def _png_ihdr(data: bytearray, rng: random.Random) -> bytes:
+    """Absurd width/height/depth in IHDR with a correct CRC, so only our checks can catch it."""
+    w, h = rng.choice([(1, 1), (50000, 40000), (0x7FFFFFFF, 2), (40, 400000), (9000, 9000)])
+    bits = rng.choice([1, 8, 16, 3])
+    body = struct.pack(">IIBBBBB", w, h, bits, data[25], 0, 0, data[28])
+    data[16:29] = body
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def _dicom_vr(data: bytearray, rng: random.Random) -> bytes:
+    i = data.find(PATIENT.encode())
+    if i > 8:
+        data[i - 4 : i - 2] = rng.choice([b"P\xff", b"IS", b"SV", b"SQ", b"UN", b"??", b"AT", b"DA"])
+        if rng.random() < 0.5:
+            data[i - 2 : i] = struct.pack("<H", rng.choice([0, 1, 3, 0xFFFF, 200]))
+    return bytes(data)
+
+
+def mutants(kind: str, bases: list[bytes], count: int, rng: random.Random) -> list[bytes]:
+    ops = [_flip, _cut, _insert, _zero]
+    end = {"jpeg": b"\xff\xd9", "png": b"\x00\x00\x00\x00IEND\xaeB`\x82", "dicom": b"", "nifti": b""}[kind]
+    fields = {"nifti": [0, 40, 42, 44, 46, 48, 70, 72, 108, 112], "dicom": [128, 132, 140, 200, 300]}
+    out = []
+    for i in range(count):
+        data = bytearray(rng.choice(bases))
+        r = i % 7
+        if r == 5 and kind in fields:
+            out.append(_field(data, rng, fields[kind]))
+        elif r == 5 and kind == "png":
+            out.append(_png_ihdr(data, rng))
+        elif r == 6 and kind == "dicom":
+            out.append(_dicom_vr(data, rng))
+        elif r == 6:
+            out.append(_cut(data, rng, end))
+        else:
+            out.append(ops[r % 4](data, rng))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def main(out_dir: Path, seed: int = 16, count: int = 80) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from normalize_fixtures import make_source
+
+    from gmai_pipeline.manifest import scan
+    from gmai_pipeline.normalize import normalize_source, shown_names
+
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
+    warnings.simplefilter("always")
+    warnings.showwarning = lambda m, c, f, n, file=None, line=None: log.write(f"{c.__name__}: {m}\n")
+
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    raw, out = out_dir / "raw", out_dir / "out"
+    written: dict[str, int] = {}
+
+    dicom = mutants("dicom", _dicom_bases(), count + count // 2, rng)
+    folder = raw / "fz_dicom"
+    folder.mkdir(parents=True)
+    for i, data in enumerate(dicom):
+        (folder / f"m{i:04d}.dcm").write_bytes(data)
+    (folder / "labels.csv").write_text(
+        "file,label\n" + "".join(f"m{i:04d}.dcm,chest\n" for i in range(len(dicom)))
+    )
+    written["fz_dicom"] = len(dicom)
+
+    folder = raw / "fz_images" / "normal"
+    folder.mkdir(parents=True)
+    pngs, jpegs = mutants("png", _png_bases(nrng), count, rng), mutants("jpeg", _jpeg_bases(nrng), count, rng)
+    for i, data in enumerate(pngs):
+        (folder / f"p{i:04d}.png").write_bytes(data)
+    for i, data in enumerate(jpegs):
+        (folder / f"j{i:04d}.jpg").write_bytes(data)
+    written["fz_images"] = len(pngs) + len(jpegs)
+
+    bases, label = _nifti_bases(nrng)
+    niftis = mutants("nifti", bases, count, rng)
+    folder = raw / "fz_nifti"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir(parents=True)
+    for i, data in enumerate(niftis):
+        gz = data[:2] == b"\x1f\x8b" or i % 2
+        ext = ".nii.gz" if gz else ".nii"
+        (folder / "imagesTr" / f"vol{i:04d}{ext}").write_bytes(data)
+        (folder / "labelsTr" / f"vol{i:04d}{ext}").write_bytes(label if gz else gzip.decompress(label))
+    written["fz_nifti"] = len(niftis)
+
+    sources = {
+        "fz_dicom": make_source(
+            "fz_dicom", "2d_cls", {"kind": "dicom"}, modality="CT", labels={"chest": "chest"}
+        ),
+        "fz_images": make_source(
+            "fz_images", "2d_cls", {"kind": "image_folder"}, labels={"normal": "normal"}
+        ),
+        "fz_nifti": make_source(
+            "fz_nifti", "3d_seg", {"kind": "msd"}, modality="MR", department="Neurosurgery"
+        ),
+    }
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result: dict = {"datasets": {}, "escaped": [], "leaks": []}
+    for name, source in sources.items():
+        try:
+            report = normalize_source(
+                source, raw / name, scan(raw / name, shown=shown_names(source)), out, workers=2
+            )
+        except BaseException:  # noqa: BLE001 - the point of the fuzz: record what escaped
+            result["escaped"].append(f"{name}: {traceback.format_exc()[-1500:]}")
+            continue
+        result["datasets"][name] = {
+            "files": written[name],
+            "inputs": report.inputs,
+            "kept": report.kept,
+            "quarantined": report.quarantined,
+            "reasons": dict(report.by_reason),
+        }
+    texts = [log.getvalue()]
+    for path in out.rglob("*"):
+        texts.append(str(path))
+        if path.is_file() and path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            texts.append(str(pq.read_table(path).to_pylist()))
+        elif path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+    blob = "\n".join(texts).lower()
+    result["leaks"] = [n for n in NEEDLES if n in blob]
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["base_rss_mib"] = base_rss / 1024
+    return result
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    res = main(Path(args[0]), int(args[1]) if len(args) > 1 else 16, int(args[2]) if len(args) > 2 else 80)
+    print(json.dumps(res))
