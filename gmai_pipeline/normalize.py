@@ -147,8 +147,11 @@ def preview_path(layout: OutputLayout, dataset: str) -> Path:
 
 
 def shown_names(source: SourceDataset) -> ShownName | None:
-    """How the manifest names this dataset's files: DICOM datasets mask identifying names there too."""
-    return manifest_namer(source) if source.reader.kind == "dicom" else None
+    """How the manifest names this dataset's files: identifying names of DICOM files are masked there
+    too (every file of a `dicom` dataset; the DICOM images of any other 2D reader)."""
+    if source.reader.kind == "dicom":
+        return manifest_namer(source)
+    return manifest_namer(source, only_dicom=True) if source.dim == "2d" else None
 
 
 def _events(
@@ -160,7 +163,15 @@ def _events(
         yield Quarantined(
             name, "read", "path_refused", f"{name}: a regular file at the source scan; now {why}"
         )
-    for name in resolved.vanished:
+    yield from _vanished(source, resolved.vanished)
+    yield from prepared
+    yield from READERS[source.reader.kind](ctx, source.reader)
+    if resolved.pending is not None:  # names matched as files were hashed: what is left is gone
+        yield from _vanished(source, resolved.pending.vanished())
+
+
+def _vanished(source: SourceDataset, names: list[str]) -> Iterator[Quarantined]:
+    for name in names:
         yield Quarantined(
             name,
             "manifest",
@@ -168,8 +179,6 @@ def _events(
             f"{name}: listed by the source scan but no longer in the dataset folder; re-materialize "
             f"source/{source.name}",
         )
-    yield from prepared
-    yield from READERS[source.reader.kind](ctx, source.reader)
 
 
 class _Reservoir:
@@ -231,6 +240,7 @@ def normalize_source(
         store=store,
         executor=executor,
         real=matched.real,
+        pending=matched.pending,
     )
     if stale:
         ctx.counters["stale_temp_files_removed"] += stale
@@ -320,7 +330,7 @@ def normalize_source(
     report.counters.update(ctx.counters)
     unclaimed = sorted(set(files) - ctx.claimed)
     if shown is not None:  # real names of a DICOM dataset stay in memory: report the manifest's
-        unclaimed = [shown(p, lambda p=p: files.get(p)) for p in unclaimed]
+        unclaimed = [shown(p, lambda p=p: ctx.md5(p)) for p in unclaimed]
     report.ignored = sorted(unclaimed + matched.skipped)
     report.images, report.cases = len(ctx.images_seen), len(ctx.cases_seen)
     report.preview = reservoir.items

@@ -10,6 +10,9 @@ import pytest
 from layout_fixtures import NIH_CLS, dicom_file, entry, nih, photo
 from normalize_fixtures import pattern, reasons, run, write_image
 
+from gmai_pipeline.manifest import scan
+from gmai_pipeline.normalize import shown_names
+
 
 def test_nih_multi_labels_split_lists_and_lookup_across_folders(tmp_path: Path) -> None:
     raw = tmp_path / "raw" / "nih"
@@ -325,8 +328,10 @@ def test_rsna_pneumonia_dicom_named_by_patient_id_is_pseudonymous(tmp_path: Path
         b"".join(p.read_bytes() for p in out.rglob("*.parquet"))
         + "".join(str(p) for p in out.rglob("*")).encode()
     )
+    manifest = str(scan(raw, shown=shown_names(source)))  # what manifests/rsna.parquet and the UI show
     for pid in (sick, healthy):
         assert pid.encode() not in written and pid.split("-")[0].encode() not in written
+        assert pid not in manifest and pid.split("-")[0] not in manifest
 
 
 def _dicom_layouts(raw: Path, kind: str) -> dict:

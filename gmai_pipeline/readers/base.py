@@ -15,6 +15,7 @@ folder that nothing references are inputs (`unreferenced_file`): a picture witho
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -31,6 +32,8 @@ from typing import Any
 from gmai_pipeline.catalog import DICOM_EXTENSIONS, IMAGE_EXTENSIONS_2D, SourceDataset
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure, open_verified, read_verified
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
+from gmai_pipeline.manifest import PendingNames
+from gmai_pipeline.storage import CHUNK, md5_bytes
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -60,6 +63,13 @@ SPLIT_PRIORITY = ("test", "val", "train")  # a name that says test anywhere is t
 WORD_BREAK = re.compile(r"[_\-\s.]+|(?<=[a-z])(?=[A-Z])")
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (float rounding in exported annotations)
 DETACHED_HEADERS = (".mhd", ".nhdr")  # volume headers whose voxels are in a separate data file
+
+
+def _md5_stream(f) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def _renamed(err: ImageError, rel: str, shown: str | Callable[[str], str] | None) -> ImageError:
@@ -136,6 +146,7 @@ class ReaderContext:
     claimed: set[str] = field(default_factory=set)
     first_by_md5: dict[str, str] = field(default_factory=dict)
     real: dict[str, str] = field(default_factory=dict)  # path -> name on disk, where they differ (non-UTF-8)
+    pending: PendingNames | None = None  # files whose manifest name needs their MD5 (`manifest.resolve`)
     base: str = ""  # the layout root: wrapper folders + the reader's `root` (see `locate_root`)
     # Archive members: dataset path -> (cache folder, member path inside it); read like raw files (`read`).
     unpacked: dict[str, tuple[Path, str]] = field(default_factory=dict)
@@ -174,8 +185,24 @@ class ReaderContext:
         return self.root, self.real.get(rel, rel)
 
     def md5(self, rel: str) -> str | None:
-        """The MD5 `rel`'s bytes must have (None: not a file of the dataset)."""
-        return self.files.get(rel)
+        """The MD5 `rel`'s bytes must have (None: not a file of the dataset, or bytes the scan did not
+        record). A file whose manifest name depends on its MD5 is hashed now if nothing read it yet."""
+        md5 = self.files.get(rel)
+        if md5 is None and self.pending is not None:
+            return self.pending.hash(rel)
+        return md5
+
+    def _pending(self, rel: str) -> bool:
+        return self.pending is not None and self.files.get(rel) is None and rel in self.files
+
+    def _settle(self, rel: str, md5: str) -> None:
+        """Match a pending file by the MD5 of the bytes just read (`manifest.PendingNames`)."""
+        if not self.pending.settle(rel, md5):  # type: ignore[union-attr]
+            raise ImageError(
+                "content_changed",
+                f"{rel}: not the bytes the source scan recorded under this name (changed or added since "
+                "the scan); re-materialize its source asset",
+            )
 
     def fs_path(self, rel: str) -> Path:
         """Where `rel` is on disk, for decoders that only take a path (a detached .mhd header's data
@@ -188,7 +215,11 @@ class ReaderContext:
         (a name, or a function giving it: a DICOM file's pseudonym is only worked out on failure)."""
         folder, name = self._where(rel)
         try:
-            return read_verified(folder, name, rel, self.md5(rel))
+            if self._pending(rel):  # one read, one hash: the hash that matches it is the one that checks it
+                data = read_verified(folder, name, rel, None)
+                self._settle(rel, md5_bytes(data))
+                return data
+            return read_verified(folder, name, rel, self.files.get(rel))
         except ImageError as err:
             raise _renamed(err, rel, shown) from None
 
@@ -212,7 +243,11 @@ class ReaderContext:
         decoders that stream (volumes, workbooks, archives)."""
         folder, name = self._where(rel)
         try:
-            with open_verified(folder, name, rel, self.md5(rel)) as f:
+            pending = self._pending(rel)
+            with open_verified(folder, name, rel, None if pending else self.files.get(rel)) as f:
+                if pending:
+                    self._settle(rel, _md5_stream(f))
+                    f.seek(0)
                 yield f
         except ImageError as err:
             raise _renamed(err, rel, shown) from None
@@ -290,16 +325,20 @@ class ReaderContext:
         return split_in_name(self.inner(rel)) or self.source.splits[0]
 
     def exclusion(
-        self, rel: str, split: str | None = None, shown: str | None = None, bytes_dedup: bool = True
+        self,
+        rel: str,
+        split: str | None = None,
+        shown: str | Callable[[], str] | None = None,
+        bytes_dedup: bool = True,
     ) -> tuple[str, str, str] | None:
         """(step, reason, detail) when `rel` must not become rows: a split the catalog leaves out, or a byte duplicate."""
         split = split if split is not None else self.split_of(rel)
-        shown = shown or rel
         if split not in self.source.splits:
+            name = (shown() if callable(shown) else shown) or rel
             return (
                 "read",
                 "split_excluded",
-                f"{shown}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
+                f"{name}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
             )
         first = self.duplicate_of(rel) if bytes_dedup else None
         if first is not None:
@@ -333,6 +372,18 @@ class ReaderContext:
 
             self._dicom_names = Names(self)
         return self._dicom_names
+
+    def namer(self, rel: str) -> Callable[[], str]:
+        """`shown(rel)`, worked out once and only if asked: a DICOM file's pseudonym needs its MD5,
+        which its verified read computes anyway, so a file that is read is not hashed for its name."""
+        cache: list[str] = []
+
+        def name() -> str:
+            if not cache:
+                cache.append(self.shown(rel))
+            return cache[0]
+
+        return name
 
     def shown(self, rel: str) -> str:
         """How `rel` may appear in tables and messages before its header is read (DICOM: pseudonymous)."""
@@ -434,46 +485,46 @@ def image_inputs(
             annotations, shown, "read", "path_refused", f"{shown}: path escapes the dataset folder"
         )
         return
-    shown = ctx.shown(rel)
+    shown = ctx.namer(rel)
     if rel not in ctx.files:
         by = f" by {annotations[0].where}" if annotations and annotations[0].where else ""
         yield from quarantine_all(
             annotations,
-            shown,
+            shown(),
             "read",
             "missing_file",
-            f"{shown}: referenced{by} but not in the dataset folder",
+            f"{shown()}: referenced{by} but not in the dataset folder",
         )
         return
     ctx.claim(rel)
     ctx.saw_image(rel)
     if not annotations:
-        yield Quarantined(shown, "annotate", "no_annotation", f"{shown}: image has no annotation")
+        yield Quarantined(shown(), "annotate", "no_annotation", f"{shown()}: image has no annotation")
         return
     excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
-        yield from quarantine_all(annotations, shown, *excluded)
+        yield from quarantine_all(annotations, shown(), *excluded)
         return
     pending: list[tuple[Annotation, str]] = []
     for ann in annotations:
         if ann.error is not None:
-            yield Quarantined(shown, "annotate", ann.error[0], ann.error[1])
+            yield Quarantined(shown(), "annotate", ann.error[0], ann.error[1])
             continue
         label, reason = ctx.label(ann.raw_labels)
         if label is None:
             raw = "/".join(str(c) for c in ann.raw_labels if str(c).strip()) or "(empty)"
             yield Quarantined(
-                shown,
+                shown(),
                 "annotate",
                 reason or "unknown_label",
-                f"{shown}: label '{raw}'{' in ' + ann.where if ann.where else ''} is not in the catalog's labels",
+                f"{shown()}: label '{raw}'{' in ' + ann.where if ann.where else ''} is not in the catalog's labels",
             )
             continue
         pending.append((ann, label))
     if not pending:
         return
     if dicom:
-        yield from _dicom_image(ctx, rel, shown, split, pending, modality)
+        yield from _dicom_image(ctx, rel, split, pending, modality)
         return
     job = partial(_store, ctx, ctx.store_for(modality), rel)
     finish = partial(_finish, ctx, rel, split, pending, modality)
@@ -526,7 +577,7 @@ def _store(ctx: ReaderContext, store: ImageStore, rel: str) -> StoredImage | Ima
 
 
 def _dicom_image(
-    ctx: ReaderContext, rel: str, shown: str, split: str, pending: list[tuple[Annotation, str]], modality
+    ctx: ReaderContext, rel: str, split: str, pending: list[tuple[Annotation, str]], modality
 ) -> Iterator[Event]:
     """Header checks here, in reader order (names depend on headers seen so far); pixels on a worker."""
     from gmai_pipeline.readers.dicom import read_header, store_pixels

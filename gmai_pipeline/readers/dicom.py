@@ -48,7 +48,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from gmai_pipeline.catalog import DicomReader, SourceDataset
+from gmai_pipeline.catalog import DICOM_EXTENSIONS, DicomReader, SourceDataset
 from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
@@ -243,8 +243,11 @@ def safe_folder_names(source: SourceDataset) -> set[str]:
     return safe | {str(v).lower() for v in source.labels.values()}
 
 
-def manifest_namer(source: SourceDataset) -> Callable[[str, Callable[[], str | None]], str]:
-    """How files of a DICOM dataset are named in the manifest and the source asset's metadata.
+def manifest_namer(
+    source: SourceDataset, only_dicom: bool = False
+) -> Callable[[str, Callable[[], str | None]], str]:
+    """How files of a DICOM dataset are named in the manifest and the source asset's metadata
+    (`only_dicom`: in a dataset of another 2D reader, only its `.dcm`/`.dicom` images, by the same rules).
 
     The scan reads no header, so it cannot tell a folder named after the patient from any other
     name; it keeps only what cannot identify anyone and shows the rest as `anon`:
@@ -260,6 +263,8 @@ def manifest_namer(source: SourceDataset) -> Callable[[str, Callable[[], str | N
     keep = {getattr(opts, "labels_csv", "labels.csv")}
 
     def name(rel: str, md5: Callable[[], str | None]) -> str:
+        if only_dicom and not rel.lower().endswith(DICOM_EXTENSIONS):
+            return rel
         parts = rel.split("/")
         folders = [p if p.lower() in safe and not looks_like_identifier(p) else "anon" for p in parts[:-1]]
         leaf = parts[-1]

@@ -203,7 +203,9 @@ def _split(
     return ctx.split_of(rel, resolve(spec, values))
 
 
-def _modality(ctx: ReaderContext, spec: ValueSource | None, values: dict, where: str) -> str:
+def _modality(
+    ctx: ReaderContext, spec: ValueSource | None, values: dict, where: str | Callable[[], str]
+) -> str:
     if spec is None:
         return ctx.source.modality
     return check_modality(resolve(spec, values) or ctx.source.modality, where)
@@ -335,7 +337,7 @@ def _classified(ctx, plan: Plan, found: list[Found], rows: dict, lists) -> Itera
             yield _split_unknown(ctx, f.rel)
             continue
         try:
-            modality = _modality(ctx, opts.modality, values, ctx.shown(f.rel))
+            modality = _modality(ctx, opts.modality, values, ctx.namer(f.rel))
         except ImageError as err:
             ctx.claim(f.rel)
             yield Quarantined(ctx.shown(f.rel), "annotate", err.reason, err.detail)
@@ -699,7 +701,7 @@ def _masks_2d(
             continue
         masks = _masks_of(ctx, opts, values, index.get(tuple(f.fields.get(k) for k in shared), []))
         try:
-            modality = _modality(ctx, opts.modality, values, ctx.shown(f.rel))
+            modality = _modality(ctx, opts.modality, values, ctx.namer(f.rel))
         except ImageError as err:
             yield Quarantined(ctx.shown(f.rel), "annotate", err.reason, err.detail)
             continue

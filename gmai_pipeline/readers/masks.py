@@ -128,16 +128,16 @@ def seg_image(
 
 def _seg_image(ctx, opts, rel: str, masks: list[MaskFile], split: str, modality: str | None, expected: str):
     dicom = is_dicom(rel)
-    shown = ctx.shown(rel)
+    shown = ctx.namer(rel)  # worked out only for a message: a DICOM pseudonym needs the file's MD5
     # A DICOM image's masks are usually named after it: they are shown as pseudonymously as the image.
     display = ctx.dicom_names.unread if dicom else (lambda r: r)
     if not masks:
-        return Quarantined(shown, "read", "missing_file", f"{shown}: mask {display(expected)} not found")
+        return Quarantined(shown(), "read", "missing_file", f"{shown()}: mask {display(expected)} not found")
     for m in masks:
         ctx.claim(m.rel)
     excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
-        return Quarantined(shown, *excluded)
+        return Quarantined(shown(), *excluded)
     image = _open_2d(ctx, rel) if not dicom else _open_dicom(ctx, rel)
     if isinstance(image, Quarantined):
         return image

@@ -12,7 +12,7 @@ window: CT windowed, anything else percentile-clipped) is per case and channel w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,9 +61,10 @@ def selected(channels, index: int, name: str | None) -> bool:
     return False
 
 
-def check_modality(value: str, where: str) -> str:
+def check_modality(value: str, where: str | Callable[[], str]) -> str:
     allowed = load_vocabulary()["modalities"]
     if value not in allowed:
+        where = where() if callable(where) else where
         raise ImageError("unknown_modality", f"{where}: modality '{value}' is not in assets/vocabulary.yaml")
     return value
 
