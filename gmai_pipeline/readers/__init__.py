@@ -3,9 +3,10 @@
 What counts as an input, per kind (the left side of inputs = kept + quarantined; every manifest
 row refused by the source scan is one more input, quarantined `path_refused`, and every manifest
 file gone since the scan one quarantined `missing_file`, before any reader; hidden files and
-aliases are listed, not inputs). Readers read files only through `ReaderContext.read`/`open`
-(verified against the manifest) and run each input's work at the sample boundary
-(`base.at_boundary`), so no exception from a decoder escapes a reader:
+aliases are listed, not inputs). Readers read files only through `ReaderContext.read` / `open` /
+`text` / `volume` (verified against the manifest's MD5, an archive member against the MD5 recorded
+when it was unpacked) and run each input's work at the sample boundary (`base.at_boundary`), so no
+exception from a decoder escapes a reader:
 
 | kind | one input is |
 |---|---|

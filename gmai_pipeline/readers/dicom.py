@@ -27,7 +27,8 @@ Patient data rules:
   result is what `source_path`, `sample_id`, the stored image name and quarantine details are built
   from; without a catalog labels map, a class-folder label that looks like an identifier is refused.
 - Every exception pydicom or numpy raises for one file (a corrupt VR, a short element, bad pixel
-  data) is that file's quarantine row with the exception type only (`_file`); the declared pixel
+  data) is that file's quarantine row with the exception type only (`read_header`, `decode_header`,
+  for the `dicom` reader and every other 2D reader's DICOM images); the declared pixel
   size is checked against the decode budget before `pixel_array` allocates it.
 - Duplicates are judged on the decoded pixels (the same image re-exported with other headers).
 - Compressed transfer syntaxes without an installed decoder -> `unsupported_codec`; pixel data
@@ -51,7 +52,7 @@ import numpy as np
 from gmai_pipeline.catalog import DICOM_EXTENSIONS, DicomReader, SourceDataset
 from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug, to_uint8
-from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, join
 from gmai_pipeline.storage import md5_bytes
 from gmai_pipeline.volumes import window_for
 
@@ -437,7 +438,7 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
                     shown, "annotate", "missing_label", f"{shown}: no label CSV and no class folder"
                 )
                 continue
-            yield _file(ctx, opts, names, rel, parts[-2], "its class folder")
+            yield _at_boundary(ctx, opts, names, rel, parts[-2], "its class folder")
     for rel in dicom_like:
         if rel not in ctx.claimed:
             ctx.claim(rel)
@@ -467,13 +468,20 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator
                         csv_rel, "read", "path_refused", f"{where}: empty or escaping file reference"
                     )
                     continue
-                yield _file(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
+                yield _at_boundary(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
     except ImageError as err:  # not UTF-8, or changed or swapped since the scan
         yield Quarantined(csv_rel, "read", err.reason, err.detail)
     except csv.Error as exc:
         yield Quarantined(
             csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({type(exc).__name__})"
         )
+
+
+def _at_boundary(ctx: ReaderContext, opts, names: Names, rel: str, raw_label: str, where: str) -> Event:
+    """`_file` at the sample boundary: whatever escapes its own checks (a store that fails) is a row too."""
+    return at_boundary(
+        lambda: names.unread(rel), lambda: _file(ctx, opts, names, rel, raw_label, where), "DICOM file"
+    )
 
 
 def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_label: str, where: str) -> Event:
