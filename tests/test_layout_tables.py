@@ -181,6 +181,56 @@ def test_ham10000_metadata_table_with_images_in_two_folders(tmp_path: Path) -> N
     }
 
 
+def test_layout_reads_are_verified_against_the_scan(tmp_path: Path) -> None:
+    """The hardening promise holds for the layout reader: after the scan, an image swapped for a link is
+    refused (never followed), an edited image is `content_changed`, and an edited label table is one
+    `content_changed` input (its images then have no row), each naming the file; the rest goes on."""
+    from normalize_fixtures import NormalizeReport, normalize_source
+
+    raw = tmp_path / "raw" / "ham"
+    for i in range(4):
+        photo(raw / "images" / f"ISIC_{i:07d}.jpg", seed=i, quality=90)
+    (raw / "meta.csv").write_text("image_id,dx\n" + "".join(f"ISIC_{i:07d},nv\n" for i in range(4)))
+    source = entry(
+        tmp_path,
+        "ham",
+        "2d_cls",
+        """
+        reader:
+          kind: layout
+          images: "images/*.jpg"
+          table: {file: meta.csv, image: image_id}
+          label: {column: dx}
+        labels: {nv: melanocytic nevus}
+        """,
+        modality="Dermoscopy",
+        department="Dermatology",
+    )
+    rows = scan(raw, shown=shown_names(source))
+    (raw / "images" / "ISIC_0000001.jpg").unlink()
+    (raw / "images" / "ISIC_0000001.jpg").symlink_to(raw / "images" / "ISIC_0000000.jpg")
+    photo(raw / "images" / "ISIC_0000002.jpg", seed=9, quality=90)
+    report: NormalizeReport = normalize_source(source, raw, rows, tmp_path / "out")
+    q = {
+        r["source_path"]: r
+        for r in pq.read_table(tmp_path / "out" / "quarantine" / "ham.parquet").to_pylist()
+    }
+    assert (report.kept, {k: v["reason"] for k, v in q.items()}) == (
+        2,
+        {
+            "images/ISIC_0000001.jpg": "path_refused",  # the manifest row: never read through the link
+            "ISIC_0000001": "missing_file",  # the table row naming it: no usable file left
+            "images/ISIC_0000002.jpg": "content_changed",
+        },
+    )
+    assert all(k in v["detail"] for k, v in q.items())
+    (raw / "meta.csv").write_text("image_id,dx\n" + "".join(f"ISIC_{i:07d},mel\n" for i in range(4)))
+    report = normalize_source(source, raw, rows, tmp_path / "out2")
+    q2 = pq.read_table(tmp_path / "out2" / "quarantine" / "ham.parquet").to_pylist()
+    assert report.kept == 0 and report.inputs == report.quarantined
+    assert {r["reason"] for r in q2 if r["source_path"] == "meta.csv"} == {"content_changed"}
+
+
 def test_odir5k_xlsx_table(tmp_path: Path) -> None:
     """ODIR-5K on Kaggle: ODIR-5K/ODIR-5K/data.xlsx (ID, Patient Age, Patient Sex, Left-Fundus, Right-Fundus,
     Left-Diagnostic Keywords, ...) and ODIR-5K/ODIR-5K/Training Images/<n>_left.jpg (Xritsos/RetViT:EDA/EDA.py);
