@@ -200,7 +200,7 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
     names: dict[int, str] = {}
     labels = sorted({m.label for m in masks if m.label is not None})
     index = {label: i + 1 for i, label in enumerate(labels)}
-    combined = np.zeros((size[1], size[0]), np.uint16 if len(labels) > 254 else np.uint8)
+    combined = None
     for m in sorted(masks, key=lambda m: (m.label or "", m.rel)):
         try:
             arr = _load_mask_file(ctx, m.rel)
@@ -211,6 +211,10 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
                 "shape_mismatch",
                 f"{shown}: image is {size[0]}x{size[1]} but mask {display(m.rel)} is {arr.shape[1]}x{arr.shape[0]}",
             )
+        if len(masks) == 1 and m.label is None and arr.dtype.kind == "u":  # one label map: as it is
+            return arr, names, True, display(m.rel)
+        if combined is None:
+            combined = np.zeros((size[1], size[0]), np.uint16 if len(labels) > 254 else np.uint8)
         fg = arr > 0
         if m.label is not None:
             combined[fg] = index[m.label]
