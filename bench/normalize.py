@@ -10,10 +10,16 @@ Data_Entry.csv), `layout_dicom` (RSNA Pneumonia's shape: stage_2_train_images/*.
 and `layout_volume` (BTCV's shape: RawData/Training/img/img{id}.nii.gz + label/label{id}.nii.gz).
 
 The floor is a bare loop over the same files doing the same per-image work the pipeline must do
-and nothing else: for PNG/JPEG that need no change, read + validate (PNG chunk CRCs / JPEG 1/8
-decode) + MD5 + write the bytes; for masks, also decode the mask and find its components; for
+and nothing else: every input read once and hashed once (what checking it against the manifest's
+MD5 costs; for a copied image that hash is also its stored MD5); for PNG/JPEG that need no change,
+read + validate + MD5 + write the bytes, where validate is what a copied image must pass since the
+hardening issue (PNG: chunk CRCs and IEND with `Image.verify`, plus its image data inflated, as a
+stream cut short inside a well-formed chunk passes `verify`; JPEG: libjpeg-turbo's strict decode at
+1/8 scale, `simplejpeg`, as Pillow's lenient decode fills data that ends early with grey); for masks, also decode the mask and find its components; for
 DICOM, decode + window + PNG level-1 encode + MD5 + write; for the volume, load + window + per-slice
-components + PNG encode + MD5 + write. The pipeline run is `normalize_source` (reader, checks,
+components + PNG encode + MD5 + write. The legacy floor (`ratio_legacy_floor`) is the floor as it
+was before those checks (PNG `verify` only, Pillow's 1/8 JPEG draft, inputs hashed only when
+copied), kept so the cost of the checks themselves stays visible. The pipeline run is `normalize_source` (reader, checks,
 label mapping, row building, atomic writes, Parquet); the manifest scan belongs to `source/<name>`
 and is timed apart. The floor is one thread; the pipeline runs as deployed (2D image stores on
 `min(4, cpus)` threads; `--workers 1` for a single-threaded comparison). Each side runs several times, alternating, best time kept; the CPU-time
@@ -389,48 +395,83 @@ def _write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _copy_floor(files: list[Path], out: Path) -> int:
+def _png_inflate(data: bytes) -> None:
+    """Inflate a PNG's image data, nothing kept: the bare form of the truncation check every copied
+    PNG must pass (a stream cut short inside a well-formed chunk passes `Image.verify`)."""
+    pos, parts = 8, []
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        if ctype == b"IDAT":
+            parts.append(data[pos + 8 : pos + 8 + length])
+        elif ctype == b"IEND":
+            break
+        pos += 12 + length
+    zlib.decompress(b"".join(parts))
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _read(p: Path, legacy: bool) -> bytes:
+    """An input's bytes; the floor hashes every input once (what checking it against the manifest
+    costs), the legacy floor only where the output MD5 is the input's (copied images)."""
+    data = p.read_bytes()
+    if not legacy:
+        _md5(data)
+    return data
+
+
+def _copy_floor(files: list[Path], out: Path, legacy: bool) -> int:
+    import simplejpeg
+
     for p in files:
         data = p.read_bytes()
         im = Image.open(io.BytesIO(data))
         if im.format == "PNG":
-            im.verify()
-        else:
+            im.verify()  # chunk CRCs and IEND
+            if not legacy:
+                _png_inflate(data)  # image data complete
+        elif legacy:
             im.draft(im.mode, (im.width // 8, im.height // 8))
             im.load()
-        hashlib.md5(data, usedforsecurity=False).hexdigest()
+        else:  # entropy-coded data complete: libjpeg-turbo, strict, at 1/8 scale
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+        _md5(data)  # the stored image's MD5, which is the input's
         _write(out / p.name, data)
     return len(files)
 
 
-def floor(kind: str, folder: Path, out: Path) -> int:
+def floor(kind: str, folder: Path, out: Path, legacy: bool = False) -> int:
+    """The bare loop of `kind` (module docstring); `legacy`: the floor as defined before the hardening
+    issue's checks (no PNG inflate, Pillow's lenient JPEG decode, inputs hashed only when copied)."""
     from gmai_pipeline.volumes import mask_boxes
 
     if kind in ("image_folder", "layout_table"):
-        return _copy_floor(sorted(folder.rglob("*.png")), out)
+        return _copy_floor(sorted(folder.rglob("*.png")), out, legacy)
     if kind in ("csv_labels", "coco", "yolo"):
-        return _copy_floor(sorted((folder / "images").glob("*.jpg")), out)
+        return _copy_floor(sorted((folder / "images").glob("*.jpg")), out, legacy)
     if kind == "voc":
-        return _copy_floor(sorted((folder / "JPEGImages").glob("*.jpg")), out)
+        return _copy_floor(sorted((folder / "JPEGImages").glob("*.jpg")), out, legacy)
     if kind == "mask_pairs":
         files = sorted((folder / "images").glob("*.png"))
         for p in files:
-            with Image.open(folder / "masks" / p.name) as m:
+            with Image.open(io.BytesIO(_read(folder / "masks" / p.name, legacy))) as m:
                 mask_boxes(np.asarray(m), 0.00153, 16)
-        return _copy_floor(files, out)
+        return _copy_floor(files, out, legacy)
     if kind in ("dicom", "layout_dicom"):
         import pydicom
         from pydicom.pixels import apply_modality_lut
 
         files = sorted(folder.rglob("*.dcm"))
         for p in files:
-            ds = pydicom.dcmread(p)
+            ds = pydicom.dcmread(io.BytesIO(_read(p, legacy)))
             arr = ds.pixel_array
-            hashlib.md5(arr.tobytes(), usedforsecurity=False).hexdigest()
+            _md5(arr.tobytes())  # duplicates are judged on the decoded pixels
             hu = apply_modality_lut(arr, ds).astype(np.float32)
             img = (np.clip((hu + 1000.0) * (255.0 / 2000.0), 0, 255)).astype(np.uint8)
             data = png_bytes(img, 1)
-            hashlib.md5(data, usedforsecurity=False).hexdigest()
+            _md5(data)
             _write(out / (p.stem + ".png"), data)
         return len(files)
     if kind in ("msd", "layout_volume"):
@@ -444,11 +485,13 @@ def floor(kind: str, folder: Path, out: Path) -> int:
                 if kind == "msd"
                 else p.parent.parent / "label" / p.name.replace("img", "label")
             )
-            lab = read_volume(label, p.name, is_label=True)
+            for f in (label, p):
+                _read(f, legacy)  # hashed once (the verified read), then decoded from the file
+            lab = read_volume(label, label.name, is_label=True)
             img8 = volume_to_uint8(read_volume(p, p.name), (-1000.0, 1000.0))
             for sl in iter_slices(img8, lab, (0, 1, 2), 0.00153, 16):
                 data = png_bytes(np.ascontiguousarray(sl.image), 1)
-                hashlib.md5(data, usedforsecurity=False).hexdigest()
+                _md5(data)
                 _write(out / f"{p.name}_{sl.axis}{sl.index}.png", data)
                 count += 1
         return count
@@ -488,33 +531,37 @@ def timed(fn, *args) -> tuple[float, float, object]:
 
 
 def measure(kind: str, folder: Path, work: Path, repeats: int = 5) -> dict:
-    """Alternate floor and pipeline runs, keep the best of each (the machine may be shared)."""
+    """Alternate the floor, the legacy floor and the pipeline, keep the best of each (the machine may be shared)."""
     from gmai_pipeline.manifest import scan
+    from gmai_pipeline.normalize import shown_names
 
-    scan_s, _, manifest = timed(scan, folder)
-    best = {"floor": [float("inf"), float("inf")], "pipe": [float("inf"), float("inf")]}
+    scan_s, _, manifest = timed(scan, folder, None, shown_names(source_for(kind)))
+    sides = ("floor", "legacy", "pipe")
+    best = {side: [float("inf"), float("inf")] for side in sides}
     counts = {}
     for r in range(repeats):
-        for side in ("floor", "pipe"):
+        for side in sides:
             shutil.rmtree(work, ignore_errors=True)
             _MADE.clear()
-            if side == "floor":
-                wall, cpu, n = timed(floor, kind, folder, work / f"floor{r}")
-            else:
+            if side == "pipe":
                 wall, cpu, (n, _) = timed(pipeline, kind, folder, work / f"pipe{r}", manifest)
+            else:
+                wall, cpu, n = timed(floor, kind, folder, work / f"{side}{r}", side == "legacy")
             best[side] = [min(best[side][0], wall), min(best[side][1], cpu)]
             counts[side] = n
     shutil.rmtree(work, ignore_errors=True)
-    assert counts["floor"] == counts["pipe"], (kind, counts)
+    assert len(set(counts.values())) == 1, (kind, counts)
     n = counts["pipe"]
-    floor_rate, pipe_rate = n / best["floor"][0], n / best["pipe"][0]
+    rate = {side: n / best[side][0] for side in sides}
     return {
         "kind": kind,
         "images": n,
-        "floor_images_per_s": round(floor_rate, 1),
-        "pipeline_images_per_s": round(pipe_rate, 1),
-        "ratio": round(pipe_rate / floor_rate, 3),
+        "floor_images_per_s": round(rate["floor"], 1),
+        "pipeline_images_per_s": round(rate["pipe"], 1),
+        "ratio": round(rate["pipe"] / rate["floor"], 3),
         "ratio_cpu_time": round(best["floor"][1] / best["pipe"][1], 3),
+        "legacy_floor_images_per_s": round(rate["legacy"], 1),
+        "ratio_legacy_floor": round(rate["pipe"] / rate["legacy"], 3),
         "manifest_scan_s": round(scan_s, 3),
     }
 
@@ -631,12 +678,17 @@ def main() -> None:
         if "layout_volume" in kinds:
             folders["layout_volume"] = gen_btcv(base / "data", tuple(args.ct_shape))
         print(f"generated data in {time.perf_counter() - t:.1f}s")
-        print(f"{'kind':<14}{'images':>8}{'floor/s':>10}{'pipeline/s':>12}{'ratio':>8}{'cpu ratio':>11}")
+        print(
+            f"{'kind':<14}{'images':>8}{'floor/s':>10}{'pipeline/s':>12}{'ratio':>8}{'cpu ratio':>11}"
+            f"{'legacy/s':>10}{'vs legacy':>11}"
+        )
         for kind in kinds:
             row = measure(kind, folders[kind], base / "work", 2 if kind in VOLUME_KINDS else args.repeats)
             results["throughput"].append(row)
             print(
-                f"{kind:<14}{row['images']:>8}{row['floor_images_per_s']:>10}{row['pipeline_images_per_s']:>12}{row['ratio']:>8}{row['ratio_cpu_time']:>11}"
+                f"{kind:<14}{row['images']:>8}{row['floor_images_per_s']:>10}{row['pipeline_images_per_s']:>12}"
+                f"{row['ratio']:>8}{row['ratio_cpu_time']:>11}{row['legacy_floor_images_per_s']:>10}"
+                f"{row['ratio_legacy_floor']:>11}"
             )
 
         if not args.skip_rss:
