@@ -252,11 +252,28 @@ def as_label_array(arr: np.ndarray, name: str) -> np.ndarray:
         if not np.array_equal(rounded, arr):
             raise ImageError("unreadable", f"{name}: label volume has non-integer values")
         arr = rounded
-    if arr.size and arr.min() < 0:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.size and arr.dtype.kind != "u" and arr.min() < 0:
         raise ImageError("unreadable", f"{name}: label volume has negative values")
     top = int(arr.max()) if arr.size else 0
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
     return arr.astype(dtype, copy=False)
+
+
+LABEL_CHUNK = 1 << 22  # voxels counted at a time: bincount works on an 8-byte copy of its input
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The values present in a label volume (from `as_label_array`: unsigned), counted in chunks so
+    the 8-byte copy bincount makes is a few MiB, not eight times the volume."""
+    if labels.dtype == np.uint32:
+        return [int(v) for v in np.unique(labels)]
+    flat = labels.reshape(-1, order="A")  # a view for C- or Fortran-ordered volumes
+    counts = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
+    for i in range(0, flat.size, LABEL_CHUNK):
+        counts += np.bincount(flat[i : i + LABEL_CHUNK], minlength=counts.size)
+    return np.flatnonzero(counts).tolist()
 
 
 def window_for(modality_slug: str, ct_window: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -28,6 +28,7 @@ from gmai_pipeline.volumes import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
     iter_slices,
+    label_values,
     volume_to_uint8,
     window_for,
 )
@@ -146,12 +147,7 @@ def _labels(ctx: ReaderContext, case: VolumeCase):
         if len(case.masks) == 1 and case.masks[0].label is None:
             m = case.masks[0]
             labels = ctx.volume(m.rel, is_label=True)
-            values = (
-                np.flatnonzero(np.bincount(labels.ravel()))
-                if labels.dtype != np.uint32
-                else np.unique(labels)
-            )
-            unknown = [int(v) for v in values if v and value_label(ctx, int(v), case.value_names) is None]
+            unknown = [v for v in label_values(labels) if v and value_label(ctx, v, case.value_names) is None]
             if unknown:
                 return ImageError(
                     "unknown_label", f"{{image}}: label values {unknown} in {m.rel} are not in the label map"
