@@ -447,6 +447,7 @@ def stage3_scores(
     args += ["--max-length", str(knobs.max_length), "--micro-batch", str(knobs.micro_batch)]
     args += [] if knobs.packing else ["--no-packing"]
     args += ["--trust-remote-code"] if profile.trust_remote_code else []
+    args += ["--max-samples", str(knobs.max_samples)] if knobs.max_samples else []  # the demo's few samples
     (folder / "scores.jsonl").unlink(missing_ok=True)  # never read scores of an earlier model
     result = gpu_cluster.run_stage(context, args, folder, module="training_jobs.score")
     lines = (
