@@ -1,0 +1,19 @@
+"""Converters: the formats a layout declaration cannot describe, as plain-Python domain modules.
+
+Each module takes one input at a time and yields results or raises `gmai_pipeline.imaging.ImageError`
+with a quarantine reason and a detail that names the file (never a DICOM header value), so a reader
+built on it keeps inputs = kept + quarantined. Each has a small options model (pydantic, closed,
+frozen) meant to be embedded in the catalog schema as `convert: {kind: <name>, ...}`; the module
+docstrings show the intended YAML.
+
+| kind | module | one input is |
+|---|---|---|
+| dicom_series | `dicom_series` | a series (files of one SeriesInstanceUID in a case folder); a file that joins no series |
+| polygons | `polygons` | an image with its annotation file (XML, GeoJSON, COCO); a shape that is not an area is reported apart |
+| rle | `rle` | an image id of the RLE table (all its rows together) |
+| hdf5 | `hdf5` | one index of the image dataset (with the same index of the label dataset) |
+| wsi | `wsi` | a slide (with its annotations); kept, it gives one 2D tile row per tile |
+
+Heavy or optional libraries (pydicom, h5py, OpenSlide, pycocotools) are imported where used, so
+importing the package costs nothing.
+"""
