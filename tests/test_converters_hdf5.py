@@ -99,9 +99,11 @@ def test_file_level_problems_name_file_and_dataset(tmp_path: Path) -> None:
 
 
 CHILD = r"""
-import json, sys, zlib
+import json, sys, types, zlib
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+pkg = types.ModuleType("gmai_pipeline")  # the domain modules only, not the Dagster definitions
+pkg.__path__ = [sys.argv[1] + "/gmai_pipeline"]
+sys.modules["gmai_pipeline"] = pkg
 from gmai_pipeline.converters.hdf5 import Hdf5Options, iter_records
 def hwm():
     for line in open("/proc/self/status"):
