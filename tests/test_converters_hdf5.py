@@ -40,9 +40,7 @@ def write_pcam(folder: Path, n: int, split: str = "valid", chunk: int = 32) -> t
 
 def test_pcam_layout_records_in_order_with_labels(tmp_path: Path) -> None:
     xp, yp = write_pcam(tmp_path, 100)
-    opts = Hdf5Options(
-        block_bytes=20 * 96 * 96 * 3
-    )  # 20 rows asked for: one whole 32-row chunk
+    opts = Hdf5Options(block_bytes=20 * 96 * 96 * 3)  # 20 rows asked for: one whole 32-row chunk
     info = inspect(xp, xp.name, opts, yp, yp.name)
     assert (info.count, info.image_shape, info.block_rows) == (100, (96, 96, 3), 32)
     recs = list(iter_records(xp, xp.name, opts, yp, yp.name))

@@ -14,6 +14,30 @@ docstrings show the intended YAML.
 | hdf5 | `hdf5` | one index of the image dataset (with the same index of the label dataset) |
 | wsi | `wsi` | a slide (with its annotations); kept, it gives one 2D tile row per tile |
 
-Heavy or optional libraries (pydicom, h5py, OpenSlide, pycocotools) are imported where used, so
-importing the package costs nothing.
+Heavy or optional libraries (pydicom, nibabel, h5py, OpenSlide, pycocotools, scikit-image) are
+imported where used, so importing the package (and its option models) stays cheap.
 """
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from gmai_pipeline.converters.dicom_series import DicomSeriesOptions
+from gmai_pipeline.converters.hdf5 import Hdf5Options
+from gmai_pipeline.converters.polygons import PolygonOptions
+from gmai_pipeline.converters.rle import RleOptions
+from gmai_pipeline.converters.wsi import WsiOptions
+
+# What the catalog schema embeds (`convert: {kind: ..., ...}`): one closed model per kind.
+ConvertOptions = Annotated[
+    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Options | WsiOptions, Field(discriminator="kind")
+]
+KINDS: dict[str, type] = {
+    "dicom_series": DicomSeriesOptions,
+    "polygons": PolygonOptions,
+    "rle": RleOptions,
+    "hdf5": Hdf5Options,
+    "wsi": WsiOptions,
+}

@@ -37,8 +37,8 @@ Proposed catalog declaration (phase 2):
     reader:
       kind: layout
       images: {path: "training/{label}/{slide}.tif", format: wsi}
-      annotations: {path: "training/lesion_annotations/{slide}.xml", format: asap_xml}
-      convert: {kind: wsi, magnification: 10, tile_size: 512, background_tiles: 8}
+      annotations: "training/lesion_annotations/{slide}.xml"
+      convert: {kind: wsi, magnification: 10, tile_size: 512, background_tiles: 8, annotations: {format: asap_xml}}
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from gmai_pipeline.converters._masks import Box, Options, instance_boxes
-from gmai_pipeline.converters.polygons import Shape, positive_labels, rasterize
+from gmai_pipeline.converters.polygons import PolygonOptions, Shape, positive_labels, rasterize
 from gmai_pipeline.imaging import ImageError
 
 TISSUE_CHROMA = 20  # max - min over RGB, 0..255: stained tissue is coloured, glass is grey
@@ -70,11 +70,16 @@ class WsiOptions(Options):
     tolerance: float = Field(0.05, ge=0, lt=0.5)  # relative: a 40.1x slide serves 40x
     tile_size: int = Field(512, ge=32, le=4096)
     placement: Literal["grid", "centered"] = "grid"
-    instances: bool = False  # one box per shape, not per connected component
+    annotations: PolygonOptions | None = None  # the slide's annotation files (format, instances)
     min_region_pixels: int = Field(16, ge=1)  # a tile needs this many annotated pixels to count
     max_tiles_per_slide: int = Field(2000, ge=1)
     background_tiles: int = Field(0, ge=0)
     min_tissue_fraction: float = Field(0.5, gt=0, le=1)
+
+    @property
+    def instances(self) -> bool:
+        """One box per shape (nuclei), not per connected component."""
+        return self.annotations is not None and self.annotations.instances
 
     @model_validator(mode="after")
     def _one_scale(self) -> WsiOptions:
