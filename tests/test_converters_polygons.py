@@ -15,7 +15,9 @@ from pycocotools import mask as mask_utils
 from gmai_pipeline.converters._masks import instance_boxes
 from gmai_pipeline.converters.polygons import (
     PolygonOptions,
+    Shape,
     coco_mask,
+    fill_rings,
     positive_labels,
     rasterize,
     read_annotations,
@@ -181,3 +183,27 @@ def test_broken_files_are_unreadable_with_the_file_named(tmp_path: Path) -> None
     with pytest.raises(ImageError) as e:
         read_geojson(tmp_path / "c.geojson", "c.geojson")
     assert e.value.reason == "unreadable"
+
+
+def test_scanline_fill_gives_the_pixels_skimage_gives() -> None:
+    """`skimage.draw.polygon` (a point-in-polygon test per pixel centre) is the reference."""
+    from skimage.draw import polygon as draw_polygon
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = int(rng.integers(3, 60))
+        t = np.sort(rng.uniform(0, 2 * np.pi, n))
+        r = rng.uniform(5, 40, n)
+        ring = np.stack([50 + r * np.cos(t) + rng.uniform(-3, 3), 45 + r * np.sin(t)], axis=1)
+        hole = np.stack([50 + 3 * np.cos(t[:8]), 45 + 3 * np.sin(t[:8])], axis=1) if n >= 8 else None
+        ref = np.zeros((90, 100), bool)
+        rr, cc = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=ref.shape)
+        ref[rr, cc] = True
+        if hole is not None:
+            rr, cc = draw_polygon(hole[:, 1] - 0.5, hole[:, 0] - 0.5, shape=ref.shape)
+            ref[rr, cc] = False
+        got = np.zeros((90, 100), bool)
+        fill_rings(got, [ring] if hole is None else [ring, hole], (0.0, 0.0), 1.0, 0, 0)
+        np.testing.assert_array_equal(got, ref)
+        shape = Shape("x", ((ring, (hole,) if hole is not None else ()),), "random")
+        np.testing.assert_array_equal(rasterize([shape], 90, 100, {"x": 1}).astype(bool), ref)

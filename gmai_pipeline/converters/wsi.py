@@ -261,8 +261,12 @@ def read_tile(slide, spec: TileSpec, info: SlideInfo, name: str) -> np.ndarray:
         raise ImageError(
             "unreadable", f"{name}: reading the region at {spec.position(name)} failed ({type(exc).__name__})"
         ) from None
-    white = Image.new("RGBA", region.size, (255, 255, 255, 255))
-    rgb = Image.alpha_composite(white, region).convert("RGB")
+    if region.getchannel("A").getextrema()[0] == 255:  # fully scanned: nothing to composite
+        rgb = region.convert("RGB")
+    else:
+        rgb = Image.alpha_composite(Image.new("RGBA", region.size, (255, 255, 255, 255)), region).convert(
+            "RGB"
+        )
     if rgb.size != (spec.size, spec.size):
         rgb = rgb.resize((spec.size, spec.size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return np.asarray(rgb)
