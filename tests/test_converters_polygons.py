@@ -89,6 +89,12 @@ def test_aperio_instances_touching_nuclei_and_negative_region(tmp_path: Path) ->
     assert boxes == [(1, (10, 20, 50, 60)), (2, (50, 20, 60, 30)), (3, (70, 40, 90, 60))]
     assert positive_labels(parsed.shapes) == ["1", "1", "1"]  # nameless annotation: its Id
     assert inst[35, 25] == 0  # NegativeROA cleared it
+    by_attr = read_annotations(
+        tmp_path / "TCGA-18-5592-01Z-00-DX1.xml",
+        "a.xml",
+        PolygonOptions(format="aperio_xml", label_from="attribute"),
+    )
+    assert {s.label for s in by_attr.shapes} == {"Description"}  # MoNuSAC keeps the cell type there
     # the semantic map merges the touching nuclei into one component: why instances exist
     assert len(mask_boxes((inst > 0).astype(np.uint8), 0.0, 1)) == 2
 

@@ -66,7 +66,9 @@ class PolygonOptions(Options):
     format: Literal["aperio_xml", "asap_xml", "geojson", "coco"]
     instances: bool = False  # one object per shape (nuclei) instead of one per connected component
     exclusion_groups: tuple[str, ...] = ASAP_EXCLUSION_GROUPS  # ASAP groups that cut holes
-    label_from: Literal["name", "id"] = "name"  # Aperio: which Annotation attribute is the label
+    label_from: Literal["name", "id", "attribute"] = (
+        "name"  # Aperio: Annotation Name, Id, or first Attribute Name
+    )
     min_pixels: int = Field(1, ge=1)  # an instance smaller than this after rasterising is dropped (counted)
 
 
@@ -169,12 +171,20 @@ def _xy(el: ET.Element, where: str) -> tuple[float, float]:
 APERIO_TYPES = {"0": "polygon", "1": "rectangle", "2": "ellipse"}
 
 
-def read_aperio_xml(path: Path, name: str, label_from: Literal["name", "id"] = "name") -> Parsed:
-    """ImageScope XML: `Annotations/Annotation/Regions/Region/Vertices/Vertex X= Y=` (MoNuSeg, TCGA)."""
+def read_aperio_xml(path: Path, name: str, label_from: Literal["name", "id", "attribute"] = "name") -> Parsed:
+    """ImageScope XML: `Annotations/Annotation/Regions/Region/Vertices/Vertex X= Y=` (MoNuSeg, TCGA).
+
+    `label_from: attribute` takes the Annotation's first `Attributes/Attribute` Name, where MoNuSAC
+    writes the cell type (one Annotation layer per type); an empty choice falls back to the Id.
+    """
     root = _parse_xml(path, name, "aperio_xml")
     out = Parsed()
     for a_i, ann in enumerate(root.iter("Annotation"), start=1):
-        label = (ann.get("Name") or "").strip() if label_from == "name" else ""
+        if label_from == "attribute":
+            attr = ann.find("Attributes/Attribute")
+            label = (attr.get("Name") or "").strip() if attr is not None else ""
+        else:
+            label = (ann.get("Name") or "").strip() if label_from == "name" else ""
         label = label or (ann.get("Id") or str(a_i))
         regions = ann.find("Regions")
         for r_i, region in enumerate(regions.iter("Region") if regions is not None else (), start=1):
