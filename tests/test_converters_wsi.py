@@ -135,3 +135,39 @@ def test_slide_level_failures(slide, tmp_path: Path) -> None:
     assert e.value.reason == "unreadable" and e.value.detail.startswith("notes.svs: ")
     with pytest.raises(ValueError):
         WsiOptions(magnification=10, mpp=0.5)
+
+
+def test_panda_style_mask_slide_gives_region_tiles_and_values(tmp_path: Path) -> None:
+    """PANDA: `train_images/{id}.tiff` + `train_label_masks/{id}_mask.tiff`, labels in the red channel."""
+    from gmai_pipeline.converters.wsi import iter_mask_tiles
+
+    write_slide(tmp_path / "0005f7aaab2800f6170c399693a96917.tiff")
+    lab = np.zeros((H, W, 3), np.uint8)
+    lab[300:700, 600:1000, 0] = 4  # Radboud: Gleason 4
+    lab[300:500, 600:700, 0] = 1  # stroma
+    desc = f"Aperio Image Library v12.0.15\r\n{W}x{H} [0,0 {W}x{H}] (256x256) RGB|AppMag = 20|MPP = 0.5"
+    with tifffile.TiffWriter(
+        tmp_path / "0005f7aaab2800f6170c399693a96917_mask.tiff"
+    ) as tw:  # its own pyramid: 1/4/16
+        for i, step in enumerate((1, 4, 16)):
+            tw.write(
+                lab[::step, ::step],
+                tile=(256, 256),
+                photometric="rgb",
+                compression="zlib",
+                description=desc if i == 0 else None,
+                metadata=None,
+                subfiletype=0 if i == 0 else 1,
+            )
+    tiles = list(
+        iter_mask_tiles(
+            tmp_path / "0005f7aaab2800f6170c399693a96917.tiff",
+            "train_images/0005f7aaab2800f6170c399693a96917.tiff",
+            tmp_path / "0005f7aaab2800f6170c399693a96917_mask.tiff",
+            "train_label_masks/0005f7aaab2800f6170c399693a96917_mask.tiff",
+            WsiOptions(magnification=10, tile_size=256),
+        )
+    )
+    assert [t.position.rsplit("@", 1)[1] for t in tiles] == ["L1_x512_y0", "L1_x512_y512"]
+    assert tiles[0].boxes == [(1, (44, 150, 94, 250)), (4, (44, 150, 244, 256))]
+    assert tiles[1].boxes == [(4, (44, 0, 244, 94))]

@@ -1,7 +1,8 @@
 """`wsi`: whole-slide images (SVS, NDPI, MRXS, SCN, pyramidal TIFF) -> 2D tiles at a declared
 magnification, with their masks and boxes from the slide's polygons (`polygons`).
 
-What an input is: one slide, with its annotation shapes if it has any. Kept, it yields one tile per
+What an input is: one slide, with its annotation shapes if it has any (or its raster mask slide,
+`iter_mask_tiles`, as PANDA ships labels). Kept, it yields one tile per
 region tile (a tile that holds annotated pixels) plus at most `background_tiles` tissue tiles away
 from every annotation; each tile is a normal 2D image with its own mask and boxes, named by
 `Tile.position` (`{slide}@L{level}_x{X}_y{Y}`, level-0 coordinates of the tile's top-left corner and
@@ -338,16 +339,26 @@ def iter_tiles(
             if tile.boxes:  # the bounding boxes met the cell, the shape itself may not have
                 yield tile
         if opts.background_tiles:
-            yield from _background(slide, info, shapes, opts, factor, level, prefix, name)
+            bounds = [sh.bounds() for sh in shapes]
+            yield from _background(slide, info, bounds, set(), opts, factor, level, prefix, name)
     finally:
         slide.close()
 
 
-def _background(slide, info, shapes, opts: WsiOptions, factor: float, level: int, prefix: str, name: str):
+def _background(
+    slide,
+    info,
+    bounds: list,
+    busy: set[tuple[int, int]],
+    opts: WsiOptions,
+    factor: float,
+    level: int,
+    prefix: str,
+    name: str,
+):
+    """Tissue tiles from grid cells outside `busy` and away from every box in `bounds`, seeded by the slide name."""
     span = opts.tile_size * factor
     nx, ny = max(1, math.ceil(info.width / span)), max(1, math.ceil(info.height / span))
-    bounds = [s.bounds() for s in shapes]
-    busy: set[tuple[int, int]] = set()
     for b in bounds:
         busy.update(_cells(b, span, info))
     free = [(i, j) for j in range(ny) for i in range(nx) if (i, j) not in busy]
@@ -366,3 +377,82 @@ def _background(slide, info, shapes, opts: WsiOptions, factor: float, level: int
         kept += 1
         if kept >= opts.background_tiles:
             return
+
+
+MAX_PLAN_PIXELS = 16 << 20  # the mask level planned on is read whole: it must be a small one
+
+
+def iter_mask_tiles(
+    path: Path, name: str, mask_path: Path, mask_name: str, opts: WsiOptions
+) -> Iterator[Tile]:
+    """Tiles of a slide whose labels come as a raster mask slide (PANDA's `train_label_masks/{id}_mask.tiff`:
+    a pyramidal TIFF on the same grid, label values in the red channel). Region tiles are the grid cells
+    where the mask's smallest level has a label; boxes carry the mask values (the catalog names them).
+    Background tiles as for polygons, from cells without labels.
+    """
+    from PIL import Image
+
+    from gmai_pipeline.volumes import mask_boxes
+
+    slide = open_slide(path, name)
+    mslide = None
+    try:
+        mslide = open_slide(mask_path, mask_name)
+        info, minfo = slide_info(slide), slide_info(mslide)
+        if (info.width, info.height) != (minfo.width, minfo.height):
+            raise ImageError(
+                "mask_mismatch",
+                f"{mask_name}: mask slide is {minfo.width}x{minfo.height}, the slide {info.width}x{info.height}",
+            )
+        factor, level = scale(info, opts, name)
+        low = len(minfo.downsamples) - 1
+        lw, lh = mslide.level_dimensions[low]
+        if lw * lh > MAX_PLAN_PIXELS:
+            raise ImageError(
+                "unsupported_layout", f"{mask_name}: the mask slide has no level small enough to plan on"
+            )
+        try:
+            low_mask = np.asarray(mslide.read_region((0, 0), low, (lw, lh)))[..., 0]
+        except Exception as exc:
+            raise ImageError(
+                "unreadable", f"{mask_name}: reading the mask failed ({type(exc).__name__})"
+            ) from None
+        span = opts.tile_size * factor
+        ds_low = minfo.downsamples[low]
+        busy: set[tuple[int, int]] = set()
+        specs = []
+        for j in range(max(1, math.ceil(info.height / span))):
+            for i in range(max(1, math.ceil(info.width / span))):
+                win = low_mask[
+                    int(j * span / ds_low) : math.ceil((j + 1) * span / ds_low),
+                    int(i * span / ds_low) : math.ceil((i + 1) * span / ds_low),
+                ]
+                if win.any():
+                    busy.add((i, j))
+                    x, y = _clamp(i * span, span, info.width), _clamp(j * span, span, info.height)
+                    specs.append(TileSpec(x, y, level, factor, opts.tile_size))
+        del low_mask
+        specs = specs[:: max(1, math.ceil(len(specs) / opts.max_tiles_per_slide))]
+        mlevel = max(i for i, d in enumerate(minfo.downsamples) if d <= factor * (1 + 1e-6) or i == 0)
+        prefix = slide_name(name)
+        for spec in specs:
+            image = read_tile(slide, spec, info, name)
+            side = max(1, math.ceil(spec.footprint / minfo.downsamples[mlevel] - 1e-6))
+            try:
+                region = mslide.read_region((spec.x, spec.y), mlevel, (side, side)).getchannel("R")
+            except Exception as exc:
+                raise ImageError(
+                    "unreadable", f"{mask_name}: reading the mask failed ({type(exc).__name__})"
+                ) from None
+            if region.size != (spec.size, spec.size):
+                region = region.resize((spec.size, spec.size), Image.Resampling.NEAREST)
+            mask = np.asarray(region)
+            boxes = list(mask_boxes(mask, 0.0, opts.min_region_pixels))
+            if boxes:
+                yield Tile(spec, spec.position(prefix), image, mask, boxes)
+        if opts.background_tiles:
+            yield from _background(slide, info, [], busy, opts, factor, level, prefix, name)
+    finally:
+        slide.close()
+        if mslide is not None:
+            mslide.close()
