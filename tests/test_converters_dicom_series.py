@@ -287,3 +287,25 @@ def test_dicom_seg_frames_land_on_their_slices(tmp_path: Path) -> None:
     assert labels.shape == (512, 512, 5)
     assert [int(labels[:, :, k].sum()) for k in range(5)] == [0, *(int(f.sum()) for f in frames), 0]
     np.testing.assert_array_equal(labels[:, :, 1], frames[0].T[::-1, ::-1])  # LPS rows/cols -> RAS
+
+
+def test_label_series_matched_by_position(tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "img", n=6, seed=7)
+    sv = load(scan(files(tmp_path / "img"), DicomSeriesOptions()).series[0], DicomSeriesOptions(), "c")
+    (tmp_path / "seg").mkdir()
+    uid = generate_uid()
+    expected = np.zeros(sv.raw_shape, np.uint8)
+    for p in paths[:4]:  # the label series covers 4 of the 6 slices, in its own file order
+        d = pydicom.dcmread(p)
+        k = int(np.argmin(np.abs(sv.series.distances - float(d.ImagePositionPatient[2]))))
+        lab = np.zeros((12, 10), np.int16)
+        lab[2 + k : 5 + k, 1:4] = 1 + k % 2
+        expected[:, :, k] = lab.T
+        d.SeriesInstanceUID, d.SOPInstanceUID = uid, generate_uid()
+        d.RescaleSlope, d.RescaleIntercept = 1, 0
+        d.PixelData = lab.tobytes()
+        d.save_as(tmp_path / "seg" / f"L{p.name}")
+    mask_series = scan(files(tmp_path / "seg"), DicomSeriesOptions(min_slices=1)).series[0]
+    labels = ds_mod.load_series_mask(mask_series, sv, "c")
+    np.testing.assert_array_equal(labels, sv.canonical(expected))
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
