@@ -286,7 +286,27 @@ def scan(files: Iterable[DicomFile], opts: DicomSeriesOptions) -> Scan:
                     )
                 )
                 continue
-            if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            try:
+                frames = int(ds.get("NumberOfFrames", 1) or 1)
+                grid = (
+                    int(ds.get("Rows", 0) or 0),
+                    int(ds.get("Columns", 0) or 0),
+                    float(spacing[0]),
+                    float(spacing[1]),
+                )
+                instance = ds.get("InstanceNumber")
+                instance = int(instance) if instance not in (None, "") else None
+            except (TypeError, ValueError):
+                rejected.append(
+                    (
+                        f,
+                        ImageError(
+                            "unreadable", f"{f.name}: malformed Rows/Columns/NumberOfFrames/InstanceNumber"
+                        ),
+                    )
+                )
+                continue
+            if frames > 1:
                 rejected.append(
                     (
                         f,
@@ -297,18 +317,12 @@ def scan(files: Iterable[DicomFile], opts: DicomSeriesOptions) -> Scan:
                 )
                 continue
             key = (uid, *(str(ds.get(t, "")) for t in opts.split_by))
-            instance = ds.get("InstanceNumber")
             header = _Header(
                 f,
                 position,
                 orientation,
-                (
-                    int(ds.get("Rows", 0) or 0),
-                    int(ds.get("Columns", 0) or 0),
-                    float(spacing[0]),
-                    float(spacing[1]),
-                ),
-                int(instance) if instance not in (None, "") else None,
+                grid,
+                instance,
                 burned_in_risk(ds),
             )
             groups.setdefault(key, []).append(header)

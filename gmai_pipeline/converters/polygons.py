@@ -218,7 +218,10 @@ def read_asap_xml(path: Path, name: str, exclusion_groups: Sequence[str] = ASAP_
         if kind is None:
             out.add(("not_an_area", f"{where}: type {ann.get('Type')} has no area"))
             continue
-        coords = sorted((c for c in ann.iter("Coordinate")), key=lambda c: int(c.get("Order", "0") or 0))
+        try:
+            coords = sorted(ann.iter("Coordinate"), key=lambda c: int(c.get("Order", "0") or 0))
+        except ValueError:
+            raise ImageError("unreadable", f"{where}: a Coordinate Order that is not an integer") from None
         pts = [_xy(c, where) for c in coords]
         out.add(_simple(group or "None", pts, where, kind, group in exclusion_groups))
     return out
