@@ -16,7 +16,8 @@ Why it is built this way:
 - Magnification is declared, not assumed: `magnification` (objective power, e.g. 20) or `mpp`
   (microns per pixel, e.g. 0.5); the slide's own `openslide.objective-power` / `openslide.mpp-x`
   give the factor from level 0 (`base_magnification` stands in for slides that record neither). The
-  pyramid level read is the deepest one not coarser than the target (`get_best_level_for_downsample`),
+  pyramid level read is the coarsest one still at least as fine as the target (snapped to a level when
+  within `tolerance`),
   and the rest of the factor is a Pillow resize of that one region. So a read is at most the tile size
   times the step between two levels (2x or 4x per side on common scanners); memory is bounded by the
   tile size, never by the slide.
