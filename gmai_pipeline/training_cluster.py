@@ -76,18 +76,21 @@ def launch_command(
     python: str | None = None,
     nnodes: int = 1,
     rdzv_endpoint: str | None = None,
+    module: str = "training_jobs.train",
 ) -> list[str]:
-    """`python -m training_jobs.train ...` or the torchrun equivalent (standalone on one node, c10d rendezvous on several)."""
+    """`python -m training_jobs.train ...` or the torchrun equivalent (standalone on one node, c10d rendezvous on several).
+
+    `module` is the entry point on the nodes (`training_jobs.evaluate` for the evaluation assets)."""
     python = python or sys.executable
     if launcher == "python":
-        return [python, "-m", "training_jobs.train", *args]
+        return [python, "-m", module, *args]
     cmd = [python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}"]
     cmd += (
         ["--standalone"]
         if nnodes == 1 and not rdzv_endpoint
         else ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
     )
-    return [*cmd, "-m", "training_jobs.train", *args]
+    return [*cmd, "-m", module, *args]
 
 
 def render(template: str, fields: Mapping[str, object]) -> str:
@@ -117,6 +120,7 @@ class SlurmJob:
     env: Mapping[str, str]
     train_args: Sequence[str]
     master_port: int = 29500
+    module: str = "training_jobs.train"  # the entry point the job runs
 
 
 def render_sbatch(job: SlurmJob, template: Path = SBATCH_TEMPLATE) -> str:
@@ -129,7 +133,7 @@ def render_sbatch(job: SlurmJob, template: Path = SBATCH_TEMPLATE) -> str:
     launch = (
         f"{job.container} {shlex.quote(job.python)} -m torch.distributed.run --nnodes={job.nodes} "
         f'--nproc-per-node={nproc} --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" '
-        f'--rdzv-id="$SLURM_JOB_ID" -m training_jobs.train {shlex.join(job.train_args)}'
+        f'--rdzv-id="$SLURM_JOB_ID" -m {job.module} {shlex.join(job.train_args)}'
     ).strip()
     fields = {
         "job_name": job.job_name,

@@ -77,12 +77,17 @@ class GpuClusterResource(dg.ConfigurableResource):
         return self.python or sys.executable
 
     def run_stage(
-        self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path
+        self,
+        context: dg.AssetExecutionContext,
+        args: list[str],
+        out_dir: Path,
+        module: str = "training_jobs.train",
     ) -> dg.MaterializeResult:
+        """Run `python -m <module> <args>` where this resource says (training, or `training_jobs.evaluate`)."""
         if self.backend == "local":
-            return self._run_local(context, args)
+            return self._run_local(context, args, module)
         if self.backend == "slurm":
-            return self._run_slurm(context, args, out_dir)
+            return self._run_slurm(context, args, out_dir, module)
         raise dg.Failure(f"gpu_cluster backend '{self.backend}' is not available here (local, slurm)")
 
     def _env(self) -> dict[str, str]:
@@ -94,8 +99,12 @@ class GpuClusterResource(dg.ConfigurableResource):
         env["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded at run time
         return env
 
-    def _run_local(self, context: dg.AssetExecutionContext, args: list[str]) -> dg.MaterializeResult:
-        cmd = tc.launch_command(args, self.launcher, max(self.gpus_per_node, 1), self._python())
+    def _run_local(
+        self, context: dg.AssetExecutionContext, args: list[str], module: str = "training_jobs.train"
+    ) -> dg.MaterializeResult:
+        cmd = tc.launch_command(
+            args, self.launcher, max(self.gpus_per_node, 1), self._python(), module=module
+        )
         context.log.info("launching: " + " ".join(cmd))
         client = dg.PipesSubprocessClient(cwd=self.workdir or str(PROJECT_ROOT))
         # The client passes this process's environment on; a bare python launch is a world of one on a fresh
@@ -116,7 +125,11 @@ class GpuClusterResource(dg.ConfigurableResource):
         ).get_materialize_result()
 
     def _run_slurm(
-        self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path
+        self,
+        context: dg.AssetExecutionContext,
+        args: list[str],
+        out_dir: Path,
+        module: str = "training_jobs.train",
     ) -> dg.MaterializeResult:
         tag = uuid.uuid4().hex[:6]
         shared = Path(self.shared_dir or out_dir) / "slurm" / f"{context.run.run_id[:8]}-{tag}"
@@ -142,6 +155,7 @@ class GpuClusterResource(dg.ConfigurableResource):
                 env={**self._env(), **session.get_bootstrap_env_vars()},
                 train_args=args,
                 master_port=20000 + int(tag, 16) % 10000,  # concurrent jobs on one node must not collide
+                module=module,
             )
             script = shared / "job.sbatch"
             script.write_text(tc.render_sbatch(job))
@@ -244,38 +258,50 @@ def _mixture(stage: int) -> tuple[Path, dict]:
     return data, json.loads(meta_path.read_text())
 
 
-def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
+def _stage_asset(
+    stage: int, retries: int, init_stage: int | None = None, name: str | None = None, group: str = "training"
+) -> dg.AssetsDefinition:
+    """Stage `stage` trained from stage `init_stage`'s export (default: the stage before it).
+
+    `init_stage` other than stage - 1 is the paper's Table 7 ablation (stage III straight after stage I);
+    such an asset writes to training/<name>/ so the main chain's exports stay as they are.
+    """
+    init_stage = stage - 1 if init_stage is None else init_stage
+    name = name or f"gmai_vl_stage{stage}"
+    folder = f"stage{stage}" if name == f"gmai_vl_stage{stage}" else name.removeprefix("gmai_vl_")
     deps: list = [dg.AssetKey(f"stage{stage}_mix")]
-    if stage > 1:
-        deps.append(dg.AssetKey(f"gmai_vl_stage{stage - 1}"))
+    if init_stage > 0:
+        deps.append(dg.AssetKey(f"gmai_vl_stage{init_stage}"))
     what = {
         1: "projector only, lr 1e-3, 1 epoch",
         2: "projector + vision encoder, lr 1e-4, 1 epoch",
         3: "everything, lr 1e-5, 2 epochs",
     }[stage]
 
+    after = "" if init_stage == stage - 1 else f", started from stage {init_stage}'s export (ablation)"
+
     @dg.asset(
-        name=f"gmai_vl_stage{stage}",
+        name=name,
         deps=deps,
         pool="gpu",
-        group_name="training",
+        group_name=group,
         kinds={"pytorch", "deepspeed"},
         retry_policy=dg.RetryPolicy(max_retries=retries) if retries else None,
-        description=f"GMAI-VL stage {'I' * stage if stage < 3 else 'III'}: {what}. Outputs "
-        f"training/stage{stage}/export (hand-off) and checkpoints/ (resume).",
+        description=f"GMAI-VL stage {'I' * stage if stage < 3 else 'III'}: {what}{after}. Outputs "
+        f"training/{folder}/export (hand-off) and checkpoints/ (resume).",
     )
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuClusterResource):
         data, meta = _mixture(stage)
-        out = layout().training / f"stage{stage}"
+        out = layout().training / folder
         # Resume only together with retries (a retry resumes) or when asked; a fresh run starts clean.
         resume = config.resume or gpu_cluster.retries > 0
         if not resume:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         init_from = None
-        if stage > 1:
-            init_from = layout().training / f"stage{stage - 1}" / "export"
+        if init_stage > 0:
+            init_from = layout().training / f"stage{init_stage}" / "export"
             if not (init_from / "llm").exists():
-                raise dg.Failure(f"stage {stage - 1} has no export at {init_from}")
+                raise dg.Failure(f"stage {init_stage} has no export at {init_from}")
         args = tc.train_args(
             stage,
             data,
@@ -298,6 +324,9 @@ def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
         )
 
     return _asset
+
+
+stage_asset = _stage_asset  # defs/evaluation.py builds the Table 7 ablation's stage 1+3 with it
 
 
 def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
