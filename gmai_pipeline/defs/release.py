@@ -129,13 +129,15 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     def compute(context: dg.AssetExecutionContext, text_files: list[str] | None) -> dg.MaterializeResult:
         out = layout()
         config, path = load_mixtures()
-        loaded = _load(context, out)
+        # A mixture without our records ("w/o our data": only external corpora and text) needs no release.
+        ours = any(c.kinds for c in config.stages[stage].components.values())
         mixture = build_mixture(
             stage,
-            loaded.rows,
+            _load(context, out).rows if ours else [],
             config,
             path,
             [Path(p) for p in text_files] if text_files is not None else None,
+            external_dir=out.root / "external",
         )
         for r in mixture.rejected[:20]:
             context.log.warning(f"{stage}: not mixed: {r['detail']}")
@@ -172,7 +174,7 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     spec = dict(
         name=f"{stage}_mix",
         group_name=GROUP,
-        deps=[instruction_shards],
+        deps=[instruction_shards, dg.AssetKey("external_corpora")],
         kinds={"json"},
         description=description,
     )
