@@ -133,9 +133,9 @@ def summarize(model: str, scores: list[DatasetScore]) -> StageSummary:
 
 
 def _with_paper(ours: dict, published: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Our row first, then the paper's GMAI-VL rows, columns in our order then the paper's."""
+    """Our row first, then the paper's GMAI-VL rows; the paper's columns in its order, then values it has not."""
     rows = [ours] + [{"model": f"{name} (paper)", **vals} for name, vals in published.items()]
-    columns = list(ours) + [c for vals in published.values() for c in vals if c not in ours]
+    columns = ["model", *(c for vals in published.values() for c in vals), *ours]
     return pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(columns)))
 
 
