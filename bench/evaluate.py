@@ -8,8 +8,9 @@ Hugging Face loop). Random-init models never stop early, so both generate exactl
 question. Repeats alternate the order; figures are medians. Also reports how many answers are identical.
 
 Shapes: `tiny` is the demo's model (CLIP 336 px -> 576 image tokens, a 2-layer 64-wide Llama); `small`
-a heavier decoder (8 layers, 512 wide) on the same vision tower, where generation rather than the vision
-tower dominates. Writes bench/results/evaluate-<device>.json (or --out).
+a wider, deeper decoder (4 layers, 256 wide, 2k vocabulary) on 112 px images (64 image tokens), where
+decoding rather than the image prefill dominates. (On a CPU, prefill is compute-bound and batching does not
+shrink it; with 576 image tokens and a real decoder a CPU run takes hours, which is what the GPU is for.) Writes bench/results/evaluate-<device>.json (or --out).
 
     .venv/bin/python bench/evaluate.py [--shapes tiny small] [--repeats 3] [--batch-size 8] [--max-new-tokens 32]
 """
@@ -46,8 +47,8 @@ def build_model(folder: Path, shape: str, texts: list[str]) -> Path:
     from training_jobs.model import VL_CONFIG
 
     tok = train_tokenizer(texts, vocab_size=2048)
-    vision, llm = tiny_configs(len(tok), image_size=336)
-    llm.hidden_size, llm.intermediate_size, llm.num_hidden_layers = 512, 1408, 8
+    vision, llm = tiny_configs(len(tok), image_size=112)  # 64 image tokens: decoding, not prefill, dominates
+    llm.hidden_size, llm.intermediate_size, llm.num_hidden_layers = 256, 704, 4
     llm.num_attention_heads, llm.num_key_value_heads = 8, 4
     torch.manual_seed(0)
     CLIPVisionModel(vision).save_pretrained(folder / "vision")

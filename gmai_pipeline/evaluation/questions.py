@@ -491,6 +491,9 @@ def write_question_set(root: Path, folder: Path) -> QuestionSet:
                 f"{name}: {len(ds.rows) - len(keep)} rows repeat an index already read; first kept"
             )
             ds.rows, ds.images = [ds.rows[i] for i in keep], [ds.images[i] for i in keep]
+        # A short-answer benchmark kept as multiple choice (options listed) is scored as multiple choice.
+        if ds.task == "vqa" and any(r.get("A") for r in ds.rows):
+            ds.task = "mcq"
         text = rows_tsv(ds)
         frame = typed_frame(text)
         interleave = name.startswith("MMMU")
