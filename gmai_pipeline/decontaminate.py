@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from gmai_pipeline import neardup
-from gmai_pipeline.benchmarks import BenchmarkSpec, present, read_benchmark
+from gmai_pipeline.benchmarks import BenchmarkSpec, is_present, locate_all, present, unclaimed_tsvs
 from gmai_pipeline.hashing import ImageDecodeError, ImageHashes, hash_image
 from gmai_pipeline.schemas import NORMALIZED_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, write_table
@@ -198,10 +198,21 @@ def default_workers() -> int:
 
 @dataclass
 class BenchmarkHashReport:
-    images: dict[str, int] = field(default_factory=dict)  # benchmark -> images hashed
+    images: dict[str, int] = field(
+        default_factory=dict
+    )  # benchmark (VLMEvalKit dataset name) -> images hashed
     present: list[str] = field(default_factory=list)  # registry names found
     missing: list[BenchmarkSpec] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    sources: dict[str, int] = field(default_factory=dict)  # file or layout folder read -> images hashed
+    empty: list[str] = field(
+        default_factory=list
+    )  # present benchmarks / files that yielded no image: blocking
+    ignored: list[str] = field(default_factory=list)  # root TSVs no benchmark claims, train-split TSVs
+
+    @property
+    def ok(self) -> bool:
+        return not self.empty
 
 
 def _thumbnail(data: bytes) -> bytes:
@@ -214,10 +225,11 @@ def _thumbnail(data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _hash_item(item: tuple[str, str, bytes]) -> tuple[str, str, ImageHashes | str, bytes | None]:
-    benchmark, item_id, data = item
+def _hash_item(item: tuple[str, str, bytes, str, str]) -> tuple:
+    benchmark, item_id, data, spec, source = item
     hashed = _hash_bytes(data)
-    return benchmark, item_id, hashed, (_thumbnail(data) if isinstance(hashed, ImageHashes) else None)
+    thumb = _thumbnail(data) if isinstance(hashed, ImageHashes) else None
+    return benchmark, item_id, hashed, thumb, spec, source
 
 
 def hash_benchmarks(root: Path, layout: OutputLayout, workers: int | None = None) -> BenchmarkHashReport:
@@ -227,13 +239,18 @@ def hash_benchmarks(root: Path, layout: OutputLayout, workers: int | None = None
     re-read a 9 GB TSV.
     """
     workers = default_workers() if workers is None else workers
-    found, missing = present(root)
-    report = BenchmarkHashReport(present=[s.name for s in found], missing=missing)
+    locations = [loc for loc in locate_all(root) if is_present(loc)]
+    report = BenchmarkHashReport(present=[loc.spec.name for loc in locations], missing=present(root)[1])
+    report.ignored = [f"{p} (no benchmark of this name)" for p in unclaimed_tsvs(root)]
+    report.ignored += [f"{p} (train split)" for loc in locations for p in loc.ignored]
+    per_spec: dict[str, int] = {loc.spec.name: 0 for loc in locations}
 
-    def items() -> Iterator[tuple[str, str, bytes]]:
-        for spec in found:
-            for item in read_benchmark(spec, root, report.problems):
-                yield tuple(item)
+    def items() -> Iterator[tuple[str, str, bytes, str, str]]:
+        for loc in locations:
+            for source in loc.sources:
+                report.sources.setdefault(str(source.path), 0)
+                for item in source.read(report.problems):
+                    yield (*item, loc.spec.name, str(source.path))
 
     rows, thumbs = [], []
     with (
@@ -242,11 +259,13 @@ def hash_benchmarks(root: Path, layout: OutputLayout, workers: int | None = None
         atomic_path(benchmark_thumbnails(layout)) as tmp_thumbs,
         pq.ParquetWriter(tmp_thumbs, THUMB_SCHEMA) as thumb_writer,
     ):
-        for benchmark, item_id, hashed, thumb in parallel_map(_hash_item, items(), workers):
+        for benchmark, item_id, hashed, thumb, spec, source in parallel_map(_hash_item, items(), workers):
             if isinstance(hashed, str):
                 report.problems.append(f"{benchmark}: item {item_id}: undecodable image ({hashed})")
                 continue
             report.images[benchmark] = report.images.get(benchmark, 0) + 1
+            report.sources[source] += 1
+            per_spec[spec] += 1
             rows.append(
                 {
                     "benchmark": benchmark,
@@ -267,6 +286,14 @@ def hash_benchmarks(root: Path, layout: OutputLayout, workers: int | None = None
         if rows:
             writer.write_table(pa.Table.from_pylist(rows, schema=BENCHMARK_HASH_SCHEMA))
             thumb_writer.write_table(pa.Table.from_pylist(thumbs, schema=THUMB_SCHEMA))
+    for loc in locations:
+        if not loc.sources:
+            report.empty.append(
+                f"{loc.spec.name}: {loc.describe()} holds none of the layouts read ({loc.spec.layout})"
+            )
+        elif per_spec[loc.spec.name] == 0:
+            report.empty.append(f"{loc.spec.name}: {loc.describe()} yielded no benchmark image")
+    report.empty += [f"{path}: yielded no benchmark image" for path, n in report.sources.items() if n == 0]
     return report
 
 

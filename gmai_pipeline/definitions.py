@@ -1,7 +1,7 @@
 """The code location: every stage's definitions merged, plus the jobs users look for.
 
 Read the asset graph off `gmai_pipeline/defs/`: sources -> normalize -> decontam ->
-generation -> release -> training, with ops (schedules, sensors) beside them.
+generation -> release -> training -> evaluation, with ops (schedules, sensors) beside them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,17 @@ from __future__ import annotations
 import dagster as dg
 
 from gmai_pipeline.catalog import load_catalog
-from gmai_pipeline.defs import decontam, generation, normalize, ops, release, sources, training
+from gmai_pipeline.defs import (
+    decontam,
+    evaluation,
+    external,
+    generation,
+    normalize,
+    ops,
+    release,
+    sources,
+    training,
+)
 from gmai_pipeline.jobs import build_jobs
 
 
@@ -18,7 +28,17 @@ def build_definitions() -> dg.Definitions:
     stages = dg.Definitions.merge(
         *(
             module.build_defs(catalog)
-            for module in (sources, normalize, decontam, generation, release, training, ops)
+            for module in (
+                sources,
+                normalize,
+                decontam,
+                generation,
+                external,
+                release,
+                training,
+                evaluation,
+                ops,
+            )
         )
     )
     return dg.Definitions.merge(stages, dg.Definitions(jobs=build_jobs(catalog)))

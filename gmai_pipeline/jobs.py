@@ -7,6 +7,8 @@
 - `generate_job`: the partitioned generation assets (captions, VQA, translations); backfill its shards.
 - `train_job`: the three training stages, with stage III's scoring pass and mixture between II and III
   (the stage II model judges stage III's candidates, so that mixture can only be made inside training).
+- `evaluate_job`: the benchmark question sets and the evaluation of each of the three stages.
+- `ablation_job`: the paper's Table 7: stages 1, 1+2, 1+3 and 1+2+3 trained from one base, evaluated, compared.
 
 Unpartitioned jobs that include partitioned assets are tagged with the whole generation partition
 range, so one run processes every shard (assets read `context.partition_keys`).
@@ -39,6 +41,8 @@ GENERATION_KEYS = ("captions", "vqa", "translations")
 RELEASE_KEYS = ("instruction_shards", "stage1_mix", "stage2_mix", "dataset_report")
 # stage3_mix is filtered by the stage II model's scores (stage3_scores), so it runs with the training stages.
 TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "stage3_scores", "stage3_mix", "gmai_vl_stage3")
+EVALUATION_KEYS = ("benchmark_questions", "eval_stage1", "eval_stage2", "eval_stage3")
+ABLATION_KEYS = ("gmai_vl_stage1_3", "eval_stage1_3", "stage_ablation")
 EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 
 
@@ -51,6 +55,11 @@ def training_selection() -> dg.AssetSelection:
     return select(*TRAINING_KEYS)
 
 
+def gpu_selection() -> dg.AssetSelection:
+    """Training and everything that needs a trained model (evaluation, the ablation): left to a person."""
+    return select(*TRAINING_KEYS, *ABLATION_KEYS).downstream()
+
+
 def per_dataset_selection() -> dg.AssetSelection:
     return dg.AssetSelection.key_prefixes(["source"], ["normalized"])
 
@@ -59,7 +68,7 @@ def demo_selection(catalog: list[SourceDataset]) -> dg.AssetSelection:
     """The demo sources, everything downstream, and the shared inputs that needs (e.g. `benchmark_hashes`),
     but no other dataset's `source/*` or `normalized/*`."""
     demo_sources = dg.AssetSelection.assets(*[["source", s.name] for s in catalog if s.demo])
-    downstream = demo_sources.downstream()
+    downstream = demo_sources.downstream() - select(*ABLATION_KEYS)  # the ablation: `ablation_job`
     return downstream | (downstream.upstream() - per_dataset_selection())
 
 
@@ -142,6 +151,20 @@ def build_jobs(catalog: list[SourceDataset]) -> list[dg.UnresolvedAssetJobDefini
             selection=training_selection(),
             description="The three GMAI-VL training stages on the GPU cluster resource, with stage III's "
             "scoring pass (the stage II model's confidence) and mixture between stages II and III.",
+            executor_def=executor,
+        ),
+        dg.define_asset_job(
+            "evaluate_job",
+            selection=select(*EVALUATION_KEYS),
+            description="The benchmark question sets and each trained stage evaluated on them (VLMEvalKit's "
+            "prompts and exact-matching scores), on the GPU cluster resource.",
+            executor_def=executor,
+        ),
+        dg.define_asset_job(
+            "ablation_job",
+            selection=select(*TRAINING_KEYS, *EVALUATION_KEYS, *ABLATION_KEYS),
+            description="The paper's Table 7: stage 1, 1+2, 1+3 and 1+2+3 trained from one base, each evaluated, "
+            "and the comparison with the published figures.",
             executor_def=executor,
         ),
     ]

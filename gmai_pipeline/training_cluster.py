@@ -80,7 +80,8 @@ def launch_command(
 ) -> list[str]:
     """`python -m <module> ...` or the torchrun equivalent (standalone on one node, c10d rendezvous on several).
 
-    module: training_jobs.train (a stage) or training_jobs.score (stage III's scoring pass)."""
+    `module` is the entry point on the nodes: training_jobs.train (a stage), training_jobs.score (stage III's
+    scoring pass) or training_jobs.evaluate (the evaluation assets)."""
     python = python or sys.executable
     if launcher == "python":
         return [python, "-m", module, *args]
@@ -120,7 +121,7 @@ class SlurmJob:
     env: Mapping[str, str]
     train_args: Sequence[str]
     master_port: int = 29500
-    module: str = "training_jobs.train"
+    module: str = "training_jobs.train"  # the entry point the job runs
 
 
 def render_sbatch(job: SlurmJob, template: Path = SBATCH_TEMPLATE) -> str:

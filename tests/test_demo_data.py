@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 
+from gmai_pipeline.benchmarks import read_all
 from gmai_pipeline.demo import (
     DEMO_PHI_VALUES,
     DEMO_SOURCES,
@@ -87,7 +88,9 @@ def test_generation_is_idempotent_and_leaves_no_temp_folders(demo: tuple[Path, P
     assert ensure_demo_source("demo_histology_csv", raw) == folder
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
     assert sorted(p.name for p in raw.iterdir()) == sorted(DEMO_SOURCES)  # no .tmp leftovers
-    assert sorted(p.name for p in bench.iterdir()) == ["GMAI-MMBench", "OmniMedVQA"]
+    assert sorted(p.name for p in bench.iterdir()) == [
+        "GMAI-MMBench", "MMMU", "OmniMedVQA", "PMC-VQA", "PathVQA", "SLAKE", "VQA-RAD"
+    ]  # fmt: skip
 
 
 def test_existing_user_folder_is_left_alone(tmp_path: Path) -> None:
@@ -334,3 +337,8 @@ def test_unplanted_benchmark_images_are_not_near_any_training_image(demo: tuple[
         h = imagehash.dhash(Image.open(io.BytesIO(data)))
         near = {p for p, th in train.items() if h - th <= DHASH_THRESHOLD + 4}
         assert near == ({planted[key]} if key in planted else set()), key
+    others = [i for i in read_all(bench, []) if i.benchmark not in ("GMAI-MMBench_VAL", "OmniMedVQA")]
+    assert len(others) == 3 + 2 + 3 + 3 + 4  # VQA-RAD, SLAKE, PMC-VQA, PathVQA_TEST, MMMU: nothing planted
+    for item in others:
+        h = imagehash.dhash(Image.open(io.BytesIO(item.image_bytes)))
+        assert not [p for p, th in train.items() if h - th <= DHASH_THRESHOLD + 4], item[:2]

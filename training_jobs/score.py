@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
+        "--max-samples",
+        type=int,
+        default=0,
+        help="score the first N candidates only, the others listed as not_scored (the demo); 0: all",
+    )
+    p.add_argument(
         "--num-workers", type=int, default=None, help="image-decoding workers (4 on GPU, 0 on CPU)"
     )
     args = p.parse_args(argv)
@@ -112,6 +118,10 @@ def score(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         model.image_size,
         args.max_length,
     )
+    not_scored = []
+    if args.max_samples and len(ds.samples) > args.max_samples:
+        reporter.info(f"--max-samples: scoring the first {args.max_samples} of {len(ds.samples)} candidates")
+        not_scored, ds.samples = ds.samples[args.max_samples :], ds.samples[: args.max_samples]
     rows = plan_epoch(
         ds.lengths, args.max_length, 0, 0, method="ffd" if args.packing else "single", group=args.micro_batch
     )
@@ -122,8 +132,12 @@ def score(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         batches, batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda"
     )
     sums: dict[str, tuple[float, int]] = {}
+    last_log = time.perf_counter()
     with torch.no_grad():
         for step, batch in zip(batches.steps, loader, strict=True):
+            if rank == 0 and time.perf_counter() - last_log > 30:
+                last_log = time.perf_counter()
+                reporter.info(f"scoring: step {step + 1} of {steps} ({len(sums)} samples so far)")
             base = step * world * args.micro_batch + rank * args.micro_batch
             picked = [[ds.samples[i] for i in rows[(base + j) % len(rows)]] for j in range(args.micro_batch)]
             kwargs = {}
@@ -171,6 +185,8 @@ def score(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         )
     for skipped in ds.skipped:
         lines.append({"id": skipped["id"], "status": skipped["reason"], "detail": skipped["detail"]})
+    for s in not_scored:
+        lines.append({"id": s.id, "status": "not_scored", "detail": "--max-samples"})
     tmp = args.output / "scores.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for line in lines:
@@ -182,6 +198,7 @@ def score(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         "candidates": len(lines),
         "scored": len(losses),
         "skipped": len(ds.skipped),
+        "not_scored": len(not_scored),
         "truncated": len(truncated),
         "mean_loss_median": statistics.median(losses) if losses else None,
         "mean_loss_p95": losses[min(len(losses) - 1, int(0.95 * len(losses)))] if losses else None,

@@ -1,13 +1,14 @@
-"""PathVQA test split.
+"""PathVQA test and validation splits (VLMEvalKit evaluates both: `PathVQA_TEST`, `PathVQA_VAL`).
 
 Layouts read (whichever are present):
 - the Hugging Face Parquet mirror `flaviagiammarino/path-vqa` (the form most people download):
-  `data/test-*.parquet` with `image` {bytes, path}, `question`, `answer`; item id `test:<row>`;
-- the original release (`pvqa/` from the authors' Google Drive): `pvqa/images/test/*.jpg`. The
-  test split is exactly the images in that folder, so the pickled question files
-  (`pvqa/qas/test/test_qa.pkl`) are not needed and never unpickled (unpickling runs code);
-  item id = the file stem (`test_0001`);
-- VLMEvalKit's `PathVQA_*.tsv` is read by the TSV reader.
+  `data/{test,validation}-*.parquet` with `image` {bytes, path}, `question`, `answer`; item id
+  `<split>:<row>`;
+- the original release (`pvqa/` from the authors' Google Drive): `pvqa/images/{test,val}/*.jpg`. A
+  split is exactly the images in its folder, so the pickled question files (`pvqa/qas/test/test_qa.pkl`)
+  are not needed and never unpickled (unpickling runs code); item id = the file stem (`test_0001`);
+- VLMEvalKit's `PathVQA_TEST.tsv` / `PathVQA_VAL.tsv` (and their `_local.tsv`) are read by the TSV reader.
+Train splits are training data (GMAI-VL's stage III), never read here.
 """
 
 from __future__ import annotations
@@ -22,9 +23,25 @@ BENCHMARK = "PathVQA"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
+SPLITS = ("test", "validation")
+IMAGE_FOLDERS = ("test", "val", "validation")
+
+
+def parquet_files(folder: Path) -> list[Path]:
+    return [p for split in SPLITS for p in sorted(folder.glob(f"data/{split}-*.parquet"))]
+
+
+def image_folders(folder: Path) -> list[Path]:
+    return [folder / base / "images" / s for base in ("pvqa", "") for s in IMAGE_FOLDERS]
+
+
+def detect(folder: Path) -> bool:
+    return bool(parquet_files(folder)) or any(d.is_dir() for d in image_folders(folder))
+
+
 def read(folder: Path, problems: list[str]) -> Iterator[BenchmarkImage]:
-    yield from read_hf_parquet(sorted(folder.glob("data/test-*.parquet")), BENCHMARK, problems)
-    for images in (folder / "pvqa" / "images" / "test", folder / "images" / "test"):
+    yield from read_hf_parquet(parquet_files(folder), BENCHMARK, problems)
+    for images in image_folders(folder):
         if not images.is_dir():
             continue
         for path in sorted(images.iterdir()):

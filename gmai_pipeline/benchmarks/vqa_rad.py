@@ -6,6 +6,7 @@ Two layouts are read:
   whose `phrase_type` starts with `test` (`test_freeform`, `test_para`);
 - the Hugging Face Parquet mirror (`flaviagiammarino/vqa-rad`): `data/test-*.parquet` with an
   `image` {bytes, path} struct.
+A folder one level deeper (an archive unpacked into its own folder) is found by the registry.
 Each image is yielded once, under the `qid` of its first test question (original) or
 `test:<row>` (mirror, which carries no ids).
 """
@@ -55,17 +56,23 @@ def read_original(folder: Path, problems: list[str]) -> Iterator[BenchmarkImage]
                 yield got
 
 
+def hf_split(path: Path) -> str:
+    """`data/validation-00000-of-00001.parquet` -> `validation` (HF `datasets` shard names)."""
+    return path.name.split("-", 1)[0]
+
+
 def read_hf_parquet(files: list[Path], benchmark: str, problems: list[str]) -> Iterator[BenchmarkImage]:
-    """HF `datasets` Parquet with an `image` struct column: distinct images by bytes."""
+    """HF `datasets` Parquet with an `image` struct column: distinct images by bytes, ids `<split>:<row>`."""
     import hashlib
 
     seen: set[bytes] = set()
-    row = 0
+    rows: dict[str, int] = {}
     for path in files:
+        split = hf_split(path)
         for rec in iter_parquet_rows(path, ["image"]):
             data = struct_bytes(rec.get("image"))
-            item_id = f"test:{row}"
-            row += 1
+            item_id = f"{split}:{rows.get(split, 0)}"
+            rows[split] = rows.get(split, 0) + 1
             if data is None:
                 problems.append(f"{benchmark}: {path}: row {item_id} has no image bytes")
                 continue

@@ -80,7 +80,9 @@ def build_annotations(sources: list[SourceDataset]) -> dg.AssetsDefinition:
     kinds={"parquet"},
     description=(
         "Byte MD5, decoded-pixel MD5, dHash and pHash of every image of every benchmark present under "
-        "$GMAI_BENCHMARK_ROOT (folders: " + ", ".join(f"`{s.folder}/` ({s.layout})" for s in REGISTRY) + ")."
+        "$GMAI_BENCHMARK_ROOT (folders: " + ", ".join(f"`{s.folder}/` ({s.layout})" for s in REGISTRY) + "; "
+        "or VLMEvalKit's flat LMUData/ TSVs, `_local.tsv` included). A benchmark present but yielding no "
+        "image fails the step."
     ),
 )
 def benchmark_hashes(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -96,18 +98,34 @@ def benchmark_hashes(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     report = dc.hash_benchmarks(root, layout())
     for spec in report.missing:
         context.log.info(
-            f"benchmark {spec.name} not present (expected {root / spec.folder}/: {spec.layout}): skipped"
+            f"benchmark {spec.name} not present (expected {root / spec.folder}/ ({spec.layout}) or VLMEvalKit "
+            f"TSVs {', '.join(spec.tsv_patterns)} in {root}): skipped"
+        )
+    for line in report.ignored:
+        context.log.warning(f"not read: {line}")
+    problems = _problems(context, report.problems)
+    if not report.ok:
+        # A benchmark that is there but yields nothing must not pass as "checked": nothing would be removed.
+        raise dg.Failure(
+            "benchmarks present but yielding no image (fix the files, or move them out of "
+            f"{root}):\n" + "\n".join(f"- {e}" for e in report.empty),
+            metadata={
+                "empty": dg.MetadataValue.md("\n".join(f"- {e}" for e in report.empty)),
+                "problems_preview": problems,
+            },
         )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sum(report.images.values()),
             "images": sum(report.images.values()),
             "images_per_benchmark": _counts_table(report.images, "benchmark", "images"),
+            "images_per_file": _counts_table(report.sources, "file or folder", "images"),
             "benchmarks_present": ", ".join(report.present) or "none",
             "benchmarks_not_present_skipped": ", ".join(s.name for s in report.missing) or "none",
+            "files_not_read": dg.MetadataValue.md("\n".join(f"- {e}" for e in report.ignored) or "none"),
             "benchmark_root": str(root),
             "problems": len(report.problems),
-            "problems_preview": _problems(context, report.problems),
+            "problems_preview": problems,
         }
     )
 

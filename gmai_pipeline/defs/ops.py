@@ -12,7 +12,7 @@ import os
 import dagster as dg
 
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.jobs import ALL_SHARDS_TAGS, training_selection
+from gmai_pipeline.jobs import ALL_SHARDS_TAGS, gpu_selection
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.sensing import (
     FolderState,
@@ -59,7 +59,7 @@ def _first_seen_is_current(context: dg.SensorEvaluationContext, name: str, state
 
 
 def selection_for(names: list[str], asset_graph_keys: set[dg.AssetKey]) -> list[dg.AssetKey]:
-    """`source/<name>`, `normalized/<name>` and everything downstream of them, training stages excluded."""
+    """`source/<name>`, `normalized/<name>` and everything downstream of them, training and evaluation excluded."""
     roots = [
         k
         for n in names
@@ -76,10 +76,10 @@ def build_raw_data_sensor(catalog: list[SourceDataset]) -> dg.SensorDefinition:
         name="raw_data_sensor",
         minimum_interval_seconds=SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        target=dg.AssetSelection.all() - training_selection(),
+        target=dg.AssetSelection.all() - gpu_selection(),
         description="Watches $GMAI_RAW_ROOT: when a catalogued dataset's folder appears or changes (paths, sizes, "
         "mtimes), requests source/<name>, normalized/<name> and everything downstream up to the release "
-        "(training is left to a person). Folders not in the catalog are reported and ignored.",
+        "(training and evaluation are left to a person). Folders not in the catalog are reported and ignored.",
     )
     def raw_data_sensor(context: dg.SensorEvaluationContext):
         raw_root = get_settings().raw_root
@@ -100,7 +100,7 @@ def build_raw_data_sensor(catalog: list[SourceDataset]) -> dg.SensorDefinition:
             )
         asset_graph = context.repository_def.asset_graph
         roots = selection_for(to_run, set(asset_graph.get_all_asset_keys()))
-        selected = (dg.AssetSelection.assets(*roots).downstream() - training_selection()).resolve(asset_graph)
+        selected = (dg.AssetSelection.assets(*roots).downstream() - gpu_selection()).resolve(asset_graph)
         digest = hashlib.sha256("".join(f"{n}={current[n].digest};" for n in to_run).encode()).hexdigest()[
             :16
         ]

@@ -147,18 +147,20 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     def compute(context: dg.AssetExecutionContext, text_files: list[str] | None) -> dg.MaterializeResult:
         out = layout()
         config, path = load_mixtures()
-        loaded = _load(context, out)
+        # A mixture without our records ("w/o our data": only external corpora and text) needs no release.
+        ours = any(c.kinds for c in config.stages[stage].components.values())
         # Stage III is judged by the stage II model: the stage3_scores asset wrote its scores.
         judged = model_judged(config, stage)
         try:
             scores = read_scores(out.training / "stage3_scores" / "scores.jsonl") if judged else None
             mixture = build_mixture(
                 stage,
-                loaded.rows,
+                _load(context, out).rows if ours else [],
                 config,
                 path,
                 [Path(p) for p in text_files] if text_files is not None else None,
                 scores,
+                external_dir=out.root / "external",
             )
         except StaleScoresError as exc:
             raise dg.Failure(str(exc)) from None
@@ -205,7 +207,11 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     spec = dict(
         name=f"{stage}_mix",
         group_name=GROUP,
-        deps=[instruction_shards, *([dg.AssetKey("stage3_scores")] if stage == "stage3" else [])],
+        deps=[
+            instruction_shards,
+            dg.AssetKey("external_corpora"),
+            *([dg.AssetKey("stage3_scores")] if stage == "stage3" else []),
+        ],
         kinds={"json", "parquet"} if stage == "stage3" else {"json"},
         description=description,
     )

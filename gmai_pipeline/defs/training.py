@@ -316,25 +316,37 @@ def _check(what) -> object:
         raise _refuse(f"{exc} Nothing was submitted.") from None
 
 
-def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
+def _stage_asset(
+    stage: int, retries: int, init_stage: int | None = None, name: str | None = None, group: str = "training"
+) -> dg.AssetsDefinition:
+    """Stage `stage` trained from stage `init_stage`'s export (default: the stage before it).
+
+    `init_stage` other than stage - 1 is the paper's Table 7 ablation (stage III straight after stage I);
+    such an asset writes to training/<name>/ so the main chain's exports stay as they are.
+    """
+    init_stage = stage - 1 if init_stage is None else init_stage
+    name = name or f"gmai_vl_stage{stage}"
+    folder = f"stage{stage}" if name == f"gmai_vl_stage{stage}" else name.removeprefix("gmai_vl_")
     deps: list = [dg.AssetKey(f"stage{stage}_mix")]
-    if stage > 1:
-        deps.append(dg.AssetKey(f"gmai_vl_stage{stage - 1}"))
+    if init_stage > 0:
+        deps.append(dg.AssetKey(f"gmai_vl_stage{init_stage}"))
     what = {
         1: "projector only, lr 1e-3, 1 epoch",
         2: "projector + vision encoder, lr 1e-4, 1 epoch",
         3: "everything, lr 1e-5, 2 epochs",
     }[stage]
 
+    after = "" if init_stage == stage - 1 else f", started from stage {init_stage}'s export (ablation)"
+
     @dg.asset(
-        name=f"gmai_vl_stage{stage}",
+        name=name,
         deps=deps,
         pool="gpu",
-        group_name="training",
+        group_name=group,
         kinds={"pytorch", "deepspeed"},
         retry_policy=dg.RetryPolicy(max_retries=retries) if retries else None,
-        description=f"GMAI-VL stage {'I' * stage if stage < 3 else 'III'}: {what}. Outputs "
-        f"training/stage{stage}/export (hand-off) and checkpoints/ (resume). Knobs: the profile's "
+        description=f"GMAI-VL stage {'I' * stage if stage < 3 else 'III'}: {what}{after}. Outputs "
+        f"training/{folder}/export (hand-off) and checkpoints/ (resume). Knobs: the profile's "
         "training.yaml, overridable here.",
     )
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuClusterResource):
@@ -342,11 +354,11 @@ def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
         if config.base_model is not None:
             profile = profile.model_copy(update={"base_model": config.base_model})
         knobs = _check(lambda: profile.knobs(stage, config.overrides()))
-        if stage == 1:
+        if init_stage == 0:
             model_dir = _check(lambda: plan.check_base_model(profile))
             init_from = None
         else:
-            model_dir = init_from = _export(stage - 1)
+            model_dir = init_from = _export(init_stage)
         _check(lambda: plan.check_packing(model_dir, profile.trust_remote_code, knobs.packing))
         world = gpu_cluster.world_size()
         batch = _check(lambda: plan.effective_batch(knobs, world))
@@ -355,7 +367,7 @@ def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
             f"(packing {'on' if knobs.packing else 'off'}; samples per row are counted once the rows are planned)"
         )
         data, meta = _mixture(stage)
-        out = layout().training / f"stage{stage}"
+        out = layout().training / folder
         # Resume only together with retries (a retry resumes) or when asked; a fresh run starts clean.
         resume = config.resume or gpu_cluster.retries > 0
         if not resume:
@@ -367,7 +379,7 @@ def _stage_asset(stage: int, retries: int) -> dg.AssetsDefinition:
             Path(meta["image_root"]),
             out,
             init_from,
-            str(model_dir) if stage == 1 and model_dir else "tiny",
+            str(model_dir) if init_from is None and model_dir else "tiny",
             options,
             resume,
         )
@@ -447,6 +459,7 @@ def stage3_scores(
     args += ["--max-length", str(knobs.max_length), "--micro-batch", str(knobs.micro_batch)]
     args += [] if knobs.packing else ["--no-packing"]
     args += ["--trust-remote-code"] if profile.trust_remote_code else []
+    args += ["--max-samples", str(knobs.max_samples)] if knobs.max_samples else []  # the demo's few samples
     (folder / "scores.jsonl").unlink(missing_ok=True)  # never read scores of an earlier model
     result = gpu_cluster.run_stage(context, args, folder, module="training_jobs.score")
     lines = (
@@ -466,6 +479,9 @@ def stage3_scores(
             "backend": gpu_cluster.backend,
         }
     )
+
+
+stage_asset = _stage_asset  # defs/evaluation.py builds the Table 7 ablation's stage 1+3 with it
 
 
 def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:

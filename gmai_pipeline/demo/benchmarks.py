@@ -1,5 +1,10 @@
 """Demo benchmark files in the real layouts, with training images planted in them on purpose.
 
+Seven benchmarks in the forms users download them: GMAI-MMBench (VLMEvalKit TSV), OmniMedVQA (original
+JSON + images), VQA-RAD (OSF JSON + image folder), SLAKE (`Slake1.0/test.json` + `imgs/`), PMC-VQA
+(`test.csv` + `images/`), PathVQA (VLMEvalKit's `PathVQA_TEST.tsv`) and MMMU (Hugging Face Parquet per
+subject). Each carries real-format questions, options and answers, so the evaluation runs end to end.
+
 Decontamination must remove the planted training images and nothing else. `PLANTED` says which
 benchmark item copies which demo training file and by which method it should be caught:
 `md5` (exact file bytes), `pixel` (same decoded pixels, different bytes) or `phash` (re-encoded
@@ -16,6 +21,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
@@ -193,6 +200,124 @@ def _omnimedvqa_files() -> dict[str, bytes]:
     return files
 
 
+def _jpegs(n: int, seed: int) -> list[bytes]:
+    return [jpeg_bytes(a, quality=85) for a in unrelated_images(n, seed=seed)]
+
+
+def _vqa_rad_files() -> dict[str, bytes]:
+    """OSF release: one JSON list (`qid`, `image_name`, `question`, `answer`, `answer_type`, `phrase_type`)."""
+    names = [f"synpic{40000 + i}.jpg" for i in range(3)]
+    files = {f"VQA_RAD Image Folder/{n}": data for n, data in zip(names, _jpegs(3, seed=4101), strict=True)}
+    qa = [
+        (names[0], "Is there a mass in the image?", "yes", "CLOSED", "PRES", "test_freeform"),
+        (names[0], "Which organ is imaged?", "liver", "OPEN", "ORGAN", "test_freeform"),
+        (names[1], "Is the image normal?", "no", "CLOSED", "ABN", "test_para"),
+        (names[1], "What imaging modality is used?", "ultrasound", "OPEN", "MODALITY", "test_freeform"),
+        (names[2], "Is this an axial view?", "yes", "CLOSED", "PLANE", "test_freeform"),
+        (names[2], "Where is the lesion?", "left lobe", "OPEN", "POS", "freeform"),  # a training question
+    ]  # fmt: skip
+    items = [
+        {"qid": 100 + i, "image_name": img, "image_organ": "ABD", "question": q, "answer": a, "answer_type": t,
+         "question_type": qt, "phrase_type": phrase}
+        for i, (img, q, a, t, qt, phrase) in enumerate(qa)
+    ]  # fmt: skip
+    files["VQA_RAD Dataset Public.json"] = (json.dumps(items, indent=1) + "\n").encode()
+    return files
+
+
+def _slake_files() -> dict[str, bytes]:
+    """`Slake1.0/test.json` (English and Chinese questions over the same images) + `imgs/xmlabN/source.jpg`."""
+    images = _jpegs(2, seed=4202)
+    files = {f"Slake1.0/imgs/xmlab{900 + i}/source.jpg": data for i, data in enumerate(images)}
+    qa = [
+        (0, "Does the picture contain the liver?", "Yes", "CLOSED", "Organ", "en"),
+        (0, "What modality is used to take this image?", "CT", "OPEN", "Modality", "en"),
+        (0, "图中包含肝脏吗?", "是", "CLOSED", "Organ", "zh"),
+        (1, "Is this a study of the chest?", "No", "CLOSED", "Position", "en"),
+        (1, "Which part of the body does this image belong to?", "Abdomen", "OPEN", "Position", "en"),
+    ]  # fmt: skip
+    items = [
+        {"img_id": 900 + img, "img_name": f"xmlab{900 + img}/source.jpg", "question": q, "answer": a,
+         "q_lang": lang, "location": "Abdomen", "modality": "CT", "answer_type": t, "base_type": "vqa",
+         "content_type": c, "triple": ["vhead", "_", "_"], "qid": 7000 + i}
+        for i, (img, q, a, t, c, lang) in enumerate(qa)
+    ]  # fmt: skip
+    files["Slake1.0/test.json"] = (json.dumps(items, ensure_ascii=False, indent=1) + "\n").encode()
+    return files
+
+
+def _pmc_vqa_files() -> dict[str, bytes]:
+    """`test.csv`: `Figure_path`, `Question`, `Answer`, `Choice A`..`Choice D` ("A:CT"), `Answer_label`."""
+    names = [f"PMC{8800000 + i}_Fig{i + 1}_0.jpg" for i in range(3)]
+    files = {f"images/{n}": data for n, data in zip(names, _jpegs(3, seed=4303), strict=True)}
+    rows = [
+        (names[0], "What imaging modality was used?", "Ultrasound", ["CT", "MRI", "Ultrasound", "PET"], "C"),
+        (names[1], "What does the image show?", "Stained cells", ["Stained cells", "Bone", "Vessels", "Air"], "A"),
+        (names[2], "What kind of figure is this?", "Diagram", ["Photograph", "Diagram", "X-ray", "Endoscopy"], "B"),
+    ]  # fmt: skip
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
+                "Answer_label"])  # fmt: skip
+    for i, (fig, q, a, choices, label) in enumerate(rows):
+        w.writerow([i, fig, q, a, *(f"{k}:{c}" for k, c in zip("ABCD", choices, strict=True)), label])
+    files["test.csv"] = buf.getvalue().encode()
+    return files
+
+
+def _pathvqa_tsv() -> bytes:
+    """VLMEvalKit's `PathVQA_TEST.tsv`: `index`, `image` (base64), `question`, `answer`."""
+    qa = [
+        ("Is this a hematoxylin and eosin stain?", "yes"),
+        ("Are the nuclei enlarged?", "no"),
+        ("What is present in the tissue?", "inflammatory cells"),
+    ]
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(["index", "image", "question", "answer"])
+    for i, ((q, a), data) in enumerate(zip(qa, _jpegs(3, seed=4404), strict=True)):
+        w.writerow([i, _b64(data), q, a])
+    return buf.getvalue().encode()
+
+
+def _mmmu_files() -> dict[str, bytes]:
+    """HF `MMMU/MMMU`: `<Subject>/{dev,validation}-00000-of-00001.parquet`, options as a Python-list string."""
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = _jpegs(4, seed=4505)
+    questions = [
+        ("dev", "Clinical_Medicine", "<image 1> What is the most likely diagnosis?", ["Pneumonia", "Fracture", "Normal"], "A", "multiple-choice"),
+        ("validation", "Clinical_Medicine", "Which organ is shown in <image 1>?", ["Heart", "Liver", "Kidney", "Lung"], "B", "multiple-choice"),
+        ("validation", "Clinical_Medicine", "How many lesions are visible in <image 1>?", [], "2", "open"),
+        ("validation", "Public_Health", "<image 1> The chart shows the incidence of which disease?", ["Measles", "Influenza", "Malaria", "Cholera"], "C", "multiple-choice"),
+    ]  # fmt: skip
+    files: dict[str, bytes] = {}
+    by_file: dict[str, list[dict]] = {}
+    for n, ((split, subject, question, options, answer, qtype), data) in enumerate(
+        zip(questions, images, strict=True)
+    ):
+        rec = {"id": f"{split}_{subject}_{n + 1}", "question": question, "options": str(options),
+               "explanation": "", "image_1": {"bytes": data, "path": f"{n}.jpg"}, "img_type": "['Photographs']",
+               "answer": answer, "topic_difficulty": "Medium", "question_type": qtype, "subfield": "Demo"}  # fmt: skip
+        for k in range(2, 8):
+            rec[f"image_{k}"] = None
+        by_file.setdefault(f"{subject}/{split}-00000-of-00001.parquet", []).append(rec)
+    for rel, recs in by_file.items():
+        schema = pa.schema([(c, struct if c.startswith("image_") else pa.string()) for c in recs[0]])
+        out = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(recs, schema=schema), out)
+        files[rel] = out.getvalue()
+    return files
+
+
+EXTRA: dict[str, object] = {
+    "VQA-RAD": _vqa_rad_files,
+    "SLAKE": _slake_files,
+    "PMC-VQA": _pmc_vqa_files,
+    "PathVQA": lambda: {"PathVQA_TEST.tsv": _pathvqa_tsv()},
+    "MMMU": _mmmu_files,
+}
+
+
 def ensure_demo_benchmarks(root: Path) -> Path:
     """Write the demo benchmarks under `root` (idempotent, atomic per benchmark); returns `root`."""
     from gmai_pipeline.demo._files import write_files
@@ -200,4 +325,6 @@ def ensure_demo_benchmarks(root: Path) -> Path:
     root = Path(root)
     build_atomically(root / MMBENCH_DIR, lambda d: write_files(d, {MMBENCH_TSV: _mmbench_tsv()}))
     build_atomically(root / OMNI_DIR, lambda d: write_files(d, _omnimedvqa_files()))
+    for folder, files in EXTRA.items():
+        build_atomically(root / folder, lambda d, files=files: write_files(d, files()))
     return root

@@ -31,6 +31,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gmai_pipeline import safe_yaml
+from gmai_pipeline.release.external import ExternalCorpus, load_clean
 from gmai_pipeline.release.loader import check_record
 from gmai_pipeline.release.records import IMAGE_TOKEN, ReleaseRow
 from gmai_pipeline.settings import ASSETS_DIR
@@ -71,15 +72,19 @@ class Component(BaseModel):
     kinds: tuple[str, ...] = ()
     languages: tuple[str, ...] = ("en", "zh")
     text_files: tuple[str, ...] = ()
+    corpus: str | None = None  # an external corpus declared under `corpora:` (release/external.py)
     sample_ratio: float = Field(1.0, ge=0)
     filter: QualityFilter | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Component:
-        if bool(self.kinds) == bool(self.text_files):
-            raise ValueError("a component has either kinds (released records) or text_files (text dialogue)")
-        if self.text_files and self.filter:
-            raise ValueError("filter applies to released records (kinds), not to text_files")
+        if sum((bool(self.kinds), bool(self.text_files), self.corpus is not None)) != 1:
+            raise ValueError(
+                "a component has one of kinds (released records), text_files (text dialogue) or corpus "
+                "(an external corpus)"
+            )
+        if (self.text_files or self.corpus is not None) and self.filter:
+            raise ValueError("filter applies to released records (kinds), not to text_files or corpora")
         return self
 
 
@@ -92,7 +97,18 @@ class Stage(BaseModel):
 class MixturesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: str = "gmai"
+    corpora: dict[str, ExternalCorpus] = Field(default_factory=dict)
     stages: dict[str, Stage]
+
+    @model_validator(mode="after")
+    def _known_corpora(self) -> MixturesConfig:
+        for stage, spec in self.stages.items():
+            for name, comp in spec.components.items():
+                if comp.corpus is not None and comp.corpus not in self.corpora:
+                    raise ValueError(
+                        f"{stage}.{name}: corpus {comp.corpus!r} is not declared under `corpora:`"
+                    )
+        return self
 
 
 def mixtures_file() -> Path:
@@ -465,11 +481,13 @@ def build_mixture(
     config_path: Path,
     text_files: list[Path] | None = None,
     scores: Mapping[str, dict] | None = None,
+    external_dir: Path | None = None,
 ) -> Mixture:
     """Select, filter and sample the records of one stage; text_files overrides every text component's files.
 
     `scores` ({id: a line of training_jobs.score's scores.jsonl}) is needed when a component of the stage
-    has a `model_confidence` rule.
+    has a `model_confidence` rule. External corpora are read decontaminated from `external_dir`
+    (`release.external`).
     """
     spec = config.stages[stage]
     records: list[dict[str, Any]] = []
@@ -486,6 +504,10 @@ def build_mixture(
             candidates, bad = read_text_dialogue(files)
             rejected += bad
             source = [str(f) for f in files]
+            considered = len(candidates)
+        elif comp.corpus is not None:
+            candidates = load_clean(external_dir, comp.corpus)
+            source = f"corpus={comp.corpus} (decontaminated)"
             considered = len(candidates)
         else:
             kept_rows, dropped = _prefiltered(rows, comp)

@@ -1,0 +1,43 @@
+"""Converters: the formats a layout declaration cannot describe, as plain-Python domain modules.
+
+Each module takes one input at a time and yields results or raises `gmai_pipeline.imaging.ImageError`
+with a quarantine reason and a detail that names the file (never a DICOM header value), so a reader
+built on it keeps inputs = kept + quarantined. Each has a small options model (pydantic, closed,
+frozen) meant to be embedded in the catalog schema as `convert: {kind: <name>, ...}`; the module
+docstrings show the intended YAML.
+
+| kind | module | one input is |
+|---|---|---|
+| dicom_series | `dicom_series` | a series (files of one SeriesInstanceUID in a case folder); a file that joins no series |
+| polygons | `polygons` | an image with its annotation file (XML, GeoJSON, COCO); a shape that is not an area is reported apart |
+| rle | `rle` | an image id of the RLE table (all its rows together) |
+| hdf5 | `hdf5` | one index of the image dataset (with the same index of the label dataset) |
+| wsi | `wsi` | a slide (with its annotations); kept, it gives one 2D tile row per tile |
+
+Heavy or optional libraries (pydicom, nibabel, h5py, OpenSlide, pycocotools, scikit-image) are
+imported where used, so importing the package (and its option models) stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from gmai_pipeline.converters.dicom_series import DicomSeriesOptions
+from gmai_pipeline.converters.hdf5 import Hdf5Options
+from gmai_pipeline.converters.polygons import PolygonOptions
+from gmai_pipeline.converters.rle import RleOptions
+from gmai_pipeline.converters.wsi import WsiOptions
+
+# What the catalog schema embeds (`convert: {kind: ..., ...}`): one closed model per kind.
+ConvertOptions = Annotated[
+    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Options | WsiOptions, Field(discriminator="kind")
+]
+KINDS: dict[str, type] = {
+    "dicom_series": DicomSeriesOptions,
+    "polygons": PolygonOptions,
+    "rle": RleOptions,
+    "hdf5": Hdf5Options,
+    "wsi": WsiOptions,
+}
