@@ -387,14 +387,6 @@ class ImageStore:
                 os.unlink(tmp)
             raise
 
-    def store_file(self, path: Path, rel_path: str) -> StoredImage:
-        """Store a 2D image file; raises ImageError (unreadable, truncated, unsupported_codec)."""
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageError("missing_file", f"{rel_path}: cannot read ({exc.strerror})") from None
-        return self.store_bytes(data, rel_path)
-
     def store_bytes(
         self, data: bytes, rel_path: str, im: Image.Image | None = None, md5: str | None = None
     ) -> StoredImage:

@@ -229,13 +229,6 @@ def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = Non
     return img, pixel_md5
 
 
-def unread_path(rel: str, token: str, values: list[str] = ()) -> str:
-    """Shown name of a file whose header was never read: harmless folders kept, the file name replaced."""
-    parts = rel.split("/")
-    folders = ["anon" if looks_like_identifier(p, values) else p for p in parts[:-1]]
-    return "/".join([*folders, f"{token}.dcm"])
-
-
 def safe_folder_names(source: SourceDataset) -> set[str]:
     """Folder names that identify no one: split names and the catalog's label keys and names (lower case)."""
     from gmai_pipeline.readers.base import SPLIT_ALIASES
@@ -254,7 +247,7 @@ def manifest_namer(
     name; it keeps only what cannot identify anyone and shows the rest as `anon`:
     - a folder is kept when it is a split name (`train`, `val`, `test` ...) or one of the catalog's
       label keys or names (class folders), and does not look like an identifier; others are `anon`;
-    - a DICOM-looking file is `file-<first 16 hex of its MD5>.dcm` (as `unread_path` shows an
+    - a DICOM-looking file is `file-<first 16 hex of its MD5>.dcm` (as `Names.unread` shows an
       unread file); the label CSV and README-like files keep their names; any other file becomes
       `file-<MD5>` with its suffix.
     The reader, which reads the headers, names kept rows more precisely (`safe_path`).
