@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D
+from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
 from gmai_pipeline.layouts import BUILTIN_FIELDS, LayoutReader, ValueSource
 from gmai_pipeline.readers.base import (
@@ -540,7 +541,13 @@ def _table_driven(ctx: ReaderContext, plan: Plan, found: list[Found], lists) -> 
     images: dict[str, _Image] = {}
     for table in tables:
         for line, row in table.rows:
-            yield from _table_row(ctx, opts, finder, table.rel, line, row, images, lists)
+            try:
+                yield from _table_row(ctx, opts, finder, table.rel, line, row, images, lists)
+            except Exception as exc:  # noqa: BLE001 - the sample boundary: one bad row, one quarantined input
+                if is_output_failure(exc):
+                    raise
+                err = decoder_failure(exc, f"{table.rel} line {line}", "table row")
+                yield Quarantined(table.rel, "read", err.reason, err.detail)
     for img in images.values():
         anns = [a for _, a in _apply_annotators(ctx, opts, img.annotations)]
         if img.split is None and img.rel in ctx.files:
