@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import math
 import os
@@ -108,6 +109,7 @@ def fit_name(name: str, limit: int = NAME_MAX) -> str:
     return "/".join(out)
 
 
+@functools.lru_cache(maxsize=256)
 def modality_slug(modality: str) -> str:
     """'X-Ray' -> 'x-ray', 'Natural Image' -> 'natural-image' (the release's lowercase folder names)."""
     return re.sub(r"[^a-z0-9-]+", "-", modality.strip().lower()).strip("-")

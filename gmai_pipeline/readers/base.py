@@ -15,6 +15,7 @@ folder that nothing references are inputs (`unreferenced_file`): a picture witho
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import math
@@ -87,16 +88,25 @@ def is_dicom(rel: str | None) -> bool:
 
 def split_in_name(rel: str) -> str | None:
     """The split a path's folder or file names state (`_test_`, `Validation`, `imagesTs`), test first."""
-    parts = rel.split("/")
-    found = set()
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        name = part.split(".", 1)[0] if last else part
-        words = FOLDER_SPLIT_WORDS if not last else SPLIT_WORDS
-        if not last and part.lower() in SPLIT_ALIASES:
-            found.add(SPLIT_ALIASES[part.lower()])
-        found.update(words[w.lower()] for w in WORD_BREAK.split(name) if w.lower() in words)
+    folder, _, leaf = rel.rpartition("/")
+    found = set(_folder_splits(folder)) if folder else set()
+    found.update(
+        SPLIT_WORDS[w.lower()] for w in WORD_BREAK.split(leaf.split(".", 1)[0]) if w.lower() in SPLIT_WORDS
+    )
     return next((s for s in SPLIT_PRIORITY if s in found), None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_splits(folder: str) -> frozenset[str]:
+    """Splits the folder names of a path state (cached: every file of a folder asks the same)."""
+    found: set[str] = set()
+    for part in folder.split("/"):
+        if part.lower() in SPLIT_ALIASES:
+            found.add(SPLIT_ALIASES[part.lower()])
+        found.update(
+            FOLDER_SPLIT_WORDS[w.lower()] for w in WORD_BREAK.split(part) if w.lower() in FOLDER_SPLIT_WORDS
+        )
+    return frozenset(found)
 
 
 @dataclass

@@ -11,7 +11,6 @@ class name, then the index. Without a classes file the index is the raw label. S
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import PurePosixPath
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, YoloReader
 from gmai_pipeline.imaging import ImageError
@@ -47,6 +46,15 @@ def _line(line: str, classes: list[str], where: str) -> Annotation:
     return Annotation(names, box, normalized=True, where=where)
 
 
+def _label_path(labels_dir: str, inner: str) -> str:
+    """`labels_dir/inner` with its suffix replaced by `.txt` (`PurePath.with_suffix`, as string
+    operations: this runs for every image)."""
+    leaf = inner.rsplit("/", 1)[-1]
+    i = leaf.rfind(".")
+    base = inner[: len(inner) - len(leaf) + i] if 0 < i < len(leaf) - 1 else inner
+    return f"{labels_dir}/{base}.txt" if labels_dir else f"{base}.txt"
+
+
 def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
     classes: list[str] = []
     classes_file = ctx.at(opts.classes_file)
@@ -60,7 +68,7 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
     images_dir, labels_dir = ctx.at(opts.images_dir), ctx.at(opts.labels_dir)
     for rel in ctx.under(images_dir, IMAGE_EXTENSIONS_2D):
         inner = rel[len(images_dir) + 1 :] if images_dir else rel
-        label_rel = str(PurePosixPath(labels_dir) / PurePosixPath(inner).with_suffix(".txt"))
+        label_rel = _label_path(labels_dir, inner)
         anns: list[Annotation] = []
         if label_rel in ctx.files:
             ctx.claim(label_rel)
