@@ -424,16 +424,19 @@ def resolve(folder: Path, manifest_rows: list[dict], shown: ShownName | None = N
                 namer(item.path, lambda: None)  # keeps the -2, -3 ... numbering the scan used
                 now_refused[item.path] = item.reason
                 continue
-            if shown is not None:
-                probe = _Probe()
-                shown(item.path, probe)
-                if probe.asked:  # the name needs the MD5: matched when the file is hashed
-                    files[item.path] = None
-                    entries[item.path] = item
-                    if item.real != item.path:
-                        real[item.path] = item.real
-                    continue
-            name = namer(item.path, lambda: None)
+            if shown is not None and item.path in by_name:  # a manifest written before names were masked
+                name = item.path
+            else:
+                if shown is not None:
+                    probe = _Probe()
+                    shown(item.path, probe)
+                    if probe.asked:  # the name needs the MD5: matched when the file is hashed
+                        files[item.path] = None
+                        entries[item.path] = item
+                        if item.real != item.path:
+                            real[item.path] = item.real
+                        continue
+                name = namer(item.path, lambda: None)
             row = by_name.get(name)
             if row is None:
                 new += 1
