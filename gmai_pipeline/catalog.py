@@ -1,7 +1,7 @@
 """The source-dataset catalog: one YAML file per dataset, validated against a pydantic schema.
 
-The catalog is data (`assets/sources/*.yaml`, `assets/demo/*.yaml`); this module is the only
-place that knows its shape. Invalid files fail loudly with the file, the field and the problem,
+The catalog is data (`assets/sources/*.yaml`, `assets/demo/*.yaml`); this module and
+`gmai_pipeline.layouts` (the layout declarations of `kind: layout`) are the only places that know its shape. Invalid files fail loudly with the file, the field and the problem,
 because a silently skipped dataset would change the training mix without anyone noticing.
 """
 
@@ -15,34 +15,42 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gmai_pipeline import safe_yaml
+from gmai_pipeline.layouts import Conditions, Expect, LayoutReader, ReaderBase, ValueSource, VolumeOptions
 from gmai_pipeline.settings import VOCABULARY_FILE, catalog_dirs
 
 TaskType = Literal["2d_cls", "2d_det", "2d_seg", "3d_seg"]
 SLUG = re.compile(r"^[a-z0-9_]+$")
 READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
-    "2d_cls": ("image_folder", "csv_labels", "dicom"),
-    "2d_det": ("coco", "voc", "yolo"),
-    "2d_seg": ("mask_pairs",),
-    "3d_seg": ("msd",),
+    "2d_cls": ("image_folder", "csv_labels", "dicom", "layout"),
+    "2d_det": ("coco", "voc", "yolo", "layout"),
+    "2d_seg": ("mask_pairs", "layout"),
+    "3d_seg": ("msd", "layout"),
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+# Every 2D reader reads DICOM too (pixels only, under the `dicom` reader's privacy rules).
+IMAGE_EXTENSIONS_2D = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
 
 
 class CatalogError(ValueError):
     """A catalog file is invalid; the message names the file, the field and the problem."""
 
 
-class _Options(BaseModel):
+class _Options(ReaderBase):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ImageFolderReader(_Options):
-    """`<class>/<image>` or `<split>/<class>/<image>` under `root`."""
+    """`<class>/<image>` or `<split>/<class>/<image>` under `root`: the class is the image's own folder.
+
+    Images deeper than that (per-patient folders) or with no class folder are quarantined
+    `missing_label`: their class is not in the path. Declare it with `kind: layout` (a template
+    field or a table) instead.
+    """
 
     kind: Literal["image_folder"]
-    root: str = ""
     split_folders: bool | None = None  # None: detect train/val/test folders
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS_2D
 
 
 class CsvLabelsReader(_Options):
@@ -55,6 +63,9 @@ class CsvLabelsReader(_Options):
     split_column: str | None = None
     image_dir: str = ""
 
+    def anchors(self) -> tuple[str, ...]:
+        return (self.csv,)
+
 
 class CocoReader(_Options):
     """COCO detection JSON (`annotations.json`) with images relative to `image_dir`."""
@@ -62,6 +73,9 @@ class CocoReader(_Options):
     kind: Literal["coco"]
     annotations: str = "annotations.json"
     image_dir: str = ""
+
+    def anchors(self) -> tuple[str, ...]:
+        return (self.annotations,)
 
 
 class VocReader(_Options):
@@ -71,6 +85,9 @@ class VocReader(_Options):
     annotations_dir: str = "Annotations"
     image_dir: str = "JPEGImages"
 
+    def anchors(self) -> tuple[str, ...]:
+        return (self.annotations_dir + "/",)
+
 
 class YoloReader(_Options):
     """YOLO txt labels (class cx cy w h, normalised) beside `images/`, class names in `classes.txt`."""
@@ -79,6 +96,9 @@ class YoloReader(_Options):
     images_dir: str = "images"
     labels_dir: str = "labels"
     classes_file: str = "classes.txt"
+
+    def anchors(self) -> tuple[str, ...]:
+        return (self.images_dir + "/",)
 
 
 class MaskPairsReader(_Options):
@@ -92,26 +112,29 @@ class MaskPairsReader(_Options):
     min_mask_fraction: float = Field(0.00153, ge=0, lt=1)
     min_component_pixels: int = Field(16, ge=1)
 
+    def anchors(self) -> tuple[str, ...]:
+        return (self.images_dir + "/",)
 
-class MsdReader(_Options):
-    """Medical Segmentation Decathlon / nnU-Net: `dataset.json`, `imagesTr/`, `labelsTr/` (NIfTI, MHA, NRRD)."""
+
+class MsdReader(_Options, VolumeOptions):
+    """Medical Segmentation Decathlon / nnU-Net: `dataset.json`, `imagesTr/`, `labelsTr/` (NIfTI, MHA, NRRD).
+
+    `channel_suffix`: whether image files carry nnU-Net's `_0000` channel suffix. None (default): as the
+    dataset says: a nnU-Net v2 `dataset.json` (`file_ending` / `channel_names`) means yes, a `training`
+    list naming `x.nii.gz` where only `x_0000.nii.gz` exists means yes, anything else no.
+    """
 
     kind: Literal["msd"]
     dataset_json: str = "dataset.json"
     images_dir: str = "imagesTr"
     labels_dir: str = "labelsTr"
-    axes: tuple[int, ...] = (0, 1, 2)
-    ct_window: tuple[float, float] | None = None  # (level, width); None: a wide window for CT
-    min_mask_fraction: float = Field(0.00153, ge=0, lt=1)
-    min_component_pixels: int = Field(16, ge=1)
-    slice_step: int = Field(1, ge=1)
+    channel_suffix: bool | None = None
+    channels: tuple[str | int, ...] | None = None  # names (dataset.json) or indices; None: every channel
+    modality: ValueSource | None = None  # per case, e.g. AMOS: rules on {case}
+    filters: Conditions = Field(default_factory=dict)  # on case, file, channel
 
-    @field_validator("axes")
-    @classmethod
-    def _axes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(a not in (0, 1, 2) for a in v) or len(set(v)) != len(v):
-            raise ValueError("axes must be distinct values from 0, 1, 2")
-        return v
+    def anchors(self) -> tuple[str, ...]:
+        return (self.dataset_json, self.images_dir + "/")
 
 
 class DicomReader(_Options):
@@ -123,6 +146,9 @@ class DicomReader(_Options):
     label_column: str = "label"
     ct_window: tuple[float, float] | None = None
 
+    def anchors(self) -> tuple[str, ...]:
+        return (self.labels_csv,)
+
 
 ReaderSpec = Annotated[
     ImageFolderReader
@@ -132,7 +158,8 @@ ReaderSpec = Annotated[
     | YoloReader
     | MaskPairsReader
     | MsdReader
-    | DicomReader,
+    | DicomReader
+    | LayoutReader,
     Field(discriminator="kind"),
 ]
 
@@ -162,6 +189,7 @@ class SourceDataset(BaseModel):
     external_llm_allowed: bool = False
     burned_in_text_allowed: bool = False
     demo: bool = False
+    expect: Expect | None = None
     provenance: Provenance
 
     @field_validator("name")
@@ -193,6 +221,16 @@ class SourceDataset(BaseModel):
                 f"reader kind '{self.reader.kind}' does not fit task_type '{self.task_type}' "
                 f"(use one of {', '.join(READERS_FOR_TASK[self.task_type])})"
             )
+        if isinstance(self.reader, LayoutReader):
+            self.reader.check_task(self.task_type)
+        spec = getattr(self.reader, "modality", None)
+        if spec is not None:
+            named = [spec.value, spec.default, *spec.map.values(), *(r.value for r in spec.rules)]
+            bad = sorted({m for m in named if m is not None and m not in vocab["modalities"]})
+            if bad:
+                raise ValueError(
+                    f"reader.modality names {bad}, not in assets/vocabulary.yaml ({', '.join(vocab['modalities'])})"
+                )
         return self
 
     @property

@@ -3,8 +3,8 @@
 Rules (DESIGN.md "Contracts"; the paper deduplicates on the MD5 of image bytes, so bytes matter):
 - A PNG or JPEG that needs no change (8-bit mode, longest side within the cap) is copied byte for
   byte, so `image_md5` equals the source file's MD5. It is still validated: a PNG's chunk CRCs and
-  its IEND are checked (`Image.verify`) and its image data inflated (nothing kept) to the exact
-  size IHDR declares; a JPEG's entropy-coded data is decoded at 1/8 scale by libjpeg-turbo in
+  its IEND are checked and its image data inflated (nothing kept) to the exact size IHDR
+  declares, in one pass over its chunks (`check_png`); a JPEG's entropy-coded data is decoded at 1/8 scale by libjpeg-turbo in
   strict mode, which finds truncation at a fraction of a full decode.
 - Anything else (other formats, 16-bit or float pixels, palette/CMYK modes, too large) is decoded,
   converted to 8-bit L/RGB(A), resized so the longest side fits the cap, and encoded as PNG at
@@ -12,9 +12,10 @@ Rules (DESIGN.md "Contracts"; the paper deduplicates on the MD5 of image bytes, 
 - Checks before and while decoding (`decode_guard`): the declared size (width x height x bytes
   per pixel, from the header) is reserved from the decode budget before any pixel is decoded, so an
   image over `GMAI_DECODE_BUDGET_MB` is `too_large` and images decoded on the worker threads share
-  the budget; a JPEG is decoded by libjpeg-turbo in strict mode (`simplejpeg`, at 1/8 scale for the
-  copy check), so data that ends early is `truncated` even when an end marker follows (Pillow
-  fills the rest with grey); a PNG's zlib stream must end and inflate to exactly the size its
+  the budget; a JPEG is decoded by libjpeg-turbo in strict mode (`simplejpeg`: at 1/8 scale for the
+  copy check; a grey or RGB JPEG that is re-encoded is decoded once, strictly, for its pixels), so
+  data that ends early is `truncated` even when an end marker follows (Pillow fills the rest with
+  grey); a PNG's zlib stream must end and inflate to exactly the size its
   header declares; float pixels that are NaN or infinite are left out of the intensity window and
   stored black (an image with no finite pixel is `non_finite`).
 - The stored name keeps the source's relative path; its suffix always says the stored format
@@ -28,10 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import math
 import os
 import re
+import struct
+import zlib
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -105,6 +109,7 @@ def fit_name(name: str, limit: int = NAME_MAX) -> str:
     return "/".join(out)
 
 
+@functools.lru_cache(maxsize=256)
 def modality_slug(modality: str) -> str:
     """'X-Ray' -> 'x-ray', 'Natural Image' -> 'natural-image' (the release's lowercase folder names)."""
     return re.sub(r"[^a-z0-9-]+", "-", modality.strip().lower()).strip("-")
@@ -150,26 +155,26 @@ def to_uint8(arr: np.ndarray, low: float | None = None, high: float | None = Non
     """
     if arr.dtype == np.uint8 and low is None:
         return arr
-    a = arr.astype(np.float32, copy=False)
-    finite = None
-    if a.dtype.kind == "f":
-        finite = np.isfinite(a)
-        if finite.all():
-            finite = None
-        elif not finite.any():
-            raise ImageError("non_finite", "no pixel has a finite value (all NaN or infinite)")
+    floating = arr.dtype.kind == "f"  # only floats can hold NaN or infinity
     if low is None or high is None:
-        sample = a[:: max(1, a.shape[0] // 256), :: max(1, a.shape[1] // 256)] if a.ndim >= 2 else a
-        if finite is not None:
+        sample = arr[:: max(1, arr.shape[0] // 256), :: max(1, arr.shape[1] // 256)] if arr.ndim >= 2 else arr
+        sample = sample.astype(np.float32)
+        if floating:
             sample = sample[np.isfinite(sample)]
             if sample.size == 0:
-                sample = a[finite]
+                finite = np.isfinite(arr)
+                if not finite.any():
+                    raise ImageError("non_finite", "no pixel has a finite value (all NaN or infinite)")
+                sample = arr[finite].astype(np.float32)
         low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
     if high <= low:
         high = low + 1.0
-    out = np.subtract(a, np.float32(low), dtype=np.float32)  # one float copy, scaled in place
+    out = np.subtract(arr, np.float32(low), dtype=np.float32)  # one float32 copy, scaled in place
     out *= np.float32(255.0 / (high - low))
-    if finite is not None:
+    if floating and not (np.isfinite(out.min()) and np.isfinite(out.max())):  # NaN/inf propagate
+        finite = np.isfinite(out)
+        if not finite.any():
+            raise ImageError("non_finite", "no pixel has a finite value (all NaN or infinite)")
         out[~finite] = 0.0
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8)
@@ -192,12 +197,13 @@ def declared_bytes(im: Image.Image) -> int:
     return pixels * (stored + working)
 
 
-def check_jpeg(data: bytes, name: str, scale: int = 8) -> None:
-    """Decode with libjpeg-turbo in strict mode at 1/`scale`: ImageError `truncated`/`unreadable` if data is lost."""
+def decode_jpeg_strict(data: bytes, name: str, colorspace: str = "GRAY", scale: int = 1) -> np.ndarray:
+    """Pixels decoded by libjpeg-turbo in strict mode at 1/`scale` (HxWxC uint8); ImageError
+    `truncated`/`unreadable` if data is lost. One decode both checks the data and gives the pixels."""
     import simplejpeg
 
     try:
-        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=scale, strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace=colorspace, min_factor=scale, strict=True)
     except ValueError as exc:
         msg = str(exc).lower()
         if "premature end" in msg:
@@ -205,9 +211,14 @@ def check_jpeg(data: bytes, name: str, scale: int = 8) -> None:
         if any(k in msg for k in _JPEG_DATA_LOST):
             raise ImageError("unreadable", f"{name}: corrupt JPEG entropy-coded data") from None
         try:  # a warning about bytes between segments: the pixels are all there
-            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=scale, strict=False)
+            return simplejpeg.decode_jpeg(data, colorspace=colorspace, min_factor=scale, strict=False)
         except ValueError:
             raise ImageError("unreadable", f"{name}: JPEG cannot be decoded") from None
+
+
+def check_jpeg(data: bytes, name: str, scale: int = 8) -> None:
+    """Decode with libjpeg-turbo in strict mode at 1/`scale`: ImageError `truncated`/`unreadable` if data is lost."""
+    decode_jpeg_strict(data, name, "GRAY", scale)
 
 
 def _png_expected(width: int, height: int, bits: int, channels: int, interlaced: bool) -> int:
@@ -229,40 +240,49 @@ def _png_expected(width: int, height: int, bits: int, channels: int, interlaced:
 
 
 def check_png(data: bytes, name: str) -> None:
-    """The image data must inflate to exactly what IHDR declares and its zlib stream must end.
+    """One pass over the chunks: each chunk's CRC and the IEND chunk (what `Image.verify` checks),
+    and the image data inflated (nothing kept) to exactly what IHDR declares, its zlib stream ended.
 
-    `Image.verify` checks chunk CRCs and IEND but inflates nothing: a stream cut short inside a
-    well-formed chunk would be stored as it is. Inflated in bounded pieces, nothing kept.
+    `Image.verify` inflates nothing, so a stream cut short inside a well-formed chunk would pass it;
+    this one pass does both checks with one walk over the bytes. The inflated size is bounded by
+    what IHDR declares (the copy path only takes images within the side cap).
     """
-    import struct
-    import zlib
-
-    pos, expected, total = 8, None, 0
-    d = zlib.decompressobj()
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if ctype == b"IHDR" and len(body) >= 13:
-            width, height, bits, colour, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
+    view = memoryview(data)
+    size, pos, expected = len(data), 8, None
+    idat: list[memoryview] = []
+    while True:
+        if pos + 12 > size:
+            raise ImageError("truncated", f"{name}: PNG ends before its IEND chunk")
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > size:
+            raise ImageError("truncated", f"{name}: PNG ends inside a chunk")
+        if zlib.crc32(view[pos + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise ImageError("unreadable", f"{name}: a PNG chunk fails its CRC")
+        if ctype == b"IHDR" and length >= 13:
+            width, height, bits, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, pos + 8)
             expected = _png_expected(width, height, bits, PNG_CHANNELS.get(colour, 4), interlace == 1)
-        elif ctype == b"IDAT" and expected is not None:
-            try:
-                total += len(d.decompress(body, max(1, expected + 1 - total)))
-            except zlib.error:
-                raise ImageError("unreadable", f"{name}: PNG image data is not a valid zlib stream") from None
-            if total > expected or d.unconsumed_tail:
-                raise ImageError("unreadable", f"{name}: PNG image data is larger than its header declares")
+        elif ctype == b"IDAT":
+            idat.append(view[pos + 8 : end - 4])
         elif ctype == b"IEND":
             break
-    if expected is None or not d.eof or total != expected:
+        pos = end
+    if expected is None:
+        raise ImageError("unreadable", f"{name}: PNG has no image header")
+    d = zlib.decompressobj()
+    try:
+        inflated = len(d.decompress(idat[0] if len(idat) == 1 else b"".join(idat), expected + 1))
+    except (zlib.error, IndexError):
+        raise ImageError("unreadable", f"{name}: PNG image data is not a valid zlib stream") from None
+    if inflated > expected or d.unconsumed_tail:
+        raise ImageError("unreadable", f"{name}: PNG image data is larger than its header declares")
+    if not d.eof or inflated != expected:
         raise ImageError("truncated", f"{name}: PNG image data ends before the image does")
 
 
 def _validate_copy(im: Image.Image, data: bytes, name: str) -> None:
     """Find truncation/corruption without a full decode (see the module docstring)."""
     if im.format == "PNG":
-        im.verify()
         check_png(data, name)
     else:
         check_jpeg(data, name)
@@ -369,14 +389,6 @@ class ImageStore:
                 os.unlink(tmp)
             raise
 
-    def store_file(self, path: Path, rel_path: str) -> StoredImage:
-        """Store a 2D image file; raises ImageError (unreadable, truncated, unsupported_codec)."""
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageError("missing_file", f"{rel_path}: cannot read ({exc.strerror})") from None
-        return self.store_bytes(data, rel_path)
-
     def store_bytes(
         self, data: bytes, rel_path: str, im: Image.Image | None = None, md5: str | None = None
     ) -> StoredImage:
@@ -395,6 +407,9 @@ class ImageStore:
                 self._write(target, data)
                 return StoredImage(target, md5 or md5_bytes(data), width, height, width, height)
             with self.budget.reserve(declared_bytes(im), rel_path, f"a {width}x{height} {im.mode} image"):
+                if im.format == "JPEG" and im.mode in ("L", "RGB"):  # one strict decode checks and decodes
+                    arr = decode_jpeg_strict(data, rel_path, "GRAY" if im.mode == "L" else "RGB")
+                    return self.store_pil(Image.fromarray(arr[..., 0] if im.mode == "L" else arr), rel_path)
                 if im.format in ("JPEG", "MPO"):
                     check_jpeg(data, rel_path)
                 if getattr(im, "n_frames", 1) > 1:

@@ -17,9 +17,12 @@ What the scan reads, and what it lists instead (a row with `refused` set, never 
 - File names as the filesystem gives them: bytes. A name that is not UTF-8 is kept, shown with its
   bad bytes escaped (`caf\\xe9.png`), and read through its real bytes (`Entry.real`).
 - A dataset can ask for shown names (`shown`): the DICOM reader's masking of identifying folder
-  and file names (`readers.dicom.manifest_name`), so patient names in folders never reach the
+  and file names (`readers.dicom.manifest_namer`), so patient names in folders never reach the
   manifest or the source asset's metadata. Normalization walks the folder again and matches each
-  real file to its shown name (`resolve`); the real names stay in memory.
+  real file to its shown name (`resolve`); the real names stay in memory. A shown name that
+  depends on the file's MD5 (`file-<MD5>.dcm`) is matched when the file is first hashed for
+  another reason (its verified read, or its name in a message: `PendingNames`), so each file is
+  read and hashed once per normalization, not once to be matched and again to be read.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,23 +302,121 @@ def scan(folder: Path, progress: Progress | None = None, shown: ShownName | None
 class Resolved:
     """The manifest matched against the folder as it is now (normalization's view of its inputs)."""
 
-    files: dict[str, str]  # path the reader uses (real name, shown form) -> manifest MD5
+    files: dict[
+        str, str | None
+    ]  # path the reader uses (real name, shown form) -> manifest MD5 (None: pending)
     real: dict[str, str]  # the same path -> name to open, where they differ (non-UTF-8 names)
     refused: list[dict]  # manifest rows refused by the scan that are inputs
     skipped: list[str]  # manifest rows listed but not inputs (hidden, aliases)
     vanished: list[str]  # shown names in the manifest with no file now (inputs: quarantined)
     new: int = 0  # regular files not in the manifest (added since the scan; not inputs)
     swapped: dict[str, str] = field(default_factory=dict)  # regular at the scan, now a link or special
+    pending: PendingNames | None = None  # files whose shown name needs their MD5 (matched when hashed)
+
+
+class PendingNames:
+    """Files whose manifest name depends on their MD5, matched to a manifest row when first hashed.
+
+    `settle(path, md5)` is called with the MD5 of bytes read anyway (the verified read of the file,
+    or the hash its shown name needs): it finds the unmatched manifest row with that shown name (or
+    its `-2`, `-3` ... form) and that MD5, records the match in `files`, and returns True. No such
+    row means the bytes are not what the scan recorded under that name (changed or added since the
+    scan): False, the file stays unmatched, and every read of it is `content_changed`. What is left
+    unmatched when the reader is done (`vanished`) is gone since the scan, less one row per changed
+    file in the same shown folder (that file's own row, already accounted for by the file's input).
+    """
+
+    def __init__(self, shown: ShownName, files: dict[str, str | None], entries: dict[str, Entry], rows):
+        self.shown, self.files, self.entries = shown, files, entries
+        self.by_md5: dict[str, list[dict]] = {}
+        for r in rows:
+            self.by_md5.setdefault(r["md5"], []).append(r)
+        self.changed: dict[str, tuple[str, str]] = {}  # path -> (shown name, MD5) of bytes no row has
+        self._lock = threading.Lock()
+
+    def settle(self, path: str, md5: str) -> bool:
+        with self._lock:
+            if self.files.get(path) is not None:
+                return self.files[path] == md5
+            name = self.shown(path, lambda: md5)
+            rows = self.by_md5.get(md5, [])
+            for i, r in enumerate(rows):
+                if r["path"] == name or _suffixed(r["path"], name):
+                    del rows[i]
+                    self.files[path] = md5
+                    self.changed.pop(path, None)
+                    return True
+            self.changed[path] = (name, md5)
+            return False
+
+    def hash(self, path: str) -> str | None:
+        """The MD5 of the file's bytes (hashed now if nothing read it yet), matched or not: what its
+        shown name is made of. None for a path that is not a pending file, or cannot be read."""
+        md5 = self.files.get(path)
+        if md5 is not None:
+            return md5
+        if path in self.changed:
+            return self.changed[path][1]
+        entry = self.entries.get(path)
+        if entry is None:
+            return None
+        digest = _safe_hash(entry)
+        if digest == "unreadable":
+            return None
+        self.settle(path, digest)
+        return digest
+
+    def vanished(self) -> list[str]:
+        """Rows no file matched, once every pending file was hashed (see the class docstring)."""
+        for path in self.entries:
+            self.hash(path)
+        changed_in: dict[str, int] = {}
+        for name, _ in self.changed.values():
+            folder = posixpath.dirname(name)
+            changed_in[folder] = changed_in.get(folder, 0) + 1
+        out = []
+        for name in sorted(r["path"] for rows in self.by_md5.values() for r in rows):
+            folder = posixpath.dirname(name)
+            if changed_in.get(folder):
+                changed_in[folder] -= 1
+                continue
+            out.append(name)
+        return out
+
+
+def _suffixed(candidate: str, name: str) -> bool:
+    """Whether `candidate` is `name` with the scan's collision suffix (`x-2.dcm` for `x.dcm`)."""
+    stem, dot, ext = name.rpartition(".")
+    stem, ext = (stem, "." + ext) if dot and "/" not in ext else (name, "")
+    if not (candidate.startswith(stem + "-") and candidate.endswith(ext)):
+        return False
+    middle = candidate[len(stem) + 1 : len(candidate) - len(ext)]
+    return middle.isdigit()
+
+
+class _Probe:
+    """An MD5 getter that records whether the namer asked for it (a name that depends on the bytes)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def __call__(self) -> str:
+        self.asked = True
+        return "0" * 32
 
 
 def resolve(folder: Path, manifest_rows: list[dict], shown: ShownName | None = None) -> Resolved:
-    """Match the manifest to the files under `folder` now; real names never leave this process."""
+    """Match the manifest to the files under `folder` now; real names never leave this process.
+
+    Names that need a file's MD5 are matched later, when the file is hashed (`PendingNames`).
+    """
     by_name = {r["path"]: r for r in manifest_rows if not r.get("refused")}
-    files: dict[str, str] = {}
+    files: dict[str, str | None] = {}
     real: dict[str, str] = {}
     namer = _Namer(shown)
     matched: set[str] = set()
     now_refused: dict[str, str] = {}
+    entries: dict[str, Entry] = {}
     new = 0
     if Path(folder).is_dir():
         for item in walk_dataset(folder):
@@ -321,7 +424,19 @@ def resolve(folder: Path, manifest_rows: list[dict], shown: ShownName | None = N
                 namer(item.path, lambda: None)  # keeps the -2, -3 ... numbering the scan used
                 now_refused[item.path] = item.reason
                 continue
-            name = namer(item.path, lambda item=item: _safe_hash(item))
+            if shown is not None and item.path in by_name:  # a manifest written before names were masked
+                name = item.path
+            else:
+                if shown is not None:
+                    probe = _Probe()
+                    shown(item.path, probe)
+                    if probe.asked:  # the name needs the MD5: matched when the file is hashed
+                        files[item.path] = None
+                        entries[item.path] = item
+                        if item.real != item.path:
+                            real[item.path] = item.real
+                        continue
+                name = namer(item.path, lambda: None)
             row = by_name.get(name)
             if row is None:
                 new += 1
@@ -334,18 +449,21 @@ def resolve(folder: Path, manifest_rows: list[dict], shown: ShownName | None = N
     skipped = sorted(
         r["path"] for r in manifest_rows if r.get("refused") and not is_input_refusal(r["refused"])
     )
+    # Say what a vanished file (or its folder) became, where its name is its real path (masked names
+    # of a DICOM dataset never equal one, so nothing about their real folders is said).
     swapped: dict[str, str] = {}
-    if shown is None:  # names are real paths: say what a vanished file (or its folder) became
-        folders = {p: r for p, r in now_refused.items() if "folder" in r}
-        for name in sorted(set(by_name) - matched):
-            if name in now_refused:
-                swapped[name] = now_refused[name]
-            else:
-                parent = next((f for f in folders if name.startswith(f + "/")), None)
-                if parent is not None:
-                    swapped[name] = f"inside {parent}, which is now: {folders[parent]}"
-    vanished = sorted(set(by_name) - matched - set(swapped))
-    return Resolved(files, real, refused, skipped, vanished, new, swapped)
+    folders = {p: r for p, r in now_refused.items() if "folder" in r}
+    for name in sorted(set(by_name) - matched):
+        if name in now_refused:
+            swapped[name] = now_refused[name]
+        else:
+            parent = next((f for f in folders if name.startswith(f + "/")), None)
+            if parent is not None:
+                swapped[name] = f"inside {parent}, which is now: {folders[parent]}"
+    unmatched = [r for name, r in by_name.items() if name not in matched and name not in swapped]
+    pending = PendingNames(shown, files, entries, unmatched) if entries and shown is not None else None
+    vanished = [] if pending is not None else sorted(r["path"] for r in unmatched)
+    return Resolved(files, real, refused, skipped, vanished, new, swapped, pending)
 
 
 def _safe_hash(entry: Entry) -> str:

@@ -15,9 +15,11 @@ both sides from the files written, which is what the asset check reports.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -34,9 +36,10 @@ from PIL import Image, ImageDraw
 from gmai_pipeline.catalog import SourceDataset, load_vocabulary
 from gmai_pipeline.imaging import DEFAULT_MAX_SIDE, ImageStore, modality_slug
 from gmai_pipeline.manifest import Resolved, ShownName, resolve
-from gmai_pipeline.readers import READERS
-from gmai_pipeline.readers.base import Deferred, Event, Kept, Quarantined, ReaderContext
-from gmai_pipeline.readers.dicom import manifest_namer
+from gmai_pipeline.readers import READERS, describe
+from gmai_pipeline.readers.base import Deferred, Event, Kept, Quarantined, ReaderContext, is_dicom
+from gmai_pipeline.readers.dicom import manifest_namer, quiet
+from gmai_pipeline.readers.prepare import prepare
 from gmai_pipeline.schemas import NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, sweep_stale_temps, write_parquet
 
@@ -58,7 +61,11 @@ REASONS = (
     "unreferenced_file",
     "duplicate_image",
     "split_excluded",
+    "split_unknown",
     "burned_in_text_risk",
+    "no_finding",
+    "uncertain_label",
+    "unknown_modality",
     "content_changed",
     "too_large",
     "non_finite",
@@ -89,15 +96,49 @@ class NormalizeReport:
     ignored: list[str] = field(default_factory=list)
     seconds: float = 0.0
     preview: list[PreviewItem] = field(default_factory=list)
+    folder: str = ""  # the raw folder read
+    layout_root: str = ""  # where the layout was found inside it ('' = the folder itself)
+    expected_layout: str = ""  # what the reader looks for, in one line
+    url: str = ""  # where the dataset is downloaded
+    files: int = 0  # usable files in the manifest
+    archives_left: list[str] = field(default_factory=list)  # archives in the folder, not unpacked
+    images: int = 0  # image files found (for `expect: images`)
+    cases: int = 0  # cases found (for `expect: cases`)
 
     def failure_message(self) -> str | None:
-        """Why the whole dataset is unusable, or None when at least one input was kept."""
-        if self.kept or not self.inputs:
+        """Why the whole dataset is unusable (nothing found, or nothing kept), or None."""
+        if not self.inputs:
+            return self._nothing_found()
+        if self.kept:
             return None
         top = ", ".join(f"{r} ({n})" for r, n in self.by_reason.most_common(3))
         return (
             f"{self.dataset}: none of {self.inputs} inputs could be normalized; most common reasons: {top}. "
-            f"See quarantine/{self.dataset}.parquet for each file."
+            f"See quarantine/{self.dataset}.parquet for each file. Read {self._where()} expecting "
+            f"{self.expected_layout}; download from {self.url or '(no URL in the catalog)'}."
+        )
+
+    def _where(self) -> str:
+        return f"{self.folder}/{self.layout_root}" if self.layout_root else self.folder
+
+    def _nothing_found(self) -> str:
+        where = self._where()
+        found = (
+            f"The folder holds {self.files} files, none of them an input (e.g. {', '.join(self.ignored[:5])})."
+            if self.files
+            else "The folder is empty."
+        )
+        packed = ""
+        if self.archives_left:
+            names = ", ".join(self.archives_left[:5])
+            packed = (
+                f" Archives still packed: {names}: unpack them where they are, or add "
+                f"`unpack: [{self.archives_left[0].rsplit('/', 1)[-1]}]` to the reader to unpack into a cache."
+            )
+        return (
+            f"{self.dataset}: found no inputs in {where}: expected {self.expected_layout}. {found}{packed} "
+            f"Download from {self.url or '(no URL in the catalog; see its provenance)'} and unpack it into "
+            f"{self.folder}, or fix the reader block of the catalog entry."
         )
 
 
@@ -106,18 +147,31 @@ def preview_path(layout: OutputLayout, dataset: str) -> Path:
 
 
 def shown_names(source: SourceDataset) -> ShownName | None:
-    """How the manifest names this dataset's files: DICOM datasets mask identifying names there too."""
-    return manifest_namer(source) if source.reader.kind == "dicom" else None
+    """How the manifest names this dataset's files: identifying names of DICOM files are masked there
+    too (every file of a `dicom` dataset; the DICOM images of any other 2D reader)."""
+    if source.reader.kind == "dicom":
+        return manifest_namer(source)
+    return manifest_namer(source, only_dicom=True) if source.dim == "2d" else None
 
 
-def _events(source: SourceDataset, ctx: ReaderContext, resolved: Resolved) -> Iterator[Event]:
+def _events(
+    source: SourceDataset, ctx: ReaderContext, resolved: Resolved, prepared: list[Event]
+) -> Iterator[Event]:
     for r in resolved.refused:  # manifest names: already masked for DICOM datasets
         yield Quarantined(r["path"], "manifest", "path_refused", f"{r['path']}: {r['refused']}")
     for name, why in resolved.swapped.items():
         yield Quarantined(
             name, "read", "path_refused", f"{name}: a regular file at the source scan; now {why}"
         )
-    for name in resolved.vanished:
+    yield from _vanished(source, resolved.vanished)
+    yield from prepared
+    yield from READERS[source.reader.kind](ctx, source.reader)
+    if resolved.pending is not None:  # names matched as files were hashed: what is left is gone
+        yield from _vanished(source, resolved.pending.vanished())
+
+
+def _vanished(source: SourceDataset, names: list[str]) -> Iterator[Quarantined]:
+    for name in names:
         yield Quarantined(
             name,
             "manifest",
@@ -125,7 +179,6 @@ def _events(source: SourceDataset, ctx: ReaderContext, resolved: Resolved) -> It
             f"{name}: listed by the source scan but no longer in the dataset folder; re-materialize "
             f"source/{source.name}",
         )
-    yield from READERS[source.reader.kind](ctx, source.reader)
 
 
 class _Reservoir:
@@ -187,16 +240,29 @@ def normalize_source(
         store=store,
         executor=executor,
         real=matched.real,
+        pending=matched.pending,
     )
     if stale:
         ctx.counters["stale_temp_files_removed"] += stale
     if matched.new:
         ctx.counters["files_added_since_scan"] += matched.new
-    report = NormalizeReport(source.name)
+    report = NormalizeReport(
+        source.name,
+        folder=str(raw_folder),
+        expected_layout=describe(source.reader),
+        url=source.url,
+        files=len(files),
+    )
+    prepared, report.archives_left = prepare(ctx, source.reader, layout.root / "unpacked" / source.name)
+    report.layout_root = ctx.base
     reservoir = _Reservoir(PREVIEW_IMAGES, source.name)
     started = last = time.monotonic()
+    has_dicom = source.reader.kind == "dicom" or any(is_dicom(p) for p in files)
 
     with (
+        quiet()
+        if has_dicom
+        else contextlib.nullcontext(),  # pydicom can quote header values: keep logs clean
         atomic_path(layout.quarantine(source.name)) as qtmp,
         pq.ParquetWriter(qtmp, QUARANTINE_SCHEMA) as qwriter,
     ):
@@ -210,7 +276,7 @@ def normalize_source(
         def resolved() -> Iterator[Kept | Quarantined]:
             """Reader events in order, Deferred ones replaced by their results."""
             window: deque = deque()
-            for event in _events(source, ctx, matched):
+            for event in _events(source, ctx, matched, prepared):
                 window.append(event)
                 while len(window) > WINDOW or (window and not isinstance(window[0], Deferred)):
                     head = window.popleft()
@@ -264,8 +330,9 @@ def normalize_source(
     report.counters.update(ctx.counters)
     unclaimed = sorted(set(files) - ctx.claimed)
     if shown is not None:  # real names of a DICOM dataset stay in memory: report the manifest's
-        unclaimed = [shown(p, lambda p=p: files.get(p)) for p in unclaimed]
+        unclaimed = [shown(p, lambda p=p: ctx.md5(p)) for p in unclaimed]
     report.ignored = sorted(unclaimed + matched.skipped)
+    report.images, report.cases = len(ctx.images_seen), len(ctx.cases_seen)
     report.preview = reservoir.items
     report.seconds = time.monotonic() - started
     return report
@@ -279,6 +346,65 @@ class CheckOutcome:
     passed: bool
     description: str
     metadata: dict
+
+
+# Label plausibility (classification): what a wrong layout produces instead of classes.
+COLLAPSE_SHARE = 0.99  # the largest label holds at least this share of rows ...
+COLLAPSE_MIN_ROWS = 20  # ... of at least this many rows
+ID_LIKE_SHARE = 0.5  # more distinct labels than this share of rows: every image its own "class"
+ID_LIKE_MIN_LABELS = 10
+ID_LIKE = re.compile(
+    r"^(?:[A-Za-z]{0,12}[_\- ]?\d{3,}(?:[_\-]\d+)*|[0-9a-f]{16,}|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})$",
+    re.I,
+)
+FOLDER_WORDS = {
+    "images", "image", "imgs", "img", "data", "dataset", "datasets", "files", "all", "raw", "input", "inputs",
+    "output", "samples", "train", "training", "test", "testing", "val", "valid", "validation", "png", "jpg",
+    "jpeg", "dicom", "dcm", "photos", "pictures", "download", "downloads", "archive", "unzipped",
+}  # fmt: skip
+FOLDER_LIKE = re.compile(
+    r"(?:^|[_\- ])(?:part|batch|fold|set|split|chunk|folder|dir|disk|volume|images?)[_\- ]?\d+$", re.I
+)
+
+
+def label_findings(counts: Counter, task: str, expected_classes: int | None = None) -> list[str]:
+    """Why a classification set's labels cannot be right (empty when they look like classes)."""
+    if task != "cls" or not counts:
+        return []
+    rows = sum(counts.values())
+    findings = []
+    top, top_n = counts.most_common(1)[0]
+    if rows >= COLLAPSE_MIN_ROWS and top_n / rows >= COLLAPSE_SHARE and expected_classes != 1:
+        findings.append(f"label collapse: '{top}' holds {top_n} of {rows} rows ({top_n / rows:.1%})")
+    if len(counts) >= ID_LIKE_MIN_LABELS and len(counts) / rows > ID_LIKE_SHARE:
+        findings.append(f"{len(counts)} distinct labels for {rows} rows: labels look like ids, not classes")
+    ids = sorted(str(lab) for lab in counts if ID_LIKE.match(str(lab)) and not str(lab).isdigit())
+    if ids:
+        findings.append(f"labels look like ids: {', '.join(ids[:5])}")
+    codes = sorted(str(lab) for lab in counts if str(lab).strip().isdigit())
+    if codes:
+        findings.append(
+            f"labels are bare numbers (codes, not names; add a labels map): {', '.join(codes[:5])}"
+        )
+    folders = sorted(
+        str(lab) for lab in counts if str(lab).lower() in FOLDER_WORDS or FOLDER_LIKE.search(str(lab))
+    )
+    if folders:
+        findings.append(f"labels look like folder names: {', '.join(folders[:5])}")
+    return findings
+
+
+def expected_counts(source: SourceDataset, report: NormalizeReport, classes: int) -> tuple[bool, list[dict]]:
+    """(all within tolerance, rows of quantity / expected / found) for the catalog's `expect:` block."""
+    exp = source.expect
+    rows = []
+    for name, found in (("images", report.images), ("cases", report.cases), ("classes", classes)):
+        want = getattr(exp, name) if exp else None
+        if want is None:
+            continue
+        ok = abs(found - want) <= exp.tolerance * want  # type: ignore[union-attr]
+        rows.append({"quantity": name, "expected": want, "found": found, "ok": ok})
+    return all(r["ok"] for r in rows), rows
 
 
 def _bbox_violations(batch: pa.RecordBatch, task: str) -> np.ndarray:
@@ -303,6 +429,7 @@ def verify_outputs(
     quarantined = pq.read_metadata(layout.quarantine(source.name)).num_rows
     vocab = load_vocabulary()
     bad_boxes, examples, empty, rows = 0, [], 0, 0
+    label_counts: Counter = Counter()
     modalities: set = set()
     departments: set = set()
     seg_inputs: set[str] = set()
@@ -316,6 +443,10 @@ def verify_outputs(
         examples.extend(str(sids[int(i)]) for i in idx[: max(0, 5 - len(examples))])
         labels = pc.utf8_trim_whitespace(batch.column("label").fill_null(""))
         empty += int(pc.sum(pc.equal(labels, "")).as_py() or 0)
+        counts = pc.value_counts(labels)
+        label_counts.update(
+            dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+        )
         modalities.update(pc.unique(batch.column("modality")).to_pylist())
         departments.update(pc.unique(batch.column("department")).to_pylist())
         if source.task == "seg":
@@ -325,7 +456,8 @@ def verify_outputs(
     bad_dep = sorted(departments - set(vocab["departments"]), key=str)
     # Recount kept inputs from the table: cls/det rows are one input each; seg inputs are files/cases.
     kept = rows if source.task in ("cls", "det") else len(seg_inputs)
-    return {
+    findings = label_findings(label_counts, source.task, source.expect.classes if source.expect else None)
+    outcomes = {
         "boxes_inside_image": CheckOutcome(
             bad_boxes == 0,
             "every bbox satisfies 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height (null exactly for classification)",
@@ -347,7 +479,22 @@ def verify_outputs(
             "inputs seen = inputs kept (recounted from normalized/) + rows in quarantine/",
             {"inputs": report.inputs, "kept_in_table": kept, "quarantined_in_table": quarantined},
         ),
+        "labels_plausible": CheckOutcome(
+            not findings,
+            "classification labels look like classes: no label holds nearly every row, none looks like an id, "
+            "a bare code or a folder name",
+            {"findings": "; ".join(findings) or "none", "distinct_labels": len(label_counts)},
+        ),
     }
+    if source.expect is not None:
+        ok, table = expected_counts(source, report, len(label_counts))
+        outcomes["expected_counts"] = CheckOutcome(
+            ok,
+            f"counts match the documented ones (expect:, tolerance {source.expect.tolerance:.0%}"
+            f"{'; ' + source.expect.source if source.expect.source else ''})",
+            {r["quantity"]: f"expected {r['expected']}, found {r['found']}" for r in table},
+        )
+    return outcomes
 
 
 # ---------------------------------------------------------------- preview montage

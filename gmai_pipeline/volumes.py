@@ -1,5 +1,8 @@
 """3D volumes -> 2D slices the SA-Med2D-20M way, and masks -> boxes (shared with 2D `mask_pairs`).
 
+- Channels: a 4D image (BraTS-in-MSD modalities, a time series) is read whole only when the reader
+  asks for channels (`read_volume(..., channels=True)`); otherwise it is an error, never a silent
+  first channel.
 - Orientation: every volume is brought to the closest canonical orientation, RAS+ (array axis 0
   runs to patient Right, 1 to Anterior, 2 to Superior): nibabel `as_closest_canonical` for NIfTI,
   SimpleITK `DICOMOrient(..., "RAS")` for MHA/NRRD, so the same scan gives the same array whichever
@@ -70,8 +73,23 @@ def _nifti_header(stream: BinaryIO, name: str):
     return klass, header
 
 
+def _check_channels(shape, name: str, is_label: bool, channels: bool) -> None:
+    """A 4D shape (channels or time points) is read only when the reader asks for channels (from the
+    header, before any voxel is decoded, and again on the array)."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) == 4 and (is_label or not channels):
+        what = "label volume" if is_label else "image"
+        raise ImageError(
+            "unsupported_mask" if is_label else "unreadable",
+            f"{name}: {what} has {dims[-1]} channels or time points (4D); "
+            + ("expected one label map" if is_label else "declare reader.channels"),
+        )
+
+
 def _read_nifti(
-    source: Path | BinaryIO, name: str, is_label: bool, budget: DecodeBudget, gz: bool
+    source: Path | BinaryIO, name: str, is_label: bool, budget: DecodeBudget, gz: bool, channels: bool
 ) -> np.ndarray:
     """Declared size checked against the file and the budget before nibabel allocates anything."""
     import gzip
@@ -94,6 +112,7 @@ def _read_nifti(
             raise ImageError(
                 "truncated", f"{name}: {what} declared, more than {size} compressed bytes can hold"
             )
+        _check_channels(shape, name, is_label, channels)
         budget.check(voxels * (dtype.itemsize + 8), name, what)  # raw + float32/label copy (+ scaling)
         img = nib.as_closest_canonical(klass.from_stream(stream))
         if is_label:
@@ -139,7 +158,26 @@ def _sitk_path(source: Path | BinaryIO, name: str) -> Iterator[str]:
         yield str(target)
 
 
-def _read_sitk(source: Path | BinaryIO, name: str, budget: DecodeBudget, fmt: str) -> np.ndarray:
+def _sitk_volumes(img):
+    """A SimpleITK image as its 3D volumes: each time point of a 4D image, each component of a vector image."""
+    import SimpleITK as sitk
+
+    if img.GetDimension() == 4:
+        size = list(img.GetSize())
+        count, size[3] = size[3], 0
+        parts = [sitk.Extract(img, size, [0, 0, 0, t]) for t in range(count)]
+    else:
+        parts = [img]
+    for part in parts:
+        comps = part.GetNumberOfComponentsPerPixel()
+        for c in range(comps):
+            yield sitk.VectorIndexSelectionCast(part, c) if comps > 1 else part
+
+
+def _read_sitk(
+    source: Path | BinaryIO, name: str, is_label: bool, budget: DecodeBudget, fmt: str, channels: bool
+) -> np.ndarray:
+    """(x, y, z) for a 3D image, (x, y, z, c) when it has several time points or components."""
     import SimpleITK as sitk
 
     with _sitk_path(source, fmt) as where:
@@ -151,47 +189,59 @@ def _read_sitk(source: Path | BinaryIO, name: str, budget: DecodeBudget, fmt: st
         components = int(reader.GetNumberOfComponents())
         voxels = math.prod(dims) if dims else 0
         what = f"a {'x'.join(map(str, dims))} volume with {components} component(s)"
-        budget.check(voxels * components * itemsize * 2, name, what)  # ITK buffer + numpy copy
+        _check_channels([*dims, components], name, is_label, channels)
+        # ITK buffer + numpy copy; a 4D or vector image also its per-channel extracts and the stack
+        copies = 2 if len(dims) <= 3 and components == 1 else 3
+        budget.check(voxels * components * itemsize * copies, name, what)
         img = reader.Execute()
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        img = sitk.VectorIndexSelectionCast(img, 0)
-    if img.GetDimension() == 4:
-        size = list(img.GetSize())
-        size[3] = 0
-        img = sitk.Extract(img, size, [0, 0, 0, 0])
-    if img.GetDimension() != 3:
-        raise ImageError("unreadable", f"{name}: a {img.GetDimension()}D image, expected a 3D volume")
-    img = sitk.DICOMOrient(img, "RAS")
-    return sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # sitk arrays are (z, y, x)
+    arrays = []
+    for vol in _sitk_volumes(img):
+        if vol.GetDimension() != 3:
+            raise ImageError("unreadable", f"{name}: a {vol.GetDimension()}D image, expected a 3D volume")
+        vol = sitk.DICOMOrient(vol, "RAS")
+        arrays.append(sitk.GetArrayFromImage(vol).transpose(2, 1, 0))  # sitk arrays are (z, y, x)
+    del img
+    return arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)
 
 
 def read_volume(
-    source: Path | BinaryIO, name: str, is_label: bool = False, budget: DecodeBudget | None = None
+    source: Path | BinaryIO,
+    name: str,
+    is_label: bool = False,
+    budget: DecodeBudget | None = None,
+    channels: bool = False,
 ) -> np.ndarray:
-    """A canonical (RAS+) 3D array; 4D images keep their first channel/time point.
+    """A canonical (RAS+) 3D array, or with `channels` always 4D (x, y, z, channel).
 
     `source` is a path or an open (verified) binary file; `name` (the dataset path) picks the
-    format. The declared size is checked before allocation (`decode_guard.DecodeBudget`). Labels
-    come back as the smallest unsigned integer type that holds them. Every failure is an
-    ImageError naming the file and the exception type, never the decoder's message (it can quote
-    a path or a header).
+    format. The declared size is checked before allocation (`decode_guard.DecodeBudget`), and so
+    is the number of channels: a 4D image (channels or time points) without `channels` is an error,
+    never a silent first channel (the reader says which channels it wants, `reader.channels`).
+    Trailing axes of size 1 are dropped; a 2D NIfTI is a volume one slice deep. Labels come back as
+    the smallest unsigned integer type that holds them. Every failure is an ImageError naming the
+    file and the exception type, never the decoder's message (it can quote a path or a header).
     """
     budget = budget if budget is not None else DecodeBudget()
     fmt = name if is_volume(name) else str(source)  # a bare name: the path says the format
     try:
         if fmt.lower().endswith(NIFTI_SUFFIXES):
-            arr = _read_nifti(source, name, is_label, budget, fmt.lower().endswith(".gz"))
+            arr = _read_nifti(source, name, is_label, budget, fmt.lower().endswith(".gz"), channels)
         else:
-            arr = _read_sitk(source, name, budget, fmt)
+            arr = _read_sitk(source, name, is_label, budget, fmt, channels)
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - every decoder failure is a quarantine reason
         raise decoder_failure(exc, name, "volume") from None
-    while arr.ndim > 3:
+    while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim != 3:
+    if arr.ndim == 2:  # a single slice stored as NIfTI (QUBIQ): a volume one slice deep
+        arr = arr[..., None]
+    _check_channels(arr.shape, name, is_label, channels)
+    if arr.ndim not in (3, 4):
         raise ImageError("unreadable", f"{name}: {arr.ndim}D array, expected a 3D volume")
-    return as_label_array(arr, name) if is_label else arr
+    if is_label:
+        return as_label_array(arr, name)
+    return arr[..., None] if channels and arr.ndim == 3 else arr
 
 
 def as_label_array(arr: np.ndarray, name: str) -> np.ndarray:
@@ -202,11 +252,28 @@ def as_label_array(arr: np.ndarray, name: str) -> np.ndarray:
         if not np.array_equal(rounded, arr):
             raise ImageError("unreadable", f"{name}: label volume has non-integer values")
         arr = rounded
-    if arr.size and arr.min() < 0:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.size and arr.dtype.kind != "u" and arr.min() < 0:
         raise ImageError("unreadable", f"{name}: label volume has negative values")
     top = int(arr.max()) if arr.size else 0
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
     return arr.astype(dtype, copy=False)
+
+
+LABEL_CHUNK = 1 << 22  # voxels counted at a time: bincount works on an 8-byte copy of its input
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The values present in a label volume (from `as_label_array`: unsigned), counted in chunks so
+    the 8-byte copy bincount makes is a few MiB, not eight times the volume."""
+    if labels.dtype == np.uint32:
+        return [int(v) for v in np.unique(labels)]
+    flat = labels.reshape(-1, order="A")  # a view for C- or Fortran-ordered volumes
+    counts = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
+    for i in range(0, flat.size, LABEL_CHUNK):
+        counts += np.bincount(flat[i : i + LABEL_CHUNK], minlength=counts.size)
+    return np.flatnonzero(counts).tolist()
 
 
 def window_for(modality_slug: str, ct_window: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -3,7 +3,10 @@
 `python tests/fuzz_readers.py OUT_DIR [SEED] [COUNT]` builds a few valid files in each format,
 derives COUNT mutants of each kind (byte flips, cuts, cuts with a fake end marker, inserted and
 zeroed blocks, header fields set to absurd values: dimensions, data types, VRs, lengths), runs
-scan + normalize over four datasets and prints one JSON line: per dataset the files written,
+scan + normalize over five datasets (the classic `dicom`, `image_folder` and `msd` readers, and the
+`layout` reader driven by a label table over PNG, JPEG and DICOM images, one of them named after
+the patient, and by path templates over 3D and 4D volumes with mutated label volumes too) and
+prints one JSON line: per dataset the files written,
 inputs, kept and quarantined, whether anything escaped the readers, whether a planted header
 value appears in any output or log line, and the peak RSS of the process. Deterministic per SEED.
 """
@@ -76,6 +79,12 @@ def _jpeg_bases(rng) -> list[bytes]:
         _encoded(_image(rng, 80, 96, False), "JPEG", quality=80),
         _encoded(_image(rng, 96, 96, True), "JPEG", progressive=True),
     ]
+
+
+def _nifti_4d(rng) -> bytes:
+    import nibabel as nib
+
+    return nib.Nifti1Image(rng.normal(300, 60, (24, 20, 10, 2)).astype(np.float32), np.eye(4)).to_bytes()
 
 
 def _nifti_bases(rng) -> tuple[list[bytes], bytes]:
@@ -223,6 +232,32 @@ def main(out_dir: Path, seed: int = 16, count: int = 80) -> dict:
         (folder / "labelsTr" / f"vol{i:04d}{ext}").write_bytes(label if gz else gzip.decompress(label))
     written["fz_nifti"] = len(niftis)
 
+    # The layout reader, table-driven (NIH-style `file,label`), over PNG, JPEG and DICOM mutants; one DICOM
+    # file is named after its PatientID (RSNA's `<patientId>.dcm`): that name must never be shown.
+    folder = raw / "fz_table"
+    (folder / "images").mkdir(parents=True)
+    quarter = max(1, count // 4)
+    names = [f"p{i:04d}.png" for i in range(quarter)] + [f"j{i:04d}.jpg" for i in range(quarter)]
+    names += [f"d{i:04d}.dcm" for i in range(quarter - 1)] + [f"{PATIENT_ID}.dcm"]
+    images = pngs[:quarter] + jpegs[:quarter] + dicom[-quarter:]
+    for name, data in zip(names, images, strict=True):
+        (folder / "images" / name).write_bytes(data)
+    (folder / "labels.csv").write_text("file,label\n" + "".join(f"images/{n},normal\n" for n in names))
+    written["fz_table"] = len(names)
+
+    # The layout reader over templated volumes `{case}/image.nii.gz` + `{case}/label.nii.gz`: 3D and 4D
+    # image mutants (both channels declared), and every fifth label volume mutated as well.
+    folder = raw / "fz_volumes"
+    cases = mutants("nifti", bases + [_nifti_4d(nrng)], max(1, count // 2), rng)
+    bad_labels = mutants("nifti", [label], len(cases), rng)
+    for i, data in enumerate(cases):
+        (folder / f"case{i:03d}").mkdir(parents=True)
+        (folder / f"case{i:03d}" / "image.nii.gz").write_bytes(
+            data if data[:2] == b"\x1f\x8b" else gzip.compress(data, mtime=0)
+        )
+        (folder / f"case{i:03d}" / "label.nii.gz").write_bytes(bad_labels[i] if i % 5 == 4 else label)
+    written["fz_volumes"] = len(cases)
+
     sources = {
         "fz_dicom": make_source(
             "fz_dicom", "2d_cls", {"kind": "dicom"}, modality="CT", labels={"chest": "chest"}
@@ -233,14 +268,38 @@ def main(out_dir: Path, seed: int = 16, count: int = 80) -> dict:
         "fz_nifti": make_source(
             "fz_nifti", "3d_seg", {"kind": "msd"}, modality="MR", department="Neurosurgery"
         ),
+        "fz_table": make_source(
+            "fz_table",
+            "2d_cls",
+            {
+                "kind": "layout",
+                "images": "images/*",
+                "table": {"file": "labels.csv", "image": "file"},
+                "label": {"column": "label"},
+            },
+            labels={"normal": "normal"},
+        ),
+        "fz_volumes": make_source(
+            "fz_volumes",
+            "3d_seg",
+            {
+                "kind": "layout",
+                "images": "{case}/image.nii.gz",
+                "masks": "{case}/label.nii.gz",
+                "channels": [0, 1],
+            },
+            modality="MR",
+            department="Neurosurgery",
+        ),
     }
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result: dict = {"datasets": {}, "escaped": [], "leaks": []}
+    manifests = []
     for name, source in sources.items():
         try:
-            report = normalize_source(
-                source, raw / name, scan(raw / name, shown=shown_names(source)), out, workers=2
-            )
+            rows = scan(raw / name, shown=shown_names(source))
+            manifests.append(str(rows))  # what manifests/<name>.parquet and the source page show
+            report = normalize_source(source, raw / name, rows, out, workers=2)
         except BaseException:  # noqa: BLE001 - the point of the fuzz: record what escaped
             result["escaped"].append(f"{name}: {traceback.format_exc()[-1500:]}")
             continue
@@ -251,7 +310,7 @@ def main(out_dir: Path, seed: int = 16, count: int = 80) -> dict:
             "quarantined": report.quarantined,
             "reasons": dict(report.by_reason),
         }
-    texts = [log.getvalue()]
+    texts = [log.getvalue(), *manifests]
     for path in out.rglob("*"):
         texts.append(str(path))
         if path.is_file() and path.suffix == ".parquet":

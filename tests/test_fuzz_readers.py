@@ -1,11 +1,14 @@
 """The fuzz test of the hardening issue: a few hundred mutated files through the real readers.
 
-360 mutants (120 DICOM with a planted PatientName/PatientID, 80 PNG, 80 JPEG, 80 NIfTI with
-valid label volumes) are built from valid files with a fixed seed (`tests/fuzz_readers.py`) and
-normalized in a subprocess of their own, with a decode budget of 256 MiB. Promise checked:
-nothing escapes a reader, every file is one input that ends as rows or a quarantine row, no
-planted header value appears in any output or log line, and the process grows by less than the
-decode budget plus 128 MiB (peak RSS from `resource.getrusage`, measured: about 30-230 MiB).
+460 mutants (120 DICOM with a planted PatientName/PatientID, 80 PNG, 80 JPEG, 80 NIfTI with
+valid label volumes through the classic readers; 60 PNG/JPEG/DICOM through a table-driven `layout`
+entry, one DICOM file named after its PatientID; 40 3D/4D NIfTI cases through a templated `layout`
+entry, every fifth with a mutated label volume) are built from valid files with a fixed seed
+(`tests/fuzz_readers.py`) and normalized in a subprocess of their own, with a decode budget of
+256 MiB. Promise checked: nothing escapes a reader, every file is one input that ends as rows or a
+quarantine row, no planted header value (nor the patient-named file) appears in any output, manifest
+or log line, and the process grows by less than the decode budget plus 128 MiB (peak RSS from
+`resource.getrusage`).
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ def test_mutated_files_never_escape_leak_or_blow_memory(tmp_path: Path) -> None:
     assert result["escaped"] == []
     assert result["leaks"] == [] and "fuzzington" not in (proc.stdout + proc.stderr).lower()
     datasets = result["datasets"]
-    assert set(datasets) == {"fz_dicom", "fz_images", "fz_nifti"}
-    assert sum(d["files"] for d in datasets.values()) == 360
+    assert set(datasets) == {"fz_dicom", "fz_images", "fz_nifti", "fz_table", "fz_volumes"}
+    assert sum(d["files"] for d in datasets.values()) == 460
     for name, d in datasets.items():
         assert d["inputs"] == d["files"] == d["kept"] + d["quarantined"], (name, d)
         assert d["kept"] > 0 and d["quarantined"] > 0, (name, d)  # both sides really exercised

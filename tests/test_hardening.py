@@ -299,6 +299,38 @@ def test_point8_identifying_folder_names_masked_in_manifest_and_metadata(raw, tm
     assert meta["file_count"].value == 5
 
 
+@pytest.mark.parametrize("kind", ["dicom", "image_folder"])
+def test_point8_masked_names_are_matched_by_the_read_itself(raw, tmp_path, monkeypatch, kind):
+    """A masked manifest name (`chest/file-<MD5>.dcm`) is matched to its file by the verified read: each
+    DICOM file is read and hashed once per normalization, not once more to find its manifest row. A file
+    edited after the scan is one `content_changed` input, a removed one `missing_file` under its manifest
+    name, and no patient name appears in either (a `dicom` dataset, and DICOM images of any other 2D reader)."""
+    from gmai_pipeline import manifest
+    from gmai_pipeline.normalize import normalize_source, shown_names
+
+    folder = raw / "dcm8m"
+    for i in range(4):
+        _dicom(folder / "chest" / f"Zyxwvut_{i}.dcm", i)
+    source = make_source(
+        "dcm8m", "2d_cls", {"kind": "image_folder"}, modality="CT", labels={"chest": "chest"}
+    )
+    rows = manifest.scan(folder, shown=shown_names(source))
+    assert all(r["path"].startswith("chest/file-") for r in rows), rows
+    _dicom(folder / "chest" / "Zyxwvut_1.dcm", 9)  # edited after the scan
+    (folder / "chest" / "Zyxwvut_2.dcm").unlink()  # removed after the scan
+    hashed: list[str] = []
+    real_hash = manifest._safe_hash
+    monkeypatch.setattr(manifest, "_safe_hash", lambda e: hashed.append(e.path) or real_hash(e))
+    out = Path(os.environ["GMAI_OUTPUT_ROOT"])
+    report = normalize_source(source, folder, rows, out)
+    assert hashed == []  # every file present was matched by the bytes its read hashed anyway
+    q = _table(out / "quarantine" / "dcm8m.parquet")
+    assert (report.inputs, report.kept) == (4, 2)
+    assert sorted(r["reason"] for r in q) == ["content_changed", "missing_file"]
+    assert {r["source_path"] for r in q if r["reason"] == "missing_file"} < {m["path"] for m in rows}
+    assert "zyxwvut" not in str(q).lower()
+
+
 # ------------------------------------------------------------------------------------------ 10
 
 

@@ -27,7 +27,14 @@ CHECKS = {
     "labels_non_empty": "every row has a non-empty label",
     "modality_department_in_vocabulary": "modality and department are in assets/vocabulary.yaml",
     "inputs_accounted": "inputs seen = inputs kept + inputs quarantined (recounted from the written tables)",
+    "labels_plausible": "classification labels are classes, not a collapse, ids, codes or folder names",
 }
+EXPECT_CHECK = ("expected_counts", "image/case/class counts match the catalog's documented `expect:` counts")
+
+
+def check_descriptions(source: SourceDataset) -> dict[str, str]:
+    """The blocking checks of one dataset: the fixed ones, plus `expected_counts` when it declares `expect:`."""
+    return {**CHECKS, **(dict([EXPECT_CHECK]) if source.expect is not None else {})}
 
 
 def normalized_key(name: str) -> dg.AssetKey:
@@ -58,6 +65,12 @@ def _metadata(report: NormalizeReport, source: SourceDataset) -> dict[str, objec
         meta["ignored_examples"] = ", ".join(report.ignored[:10])
     if report.counters:
         meta["slicing"] = _counter_table(report.counters, "counter")
+    if report.layout_root:
+        meta["layout_root"] = report.layout_root
+    if report.archives_left:
+        meta["archives_not_unpacked"] = ", ".join(report.archives_left[:20])
+    if source.expect is not None:
+        meta["images_found"], meta["cases_found"] = report.images, report.cases
     return meta
 
 
@@ -76,7 +89,8 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
         ),
         tags={"dataset": source.name, "demo": str(source.demo).lower()},
         check_specs=[
-            dg.AssetCheckSpec(name, asset=key, description=d, blocking=True) for name, d in CHECKS.items()
+            dg.AssetCheckSpec(name, asset=key, description=d, blocking=True)
+            for name, d in check_descriptions(source).items()
         ],
     )
     def _normalized(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

@@ -3,9 +3,10 @@
 What counts as an input, per kind (the left side of inputs = kept + quarantined; every manifest
 row refused by the source scan is one more input, quarantined `path_refused`, and every manifest
 file gone since the scan one quarantined `missing_file`, before any reader; hidden files and
-aliases are listed, not inputs). Readers read files only through `ReaderContext.read`/`open`
-(verified against the manifest) and run each input's work at the sample boundary
-(`base.at_boundary`), so no exception from a decoder escapes a reader:
+aliases are listed, not inputs). Readers read files only through `ReaderContext.read` / `open` /
+`text` / `volume` (verified against the manifest's MD5, an archive member against the MD5 recorded
+when it was unpacked) and run each input's work at the sample boundary (`base.at_boundary`), so no
+exception from a decoder escapes a reader:
 
 | kind | one input is |
 |---|---|
@@ -15,17 +16,22 @@ aliases are listed, not inputs). Readers read files only through `ReaderContext.
 | voc | an `<object>`; an XML without objects or that cannot be parsed; an image no XML names |
 | yolo | a label line; an image without (or with an empty) label file; a label file without image |
 | mask_pairs | an image file (kept: one row per kept mask component) |
-| msd | a case (image + label volume; kept: rows for every kept component of every kept slice); a volume no case uses |
+| msd | an image file of a case (kept: rows for every kept component of every kept slice); a volume no case uses |
 | dicom | a label-CSV row; a DICOM file no row names |
+| layout | see `readers/layout.py`: an image file, a table row's label or box, an image file of a case |
 
-A missing or unparsable annotation file (CSV, COCO JSON, dataset.json) is one input too.
+A missing or unparsable annotation file (CSV, COCO JSON, dataset.json, a table, a split list) is one
+input too, and so is an archive that `reader.unpack` names but cannot be unpacked. Before any reader
+runs, `prepare` unpacks the archives asked for and finds the layout root (`root` below any single
+wrapper folder). Every 2D reader reads DICOM images too (`.dcm`, `.dicom`), under the `dicom` reader's
+privacy rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from gmai_pipeline.readers import coco, csv_labels, dicom, image_folder, mask_pairs, msd, voc, yolo
+from gmai_pipeline.readers import coco, csv_labels, dicom, image_folder, layout, mask_pairs, msd, voc, yolo
 from gmai_pipeline.readers.base import Event, ReaderContext
 
 READERS: dict[str, Callable[[ReaderContext, object], Iterator[Event]]] = {
@@ -37,4 +43,15 @@ READERS: dict[str, Callable[[ReaderContext, object], Iterator[Event]]] = {
     "mask_pairs": mask_pairs.read,
     "msd": msd.read,
     "dicom": dicom.read,
+    "layout": layout.read,
 }
+
+
+def describe(spec) -> str:
+    """What a reader expects to find, in one line (for the message when it finds nothing)."""
+    if spec.kind == "layout":
+        return f"layout reader: {layout.describe(spec)}"
+    doc = (type(spec).__doc__ or "").strip().splitlines()[0]
+    paths = {k: v for k, v in spec.model_dump(exclude={"kind", "unpack"}).items() if isinstance(v, str) and v}
+    where = ", ".join(f"{k} '{v}'" for k, v in paths.items())
+    return f"{spec.kind} reader ({doc.rstrip('.')}){' with ' + where if where else ''}"

@@ -15,19 +15,26 @@ folder that nothing references are inputs (`unreferenced_file`): a picture witho
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import io
 import math
+import os
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS, SourceDataset
+from gmai_pipeline.catalog import DICOM_EXTENSIONS, IMAGE_EXTENSIONS_2D, SourceDataset
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure, open_verified, read_verified
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
+from gmai_pipeline.manifest import PendingNames
+from gmai_pipeline.storage import CHUNK, md5_bytes
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -41,7 +48,65 @@ SPLIT_ALIASES = {
     "testing": "test",
     "ts": "test",
 }
+# Split words inside folder and file names (`ISIC2018_Task1-2_Test_Input`, `case_test_01.png`); nnU-Net's
+# `imagesTr` / `imagesTs` / AMOS's `imagesVa` suffixes count in folder names only.
+SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+FOLDER_SPLIT_WORDS = {**SPLIT_WORDS, "tr": "train", "ts": "test", "va": "val", "dev": "val"}
+SPLIT_PRIORITY = ("test", "val", "train")  # a name that says test anywhere is test: never train on it
+WORD_BREAK = re.compile(r"[_\-\s.]+|(?<=[a-z])(?=[A-Z])")
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (float rounding in exported annotations)
+DETACHED_HEADERS = (".mhd", ".nhdr")  # volume headers whose voxels are in a separate data file
+
+
+def _md5_stream(f) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _renamed(err: ImageError, rel: str, shown: str | Callable[[str], str] | None) -> ImageError:
+    """`err` (whose detail starts with `rel`) naming the file as `shown` instead."""
+    if shown is None:
+        return err
+    name = shown(rel) if callable(shown) else shown
+    detail = name + err.detail[len(rel) :] if err.detail.startswith(rel) else err.detail
+    return ImageError(err.reason, detail)
+
+
+def is_dicom(rel: str | None) -> bool:
+    return bool(rel) and rel.lower().endswith(DICOM_EXTENSIONS)  # type: ignore[union-attr]
+
+
+def split_in_name(rel: str) -> str | None:
+    """The split a path's folder or file names state (`_test_`, `Validation`, `imagesTs`), test first."""
+    folder, _, leaf = rel.rpartition("/")
+    found = set(_folder_splits(folder)) if folder else set()
+    found.update(
+        SPLIT_WORDS[w.lower()] for w in WORD_BREAK.split(leaf.split(".", 1)[0]) if w.lower() in SPLIT_WORDS
+    )
+    return next((s for s in SPLIT_PRIORITY if s in found), None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_splits(folder: str) -> frozenset[str]:
+    """Splits the folder names of a path state (cached: every file of a folder asks the same)."""
+    found: set[str] = set()
+    for part in folder.split("/"):
+        if part.lower() in SPLIT_ALIASES:
+            found.add(SPLIT_ALIASES[part.lower()])
+        found.update(
+            FOLDER_SPLIT_WORDS[w.lower()] for w in WORD_BREAK.split(part) if w.lower() in FOLDER_SPLIT_WORDS
+        )
+    return frozenset(found)
 
 
 @dataclass
@@ -84,17 +149,36 @@ class Annotation:
 class ReaderContext:
     source: SourceDataset
     folder: Path
-    files: dict[str, str]  # usable manifest paths -> MD5 of the bytes
+    files: dict[str, str]  # usable manifest paths (plus unpacked archive members) -> MD5 of the bytes
     store: ImageStore
     executor: Executor | None = None  # set: 2D image stores run on its threads (see normalize.py)
     counters: Counter = field(default_factory=Counter)
     claimed: set[str] = field(default_factory=set)
     first_by_md5: dict[str, str] = field(default_factory=dict)
     real: dict[str, str] = field(default_factory=dict)  # path -> name on disk, where they differ (non-UTF-8)
+    pending: PendingNames | None = None  # files whose manifest name needs their MD5 (`manifest.resolve`)
+    base: str = ""  # the layout root: wrapper folders + the reader's `root` (see `locate_root`)
+    # Archive members: dataset path -> (cache folder, member path inside it); read like raw files (`read`).
+    unpacked: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    images_seen: set[str] = field(default_factory=set)  # image files found (for `expect: images`)
+    cases_seen: set[str] = field(default_factory=set)  # cases found (for `expect: cases`)
+    filtered: set[str] = field(default_factory=set)  # files a declared filter or channel choice left out
+    ct_window: tuple[float, float] | None = None
+    _stores: dict[str, ImageStore] = field(default_factory=dict)
+    _dicom_names: Any = None
+    _first_image: dict[str, str] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
         return modality_slug(self.source.modality)
+
+    # ------------------------------------------------------------ reading files (verified)
+    # Readers read a file only through these: never `open(folder / rel)`. A dataset path is either a
+    # raw file (beneath the dataset folder, under its real on-disk name) or an archive member in the
+    # unpack cache (`readers.archives`); both are opened one path component at a time without
+    # following a link, must be regular files, and must have the MD5 recorded for them (the source
+    # scan's, or the one recorded while unpacking), else `path_refused` / `missing_file` /
+    # `content_changed`. The bytes read are the bytes decoded: one read, one hash.
 
     @property
     def root(self) -> Path:
@@ -103,15 +187,51 @@ class ReaderContext:
             root = self.__dict__["_root"] = self.folder.resolve()
         return root
 
-    def fs_path(self, rel: str) -> Path:
-        """Where `rel` is on disk (for decoders that only take a path; prefer `read`/`open`)."""
-        return self.root / self.real.get(rel, rel)
+    def _where(self, rel: str) -> tuple[Path, str]:
+        """(folder to open beneath, name inside it) of dataset path `rel`."""
+        member = self.unpacked.get(rel)
+        if member is not None:
+            return member
+        return self.root, self.real.get(rel, rel)
 
-    def read(self, rel: str, shown: str | None = None) -> bytes:
-        """The bytes of `rel`, still the regular file the scan hashed (no link followed, same MD5);
-        ImageError (`path_refused`, `missing_file`, `content_changed`, `unreadable`) otherwise,
-        whose detail names the file as `shown` (default `rel`)."""
-        return read_verified(self.root, self.real.get(rel, rel), shown or rel, self.files.get(rel))
+    def md5(self, rel: str) -> str | None:
+        """The MD5 `rel`'s bytes must have (None: not a file of the dataset, or bytes the scan did not
+        record). A file whose manifest name depends on its MD5 is hashed now if nothing read it yet."""
+        md5 = self.files.get(rel)
+        if md5 is None and self.pending is not None:
+            return self.pending.hash(rel)
+        return md5
+
+    def _pending(self, rel: str) -> bool:
+        return self.pending is not None and self.files.get(rel) is None and rel in self.files
+
+    def _settle(self, rel: str, md5: str) -> None:
+        """Match a pending file by the MD5 of the bytes just read (`manifest.PendingNames`)."""
+        if not self.pending.settle(rel, md5):  # type: ignore[union-attr]
+            raise ImageError(
+                "content_changed",
+                f"{rel}: not the bytes the source scan recorded under this name (changed or added since "
+                "the scan); re-materialize its source asset",
+            )
+
+    def fs_path(self, rel: str) -> Path:
+        """Where `rel` is on disk, for decoders that only take a path (a detached .mhd header's data
+        file); prefer `read` / `open`, which verify what they read."""
+        folder, name = self._where(rel)
+        return folder / name
+
+    def read(self, rel: str, shown: str | Callable[[str], str] | None = None) -> bytes:
+        """The verified bytes of `rel` (see above); an ImageError's detail names the file as `shown`
+        (a name, or a function giving it: a DICOM file's pseudonym is only worked out on failure)."""
+        folder, name = self._where(rel)
+        try:
+            if self._pending(rel):  # one read, one hash: the hash that matches it is the one that checks it
+                data = read_verified(folder, name, rel, None)
+                self._settle(rel, md5_bytes(data))
+                return data
+            return read_verified(folder, name, rel, self.files.get(rel))
+        except ImageError as err:
+            raise _renamed(err, rel, shown) from None
 
     def text(self, rel: str) -> str:
         """`read` decoded as UTF-8 (a BOM allowed); ImageError `unreadable` naming the file otherwise."""
@@ -128,13 +248,42 @@ class ReaderContext:
         return io.StringIO(self.text(rel), newline="")
 
     @contextlib.contextmanager
-    def open(self, rel: str) -> Iterator[io.BufferedReader]:
-        """A verified binary file object of `rel` (see `read`), for decoders that stream."""
-        with open_verified(self.root, self.real.get(rel, rel), rel, self.files.get(rel)) as f:
-            yield f
+    def open(self, rel: str, shown: str | Callable[[str], str] | None = None) -> Iterator[io.BufferedReader]:
+        """A verified binary file object of `rel` (hashed in one streaming pass, then rewound), for
+        decoders that stream (volumes, workbooks, archives)."""
+        folder, name = self._where(rel)
+        try:
+            pending = self._pending(rel)
+            with open_verified(folder, name, rel, None if pending else self.files.get(rel)) as f:
+                if pending:
+                    self._settle(rel, _md5_stream(f))
+                    f.seek(0)
+                yield f
+        except ImageError as err:
+            raise _renamed(err, rel, shown) from None
+
+    def volume(self, rel: str, is_label: bool = False, channels: bool = False):
+        """`volumes.read_volume` of `rel` through a verified descriptor, within the decode budget."""
+        from gmai_pipeline.volumes import read_volume
+
+        with self.open(rel) as f:
+            if rel.lower().endswith(DETACHED_HEADERS):  # the header names a data file beside it: by path
+                return read_volume(self.fs_path(rel), rel, is_label, self.store.budget, channels)
+            return read_volume(f, rel, is_label, self.store.budget, channels)
 
     def claim(self, rel: str) -> None:
         self.claimed.add(rel)
+
+    def at(self, path: str) -> str:
+        """A reader option's path (relative to the layout root) as a dataset path."""
+        path = path.strip().strip("/")
+        if not self.base:
+            return path
+        return f"{self.base}/{path}" if path else self.base
+
+    def inner(self, rel: str) -> str:
+        """A dataset path relative to the layout root (what templates and split names are matched on)."""
+        return rel[len(self.base) + 1 :] if self.base and rel.startswith(self.base + "/") else rel
 
     def find(self, rel: str, extensions: Iterable[str] = ()) -> str | None:
         """The manifest path for `rel` (or `rel` + one of `extensions`), None when absent."""
@@ -152,6 +301,11 @@ class ReaderContext:
         return sorted(
             p for p in self.files if p.startswith(prefix) and (exts is None or p.lower().endswith(exts))
         )
+
+    def saw_image(self, rel: str, case: str | None = None) -> None:
+        self.images_seen.add(rel)
+        if case is not None:
+            self.cases_seen.add(case)
 
     def duplicate_of(self, rel: str, md5: str | None = None) -> str | None:
         """The first path with the same bytes (MD5) as `rel`, or None if `rel` is the first."""
@@ -174,27 +328,76 @@ class ReaderContext:
         return cands[0], None
 
     def split_of(self, rel: str, explicit: str | None = None) -> str:
-        """An explicit split value, else a train/val/test folder in the path, else the catalog's first split."""
+        """An explicit split value, else the split the path's names state (`split_in_name`, test first),
+        else the catalog's first split."""
         if explicit is not None and str(explicit).strip():
             return SPLIT_ALIASES.get(str(explicit).strip().lower(), str(explicit).strip().lower())
-        for part in rel.split("/")[:-1]:
-            if part.lower() in SPLIT_ALIASES:
-                return SPLIT_ALIASES[part.lower()]
-        return self.source.splits[0]
+        return split_in_name(self.inner(rel)) or self.source.splits[0]
 
-    def exclusion(self, rel: str, split: str | None = None) -> tuple[str, str, str] | None:
+    def exclusion(
+        self,
+        rel: str,
+        split: str | None = None,
+        shown: str | Callable[[], str] | None = None,
+        bytes_dedup: bool = True,
+    ) -> tuple[str, str, str] | None:
         """(step, reason, detail) when `rel` must not become rows: a split the catalog leaves out, or a byte duplicate."""
         split = split if split is not None else self.split_of(rel)
         if split not in self.source.splits:
+            name = (shown() if callable(shown) else shown) or rel
             return (
                 "read",
                 "split_excluded",
-                f"{rel}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
+                f"{name}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
             )
-        first = self.duplicate_of(rel)
+        first = self.duplicate_of(rel) if bytes_dedup else None
         if first is not None:
             return "dedup", "duplicate_image", f"{rel}: same bytes (MD5) as {first}"
         return None
+
+    def store_for(self, modality: str | None) -> ImageStore:
+        """The image store of one modality: a dataset mixing modalities (AMOS CT/MR) files each under its own."""
+        slug = modality_slug(modality) if modality else self.slug
+        if slug == self.slug:
+            return self.store
+        if slug not in self._stores:
+            s = self.source
+            self._stores[slug] = ImageStore(
+                self.store.output_root,
+                s.dim,
+                s.task,
+                slug,
+                s.name,
+                self.store.max_side,
+                self.store.source_names,
+                self.store.budget,  # one decode budget for the dataset, whatever the modality
+            )
+        return self._stores[slug]
+
+    @property
+    def dicom_names(self):
+        """Shown names of this dataset's DICOM files (the `dicom` reader's privacy rules)."""
+        if self._dicom_names is None:
+            from gmai_pipeline.readers.dicom import Names
+
+            self._dicom_names = Names(self)
+        return self._dicom_names
+
+    def namer(self, rel: str) -> Callable[[], str]:
+        """`shown(rel)`, worked out once and only if asked: a DICOM file's pseudonym needs its MD5,
+        which its verified read computes anyway, so a file that is read is not hashed for its name."""
+        cache: list[str] = []
+
+        def name() -> str:
+            if not cache:
+                cache.append(self.shown(rel))
+            return cache[0]
+
+        return name
+
+    def shown(self, rel: str) -> str:
+        """How `rel` may appear in tables and messages before its header is read (DICOM: pseudonymous)."""
+        return self.dicom_names.unread(rel) if is_dicom(rel) else rel
 
     def row(
         self,
@@ -206,10 +409,14 @@ class ReaderContext:
         id_path: str | None = None,
         axis: str | None = None,
         index: int | None = None,
+        modality: str | None = None,
     ) -> dict:
         s = self.source
+        modality = modality or s.modality
         return {
-            "sample_id": sample_id(s.dim, s.task, self.slug, s.name, id_path or source_path, axis, index),
+            "sample_id": sample_id(
+                s.dim, s.task, modality_slug(modality), s.name, id_path or source_path, axis, index
+            ),
             "dataset": s.name,
             "source_path": source_path,
             "slice_axis": axis,
@@ -219,7 +426,7 @@ class ReaderContext:
             "image_md5": stored.md5,
             "width": stored.width,
             "height": stored.height,
-            "modality": s.modality,
+            "modality": modality,
             "label": label,
             "department": s.department,
             "task_type": s.task_type,
@@ -266,79 +473,111 @@ def _int_box(ann: Annotation, width: int, height: int) -> tuple[list[float] | No
 
 
 def image_inputs(
-    ctx: ReaderContext, rel: str | None, ref: str, split: str, annotations: list[Annotation]
+    ctx: ReaderContext,
+    rel: str | None,
+    ref: str,
+    split: str,
+    annotations: list[Annotation],
+    modality: str | None = None,
 ) -> Iterator[Event]:
     """One 2D image file and its annotations -> one event per annotation (or one for an image without any).
 
     `rel` is the manifest path (None when the reference escapes the dataset folder), `ref` how the
     annotation file named it. Checks run cheapest first, so a bad reference never costs a decode.
+    A DICOM file (`.dcm`, `.dicom`) goes through the `dicom` reader's rules: its name is pseudonymous
+    until its header shows it is harmless, pixels are deduplicated after decoding, burned-in-text risks
+    are quarantined.
     """
-    shown = rel or ref
+    dicom = is_dicom(rel or ref)
     if rel is None:
+        shown = ctx.dicom_names.unread(ref, "refused") if dicom else ref
         yield from quarantine_all(
-            annotations, ref, "read", "path_refused", f"{ref}: path escapes the dataset folder"
+            annotations, shown, "read", "path_refused", f"{shown}: path escapes the dataset folder"
         )
         return
+    shown = ctx.namer(rel)
     if rel not in ctx.files:
+        by = f" by {annotations[0].where}" if annotations and annotations[0].where else ""
         yield from quarantine_all(
             annotations,
-            rel,
+            shown(),
             "read",
             "missing_file",
-            f"{rel}: referenced{' by ' + annotations[0].where if annotations and annotations[0].where else ''} but not in the dataset folder",
+            f"{shown()}: referenced{by} but not in the dataset folder",
         )
         return
     ctx.claim(rel)
+    ctx.saw_image(rel)
     if not annotations:
-        yield Quarantined(rel, "annotate", "no_annotation", f"{rel}: image has no annotation")
+        yield Quarantined(shown(), "annotate", "no_annotation", f"{shown()}: image has no annotation")
         return
-    excluded = ctx.exclusion(rel, split)
+    excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
-        yield from quarantine_all(annotations, rel, *excluded)
+        yield from quarantine_all(annotations, shown(), *excluded)
         return
     pending: list[tuple[Annotation, str]] = []
     for ann in annotations:
         if ann.error is not None:
-            yield Quarantined(rel, "annotate", ann.error[0], ann.error[1])
+            yield Quarantined(shown(), "annotate", ann.error[0], ann.error[1])
             continue
         label, reason = ctx.label(ann.raw_labels)
         if label is None:
             raw = "/".join(str(c) for c in ann.raw_labels if str(c).strip()) or "(empty)"
             yield Quarantined(
-                rel,
+                shown(),
                 "annotate",
                 reason or "unknown_label",
-                f"{shown}: label '{raw}'{' in ' + ann.where if ann.where else ''} is not in the catalog's labels",
+                f"{shown()}: label '{raw}'{' in ' + ann.where if ann.where else ''} is not in the catalog's labels",
             )
             continue
         pending.append((ann, label))
     if not pending:
         return
+    if dicom:
+        yield from _dicom_image(ctx, rel, split, pending, modality)
+        return
+    job = partial(_store, ctx, ctx.store_for(modality), rel)
+    finish = partial(_finish, ctx, rel, split, pending, modality)
     if ctx.executor is None:
-        yield from _finish(ctx, rel, split, pending, _store(ctx, rel))
-    else:  # decode/MD5/write on a worker thread; the driver resolves these in order
-        yield Deferred(ctx.executor.submit(_store, ctx, rel), partial(_finish, ctx, rel, split, pending))
+        yield from finish(job())
+    else:  # read/verify/decode/write on a worker thread; the driver resolves these in order
+        yield Deferred(ctx.executor.submit(job), finish)
 
 
-def at_boundary(name: str, work: Callable[[], Event], what: str = "file") -> Event:
+def at_boundary(name: str | Callable[[], str], work: Callable[[], Event], what: str = "file") -> Event:
     """Run the work of one input; whatever it raises (any decoder, numpy, a bug in a reader) becomes
     that input's quarantine row (`decode_guard.decoder_failure`: file and exception type, never its
-    text), so one bad file never ends the dataset and no header value reaches a message."""
+    text), so one bad file never ends the dataset and no header value reaches a message. `name` may
+    be a function (a DICOM file's pseudonym, worked out only when needed)."""
     try:
         return work()
-    except ImageError as err:
-        return Quarantined(name, "read", err.reason, err.detail)
     except Exception as exc:  # noqa: BLE001 - the sample boundary: nothing but an output failure escapes
         if is_output_failure(exc):
             raise
-        err = decoder_failure(exc, name, what)
-        return Quarantined(name, "read", err.reason, err.detail)
+        shown = name() if callable(name) else name
+        err = decoder_failure(exc, shown, what)
+        return Quarantined(shown, "read", err.reason, err.detail)
 
 
-def _store(ctx: ReaderContext, rel: str) -> StoredImage | ImageError:
+def boundary_events(
+    name: str | Callable[[], str], work: Callable[[], Iterable[Event]], count: int = 1, what: str = "file"
+) -> list[Event]:
+    """`at_boundary` for work that gives several events (a case of several image files): on a failure,
+    `count` quarantine rows (one per input the work stood for), so the accounting still holds."""
+    try:
+        return list(work())
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise
+        shown = name() if callable(name) else name
+        err = decoder_failure(exc, shown, what)
+        return [Quarantined(shown, "read", err.reason, err.detail) for _ in range(count)]
+
+
+def _store(ctx: ReaderContext, store: ImageStore, rel: str) -> StoredImage | ImageError:
     """Read (verified), decode, store: on a worker thread, so every failure is returned, not raised."""
     try:
-        return ctx.store.store_bytes(ctx.read(rel), rel, md5=ctx.files.get(rel))  # read() checked it
+        return store.store_bytes(ctx.read(rel), rel, md5=ctx.md5(rel))  # read() checked the MD5
     except ImageError as err:
         return err
     except Exception as exc:  # noqa: BLE001 - the sample boundary
@@ -347,11 +586,62 @@ def _store(ctx: ReaderContext, rel: str) -> StoredImage | ImageError:
         return decoder_failure(exc, rel, "image")
 
 
+def _dicom_image(
+    ctx: ReaderContext, rel: str, split: str, pending: list[tuple[Annotation, str]], modality
+) -> Iterator[Event]:
+    """Header checks here, in reader order (names depend on headers seen so far); pixels on a worker."""
+    from gmai_pipeline.readers.dicom import read_header, store_pixels
+
+    header = read_header(ctx, rel)
+    if isinstance(header, Quarantined):
+        yield from (
+            Quarantined(header.source_path, header.step, header.reason, header.detail) for _ in pending
+        )
+        return
+    if not ctx.source.labels:  # a folder or cell named after the patient must not become a label
+        names = ctx.dicom_names
+        for _ in [p for p in pending if names.identifying(p[1])]:
+            yield Quarantined(
+                header.shown,
+                "annotate",
+                "missing_label",
+                f"{header.shown}: its label looks like an identifier; give the catalog entry a labels map",
+            )
+        pending = [p for p in pending if not names.identifying(p[1])]
+        if not pending:
+            return
+    job = partial(store_pixels, ctx, header, modality or ctx.source.modality)
+    finish = partial(_finish_dicom, ctx, split, pending, modality)
+    if ctx.executor is None:
+        yield from finish(job())
+    else:
+        yield Deferred(ctx.executor.submit(job), finish)
+
+
+def _finish_dicom(ctx: ReaderContext, split: str, pending, modality, result) -> list[Event]:
+    """Pixel deduplication in reader order, then the rows under the file's final (shown) name."""
+    if isinstance(result, Quarantined):
+        return [result for _ in pending]
+    name, stored, pixel_md5 = result
+    first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
+    if first is not None:
+        if ctx._first_image.get(pixel_md5) != stored.image:  # nothing else refers to this copy
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ctx.store.output_root / stored.image)
+        return [
+            Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
+            for _ in pending
+        ]
+    ctx._first_image[pixel_md5] = stored.image
+    return _finish(ctx, name, split, pending, modality, stored)
+
+
 def _finish(
     ctx: ReaderContext,
     rel: str,
     split: str,
     pending: list[tuple[Annotation, str]],
+    modality: str | None,
     stored: StoredImage | ImageError,
 ) -> list[Event]:
     """The events of one stored (or failed) image: one per annotation."""
@@ -375,15 +665,21 @@ def _finish(
                 )
                 continue
             bbox = stored.scale_box(tuple(box))
-        events.append(Kept([ctx.row(rel, split, stored, label, bbox)]))
+        events.append(Kept([ctx.row(rel, split, stored, label, bbox, modality=modality)]))
     return events
 
 
 def unreferenced(
-    ctx: ReaderContext, folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS
+    ctx: ReaderContext, folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS_2D
 ) -> Iterator[Event]:
     """Image files in the reader's image folder that no annotation referenced."""
     for rel in ctx.under(folder, extensions):
         if rel not in ctx.claimed:
-            ctx.claim(rel)
-            yield Quarantined(rel, "read", "unreferenced_file", f"{rel}: image file has no annotation entry")
+            yield unreferenced_file(ctx, rel)
+
+
+def unreferenced_file(ctx: ReaderContext, rel: str) -> Quarantined:
+    ctx.claim(rel)
+    ctx.saw_image(rel)
+    shown = ctx.shown(rel)
+    return Quarantined(shown, "read", "unreferenced_file", f"{shown}: image file has no annotation entry")

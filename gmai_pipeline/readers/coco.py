@@ -39,10 +39,10 @@ def _box(ann: dict) -> tuple[float, float, float, float] | None:
 
 
 def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
-    ann_rel = opts.annotations
+    ann_rel, image_dir = ctx.at(opts.annotations), ctx.at(opts.image_dir)
     if ann_rel not in ctx.files:
         yield Quarantined(ann_rel, "read", "missing_file", f"{ann_rel}: COCO annotation file not found")
-        yield from unreferenced(ctx, opts.image_dir)
+        yield from unreferenced(ctx, image_dir)
         return
     ctx.claim(ann_rel)
     try:
@@ -58,7 +58,7 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
         yield Quarantined(
             ann_rel, "read", "unreadable", f"{ann_rel}: not valid COCO JSON ({type(exc).__name__}: {exc})"
         )
-        yield from unreferenced(ctx, opts.image_dir)
+        yield from unreferenced(ctx, image_dir)
         return
     by_image: dict = defaultdict(list)
     for i, ann in enumerate(annotations):
@@ -89,6 +89,6 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
     del annotations
     for image_id, img in images.items():
         ref = str(img.get("file_name", ""))
-        rel = join(opts.image_dir, ref)
+        rel = join(image_dir, ref)
         yield from image_inputs(ctx, rel, ref, ctx.split_of(rel or ref), by_image.pop(image_id, []))
-    yield from unreferenced(ctx, opts.image_dir)
+    yield from unreferenced(ctx, image_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS, CsvLabelsReader
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, CsvLabelsReader
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import (
     Annotation,
@@ -25,10 +25,11 @@ from gmai_pipeline.readers.base import (
 
 
 def read(ctx: ReaderContext, opts: CsvLabelsReader) -> Iterator[Event]:
+    image_dir = ctx.at(opts.image_dir)
     yield from read_csv_rows(
-        ctx, opts.csv, opts.image_dir, opts.image_column, opts.label_column, opts.split_column
+        ctx, ctx.at(opts.csv), image_dir, opts.image_column, opts.label_column, opts.split_column
     )
-    yield from unreferenced(ctx, opts.image_dir)
+    yield from unreferenced(ctx, image_dir)
 
 
 def read_csv_rows(
@@ -69,7 +70,7 @@ def read_csv_rows(
                     continue
                 rel = join(image_dir, ref)
                 if rel is not None:
-                    rel = ctx.find(rel, IMAGE_EXTENSIONS) or rel
+                    rel = ctx.find(rel, IMAGE_EXTENSIONS_2D) or rel
                 split = ctx.split_of(rel or ref, record.get(split_column) if split_column else None)
                 ann = Annotation((record.get(label_column) or "",), where=where)
                 yield from image_inputs(ctx, rel, ref, split, [ann])

@@ -27,7 +27,8 @@ Patient data rules:
   result is what `source_path`, `sample_id`, the stored image name and quarantine details are built
   from; without a catalog labels map, a class-folder label that looks like an identifier is refused.
 - Every exception pydicom or numpy raises for one file (a corrupt VR, a short element, bad pixel
-  data) is that file's quarantine row with the exception type only (`_file`); the declared pixel
+  data) is that file's quarantine row with the exception type only (`read_header`, `decode_header`,
+  for the `dicom` reader and every other 2D reader's DICOM images); the declared pixel
   size is checked against the decode budget before `pixel_array` allocates it.
 - Duplicates are judged on the decoded pixels (the same image re-exported with other headers).
 - Compressed transfer syntaxes without an installed decoder -> `unsupported_codec`; pixel data
@@ -43,14 +44,15 @@ import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
 
-from gmai_pipeline.catalog import DicomReader, SourceDataset
+from gmai_pipeline.catalog import DICOM_EXTENSIONS, DicomReader, SourceDataset
 from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure, is_output_failure
-from gmai_pipeline.imaging import ImageError, to_uint8
-from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, join
+from gmai_pipeline.imaging import ImageError, modality_slug, to_uint8
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, join
 from gmai_pipeline.storage import md5_bytes
 from gmai_pipeline.volumes import window_for
 
@@ -94,7 +96,7 @@ NOT_IMAGES = {"DICOMDIR", "LICENSE", "LICENCE", "README", "COPYING", "NOTICE", "
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """pydicom warnings and log records can quote header values: keep them out of every log."""
     logger = logging.getLogger("pydicom")
     level, propagate = logger.level, logger.propagate
@@ -135,15 +137,20 @@ def looks_like_identifier(component: str, values: list[str] = ()) -> bool:
     )
 
 
-def safe_path(rel: str, values: list[str], token: str) -> str:
-    """`rel`, or its pseudonymous form when any component looks like an identifier (module docstring)."""
+def safe_folders(rel: str, values: list[str]) -> list[str] | None:
+    """None when `rel` may be shown as it is, else its folders with identifier-like ones as `anon`."""
     parts = rel.split("/")
     stem = PurePosixPath(parts[-1]).stem
     flags = [looks_like_identifier(p, values) for p in parts[:-1]] + [looks_like_identifier(stem, values)]
     if not any(flags):
-        return rel
-    folders = ["anon" if f else p for p, f in zip(parts[:-1], flags[:-1], strict=True)]
-    return "/".join([*folders, f"{token}.dcm"])
+        return None
+    return ["anon" if f else p for p, f in zip(parts[:-1], flags[:-1], strict=True)]
+
+
+def safe_path(rel: str, values: list[str], token: str) -> str:
+    """`rel`, or its pseudonymous form when any component looks like an identifier (module docstring)."""
+    folders = safe_folders(rel, values)
+    return rel if folders is None else "/".join([*folders, f"{token}.dcm"])
 
 
 def burned_in_risk(ds) -> str | None:
@@ -222,13 +229,6 @@ def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = Non
     return img, pixel_md5
 
 
-def unread_path(rel: str, token: str, values: list[str] = ()) -> str:
-    """Shown name of a file whose header was never read: harmless folders kept, the file name replaced."""
-    parts = rel.split("/")
-    folders = ["anon" if looks_like_identifier(p, values) else p for p in parts[:-1]]
-    return "/".join([*folders, f"{token}.dcm"])
-
-
 def safe_folder_names(source: SourceDataset) -> set[str]:
     """Folder names that identify no one: split names and the catalog's label keys and names (lower case)."""
     from gmai_pipeline.readers.base import SPLIT_ALIASES
@@ -237,14 +237,17 @@ def safe_folder_names(source: SourceDataset) -> set[str]:
     return safe | {str(v).lower() for v in source.labels.values()}
 
 
-def manifest_namer(source: SourceDataset) -> Callable[[str, Callable[[], str | None]], str]:
-    """How files of a DICOM dataset are named in the manifest and the source asset's metadata.
+def manifest_namer(
+    source: SourceDataset, only_dicom: bool = False
+) -> Callable[[str, Callable[[], str | None]], str]:
+    """How files of a DICOM dataset are named in the manifest and the source asset's metadata
+    (`only_dicom`: in a dataset of another 2D reader, only its `.dcm`/`.dicom` images, by the same rules).
 
     The scan reads no header, so it cannot tell a folder named after the patient from any other
     name; it keeps only what cannot identify anyone and shows the rest as `anon`:
     - a folder is kept when it is a split name (`train`, `val`, `test` ...) or one of the catalog's
       label keys or names (class folders), and does not look like an identifier; others are `anon`;
-    - a DICOM-looking file is `file-<first 16 hex of its MD5>.dcm` (as `unread_path` shows an
+    - a DICOM-looking file is `file-<first 16 hex of its MD5>.dcm` (as `Names.unread` shows an
       unread file); the label CSV and README-like files keep their names; any other file becomes
       `file-<MD5>` with its suffix.
     The reader, which reads the headers, names kept rows more precisely (`safe_path`).
@@ -254,6 +257,8 @@ def manifest_namer(source: SourceDataset) -> Callable[[str, Callable[[], str | N
     keep = {getattr(opts, "labels_csv", "labels.csv")}
 
     def name(rel: str, md5: Callable[[], str | None]) -> str:
+        if only_dicom and not rel.lower().endswith(DICOM_EXTENSIONS):
+            return rel
         parts = rel.split("/")
         folders = [p if p.lower() in safe and not looks_like_identifier(p) else "anon" for p in parts[:-1]]
         leaf = parts[-1]
@@ -276,7 +281,7 @@ def _dicom_like(rel: str) -> bool:
     return name.lower().endswith(DICOM_SUFFIXES) or "." not in name
 
 
-class _Names:
+class Names:
     """Shown names for one dataset; identifying values seen in any header so far also flag later names."""
 
     def __init__(self, ctx: ReaderContext):
@@ -287,7 +292,7 @@ class _Names:
     def unread(self, rel: str, token: str | None = None) -> str:
         """A file whose header was not read, shown as the manifest shows it (`manifest_namer`): only
         split and class folders kept, the file name always replaced (nothing to check it against)."""
-        md5 = self.ctx.files.get(rel)
+        md5 = self.ctx.md5(rel)
         values = sorted(self.seen, key=len, reverse=True)
         folders = [
             p if p.lower() in self.safe and not looks_like_identifier(p, values) else "anon"
@@ -300,15 +305,125 @@ class _Names:
             self.seen.update(values)
         return safe_path(rel, sorted(self.seen.union(values), key=len, reverse=True), token)
 
+    def identifying(self, text: str) -> bool:
+        """Whether `text` (a label) looks like an identifier, judged with every header value seen so far."""
+        return looks_like_identifier(text, sorted(self.seen, key=len, reverse=True))
+
+    def plan(self, rel: str, values: list[str]) -> list[str] | None:
+        """The final name's folders, decided now (in reader order) so a worker thread can add the token."""
+        return safe_folders(rel, sorted(self.seen.union(values), key=len, reverse=True))
+
+
+@dataclass
+class Header:
+    """A DICOM file whose header passed the checks: what a worker needs to decode and store it."""
+
+    rel: str
+    shown: str
+    ds: object
+    folders: list[str] | None  # None: the file keeps its own name
+
+
+def read_header(ctx: ReaderContext, rel: str, label: str | None = None) -> Header | Quarantined:
+    """Read and check one header in reader order: the sample boundary of a DICOM file's header.
+
+    Every exception pydicom (or numpy) raises ends here as this file's quarantine row, under a name
+    checked against nothing it has not read, with the exception's type only: pydicom's messages and
+    warnings can quote the raw element. Quarantined too: a burned-in-text risk, and (without a
+    catalog labels map) a `label` that looks like an identifier (a class folder named after the patient).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    names = ctx.dicom_names
+    with quiet():
+        try:
+            ds = pydicom.dcmread(io.BytesIO(ctx.read(rel, names.unread)))
+        except ImageError as err:
+            return Quarantined(names.unread(rel), "read", err.reason, err.detail)
+        except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, struct errors ...
+            shown = names.unread(rel)
+            kind = "not a DICOM file" if isinstance(exc, InvalidDicomError) else "not a readable DICOM file"
+            return Quarantined(shown, "read", "unreadable", f"{shown}: {kind} ({type(exc).__name__})")
+        try:
+            values = header_values(ds)
+        except Exception as exc:  # noqa: BLE001 - a corrupt element: its name cannot be checked
+            shown = names.unread(rel)
+            return Quarantined(
+                shown,
+                "read",
+                "unreadable",
+                f"{shown}: an identifying header element cannot be decoded ({type(exc).__name__})",
+            )
+        shown = names.read(rel, values, f"file-{ctx.md5(rel)[:16]}")
+        if label is not None and not ctx.source.labels and names.identifying(label):
+            return Quarantined(
+                shown,
+                "annotate",
+                "missing_label",
+                f"{shown}: its label looks like an identifier; give the catalog entry a labels map",
+            )
+        try:
+            risk = None if ctx.source.burned_in_text_allowed else burned_in_risk(ds)
+        except Exception as exc:  # noqa: BLE001 - a corrupt element
+            err = decoder_failure(exc, shown, "DICOM file")
+            return Quarantined(shown, "read", err.reason, err.detail)
+        if risk:
+            return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
+    return Header(rel, shown, ds, names.plan(rel, values))
+
+
+def decode_header(ctx: ReaderContext, header: Header, modality: str | None = None) -> tuple[np.ndarray, str]:
+    """`decode` of a checked header with the decode budget; every failure an ImageError (type only)."""
+    slug = modality_slug(modality) if modality else ctx.slug
+    try:
+        return decode(header.ds, header.shown, slug, ctx.ct_window, ctx.store.budget)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise
+        raise decoder_failure(exc, header.shown, "DICOM file") from None
+    finally:
+        header.ds = None  # the header is not needed any more; free it before the next file
+
+
+def final_name(header: Header, pixel_md5: str) -> str:
+    """The name rows and the stored image get: the file's own, or its pseudonym (module docstring)."""
+    return header.rel if header.folders is None else "/".join([*header.folders, f"{pixel_md5[:16]}.dcm"])
+
+
+def store_pixels(ctx: ReaderContext, header: Header, modality: str):
+    """(final name, StoredImage, pixel MD5), or Quarantined; safe on a worker thread.
+
+    No `quiet()` here: warning filters are process-wide and not thread-safe to swap, so
+    `normalize_source` keeps the whole run of a dataset with DICOM files inside one `quiet()`.
+    """
+    try:
+        img, pixel_md5 = decode_header(ctx, header, modality)
+    except ImageError as err:
+        return Quarantined(header.shown, "read", err.reason, err.detail)
+    name = final_name(header, pixel_md5)
+    target = str(PurePosixPath(name).with_suffix(".png"))
+    try:
+        stored = ctx.store_for(modality).store_array(img, name, target)
+    except Exception as exc:  # noqa: BLE001 - on a worker thread: returned, never raised (output failures aside)
+        if is_output_failure(exc):
+            raise
+        err = decoder_failure(exc, name, "image")
+        return Quarantined(name, "read", err.reason, err.detail)
+    return name, stored, pixel_md5
+
 
 def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
-    names = _Names(ctx)
-    dicom_like = [p for p in ctx.under("") if _dicom_like(p)]
-    if opts.labels_csv in ctx.files:
+    names = ctx.dicom_names
+    ctx.ct_window = opts.ct_window
+    dicom_like = [p for p in ctx.under(ctx.base) if _dicom_like(p)]
+    if ctx.at(opts.labels_csv) in ctx.files:
         yield from _csv_inputs(ctx, opts, names)
     else:
         for rel in dicom_like:
-            parts = rel.split("/")
+            parts = ctx.inner(rel).split("/")
             if len(parts) < 2:
                 ctx.claim(rel)
                 shown = names.unread(rel)
@@ -316,16 +431,17 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
                     shown, "annotate", "missing_label", f"{shown}: no label CSV and no class folder"
                 )
                 continue
-            yield _file(ctx, opts, names, rel, parts[-2], "its class folder")
+            yield _at_boundary(ctx, opts, names, rel, parts[-2], "its class folder")
     for rel in dicom_like:
         if rel not in ctx.claimed:
             ctx.claim(rel)
+            ctx.saw_image(rel)
             shown = names.unread(rel)
             yield Quarantined(shown, "read", "unreferenced_file", f"{shown}: DICOM file has no label entry")
 
 
-def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterator[Event]:
-    csv_rel = opts.labels_csv
+def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator[Event]:
+    csv_rel = ctx.at(opts.labels_csv)
     ctx.claim(csv_rel)
     try:
         with ctx.text_file(csv_rel) as f:
@@ -338,14 +454,14 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
                 return
             for line, record in enumerate(reader, start=2):
                 ref = (record.get(opts.file_column) or "").strip()
-                rel = join("", ref) if ref else None
+                rel = join(ctx.base, ref) if ref else None
                 where = f"{csv_rel} line {line}"
                 if rel is None:
                     yield Quarantined(
                         csv_rel, "read", "path_refused", f"{where}: empty or escaping file reference"
                     )
                     continue
-                yield _file(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
+                yield _at_boundary(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
     except ImageError as err:  # not UTF-8, or changed or swapped since the scan
         yield Quarantined(csv_rel, "read", err.reason, err.detail)
     except csv.Error as exc:
@@ -354,18 +470,21 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: _Names) -> Iterato
         )
 
 
-def _file(
-    ctx: ReaderContext, opts: DicomReader, names: _Names, rel: str, raw_label: str, where: str
-) -> Event:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def _at_boundary(ctx: ReaderContext, opts, names: Names, rel: str, raw_label: str, where: str) -> Event:
+    """`_file` at the sample boundary: whatever escapes its own checks (a store that fails) is a row too."""
+    return at_boundary(
+        lambda: names.unread(rel), lambda: _file(ctx, opts, names, rel, raw_label, where), "DICOM file"
+    )
 
+
+def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_label: str, where: str) -> Event:
     if rel not in ctx.files:
         shown = names.unread(rel, f"missing-{where.rsplit(' ', 1)[-1]}" if " line " in where else None)
         return Quarantined(
             shown, "read", "missing_file", f"{shown}: named by {where} but not in the dataset folder"
         )
     ctx.claim(rel)
+    ctx.saw_image(rel)
     label, reason = ctx.label([raw_label])
     if label is None:
         shown = names.unread(rel)
@@ -381,50 +500,16 @@ def _file(
         return Quarantined(
             shown, "read", "split_excluded", f"{shown}: split '{split}' not in the catalog's splits"
         )
-    # The sample boundary of a DICOM file: every exception pydicom (or numpy) raises ends here as this
-    # file's quarantine row, under a name checked against nothing it has not read, and with the
-    # exception's type only: pydicom's messages and warnings can quote the raw element.
-    shown = names.unread(rel)
-    with _quiet():
+    header = read_header(ctx, rel, label)
+    if isinstance(header, Quarantined):
+        return header
+    # The name is final once the pixels are known: check duplicates before writing anything.
+    with quiet():  # this reader decodes in reader order, so it may also run outside `normalize_source`
         try:
-            ds = pydicom.dcmread(io.BytesIO(ctx.read(rel, shown)))
+            img, pixel_md5 = decode_header(ctx, header)
         except ImageError as err:
-            return Quarantined(shown, "read", err.reason, err.detail)
-        except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, struct errors ...
-            kind = "not a DICOM file" if isinstance(exc, InvalidDicomError) else "not a readable DICOM file"
-            return Quarantined(shown, "read", "unreadable", f"{shown}: {kind} ({type(exc).__name__})")
-        try:
-            values = header_values(ds)
-        except Exception as exc:  # noqa: BLE001 - a corrupt element: its name cannot be checked
-            return Quarantined(
-                shown,
-                "read",
-                "unreadable",
-                f"{shown}: an identifying header element cannot be decoded ({type(exc).__name__})",
-            )
-        shown = names.read(rel, values, f"file-{ctx.files[rel][:16]}")
-        if not ctx.source.labels and looks_like_identifier(label, sorted(names.seen, key=len, reverse=True)):
-            return Quarantined(  # a class folder named after the patient would become the label
-                shown,
-                "annotate",
-                "missing_label",
-                f"{shown}: its label looks like an identifier; give the catalog entry a labels map",
-            )
-        try:
-            if not ctx.source.burned_in_text_allowed:
-                risk = burned_in_risk(ds)
-                if risk:
-                    return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
-            img, pixel_md5 = decode(ds, shown, ctx.slug, opts.ct_window, ctx.store.budget)
-        except ImageError as err:
-            return Quarantined(shown, "read", err.reason, err.detail)
-        except Exception as exc:  # noqa: BLE001 - the sample boundary
-            if is_output_failure(exc):
-                raise
-            err = decoder_failure(exc, shown, "DICOM file")
-            return Quarantined(shown, "read", err.reason, err.detail)
-        del ds
-    name = names.read(rel, [], pixel_md5[:16])
+            return Quarantined(header.shown, "read", err.reason, err.detail)
+    name = final_name(header, pixel_md5)
     first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
     if first is not None:
         return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")

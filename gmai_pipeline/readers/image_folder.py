@@ -1,10 +1,13 @@
 """`image_folder`: `<class>/<image>` or `<split>/<class>/<image>` under `root`.
 
-Input = each file under `root` with one of `extensions`. The class is the first folder below the
-split folder (deeper folders, e.g. per patient, are allowed); an image with no class folder above
-it is quarantined `missing_label`. Split folders: `split_folders=True` forces the first level to be
-the split, `False` forbids it, `None` (default) treats a first-level train/val/test-like folder as
-the split whenever the path is deep enough to still hold a class folder.
+Input = each file under the layout root with one of `extensions` (DICOM included). The class is the
+image's own folder, exactly one level down (two with a split folder): the two path templates
+`{label}/{file}` and `{split}/{label}/{file}` of the `layout` reader, nothing looser. An image
+deeper than that (CheXpert's `train/patient00001/study1/view1_frontal.jpg`) or with no class folder
+is quarantined `missing_label`, because guessing would make patient ids or `part_1` a class; such
+datasets declare their class with `kind: layout` (a template field or a table). Split folders:
+`split_folders=True` forces the first level to be the split, `False` forbids it, `None` (default)
+treats a first-level train/val/test-like folder as the split whenever a class folder is below it.
 """
 
 from __future__ import annotations
@@ -20,19 +23,35 @@ from gmai_pipeline.readers.base import (
     ReaderContext,
     image_inputs,
 )
+from gmai_pipeline.readers.templates import Template
+
+SPLIT_FOLDER = "(?i:" + "|".join(sorted(SPLIT_ALIASES, key=len, reverse=True)) + ")"
+
+
+def templates(opts: ImageFolderReader) -> list[Template]:
+    if opts.split_folders:
+        return [Template("{split}/{label}/{file}")]
+    if opts.split_folders is False:
+        return [Template("{label}/{file}")]
+    return [Template("{split}/{label}/{file}", {"split": SPLIT_FOLDER}), Template("{label}/{file}")]
 
 
 def read(ctx: ReaderContext, opts: ImageFolderReader) -> Iterator[Event]:
-    root = opts.root.strip("/")
-    for rel in ctx.under(root, opts.extensions):
-        parts = rel[len(root) + 1 :].split("/") if root else rel.split("/")
-        split = None
-        if opts.split_folders or (
-            opts.split_folders is None and len(parts) >= 3 and parts[0].lower() in SPLIT_ALIASES
-        ):
-            split, parts = parts[0], parts[1:]
-        if len(parts) < 2:
+    layouts = templates(opts)
+    for rel in ctx.under(ctx.base, opts.extensions):
+        inner = ctx.inner(rel)
+        fields = next((f for t in layouts if (f := t.match(inner)) is not None), None)
+        if fields is None:
             ctx.claim(rel)
-            yield Quarantined(rel, "annotate", "missing_label", f"{rel}: not inside a class folder")
+            ctx.saw_image(rel)
+            shown = ctx.shown(rel)
+            yield Quarantined(
+                shown,
+                "annotate",
+                "missing_label",
+                f"{shown}: not directly inside a class folder (<class>/<image> or <split>/<class>/<image>); "
+                "declare where the class is with kind: layout",
+            )
             continue
-        yield from image_inputs(ctx, rel, rel, ctx.split_of(rel, split), [Annotation((parts[0],))])
+        split = ctx.split_of(rel, fields.get("split"))
+        yield from image_inputs(ctx, rel, rel, split, [Annotation((fields["label"],))])

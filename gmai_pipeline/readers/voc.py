@@ -12,7 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS, VocReader
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, VocReader
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import (
     Annotation,
@@ -43,7 +43,8 @@ def _object(obj: ET.Element, where: str) -> Annotation:
 
 
 def read(ctx: ReaderContext, opts: VocReader) -> Iterator[Event]:
-    for xml_rel in ctx.under(opts.annotations_dir, (".xml",)):
+    image_dir = ctx.at(opts.image_dir)
+    for xml_rel in ctx.under(ctx.at(opts.annotations_dir), (".xml",)):
         ctx.claim(xml_rel)
         try:
             root = ET.fromstring(ctx.read(xml_rel))
@@ -54,11 +55,11 @@ def read(ctx: ReaderContext, opts: VocReader) -> Iterator[Event]:
             yield Quarantined(xml_rel, "read", "unreadable", f"{xml_rel}: not valid XML ({exc})")
             continue
         ref = (root.findtext("filename") or "").strip()
-        rel = join(opts.image_dir, ref) if ref else None
+        rel = join(image_dir, ref) if ref else None
         if rel is None or rel not in ctx.files:
             stem = xml_rel.rsplit("/", 1)[-1][:-4]
-            alt = ctx.find(join(opts.image_dir, stem) or stem, IMAGE_EXTENSIONS)
+            alt = ctx.find(join(image_dir, stem) or stem, IMAGE_EXTENSIONS_2D)
             rel, ref = (alt, alt) if alt else (rel, ref or stem)
         objects = [_object(o, f"{xml_rel} object {i}") for i, o in enumerate(root.findall("object"))]
         yield from image_inputs(ctx, rel, ref, ctx.split_of(rel or xml_rel), objects)
-    yield from unreferenced(ctx, opts.image_dir)
+    yield from unreferenced(ctx, image_dir)

@@ -11,9 +11,8 @@ class name, then the index. Without a classes file the index is the raw label. S
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import PurePosixPath
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS, YoloReader
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, YoloReader
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.readers.base import Annotation, Event, Quarantined, ReaderContext, image_inputs
 
@@ -47,19 +46,29 @@ def _line(line: str, classes: list[str], where: str) -> Annotation:
     return Annotation(names, box, normalized=True, where=where)
 
 
+def _label_path(labels_dir: str, inner: str) -> str:
+    """`labels_dir/inner` with its suffix replaced by `.txt` (`PurePath.with_suffix`, as string
+    operations: this runs for every image)."""
+    leaf = inner.rsplit("/", 1)[-1]
+    i = leaf.rfind(".")
+    base = inner[: len(inner) - len(leaf) + i] if 0 < i < len(leaf) - 1 else inner
+    return f"{labels_dir}/{base}.txt" if labels_dir else f"{base}.txt"
+
+
 def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
     classes: list[str] = []
-    if opts.classes_file in ctx.files:
-        ctx.claim(opts.classes_file)
+    classes_file = ctx.at(opts.classes_file)
+    if classes_file in ctx.files:
+        ctx.claim(classes_file)
         try:
-            text = ctx.read(opts.classes_file).decode("utf-8", errors="replace")
+            text = ctx.read(classes_file).decode("utf-8", errors="replace")
         except ImageError:
             text = ""  # every label line then names an unknown class index, and says so
         classes = [c.strip() for c in text.splitlines() if c.strip()]
-    images_dir, labels_dir = opts.images_dir.strip("/"), opts.labels_dir.strip("/")
-    for rel in ctx.under(images_dir, IMAGE_EXTENSIONS):
+    images_dir, labels_dir = ctx.at(opts.images_dir), ctx.at(opts.labels_dir)
+    for rel in ctx.under(images_dir, IMAGE_EXTENSIONS_2D):
         inner = rel[len(images_dir) + 1 :] if images_dir else rel
-        label_rel = str(PurePosixPath(labels_dir) / PurePosixPath(inner).with_suffix(".txt"))
+        label_rel = _label_path(labels_dir, inner)
         anns: list[Annotation] = []
         if label_rel in ctx.files:
             ctx.claim(label_rel)
@@ -74,7 +83,7 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
                 anns = [Annotation((), where=label_rel, error=(err.reason, err.detail))]
         yield from image_inputs(ctx, rel, rel, ctx.split_of(rel), anns)
     for label_rel in ctx.under(labels_dir, (".txt",)):
-        if label_rel not in ctx.claimed and label_rel != opts.classes_file:
+        if label_rel not in ctx.claimed and label_rel != classes_file:
             ctx.claim(label_rel)
             yield Quarantined(
                 label_rel, "read", "missing_file", f"{label_rel}: label file has no image in {images_dir}/"

@@ -1,0 +1,513 @@
+"""Layout declarations: how a catalog entry describes its dataset's real download, in YAML, not code.
+
+One generic reader (`kind: layout`) covers the layouts public datasets ship, so adding a dataset never
+means writing a reader: path templates with named fields find images and masks (`{case}/{case}_frame{n}.nii.gz`),
+tables give labels, splits and boxes, conditions on fields or columns filter inputs and choose split and
+modality per case. The older kinds (`image_folder`, `msd`, ...) stay as shorthands for their conventions.
+`gmai_pipeline/readers/layout.py` interprets these models; the README's "Adding a dataset" shows each one
+with a real dataset.
+
+Extension point for converters (formats a declaration cannot describe: DICOM series, polygons, run-length
+masks, HDF5, whole-slide images): `FileSet.format` names how matched files are decoded. `FORMATS` lists
+the formats this build knows; a converter adds its name there and its reader in `readers/layout.py`
+(`CONVERTERS`), and the same YAML (`images: {path: ..., format: <name>}`) selects it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# How `FileSet.format` names are decoded; converters register theirs here (see the module docstring).
+FORMATS: dict[str, str] = {
+    "auto": "by extension: PNG/JPEG/BMP/TIFF (Pillow), DICOM .dcm/.dicom (pydicom, pixels only), "
+    "NIfTI/MHA/NRRD volumes (nibabel/SimpleITK)",
+}
+FIELD_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{\d*,?\d*\})+))?\}")
+# Names every input has besides its template fields: usable in conditions, rules, split lists.
+BUILTIN_FIELDS = ("path", "file", "stem", "channel", "case")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def template_fields(template: str) -> list[str]:
+    """Field names of one path template, in order of first appearance."""
+    seen: list[str] = []
+    for m in FIELD_TOKEN.finditer(template):
+        if m.group(1) not in seen:
+            seen.append(m.group(1))
+    return seen
+
+
+def _as_text(v: Any) -> Any:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v) if isinstance(v, int | float) else v
+
+
+def _as_tuple(v: Any) -> Any:
+    return (v,) if isinstance(v, str) else v
+
+
+class Condition(_Spec):
+    """A test on one field or column value; every part given must hold.
+
+    Shorthand: a scalar (`mag: 40X`) or a list (`rad_id: [R8, R9]`) means `in`. `min`/`max` compare the
+    value as a number; a value with text around its digits (`amos_0507`, `img0001`) compares its last
+    run of digits.
+    """
+
+    in_: tuple[str, ...] | None = Field(None, alias="in")
+    not_in: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    glob: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str | int | float | bool):
+            return {"in": [_as_text(v)]}
+        if isinstance(v, list | tuple):
+            return {"in": [_as_text(x) for x in v]}
+        if isinstance(v, dict):
+            return {
+                k: [_as_text(x) for x in val] if k in ("in", "not_in") and isinstance(val, list) else val
+                for k, val in v.items()
+            }
+        return v
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"regex {v!r} does not compile: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Condition:
+        if all(getattr(self, f) is None for f in ("in_", "not_in", "min", "max", "glob", "regex")):
+            raise ValueError("a condition needs at least one of in, not_in, min, max, glob, regex")
+        return self
+
+
+Conditions = dict[str, Condition]
+
+
+class Rule(_Spec):
+    """`value` for the inputs whose fields/columns satisfy every condition in `when` (first rule wins)."""
+
+    when: Conditions
+    value: str
+
+    _text = field_validator("value", mode="before")(_as_text)
+
+
+class ValueSource(_Spec):
+    """Where one per-input value comes from: exactly one of `field`, `column`, `rules`, `value`.
+
+    Shorthand: `"{label}"` is `field: label`; any other string is a fixed `value`.
+    `map` rewrites raw values (after trimming) before use; `default` applies when `rules` match nothing
+    or the field/column is empty.
+    """
+
+    field: str | None = None
+    column: str | int | None = None
+    value: str | None = None
+    rules: tuple[Rule, ...] = ()
+    map: dict[str, str] = Field(default_factory=dict)
+    default: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", v.strip())
+            return {"field": m.group(1)} if m else {"value": v}
+        if isinstance(v, dict) and isinstance(v.get("map"), dict):
+            return {**v, "map": {str(_as_text(k)): str(_as_text(x)) for k, x in v["map"].items()}}
+        return v
+
+    def _sources(self) -> list[str]:
+        return [n for n in ("field", "column", "value", "rules") if getattr(self, n) not in (None, ())]
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ValueSource:
+        given = self._sources()
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of field, column, value, rules{self._extra_sources()} (got {given or 'none'})"
+            )
+        return self
+
+    def _extra_sources(self) -> str:
+        return ""
+
+
+class Uncertain(_Spec):
+    """Cells that mean "uncertain" (CheXpert `-1`) and what to do with them: no default, it is a choice.
+
+    positive: the label counts as present (CheXpert's U-Ones); negative: as absent (U-Zeros);
+    quarantine: each uncertain label becomes a quarantined input (`uncertain_label`), visible, not used.
+    """
+
+    values: tuple[str, ...]
+    policy: Literal["positive", "negative", "quarantine"]
+
+    _text = field_validator("values", mode="before")(
+        lambda v: [_as_text(x) for x in v] if isinstance(v, list) else v
+    )
+
+
+class LabelSpec(ValueSource):
+    """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`), one-hot
+    or multi-hot `columns` (ISIC 2019, CheXpert: the label is the column name), a fixed value, or rules.
+
+    Every label is mapped through the catalog's `labels` when it has one. In `columns`, a cell is
+    positive when it is one of `positive` (default 1, 1.0, true, yes), absent when empty or 0, uncertain
+    when it is one of `uncertain.values`; anything else is an error on that row.
+    """
+
+    columns: tuple[str, ...] = ()
+    delimiter: str | None = None
+    positive: tuple[str, ...] = ("1", "1.0", "true", "True", "TRUE", "yes", "Yes")
+    uncertain: Uncertain | None = None
+
+    def _sources(self) -> list[str]:
+        return super()._sources() + (["columns"] if self.columns else [])
+
+    def _extra_sources(self) -> str:
+        return ", columns"
+
+
+class SplitSpec(ValueSource):
+    """The split: a field, a column, rules, a fixed value, or `lists` (split -> list file of image names,
+    NIH's `train_val_list.txt` / `test_list.txt`).
+
+    Values go through `map`, then the usual aliases (training -> train, validation/valid -> val, ...).
+    A list entry matches an image by file name, stem, path under the layout root, or case. An image in
+    no list takes `default`, or is quarantined `split_unknown` without one. Without any `split`, the
+    split comes from the path (see `ReaderContext.split_of`).
+    """
+
+    lists: dict[str, str] = Field(default_factory=dict)
+
+    def _sources(self) -> list[str]:
+        return super()._sources() + (["lists"] if self.lists else [])
+
+    def _extra_sources(self) -> str:
+        return ", lists"
+
+
+class Join(_Spec):
+    """Template-driven reading with a table beside it: a row belongs to the input whose `field` equals the
+    row's `column` (TotalSegmentator's `meta.csv`: column image_id = field case)."""
+
+    column: str | int
+    field: str
+
+
+class TableSpec(_Spec):
+    """A CSV/TSV/XLSX table. With `image` the table drives: each row names an image (a path, tried
+    relative to the table's folder and to the layout root, leading folders dropped one by one until it is
+    found; or an id matched against the file name or stem of the files `images` matches). A cell that
+    wraps the name (`000a312787f2_image`) is read with `image_pattern` (`{stem}_image`). With `join` the
+    templates drive and rows add columns to the inputs they match.
+    """
+
+    file: tuple[str, ...]
+    image: str | int | None = None
+    image_pattern: str | None = None  # how the cell names the image, e.g. "{stem}_image" (SIIM-COVID19 ids)
+    join: Join | None = None
+    delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
+    sheet: str | None = None  # XLSX sheet; default the first
+    names: tuple[str, ...] = ()  # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv)
+
+    _files = field_validator("file", mode="before")(_as_tuple)
+
+    @model_validator(mode="after")
+    def _mode(self) -> TableSpec:
+        if (self.image is None) == (self.join is None):
+            raise ValueError("give exactly one of image (the table names the images) or join (templates do)")
+        if self.image_pattern is not None:
+            check_template(self.image_pattern)
+            if not {"path", "file", "stem"} & set(template_fields(self.image_pattern)):
+                raise ValueError(
+                    "image_pattern needs a {path}, {file} or {stem} field: the part that names the image"
+                )
+        return self
+
+
+class BoxSpec(_Spec):
+    """Boxes from table rows: four `columns`, or one `column` holding `[a, b, c, d]` or a list of them.
+
+    `format` has no default (datasets differ): xyxy corners, xywh (top-left + size), cxcywh (centre +
+    size); `units` pixels of the source image or normalized 0..1. A row with empty box cells is an error
+    (`missing_box`) unless it matches `no_finding` (VinDr-CXR `class_name: No finding`, RSNA `Target: 0`);
+    a no-finding row is quarantined `no_finding` (a detection row needs a box).
+    """
+
+    columns: tuple[str | int, str | int, str | int, str | int] | None = None
+    column: str | int | None = None
+    format: Literal["xyxy", "xywh", "cxcywh"]
+    units: Literal["pixels", "normalized"] = "pixels"
+    no_finding: Conditions = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _where(self) -> BoxSpec:
+        if (self.columns is None) == (self.column is None):
+            raise ValueError("give exactly one of columns (four cells) or column (one cell with a list)")
+        return self
+
+
+class Annotators(_Spec):
+    """Several annotators per image: whose rows are used, stated (no default).
+
+    all: every annotator's box is its own row; first: only the first annotator of each image (ids in natural
+    order: R7 before R10);
+    merge: boxes of the same label whose IoU >= `iou` across annotators are fused into their mean box,
+    and an image's no-finding rows count once. Keep only some annotators with `filters`.
+    """
+
+    field: str | None = None
+    column: str | int | None = None
+    policy: Literal["all", "first", "merge"]
+    iou: float = Field(0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _where(self) -> Annotators:
+        if (self.field is None) == (self.column is None):
+            raise ValueError("give exactly one of field or column")
+        return self
+
+
+class FileSet(_Spec):
+    """Files found by path templates, and the format they are decoded with.
+
+    Template syntax: literal text; `{name}` a named field (one path segment, shortest match; the same
+    name twice must match the same text); `{name:regex}` a field with its own pattern; `*` any text
+    within a segment; `**/` any number of folders. Shorthand: a string or a list of strings is `path`.
+    """
+
+    path: tuple[str, ...]
+    format: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str | list | tuple) else v
+
+    _paths = field_validator("path", mode="before")(_as_tuple)
+
+    @field_validator("path")
+    @classmethod
+    def _syntax(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("give at least one path template")
+        for t in v:
+            check_template(t)
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in FORMATS:
+            raise ValueError(f"format '{v}' is not available (known: {', '.join(FORMATS)})")
+        return v
+
+    def fields(self) -> list[str]:
+        out: list[str] = []
+        for t in self.path:
+            out.extend(f for f in template_fields(t) if f not in out)
+        return out
+
+
+def check_template(t: str) -> None:
+    """Raise ValueError naming the template when its braces or a field pattern are wrong."""
+    if t.startswith("/") or ".." in t.split("/"):
+        raise ValueError(f"template {t!r} must be relative and stay inside the dataset")
+    rest = FIELD_TOKEN.sub("", t)
+    if "{" in rest or "}" in rest:
+        raise ValueError(
+            f"template {t!r}: unbalanced braces or a field name that is not [A-Za-z_][A-Za-z0-9_]*"
+        )
+    for m in FIELD_TOKEN.finditer(t):
+        if m.group(2):
+            try:
+                re.compile(m.group(2))
+            except re.error as exc:
+                raise ValueError(
+                    f"template {t!r}: field '{m.group(1)}' pattern does not compile: {exc}"
+                ) from None
+
+
+class ReaderBase(_Spec):
+    """What every reader kind shares: where its layout starts and which archives to unpack."""
+
+    root: str = ""  # the layout's folder inside the dataset folder (after any single wrapper folder)
+    unpack: tuple[str, ...] = ()  # archives (paths or globs under the layout root) to unpack into a cache
+
+    _unpack = field_validator("unpack", mode="before")(_as_tuple)
+
+    @field_validator("root")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        v = v.strip().strip("/")
+        if ".." in v.split("/"):
+            raise ValueError(f"root {v!r} must stay inside the dataset folder")
+        return v
+
+    def anchors(self) -> tuple[str, ...]:
+        """Paths (relative to the layout root) whose presence says the layout starts here."""
+        return ()
+
+
+class VolumeOptions(_Spec):
+    """Slicing and mask filters (SA-Med2D rules; `gmai_pipeline.volumes`)."""
+
+    axes: tuple[int, ...] = (0, 1, 2)
+    ct_window: tuple[float, float] | None = None  # (level, width); None: a wide window for CT
+    min_mask_fraction: float = Field(0.00153, ge=0, lt=1)
+    min_component_pixels: int = Field(16, ge=1)
+    slice_step: int = Field(1, ge=1)
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(a not in (0, 1, 2) for a in v) or len(set(v)) != len(v):
+            raise ValueError("axes must be distinct values from 0, 1, 2")
+        return v
+
+
+class LayoutReader(ReaderBase, VolumeOptions):
+    """The generic reader: templates, tables, masks, boxes, channels, filters (module docstring)."""
+
+    kind: Literal["layout"]
+    images: FileSet
+    fields: dict[str, str] = Field(default_factory=dict)  # field -> regex it must match
+    exclude: tuple[str, ...] = ()  # globs (under the layout root) of matched files that are not images
+    masks: FileSet | None = None
+    table: TableSpec | None = None
+    label: LabelSpec | None = None
+    split: SplitSpec | None = None
+    modality: ValueSource | None = None
+    annotators: Annotators | None = None
+    boxes: BoxSpec | None = None
+    channels: tuple[str | int, ...] | None = None  # None: every channel, each its own image
+    filters: Conditions = Field(default_factory=dict)
+
+    _excl = field_validator("exclude", mode="before")(_as_tuple)
+
+    @field_validator("fields")
+    @classmethod
+    def _field_patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, pattern in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"field '{name}' pattern {pattern!r} does not compile: {exc}") from None
+        return v
+
+    def template_fields(self) -> set[str]:
+        return set(self.images.fields()) | set(self.masks.fields() if self.masks else [])
+
+    @model_validator(mode="after")
+    def _references(self) -> LayoutReader:
+        known = self.template_fields() | set(BUILTIN_FIELDS)
+        has_columns = self.table is not None
+        for where, name in self._field_refs():
+            if name not in known:
+                raise ValueError(
+                    f"{where}: field '{name}' is not in the templates (fields: {', '.join(sorted(known))})"
+                )
+        if not has_columns:
+            for where, key in self._condition_keys():
+                if key not in known:
+                    raise ValueError(
+                        f"{where}: '{key}' is neither a template field ({', '.join(sorted(known))}) "
+                        "nor a column (no table is declared)"
+                    )
+            for where, src in (("label", self.label), ("split", self.split), ("modality", self.modality)):
+                if src is not None and (src.column is not None or getattr(src, "columns", ())):
+                    raise ValueError(f"{where}: a column needs a table (reader.table)")
+        if self.boxes is not None and (self.table is None or self.table.image is None):
+            raise ValueError("boxes come from table rows: declare reader.table with an image column")
+        if self.table is not None and self.table.join is not None and self.table.join.field not in known:
+            raise ValueError(f"table.join: field '{self.table.join.field}' is not in the templates")
+        return self
+
+    def _field_refs(self) -> list[tuple[str, str]]:
+        refs = []
+        for where, src in (("label", self.label), ("split", self.split), ("modality", self.modality)):
+            if src is not None and src.field is not None:
+                refs.append((where, src.field))
+        if self.annotators is not None and self.annotators.field is not None:
+            refs.append(("annotators", self.annotators.field))
+        refs.extend(("fields", name) for name in self.fields)
+        return refs
+
+    def _condition_keys(self) -> list[tuple[str, str]]:
+        keys = [("filters", k) for k in self.filters]
+        for where, src in (("split", self.split), ("modality", self.modality), ("label", self.label)):
+            for rule in src.rules if src is not None else ():
+                keys.extend((f"{where}.rules", k) for k in rule.when)
+        if self.boxes is not None:
+            keys.extend(("boxes.no_finding", k) for k in self.boxes.no_finding)
+        return keys
+
+    def check_task(self, task_type: str) -> None:
+        """What each task needs, as one sentence naming the missing field."""
+        if task_type == "2d_cls":
+            if self.label is None:
+                raise ValueError("2d_cls needs reader.label (a template field, a column, columns or rules)")
+            if self.masks is not None or self.boxes is not None:
+                raise ValueError("2d_cls takes no masks or boxes")
+        elif task_type == "2d_det":
+            if self.boxes is None or self.label is None:
+                raise ValueError(
+                    "2d_det with kind layout needs reader.table, reader.boxes and reader.label "
+                    "(COCO / VOC / YOLO files have their own kinds)"
+                )
+        else:
+            if self.masks is None:
+                raise ValueError(f"{task_type} needs reader.masks (path templates of the mask files)")
+            if self.boxes is not None:
+                raise ValueError(f"{task_type} takes no boxes: they come from the masks")
+            if self.table is not None and self.table.image is not None:
+                raise ValueError(
+                    f"{task_type}: the templates find the images; a table may only add columns (table.join)"
+                )
+        if task_type != "3d_seg" and self.channels is not None:
+            raise ValueError("channels apply to 3d_seg volumes")
+
+    def anchors(self) -> tuple[str, ...]:
+        return self.images.path + (self.table.file if self.table else ())
+
+
+class Expect(_Spec):
+    """Documented counts, checked after the read (asset check `expected_counts`) and shown in the UI.
+
+    images: image files the reader found (kept or quarantined, every split); cases: volumes' cases (3D)
+    or distinct `{case}` values; classes: distinct labels kept. `tolerance` is the allowed relative
+    difference (0: exact). `source` says where the counts are documented.
+    """
+
+    images: int | None = Field(None, ge=0)
+    cases: int | None = Field(None, ge=0)
+    classes: int | None = Field(None, ge=0)
+    tolerance: float = Field(0.0, ge=0, lt=1)
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _something(self) -> Expect:
+        if self.images is None and self.cases is None and self.classes is None:
+            raise ValueError("expect needs at least one of images, cases, classes")
+        return self

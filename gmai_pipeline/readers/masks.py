@@ -1,0 +1,250 @@
+"""2D masks: reading them, combining several per image, and turning components into rows.
+
+Shared by `mask_pairs`, `layout` and (for `mask_rows`, `value_label`) the 3D path. Masks are read as
+label indices: palette PNGs give their indices, grey PNGs their values; a colour mask whose channels
+differ is `unsupported_mask`. Several mask files of one image are combined into one label map: a
+file that carries its own label (a template field: BUSI's class folder, JSRT's structure folder) is
+binary (every non-zero pixel is that label, value i+1 for the i-th label in name order, later files
+winning where two overlap); a file without one contributes its values.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS
+from gmai_pipeline.decode_guard import DecodeBudget
+from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, is_dicom
+from gmai_pipeline.volumes import mask_boxes
+
+MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom")
+
+
+@dataclass
+class MaskFile:
+    rel: str
+    label: str | None = None  # a binary mask of this label; None: a label map (values -> labels)
+
+
+def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
+    """Label indices of an encoded mask; its declared size is checked against `budget` before decoding."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if budget is not None:
+                budget.check(declared_bytes(im), rel, f"a {im.width}x{im.height} {im.mode} mask")
+            im.load()
+            arr = np.asarray(im)
+    except ImageError:
+        raise
+    except Exception as exc:
+        err = classify_error(exc, rel)
+        raise ImageError(err.reason, err.detail.replace(f"{rel}: ", f"{rel}: mask: ", 1)) from None
+    if arr.ndim == 3:
+        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(3, arr.shape[2]))):
+            raise ImageError(
+                "unsupported_mask", f"{rel}: colour mask (channels differ); expected label indices"
+            )
+        arr = arr[..., 0]
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def value_label(
+    ctx: ReaderContext, value: int, names: dict[int, str] | None = None, numeric: bool = True
+) -> str | None:
+    """A mask value's label: catalog map (by value, then by name) if given; else the dataset's own
+    names (dataset.json), where a value it does not name is unknown; else the value as text.
+    `numeric=False`: the value is only an index into `names` (masks labelled by a field or file name)."""
+    name = (names or {}).get(value)
+    if ctx.source.labels:
+        return ctx.label(([str(value)] if numeric else []) + ([name] if name else []))[0]
+    if names:
+        return name
+    return str(value)
+
+
+def mask_rows(
+    ctx: ReaderContext,
+    rel: str,
+    mask_rel: str,
+    split: str,
+    boxes,
+    store,
+    value_names=None,
+    numeric: bool = True,
+    **row_kw,
+) -> Event:
+    """Boxes of one image (or slice) -> Kept rows, or the quarantine reason (empty_mask, unknown_label)."""
+    if not boxes:
+        return Quarantined(
+            rel,
+            "annotate",
+            "empty_mask",
+            f"{rel}: mask {mask_rel} has no foreground component above the size limits",
+        )
+    labels: dict[int, str] = {}
+    unknown = []
+    for value in sorted({v for v, _ in boxes}):
+        label = value_label(ctx, value, value_names, numeric)
+        if label is None:
+            unknown.append(value)
+        else:
+            labels[value] = label
+    if unknown:
+        return Quarantined(
+            rel,
+            "annotate",
+            "unknown_label",
+            f"{rel}: mask values {unknown} in {mask_rel} are not in the label map",
+        )
+    try:
+        stored = store()
+    except ImageError as err:
+        return Quarantined(rel, "read", err.reason, err.detail)
+    return Kept([ctx.row(rel, split, stored, labels[v], stored.scale_box(b), **row_kw) for v, b in boxes])
+
+
+def seg_image(
+    ctx, opts, rel: str, masks: list[MaskFile], split: str, modality: str | None, expected: str
+) -> Event:
+    """One 2D image and its mask file(s) -> rows per kept component, or the reason it is quarantined.
+
+    Shared with `mask_pairs`. Several masks are combined (`volume_cases` rules); an image may be DICOM.
+    The whole input runs at the sample boundary (`base.at_boundary`).
+    """
+    return at_boundary(
+        lambda: ctx.shown(rel),
+        lambda: _seg_image(ctx, opts, rel, masks, split, modality, expected),
+        "image",
+    )
+
+
+def _seg_image(ctx, opts, rel: str, masks: list[MaskFile], split: str, modality: str | None, expected: str):
+    dicom = is_dicom(rel)
+    shown = ctx.namer(rel)  # worked out only for a message: a DICOM pseudonym needs the file's MD5
+    # A DICOM image's masks are usually named after it: they are shown as pseudonymously as the image.
+    display = ctx.dicom_names.unread if dicom else (lambda r: r)
+    if not masks:
+        return Quarantined(shown(), "read", "missing_file", f"{shown()}: mask {display(expected)} not found")
+    for m in masks:
+        ctx.claim(m.rel)
+    excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
+    if excluded is not None:
+        return Quarantined(shown(), *excluded)
+    image = _open_2d(ctx, rel) if not dicom else _open_dicom(ctx, rel)
+    if isinstance(image, Quarantined):
+        return image
+    size, store, name = image
+    try:
+        mask, names, numeric, mask_name = _mask_2d(ctx, masks, size, name, display)
+    except ImageError as err:
+        return Quarantined(
+            name, "annotate" if err.reason == "unknown_label" else "read", err.reason, err.detail
+        )
+    boxes = mask_boxes(mask, opts.min_mask_fraction, opts.min_component_pixels)
+    store_for = ctx.store_for(modality)
+    return mask_rows(
+        ctx,
+        name,
+        mask_name,
+        split,
+        boxes,
+        lambda: store(store_for),
+        value_names=names,
+        numeric=numeric,
+        modality=modality,
+    )
+
+
+def _open_2d(ctx, rel: str):
+    """((width, height), store(store) -> StoredImage, name) for a Pillow image, decoded lazily."""
+    try:
+        data = ctx.read(rel)
+        im = Image.open(io.BytesIO(data))  # lazy: the size without decoding; reused by the store
+    except ImageError as err:
+        return Quarantined(rel, "read", err.reason, err.detail)
+    except Exception as exc:
+        err = classify_error(exc, rel)
+        return Quarantined(rel, "read", err.reason, err.detail)
+    return im.size, lambda store: store.store_bytes(data, rel, im, ctx.md5(rel)), rel
+
+
+def _open_dicom(ctx, rel: str):
+    """Like `_open_2d` for a DICOM image: header rules, decode, pixel deduplication (the `dicom` reader's)."""
+    from gmai_pipeline.readers.dicom import decode_header, final_name, read_header
+
+    header = read_header(ctx, rel)
+    if isinstance(header, Quarantined):
+        return header
+    try:
+        img, pixel_md5 = decode_header(ctx, header)
+    except ImageError as err:
+        return Quarantined(header.shown, "read", err.reason, err.detail)
+    name = final_name(header, pixel_md5)
+    first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
+    if first is not None:
+        return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
+    target = str(PurePosixPath(name).with_suffix(".png"))
+    return (img.shape[1], img.shape[0]), lambda store: store.store_array(img, name, target), name
+
+
+def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, display):
+    """(label map, value -> name, numeric?, description) from one or several 2D mask files."""
+    names: dict[int, str] = {}
+    labels = sorted({m.label for m in masks if m.label is not None})
+    index = {label: i + 1 for i, label in enumerate(labels)}
+    combined = None
+    for m in sorted(masks, key=lambda m: (m.label or "", m.rel)):
+        try:
+            arr = _load_mask_file(ctx, m.rel)
+        except ImageError as err:
+            raise ImageError(err.reason, err.detail.replace(m.rel, display(m.rel))) from None
+        if (arr.shape[1], arr.shape[0]) != size:
+            raise ImageError(
+                "shape_mismatch",
+                f"{shown}: image is {size[0]}x{size[1]} but mask {display(m.rel)} is {arr.shape[1]}x{arr.shape[0]}",
+            )
+        if len(masks) == 1 and m.label is None and arr.dtype.kind == "u":  # one label map: as it is
+            return arr, names, True, display(m.rel)
+        if combined is None:
+            combined = np.zeros((size[1], size[0]), np.uint16 if len(labels) > 254 else np.uint8)
+        fg = arr > 0
+        if m.label is not None:
+            combined[fg] = index[m.label]
+            names[index[m.label]] = m.label
+        else:
+            if combined.dtype == np.uint8 and arr.max(initial=0) > 255:
+                combined = combined.astype(np.uint16)
+            combined[fg] = arr[fg]
+    first = display(masks[0].rel)
+    desc = first if len(masks) == 1 else f"{len(masks)} mask files ({first}, ...)"
+    return combined, names, not labels, desc
+
+
+def _load_mask_file(ctx, rel: str) -> np.ndarray:
+    """A mask file's label indices, read verified and within the decode budget (DICOM masks too)."""
+    if is_dicom(rel):
+        import pydicom
+
+        from gmai_pipeline.readers.dicom import declared_pixel_bytes, quiet
+
+        data = ctx.read(rel, ctx.shown)
+        with quiet():
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data))
+                ctx.store.budget.check(declared_pixel_bytes(ds), ctx.shown(rel), "its pixel data")
+                return np.asarray(ds.pixel_array)
+            except ImageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - type only: pydicom's text can quote the header
+                raise ImageError(
+                    "unreadable", f"{ctx.shown(rel)}: mask not readable ({type(exc).__name__})"
+                ) from None
+    return load_mask(ctx.read(rel), rel, ctx.store.budget)

@@ -1,0 +1,286 @@
+"""3D cases shared by `msd` and `layout`: image volume(s) + mask file(s) -> slice rows.
+
+One input is one image file of a case (a 4D file is one input whatever channels it holds; a case
+with `_flair` and `_t1ce` files is two inputs sharing the case's masks, which are read once).
+Masks: one label map, or several files combined (TotalSegmentator's one binary file per structure:
+value i+1 for the i-th structure in name order, a later structure winning where two overlap, as
+nnU-Net's conversion does; the overlap is counted). Channels: `channels` picks them by name (the
+file's `{channel}` field, dataset.json `modality`/`channel_names`) or index; None takes every channel,
+each sliced as its own image and counted (`channels_read`). The modality (and so the intensity
+window: CT windowed, anything else percentile-clipped) is per case and channel when declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gmai_pipeline.catalog import load_vocabulary
+from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
+from gmai_pipeline.imaging import ImageError, modality_slug, strip_volume_suffix
+from gmai_pipeline.layouts import ValueSource, VolumeOptions
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
+from gmai_pipeline.readers.masks import MaskFile, mask_rows, value_label
+from gmai_pipeline.readers.values import resolve
+from gmai_pipeline.volumes import (
+    NIFTI_SUFFIXES,
+    SITK_SUFFIXES,
+    iter_slices,
+    label_values,
+    volume_to_uint8,
+    window_for,
+)
+
+VOLUME_EXTENSIONS = NIFTI_SUFFIXES + SITK_SUFFIXES
+
+
+@dataclass
+class VolumeCase:
+    case: str
+    images: list[tuple[str, str | None]]  # (image file, its channel name when the file name gives one)
+    masks: list[MaskFile]
+    split: str | None = None  # None: from the path
+    values: dict = field(default_factory=dict)  # fields/columns for modality rules
+    ref: str = ""  # how the case was named (dataset.json entry), for messages
+    channel_names: dict[int, str] = field(default_factory=dict)  # 4D channel index -> name
+    value_names: dict[int, str] = field(default_factory=dict)  # label value -> name (dataset.json)
+
+
+def selected(channels, index: int, name: str | None) -> bool:
+    """Whether a channel (by index and optional name) is among the declared ones (None: all)."""
+    if channels is None:
+        return True
+    for c in channels:
+        if isinstance(c, int) and c == index:
+            return True
+        if isinstance(c, str) and name is not None and c.lower() == name.lower():
+            return True
+        if isinstance(c, str) and c.isdigit() and int(c) == index:
+            return True
+    return False
+
+
+def check_modality(value: str, where: str | Callable[[], str]) -> str:
+    allowed = load_vocabulary()["modalities"]
+    if value not in allowed:
+        where = where() if callable(where) else where
+        raise ImageError("unknown_modality", f"{where}: modality '{value}' is not in assets/vocabulary.yaml")
+    return value
+
+
+def case_events(
+    ctx: ReaderContext,
+    opts: VolumeOptions,
+    case: VolumeCase,
+    modality: ValueSource | None = None,
+    channels=None,
+) -> Iterator[Event]:
+    """One event per image file of the case (see the module docstring); cheap checks first."""
+    todo = []
+    for rel, channel in case.images:
+        if rel is None:
+            yield Quarantined(
+                case.ref, "read", "path_refused", f"{case.ref}: path escapes the dataset folder"
+            )
+            continue
+        if rel not in ctx.files:
+            yield Quarantined(
+                rel,
+                "read",
+                "missing_file",
+                f"{rel}: image volume named by {case.ref or 'the layout'} not found",
+            )
+            continue
+        ctx.claim(rel)
+        ctx.saw_image(rel, case.case)
+        split = case.split or ctx.split_of(rel)
+        excluded = ctx.exclusion(rel, split)
+        if excluded is not None:
+            yield Quarantined(rel, *excluded)
+            continue
+        todo.append((rel, channel, split))
+    for m in case.masks:
+        if m.rel in ctx.files:
+            ctx.claim(m.rel)
+    if not todo:
+        return
+    missing = [m.rel for m in case.masks if m.rel not in ctx.files]
+    if missing or not case.masks:
+        what = ", ".join(missing) if missing else "(none declared or matched)"
+        for rel, _, _ in todo:
+            yield Quarantined(rel, "read", "missing_file", f"{rel}: label volume {what} not found")
+        return
+    labels = _labels(ctx, case)
+    if isinstance(labels, ImageError):
+        step = "annotate" if labels.reason == "unknown_label" else "read"
+        for rel, _, _ in todo:
+            yield Quarantined(rel, step, labels.reason, labels.detail.replace("{image}", rel))
+        return
+    volume_labels, names, numeric, mask_name = labels
+    for rel, channel, split in todo:  # each image file at the sample boundary
+        yield at_boundary(
+            rel,
+            lambda rel=rel, channel=channel, split=split: _image_event(
+                ctx,
+                opts,
+                case,
+                rel,
+                channel,
+                split,
+                volume_labels,
+                names,
+                numeric,
+                mask_name,
+                modality,
+                channels,
+            ),
+            "volume",
+        )
+
+
+def _labels(ctx: ReaderContext, case: VolumeCase):
+    """(label volume, value -> name, numeric values?, mask name for messages) or ImageError; read
+    once for all image files of the case, at the sample boundary (any failure is an ImageError)."""
+    try:
+        if len(case.masks) == 1 and case.masks[0].label is None:
+            m = case.masks[0]
+            labels = ctx.volume(m.rel, is_label=True)
+            unknown = [v for v in label_values(labels) if v and value_label(ctx, v, case.value_names) is None]
+            if unknown:
+                return ImageError(
+                    "unknown_label", f"{{image}}: label values {unknown} in {m.rel} are not in the label map"
+                )
+            return labels, case.value_names, True, m.rel
+        return _combined(ctx, case)
+    except ImageError as err:
+        return err
+    except Exception as exc:  # noqa: BLE001 - the sample boundary
+        if is_output_failure(exc):
+            raise
+        return decoder_failure(exc, "{image}", "label volume")
+
+
+def _combined(ctx: ReaderContext, case: VolumeCase):
+    """Several mask files as one label map: binary files by their label, label maps by their values."""
+    combined = None
+    names: dict[int, str] = {}
+    by_label = sorted({m.label for m in case.masks if m.label is not None})
+    index = {label: i + 1 for i, label in enumerate(by_label)}
+    numeric = not by_label
+    for m in sorted(case.masks, key=lambda m: (m.label or "", m.rel)):
+        arr = ctx.volume(m.rel, is_label=True)
+        if combined is None:
+            combined = np.zeros(arr.shape, np.uint16 if len(by_label) > 254 else np.uint8)
+        elif arr.shape != combined.shape:
+            raise ImageError(
+                "shape_mismatch", f"{{image}}: mask {m.rel} has shape {arr.shape}, others {combined.shape}"
+            )
+        fg = arr > 0
+        overlap = int(np.count_nonzero(fg & (combined > 0)))
+        if overlap:
+            ctx.counters["mask_overlap_voxels"] += overlap
+        if m.label is not None:
+            combined[fg] = index[m.label]
+            names[index[m.label]] = m.label
+        else:
+            combined[fg] = arr[fg]
+    if not numeric:
+        unknown = [n for n in by_label if value_label(ctx, index[n], names, numeric=False) is None]
+        if unknown:
+            raise ImageError("unknown_label", f"{{image}}: structures {unknown} are not in the label map")
+    return combined, (names or case.value_names), numeric, f"{len(case.masks)} mask files"
+
+
+def _image_event(
+    ctx, opts, case, rel, channel, split, labels, names, numeric, mask_name, modality, channels
+) -> Event:
+    try:
+        volume = ctx.volume(rel, channels=True)
+    except ImageError as err:
+        return Quarantined(rel, "read", err.reason, err.detail)
+    if volume.shape[:3] != labels.shape:
+        return Quarantined(
+            rel,
+            "read",
+            "shape_mismatch",
+            f"{rel}: image shape {volume.shape[:3]} != label shape {labels.shape} ({mask_name})",
+        )
+    four_d = volume.shape[3] > 1
+    rows: list[dict] = []
+    stem = strip_volume_suffix(rel)
+    for c in range(volume.shape[3]):
+        name = case.channel_names.get(c) if four_d else channel
+        if four_d and not selected(channels, c, name):
+            ctx.counters["channels_not_selected"] += 1
+            continue
+        ctx.counters["channels_read"] += 1
+        tag = (name or str(c)) if four_d else None
+        try:
+            mod = _modality(ctx, modality, {**case.values, "channel": tag or channel or ""}, rel)
+            image8 = volume_to_uint8(
+                volume[..., c],
+                window_for(modality_slug(mod), getattr(opts, "ct_window", None)),
+                ctx.counters,
+                rel,
+            )
+        except ImageError as err:
+            return Quarantined(rel, "read", err.reason, err.detail)
+        event = _slices(ctx, opts, rel, mask_name, split, image8, labels, names, numeric, mod, stem, tag)
+        if isinstance(event, Quarantined):
+            return event
+        rows.extend(event)
+    del volume
+    if not rows:
+        return Quarantined(
+            rel,
+            "annotate",
+            "empty_mask",
+            f"{rel}: no slice of {mask_name} has a component above the size limits",
+        )
+    ctx.counters["volumes_kept"] += 1
+    return Kept(rows)
+
+
+def _modality(ctx: ReaderContext, spec: ValueSource | None, values: dict, rel: str) -> str:
+    if spec is None:
+        return ctx.source.modality
+    value = resolve(spec, values) or ctx.source.modality
+    return check_modality(value, rel)
+
+
+def _slices(
+    ctx, opts, rel, mask_name, split, image8, labels, names, numeric, modality, stem, tag
+) -> list[dict] | Quarantined:
+    rows: list[dict] = []
+    store = ctx.store_for(modality)
+    id_path = f"{rel}/{tag}" if tag else None
+    for sl in iter_slices(
+        image8,
+        labels,
+        opts.axes,
+        opts.min_mask_fraction,
+        opts.min_component_pixels,
+        opts.slice_step,
+        ctx.counters,
+    ):
+        target = f"{stem}{'_' + tag if tag else ''}_{sl.axis}{sl.index:04d}.png"
+        event = mask_rows(
+            ctx,
+            rel,
+            mask_name,
+            split,
+            sl.boxes,
+            lambda sl=sl, target=target: store.store_array(sl.image, rel, target),
+            value_names=names,
+            numeric=numeric,
+            axis=sl.axis,
+            index=sl.index,
+            modality=modality,
+            id_path=id_path,
+        )
+        if isinstance(event, Quarantined):  # labels were checked above; only an image write can fail here
+            return event
+        rows.extend(event.rows)
+    return rows
