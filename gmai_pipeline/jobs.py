@@ -7,6 +7,12 @@
 - `generate_job`: the partitioned generation assets (captions, VQA, translations); backfill its shards.
 - `train_job`: the three training stages.
 
+Every job that builds `annotations` builds the release from whichever datasets are usable: absent
+ones are listed, failed ones left out and named by annotations' `present_datasets_in_release` check,
+which fails the run once the rest is built (README, "Partial downloads and failing datasets"). All
+`source/*` assets are one subsettable step (`sources`), so the 219 entries a user has not downloaded
+cost no step launch in `build_dataset_job`.
+
 Unpartitioned jobs that include partitioned assets are tagged with the whole generation partition
 range, so one run processes every shard (assets read `context.partition_keys`).
 
