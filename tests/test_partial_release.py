@@ -167,10 +167,9 @@ def test_absent_datasets_are_reported_with_their_url_and_cost_no_step(raw_root: 
     (obs,) = _observations(result, "source/not_downloaded")
     assert obs["status"] == "absent" and obs["download"] == "https://example.org/not_downloaded"
     assert obs["expected_folder"] == str(raw_root / "not_downloaded")
-    assert any(
-        "source/not_downloaded: absent (not a failure)" in m and "https://example.org/not_downloaded" in m
-        for m in logs
-    )
+    (absent_line,) = [m for m in logs if "selected datasets are absent" in m]
+    assert "source/not_downloaded: absent; download https://example.org/not_downloaded" in absent_line
+
     meta = _metadata(result, "annotations")
     assert meta["datasets"] == 1 and meta["datasets_absent"] == 1 and meta["datasets_failed"] == 0
     assert (

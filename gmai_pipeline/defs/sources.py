@@ -132,11 +132,11 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
         out = layout()
         selected = [by_key[k] for k in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())]
         present = [s for s in selected if s.demo or is_present(settings.raw_root, s.name)]
-        absent = [s for s in selected if s not in present]
+        present_names = {s.name for s in present}
+        absent = [s for s in selected if s.name not in present_names]
         for s in absent:
             folder = settings.raw_root / s.name
             clear_failure(out, s.name)  # absent now, not failed: an old record no longer applies
-            context.log.info(f"source/{s.name}: absent (not a failure). {missing_data_message(s, folder)}")
             yield dg.AssetObservation(
                 asset_key=source_key(s.name),
                 metadata={
@@ -145,10 +145,15 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
                     "download": dg.MetadataValue.url(s.url) if s.url else "no URL known (see provenance)",
                 },
             )
-        if absent:
+        if absent:  # one event for all of them: the log stays readable and 200 absent datasets cost one write
             context.log.info(
                 f"{len(absent)} of {len(selected)} selected datasets are absent under {settings.raw_root} "
-                "(not failures; annotations' metadata lists them with their download URLs)"
+                "(not failures; download one and unpack it into its folder to include it):\n"
+                + "\n".join(
+                    f"  source/{s.name}: absent; download {s.url or '(no URL known)'} -> "
+                    f"{settings.raw_root / s.name}/"
+                    for s in absent
+                )
             )
 
         failed: list[str] = []
@@ -167,7 +172,11 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
                     folder = settings.raw_root / s.name
                     exc = future.exception()
                     if exc is not None:
-                        message = f"scanning {folder} failed: {type(exc).__name__}: {exc}"
+                        message = (
+                            str(exc)
+                            if isinstance(exc, EmptyFolderError)
+                            else f"scanning {folder} failed: {type(exc).__name__}: {exc}"
+                        )
                         failed.append(record_failure(out, s.name, "source", message).line())
                         context.log.error(f"source/{s.name}: {message}")
                         yield dg.AssetObservation(
