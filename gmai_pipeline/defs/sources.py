@@ -7,9 +7,9 @@ being launched. Present folders are scanned on a thread pool (MD5 and file reads
 every Dagster call stays on the step's own thread.
 
 Policy (README, "Partial downloads and failing datasets"):
-- absent folder: a log line and an observation on `source/<name>` with the folder and the download URL;
-  nothing is materialized, so `normalized/<name>` is skipped. Not a failure, unless no selected dataset
-  is present at all (a step that found nothing stops, with the folders and URLs).
+- absent folder: listed (folder and download URL) in one log event of the run and in annotations'
+  metadata; nothing is materialized, so `normalized/<name>` is skipped. Not a failure, unless no selected
+  dataset is present at all (a step that found nothing stops, with the folders and URLs).
 - present folder whose scan raises or holds no file: a failure record (`gmai_pipeline.availability`),
   an observation with the error, nothing materialized. The run fails at annotations'
   `present_datasets_in_release` check once the rest is built, or here when `annotations` is not in
@@ -47,7 +47,8 @@ def _description(source: SourceDataset) -> str:
         f"**{source.title}** ({source.modality}, {source.department}, {source.task_type}, {source.clinical_task}).\n\n"
         f"Download from {where} under licence `{source.license}`, and unpack into "
         f"`$GMAI_RAW_ROOT/{source.name}/` (layout read by the `{source.reader.kind}` reader). "
-        f"Until then the dataset is reported as absent (an observation on this page), not as a failure.\n\n"
+        f"Until then the dataset is absent: listed with this URL in the run's log and in `annotations`' "
+        f"metadata, not a failure.\n\n"
         f"Metadata from: {source.provenance.source}."
     )
 
@@ -135,16 +136,9 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
         present_names = {s.name for s in present}
         absent = [s for s in selected if s.name not in present_names]
         for s in absent:
-            folder = settings.raw_root / s.name
             clear_failure(out, s.name)  # absent now, not failed: an old record no longer applies
-            yield dg.AssetObservation(
-                asset_key=source_key(s.name),
-                metadata={
-                    "status": "absent",
-                    "expected_folder": str(folder),
-                    "download": dg.MetadataValue.url(s.url) if s.url else "no URL known (see provenance)",
-                },
-            )
+        # No event per absent dataset: each costs a write to the instance, and 200 of them would dominate
+        # the run; the log line below and annotations' metadata list them, the asset page says how to fix it.
         if absent:  # one event for all of them: the log stays readable and 200 absent datasets cost one write
             context.log.info(
                 f"{len(absent)} of {len(selected)} selected datasets are absent under {settings.raw_root} "
