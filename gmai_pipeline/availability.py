@@ -147,7 +147,12 @@ def failures_message(failed: list[DatasetFailure], absent: int = 0) -> str:
     head = (
         f"{len(failed)} present dataset{'s' if len(failed) != 1 else ''} failed and "
         f"{'are' if len(failed) != 1 else 'is'} not in this release (the release was built from the others"
-        + (f"; {absent} absent datasets are listed in annotations' metadata, not failures" if absent else "")
+        + (
+            f"; {absent} absent dataset{'s are' if absent != 1 else ' is'} listed in annotations' metadata, "
+            "not failures"
+            if absent
+            else ""
+        )
         + "): "
     )
     return head + "; ".join(f.line() for f in failed)
