@@ -10,6 +10,12 @@
 - `evaluate_job`: the benchmark question sets and the evaluation of each of the three stages.
 - `ablation_job`: the paper's Table 7: stages 1, 1+2, 1+3 and 1+2+3 trained from one base, evaluated, compared.
 
+Every job that builds `annotations` builds the release from whichever datasets are usable: absent
+ones are listed, failed ones left out and named by annotations' `present_datasets_in_release` check,
+which fails the run once the rest is built (README, "Partial downloads and failing datasets"). All
+`source/*` assets are one subsettable step (`sources`), so the 219 entries a user has not downloaded
+cost no step launch in `build_dataset_job`.
+
 Unpartitioned jobs that include partitioned assets are tagged with the whole generation partition
 range, so one run processes every shard (assets read `context.partition_keys`).
 

@@ -11,7 +11,7 @@ import pytest
 from normalize_fixtures import make_source, pattern, run, write_image
 
 from gmai_pipeline.defs.common import group_name
-from gmai_pipeline.defs.normalize import CHECKS, build_normalized_asset, normalized_key
+from gmai_pipeline.defs.normalize import CHECKS, IN_RELEASE, build_normalized_asset, normalized_key
 from gmai_pipeline.defs.sources import build_source_asset
 from gmai_pipeline.manifest import scan
 from gmai_pipeline.normalize import normalize_source, verify_outputs
@@ -79,7 +79,7 @@ def test_asset_materializes_with_metadata_checks_and_preview(
     assert asset.key == normalized_key("ds")
     assert dg.AssetKey(["source", "ds"]) in asset.dependency_keys
     assert asset.group_names_by_key[asset.key] == group_name(source)
-    assert {c.name for c in asset.check_specs} == set(CHECKS)
+    assert {c.name for c in asset.check_specs} == set(CHECKS) | {IN_RELEASE}
     result = dg.materialize([build_source_asset(source), asset])
     assert result.success
     meta = result.asset_materializations_for_node("normalized__ds")[0].metadata
@@ -89,7 +89,7 @@ def test_asset_materializes_with_metadata_checks_and_preview(
     assert meta["preview"].value.startswith("![preview](data:image/jpeg;base64,")
     assert (output_root / "previews" / "ds.png").is_file()
     evals = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evals} == set(CHECKS) and all(e.passed for e in evals)
+    assert {e.check_name for e in evals} == set(CHECKS) | {IN_RELEASE} and all(e.passed for e in evals)
 
 
 def test_asset_fails_only_when_nothing_is_readable(tmp_path: Path, output_root: Path, monkeypatch) -> None:
@@ -122,7 +122,7 @@ def test_demo_sources_materialize_with_all_checks_passing(output_root: Path) -> 
     result = dg.materialize(assets)
     assert result.success
     evals = result.get_asset_check_evaluations()
-    assert len(evals) == len(demo) * len(CHECKS)
+    assert len(evals) == len(demo) * (len(CHECKS) + 1)  # + in_release
     assert all(e.passed for e in evals), [
         (e.asset_key, e.check_name, e.metadata) for e in evals if not e.passed
     ]

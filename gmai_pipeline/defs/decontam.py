@@ -1,5 +1,8 @@
 """Decontamination assets: `annotations` -> `benchmark_hashes` -> `decontaminated` (+ a blocking check).
 
+`annotations` holds whichever datasets are usable now (`gmai_pipeline.availability`), and its
+non-blocking check `present_datasets_in_release` fails the run naming present datasets left out.
+
 Thin over `gmai_pipeline.decontaminate`; data passes as files under the output root.
 """
 
@@ -8,14 +11,20 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from gmai_pipeline import decontaminate as dc
+from gmai_pipeline.availability import Inventory, failures_message, take_inventory
 from gmai_pipeline.benchmarks import REGISTRY
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import layout, md_table
+from gmai_pipeline.defs.common import ANNOTATIONS, layout, md_table
 from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import atomic_write_bytes
 
 GROUP = "decontamination"
-ANNOTATIONS = dg.AssetKey("annotations")
+RELEASE_CHECK = "present_datasets_in_release"
+POLICY = (
+    "Absent datasets (no raw folder) are listed with their download URLs, not failures. A present dataset that "
+    "fails is left out, the release is built from the others, and the check present_datasets_in_release "
+    "then fails the run naming it."
+)
 BENCHMARK_HASHES = dg.AssetKey("benchmark_hashes")
 DECONTAMINATED = dg.AssetKey("decontaminated")
 OVERLAP_CHECK = "no_benchmark_overlap"
@@ -42,36 +51,122 @@ def _problems(context: dg.AssetExecutionContext, problems: list[str]) -> dg.Meta
     return dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]) if problems else "none")
 
 
-def build_annotations(sources: list[SourceDataset]) -> dg.AssetsDefinition:
-    names = [s.name for s in sources]
-
-    @dg.asset(
-        key=ANNOTATIONS,
-        group_name=GROUP,
-        deps=[dg.AssetKey(["normalized", n]) for n in names],
-        kinds={"parquet"},
-        description="Union of every normalized/<dataset> table that exists (NORMALIZED_SCHEMA), streamed.",
+def _absent_table(inv: Inventory) -> dg.MetadataValue:
+    df = pd.DataFrame(
+        [(a.dataset, a.url, a.folder, a.license) for a in inv.absent],
+        columns=["dataset", "download", "expected folder", "licence"],
     )
-    def annotations(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return md_table(df, max_rows=len(df))
+
+
+def _failed_table(inv: Inventory) -> dg.MetadataValue:
+    df = pd.DataFrame(
+        [(f.dataset, f.stage, f.at, f.message) for f in inv.failed],
+        columns=["dataset", "stage", "since", "reason"],
+    )
+    return md_table(df, max_rows=len(df))
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) or "none"
+
+
+def build_annotations(sources: list[SourceDataset]) -> dg.AssetsDefinition:
+    """A graph asset whose one op takes every `normalized/*` as a fan-in: it runs when at least one was
+    produced in this run (absent and failed datasets produce none), where a plain asset's deps would
+    skip it as soon as any one is missing."""
+    names = [s.name for s in sources]
+    inputs = {f"n{i}": dg.AssetKey(["normalized", n]) for i, n in enumerate(names)}
+
+    @dg.op(
+        name="union_normalized",
+        ins={"after": dg.In(dg.Nothing)},
+        out=dg.Out(dg.Nothing),
+        description="Streams the usable normalized/<dataset> tables into annotations.parquet.",
+    )
+    def union_normalized(context: dg.OpExecutionContext) -> None:
         out = layout()
-        counts = dc.union_normalized(out, names)
-        absent = [n for n in names if not out.normalized(n).exists()]
-        if absent:
-            context.log.info(
-                f"{len(absent)} datasets have no normalized table yet (not materialized): left out"
+        inv = take_inventory(sources, get_settings().raw_root, out)
+        context.log.info(f"annotations: {inv.summary()}")
+        for f in inv.failed:
+            context.log.error(f"left out (failed): {f.line()}")
+        if inv.pending:
+            context.log.warning(
+                f"present but not normalized yet (materialize their normalized/* assets): {_names(inv.pending)}"
             )
-        return dg.MaterializeResult(
-            metadata={
+        if not inv.included:
+            raise dg.Failure(
+                description=f"no dataset can go into annotations ({inv.summary()}). "
+                + (failures_message(inv.failed) if inv.failed else "Download a dataset (see source/* pages).")
+            )
+        counts = dc.union_normalized(out, inv.included)
+        context.add_output_metadata(
+            {
                 "dagster/row_count": sum(counts.values()),
                 "rows": sum(counts.values()),
-                "datasets": len(counts),
-                "rows_per_dataset": _counts_table(counts, "dataset", "rows"),
-                "datasets_without_normalized_table": len(absent),
+                "datasets": len(inv.included),
+                "rows_per_dataset": _counts_table(
+                    {n: counts.get(n, 0) for n in inv.included}, "dataset", "rows"
+                ),
+                "datasets_absent": len(inv.absent),
+                "absent_datasets": _absent_table(inv) if inv.absent else "none",
+                "datasets_failed": len(inv.failed),
+                "failed_datasets": _failed_table(inv) if inv.failed else "none",
+                "present_not_normalized": _names(inv.pending),
+                "included_without_raw_folder": _names(inv.without_raw),
+                "policy": POLICY,
                 "path": str(out.annotations),
             }
         )
 
+    @dg.graph_asset(
+        key=ANNOTATIONS,
+        group_name=GROUP,
+        ins={arg: dg.AssetIn(key=key, dagster_type=dg.Nothing) for arg, key in inputs.items()},
+        kinds={"parquet"},
+        description="Union of the usable normalized/<dataset> tables (NORMALIZED_SCHEMA), streamed. "
+        + POLICY,
+    )
+    def annotations(**normalized):
+        return union_normalized(after=list(normalized.values()))
+
     return annotations
+
+
+def build_release_check(sources: list[SourceDataset]) -> dg.AssetChecksDefinition:
+    """The run's verdict on partial data, in a step nothing depends on: it fails (and fails the run)
+    naming every present dataset left out, after the rest of the release was built from the others."""
+
+    @dg.asset_check(
+        asset=ANNOTATIONS,
+        name=RELEASE_CHECK,
+        blocking=False,
+        description="Every dataset whose raw folder is present is in annotations. Fails the run, naming each "
+        "present dataset that failed (and why), once everything else is built; absent datasets are listed, "
+        "never a failure.",
+    )
+    def present_datasets_in_release(context: dg.AssetCheckExecutionContext):
+        inv = take_inventory(sources, get_settings().raw_root, layout())
+        tags = {"gmai/datasets_absent": str(len(inv.absent)), "gmai/datasets_failed": str(len(inv.failed))}
+        if inv.failed:
+            tags["gmai/failed_datasets"] = ",".join(f.dataset for f in inv.failed)[:1000]
+        context.instance.add_run_tags(context.run.run_id, tags)  # shown in the UI's run list
+        yield dg.AssetCheckResult(
+            passed=not inv.failed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=failures_message(inv.failed, len(inv.absent)) if inv.failed else inv.summary(),
+            metadata={
+                "datasets_included": len(inv.included),
+                "datasets_absent": len(inv.absent),
+                "datasets_failed": len(inv.failed),
+                "failed_datasets": _failed_table(inv) if inv.failed else "none",
+                "present_not_normalized": _names(inv.pending),
+            },
+        )
+        if inv.failed:
+            raise dg.Failure(description=failures_message(inv.failed, len(inv.absent)))
+
+    return present_datasets_in_release
 
 
 @dg.asset(
@@ -207,4 +302,7 @@ def decontaminated(context: dg.AssetExecutionContext, config: DecontaminationCon
 
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
-    return dg.Definitions(assets=[build_annotations(sources), benchmark_hashes, decontaminated])
+    return dg.Definitions(
+        assets=[build_annotations(sources), benchmark_hashes, decontaminated],
+        asset_checks=[build_release_check(sources)],
+    )

@@ -1,16 +1,29 @@
 """`normalized/<name>`: one asset per source, downstream of `source/<name>`, thin over `gmai_pipeline.normalize`.
 
 Writes normalized/<name>.parquet, quarantine/<name>.parquet, the images, and previews/<name>.png;
-four blocking asset checks re-read what was written. The asset fails only when nothing at all
-could be normalized; partial quarantine is reported, not fatal.
+asset checks re-read what was written. Partial quarantine is reported, not fatal.
+
+One bad dataset never blocks the others (README, "Partial downloads and failing datasets"): a
+dataset that cannot be used (its reader raised, its manifest is missing, nothing could be kept, or a
+check failed) gets a failed `in_release` check and a failure record, and is left out of `annotations`
+while the release is built from the rest; annotations' `present_datasets_in_release` check then fails
+the run naming it. This step fails itself only when `annotations` is not in the run. The checks are
+therefore not Dagster-blocking (a failed blocking check fails the step, which would abandon
+`annotations` for every dataset): what they block is this dataset's rows. Tables that were written are
+materialized (they are what was read, and the checks judge them); nothing is materialized when no
+table could be written.
 """
+
+import traceback
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
 
+from gmai_pipeline.availability import clear_failure, record_failure
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import group_name, layout, md_table
+from gmai_pipeline.defs.common import group_name, layout, md_table, release_in_run
 from gmai_pipeline.manifest import MANIFEST_SCHEMA
 from gmai_pipeline.normalize import (
     NormalizeReport,
@@ -35,6 +48,17 @@ EXPECT_CHECK = ("expected_counts", "image/case/class counts match the catalog's 
 def check_descriptions(source: SourceDataset) -> dict[str, str]:
     """The blocking checks of one dataset: the fixed ones, plus `expected_counts` when it declares `expect:`."""
     return {**CHECKS, **(dict([EXPECT_CHECK]) if source.expect is not None else {})}
+
+
+IN_RELEASE = "in_release"
+IN_RELEASE_DESCRIPTION = (
+    "the dataset was read, kept at least one input and passed every other check, so annotations includes it; "
+    "when it fails, the reason is here, the dataset is left out and the rest of the release is still built"
+)
+
+
+class DatasetUnusable(Exception):
+    """This dataset cannot go into the release; the message says why and what to do."""
 
 
 def normalized_key(name: str) -> dg.AssetKey:
@@ -77,70 +101,139 @@ def _metadata(report: NormalizeReport, source: SourceDataset) -> dict[str, objec
 def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
     key = normalized_key(source.name)
 
-    @dg.asset(
-        key=key,
-        deps=[dg.AssetKey(["source", source.name])],
-        group_name=group_name(source),
-        kinds={"parquet"},
-        description=(
-            f"`{source.title}` read with the `{source.reader.kind}` reader into <image, modality, label, department, bbox> "
-            f"rows (normalized/{source.name}.parquet), images under images/{source.dim}/{source.task}/..., rejected inputs "
-            f"in quarantine/{source.name}.parquet."
-        ),
-        tags={"dataset": source.name, "demo": str(source.demo).lower()},
+    @dg.multi_asset(
+        name=key.to_python_identifier(),
+        specs=[
+            dg.AssetSpec(
+                key,
+                deps=[dg.AssetKey(["source", source.name])],
+                group_name=group_name(source),
+                kinds={"parquet"},
+                description=(
+                    f"`{source.title}` read with the `{source.reader.kind}` reader into <image, modality, label, "
+                    f"department, bbox> rows (normalized/{source.name}.parquet), images under "
+                    f"images/{source.dim}/{source.task}/..., rejected inputs in quarantine/{source.name}.parquet."
+                ),
+                tags={"dataset": source.name, "demo": str(source.demo).lower()},
+                skippable=True,  # no table could be written: nothing to materialize
+            )
+        ],
+        # Subsettable so that check results are optional outputs: a reader that raised leaves only `in_release`.
+        can_subset=True,
         check_specs=[
-            dg.AssetCheckSpec(name, asset=key, description=d, blocking=True)
-            for name, d in check_descriptions(source).items()
+            *(
+                dg.AssetCheckSpec(name, asset=key, description=d)
+                for name, d in check_descriptions(source).items()
+            ),
+            dg.AssetCheckSpec(IN_RELEASE, asset=key, description=IN_RELEASE_DESCRIPTION),
         ],
     )
-    def _normalized(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        from gmai_pipeline.normalize import normalize_source
-
-        settings = get_settings()
-        lay = layout()
-        manifest_path = lay.manifest(source.name)
-        if not manifest_path.exists():
-            raise dg.Failure(f"{manifest_path} is missing: materialize source/{source.name} first")
-        manifest = pq.read_table(manifest_path, schema=MANIFEST_SCHEMA).to_pylist()
-
-        def progress(r: NormalizeReport) -> None:
-            context.log.info(
-                f"{source.name}: {r.inputs} inputs ({r.kept} kept, {r.quarantined} quarantined), {r.rows} rows, "
-                f"{r.inputs / max(r.seconds, 1e-9):.1f} inputs/s"
+    def _normalized(
+        context: dg.AssetExecutionContext,
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        if key not in context.selected_asset_keys:
+            raise dg.Failure(
+                f"the checks of {key.to_user_string()} run with it: materialize {key.to_user_string()}"
             )
-
-        report = normalize_source(
-            source, settings.raw_root / source.name, manifest, lay.root, progress=progress
-        )
-        context.log.info(
-            f"{source.name}: done in {report.seconds:.1f}s: {report.inputs} inputs, {report.kept} kept, "
-            f"{report.quarantined} quarantined, {report.rows} rows"
-        )
-        failure = report.failure_message()
-        if failure:
-            raise dg.Failure(description=failure, metadata={"quarantine_by_reason": dict(report.by_reason)})
+        lay = layout()
+        try:
+            report = _normalize(context, source)
+        except Exception as exc:  # one dataset's crash must not take the release down
+            problem = (
+                str(exc)
+                if isinstance(exc, DatasetUnusable)
+                else f"{source.name}: the {source.reader.kind} reader raised {type(exc).__name__}: {exc}"
+            )
+            if not isinstance(exc, DatasetUnusable):
+                context.log.error(f"{source.name}: {traceback.format_exc()}")
+            yield _in_release(problem)
+            _unusable(context, source, problem)
+            return
 
         metadata = _metadata(report, source)
-        montage = render_preview(lay.root, report.preview)
-        if montage is not None:
-            target = preview_path(lay, source.name)
-            with atomic_path(target) as tmp:
-                montage.save(tmp, "PNG", compress_level=1)
-            metadata["preview"] = dg.MetadataValue.md(preview_markdown(montage))
-            metadata["preview_file"] = dg.MetadataValue.path(str(target))
-
+        failure = report.failure_message()
         checks = verify_outputs(lay.root, source, report)
-        return dg.MaterializeResult(
+        failed_checks = [name for name, c in checks.items() if not c.passed]
+        problem = failure or (
+            f"{source.name}: check(s) {', '.join(failed_checks)} failed on the written tables"
+            if failed_checks
+            else None
+        )
+        if failure:
+            metadata["failure"] = failure
+        else:
+            montage = render_preview(lay.root, report.preview)
+            if montage is not None:
+                target = preview_path(lay, source.name)
+                with atomic_path(target) as tmp:
+                    montage.save(tmp, "PNG", compress_level=1)
+                metadata["preview"] = dg.MetadataValue.md(preview_markdown(montage))
+                metadata["preview_file"] = dg.MetadataValue.path(str(target))
+
+        yield dg.MaterializeResult(
+            asset_key=key,
             metadata=metadata,
             check_results=[
-                dg.AssetCheckResult(
-                    check_name=name, passed=c.passed, metadata=c.metadata, description=c.description
-                )
-                for name, c in checks.items()
+                *(
+                    dg.AssetCheckResult(
+                        check_name=name, passed=c.passed, metadata=c.metadata, description=c.description
+                    )
+                    for name, c in checks.items()
+                ),
+                _in_release(problem, {"quarantine_by_reason": dict(report.by_reason)} if problem else None),
             ],
         )
+        if problem:
+            _unusable(context, source, problem)
+        else:
+            clear_failure(lay, source.name)
 
     return _normalized
+
+
+def _normalize(context: dg.AssetExecutionContext, source: SourceDataset) -> NormalizeReport:
+    from gmai_pipeline.normalize import normalize_source
+
+    settings = get_settings()
+    lay = layout()
+    manifest_path = lay.manifest(source.name)
+    if not manifest_path.exists():
+        raise DatasetUnusable(f"{manifest_path} is missing: materialize source/{source.name} first")
+    manifest = pq.read_table(manifest_path, schema=MANIFEST_SCHEMA).to_pylist()
+
+    def progress(r: NormalizeReport) -> None:
+        context.log.info(
+            f"{source.name}: {r.inputs} inputs ({r.kept} kept, {r.quarantined} quarantined), {r.rows} rows, "
+            f"{r.inputs / max(r.seconds, 1e-9):.1f} inputs/s"
+        )
+
+    report = normalize_source(source, settings.raw_root / source.name, manifest, lay.root, progress=progress)
+    context.log.info(
+        f"{source.name}: done in {report.seconds:.1f}s: {report.inputs} inputs, {report.kept} kept, "
+        f"{report.quarantined} quarantined, {report.rows} rows"
+    )
+    return report
+
+
+def _in_release(problem: str | None, metadata: dict | None = None) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=IN_RELEASE,
+        passed=problem is None,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"left out of the release: {problem}" if problem else "included in annotations",
+        metadata={**(metadata or {}), **({"reason": problem} if problem else {})},
+    )
+
+
+def _unusable(context: dg.AssetExecutionContext, source: SourceDataset, problem: str) -> None:
+    """Record the failure; fail this step only when no `annotations` step in this run will name it."""
+    record_failure(layout(), source.name, "normalize", problem)
+    if not release_in_run(context):
+        raise dg.Failure(description=problem)
+    context.log.error(
+        f"{source.name}: left out of the release, which goes on without it (annotations' "
+        f"present_datasets_in_release check will fail the run): {problem}"
+    )
 
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
