@@ -91,8 +91,9 @@ def provenance(r: Record, llm_reason: str) -> dict:
         lines.append(f"uncertain: {r.uncertain}")
     if r.pending is not None:
         lines.append(
-            f"{PENDING_STATE}: the reader block and clinical task are the ones this entry had before the "
-            "research; labels, splits and counts are not declared yet"
+            f"{PENDING_STATE}: the reader block and clinical task are carried over from the first catalog "
+            "(the default kind for the task where the entry is new) and the layout is not yet proven by a "
+            "fixture; labels, splits and counts are not declared yet"
             + (f"; {r.pending.blocker}" if r.pending.blocker else "")
         )
     else:
