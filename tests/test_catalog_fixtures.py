@@ -58,3 +58,53 @@ def test_the_first_batch_spans_every_task_and_modality_family() -> None:
         "Dermoscopy",
     } <= {s.modality for s in done}
     assert {"layout", "msd", "image_folder", "csv_labels", "mask_pairs"} <= {s.reader.kind for s in done}
+
+
+def test_fixture_files_are_written_in_their_real_formats(tmp_path: Path) -> None:
+    """Every kind a writer may declare comes out readable by the library a reader uses for it."""
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+    from openpyxl import load_workbook
+    from PIL import Image
+
+    from gmai_pipeline.catalog_fixtures import build
+    from gmai_pipeline.catalog_records import Fixture
+
+    fixture = Fixture.model_validate(
+        {
+            "under": "wrap",
+            "files": [
+                {"path": "a.png", "image": "L"},
+                {"path": "b.jpg", "image": "RGB"},
+                {"path": "c.bmp", "image": "RGB"},
+                {"path": "d.tif", "image": "L"},
+                {"path": "m.png", "mask": [1, 2, 3, 4, 5]},
+                {"path": "x.dcm", "dicom": "CR"},
+                {"path": "v.nii.gz", "volume": 1},
+                {"path": "v4.nii.gz", "volume": 2},
+                {"path": "v.mha", "volume": 1},
+                {"path": "l.mhd", "mask": [1, 2, 3, 4, 5, 6, 7, 8, 9]},
+                {"path": "v.nrrd", "volume": 1},
+                {"path": "t.tsv", "table": {"header": ["a", "b"], "rows": [["1", "x"]]}},
+                {"path": "t.xlsx", "table": {"header": ["a", "b"], "rows": [["1", "x"]], "sheet": "S"}},
+                {"path": "j.json", "json": {"k": [1, 2]}},
+            ],
+            "yields": {"labels": ["x"]},
+        }
+    )
+    build(fixture, tmp_path)
+    base = tmp_path / "wrap"
+    pictures = [np.asarray(Image.open(base / n)) for n in ("a.png", "b.jpg", "c.bmp", "d.tif")]
+    assert [p.shape for p in pictures] == [(12, 8), (12, 8, 3), (12, 8, 3), (12, 8)]  # 5 mask values: 3 rows
+    assert len({p.tobytes() for p in pictures}) == 4
+    mask = np.asarray(Image.open(base / "m.png"))
+    assert {int(v): int((mask == v).sum()) for v in np.unique(mask) if v} == dict.fromkeys(range(1, 6), 16)
+    assert pydicom.dcmread(base / "x.dcm").pixel_array.shape == (12, 8)
+    assert nib.load(base / "v4.nii.gz").shape == (8, 8, 12, 2)  # 3D shapes follow the 9-value mask
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(base / "l.mhd")))
+    assert (base / "l.raw").exists() and sorted(np.unique(labels).tolist()) == list(range(10))
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(base / "v.nrrd"))).shape == labels.shape
+    assert (base / "t.tsv").read_text() == "a\tb\n1\tx\n"
+    assert [list(r) for r in load_workbook(base / "t.xlsx")["S"].values] == [["a", "b"], [1, "x"]]
