@@ -1,6 +1,6 @@
 """The code location: every stage's definitions merged, plus the jobs users look for.
 
-Read the asset graph off `gmai_pipeline/defs/`: sources -> normalize -> decontam ->
+Read the asset graph off `gmai_pipeline/defs/`: (catalog report beside it) sources -> normalize -> decontam ->
 generation -> release -> training -> evaluation, with ops (schedules, sensors) beside them.
 """
 
@@ -10,6 +10,7 @@ import dagster as dg
 
 from gmai_pipeline.catalog import load_catalog
 from gmai_pipeline.defs import (
+    catalog_report,
     decontam,
     evaluation,
     external,
@@ -29,6 +30,7 @@ def build_definitions() -> dg.Definitions:
         *(
             module.build_defs(catalog)
             for module in (
+                catalog_report,
                 sources,
                 normalize,
                 decontam,

@@ -1,0 +1,299 @@
+"""Research records: the one hand-written input of each catalog entry (`scripts/catalog_research/<name>.yaml`).
+
+A record holds the public evidence about one dataset (download, real layout with example paths, labels,
+splits, counts, licence, and where each fact comes from) and, once written, a `catalog:` section with
+what the entry needs beyond the evidence: the reader block, the label map, the splits allowed for
+training, the documented counts and a fixture (tiny files at real paths that the entry must read).
+`scripts/build_catalog.py` turns the records into `assets/sources/*.yaml`; `tests/test_catalog_fixtures.py`
+and `gmai_pipeline.catalog_report` read the fixtures. The writer's guide is
+`scripts/catalog_research/WRITING.md`.
+
+Only the parts these tools use are modelled; the evidence fields stay free-form (`extra="allow"`).
+A record that has no `catalog:` section yet carries a `pending:` one (the reader block and clinical task
+its entry had before the research), so its entry says "catalog section not written yet".
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gmai_pipeline import safe_yaml
+from gmai_pipeline.settings import PROJECT_ROOT
+
+RECORDS_DIR = PROJECT_ROOT / "scripts" / "catalog_research"
+PENDING_STATE = "catalog section not written yet"
+ACCESS = ("public", "registration", "credentialed", "request", "none")
+
+# ---------------------------------------------------------------- the external-LLM rule
+# Images may go to a third-party LLM endpoint only when the licence lets anyone redistribute them to third
+# parties without conditions that such an endpoint cannot honour. Allowed: public domain (CC0, PDDL,
+# US-government works), CC BY and CC BY-SA (any version), ODbL, MIT, Apache, BSD. Not allowed: any
+# non-commercial (NC) or no-derivatives (ND) term, any custom terms (research-use agreements, DUAs, Kaggle
+# competition rules, registration-only terms), and an unknown licence. Access by `credentialed` (a signed
+# DUA), `request` or `none` is not allowed whatever the licence label says: the agreement binds.
+PERMISSIVE = re.compile(
+    r"^(CC0(-1\.0)?|PDDL(-1\.0)?|public-domain\b.*|CC-BY(-SA)?-\d(\.\d)?|ODbL(-1\.0)?|MIT|Apache-2\.0"
+    r"|BSD-[23]-Clause)$",
+    re.I,
+)
+RESTRICTING = re.compile(r"(^|-)(NC|ND)(-|$)", re.I)
+BINDING_ACCESS = ("credentialed", "request", "none")
+
+
+def external_llm_rule(license_id: str, access: str) -> tuple[bool, str]:
+    """(allowed, why) for sending a dataset's images to a third-party LLM endpoint (the rule above)."""
+    lic = license_id.strip()
+    if access in BINDING_ACCESS:
+        return False, f"access '{access}': the access agreement binds, whatever the licence label says"
+    if lic.lower() == "unknown":
+        return False, "licence unknown: fail closed"
+    if lic.lower().startswith("custom"):
+        return False, "custom terms (research-use agreement, DUA, competition or registration terms)"
+    if RESTRICTING.search(lic):
+        return False, f"{lic} has a non-commercial or no-derivatives term"
+    if PERMISSIVE.match(lic):
+        return True, f"{lic} permits redistribution to third parties"
+    return False, f"licence id '{lic}' is not on the permissive list: fail closed"
+
+
+# ---------------------------------------------------------------- the catalog section
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TableContent(_Spec):
+    """A table file's header and a few rows (CSV, TSV, TXT with a delimiter, XLSX)."""
+
+    header: tuple[str, ...] | None = None  # None: a table without a header row
+    rows: tuple[tuple[str, ...], ...] = Field(min_length=1)
+    delimiter: str | None = None  # default: tab for .tsv, else ','
+    sheet: str | None = None  # XLSX sheet name
+
+    @field_validator("header", "rows", mode="before")
+    @classmethod
+    def _cells_as_text(cls, v: Any) -> Any:
+        def text(x: Any) -> Any:
+            return "" if x is None else str(x).lower() if isinstance(x, bool) else str(x)
+
+        if isinstance(v, list) and v and all(isinstance(r, list) for r in v):
+            return [[text(x) for x in r] for r in v]
+        return [text(x) for x in v] if isinstance(v, list) else v
+
+
+class FixtureFile(_Spec):
+    """One file of a fixture: its real relative path and what it holds (exactly one kind).
+
+    image: a 2D picture, `L` or `RGB` (format by extension: PNG, JPEG, BMP, TIFF);
+    mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each;
+    volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
+    dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
+    table: a header and rows; text: content as is; json: content dumped as JSON.
+    """
+
+    path: str
+    image: Literal["L", "RGB"] | None = None
+    mask: tuple[int, ...] | None = None
+    volume: int | None = Field(None, ge=1)
+    dicom: str | None = None
+    table: TableContent | None = None
+    text: str | None = None
+    json_: Any = Field(None, alias="json")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FixtureFile:
+        given = [k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"{self.path}: give exactly one of {', '.join(KINDS)} (got {given or 'none'})")
+        if self.path.startswith("/") or ".." in self.path.split("/"):
+            raise ValueError(f"{self.path}: a fixture path is relative and stays inside the dataset")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None)
+
+
+KINDS = ("image", "mask", "volume", "dicom", "table", "text", "json")
+
+
+class Yields(_Spec):
+    """What the entry must make of its fixture: exactly these label names and splits on its rows, and
+    exactly these quarantine reasons (official test files: `split_excluded`); where a dataset mixes
+    modalities, exactly these row modalities (default: the entry's one modality)."""
+
+    labels: tuple[str, ...] = Field(min_length=1)
+    splits: tuple[str, ...] = ("train",)
+    modalities: tuple[str, ...] | None = None
+    quarantined: dict[str, int] = Field(default_factory=dict)
+
+
+class Fixture(_Spec):
+    under: str = ""  # the wrapper folder(s) the download unpacks into, e.g. ACDC/database
+    files: tuple[FixtureFile, ...] = Field(min_length=1)
+    yields: Yields
+    notes: str = ""  # which file names are illustrative, what the fixture leaves out
+
+
+class CatalogSection(_Spec):
+    """What the catalog entry needs beyond the evidence (WRITING.md)."""
+
+    clinical_task: str
+    title: str | None = None  # default: the record's title
+    url: str | None = None  # default: the first URL in download.url
+    reader: dict[str, Any]
+    labels: dict[str, str] = Field(default_factory=dict)
+    splits: tuple[str, ...] = ("train",)
+    expect: dict[str, Any] | None = None
+    burned_in_text_allowed: bool = False
+    fixture: Fixture
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _keys_as_text(cls, v: Any) -> Any:
+        return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("splits")
+    @classmethod
+    def _training_splits(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "test" in v:
+            raise ValueError("splits: an official test split is never allowed for training")
+        return v
+
+
+class PendingSection(_Spec):
+    """The transitional state of an entry whose catalog section is not written yet."""
+
+    state: Literal["catalog section not written yet"]
+    blocker: str = ""  # e.g. "converter pending (hdf5): ..." or "schema gap: ..."
+    clinical_task: str
+    reader: dict[str, Any]
+
+
+class Download(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    url: str | None = None
+    access: Literal["public", "registration", "credentialed", "request", "none"]
+
+
+class Licence(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str
+    where: str | None = None
+    looked: list[str] | None = None
+
+
+class Layout(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    example_paths: list[str] | None = None
+
+
+class Record(BaseModel):
+    """One research record (RESEARCH_FORMAT: the evidence) plus its catalog or pending section."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    title: str
+    status: Literal["verified", "replace", "new"]
+    replaces: str | None = None
+    replace_reason: str | None = None
+    task_type: Literal["2d_cls", "2d_det", "2d_seg", "3d_seg"]
+    modality: str
+    department: str
+    download: Download
+    layout: Layout
+    license: Licence
+    evidence: list[str] = Field(default_factory=list)
+    uncertain: str | None = ""
+    notes: str | None = ""
+    catalog: CatalogSection | None = None
+    pending: PendingSection | None = None
+
+    @model_validator(mode="after")
+    def _sections(self) -> Record:
+        if self.status == "replace":
+            if self.catalog is not None or self.pending is not None:
+                raise ValueError("a record with status replace has no catalog or pending section")
+        elif (self.catalog is None) == (self.pending is None):
+            raise ValueError("give exactly one of catalog (written) or pending (not written yet)")
+        if self.catalog is not None:
+            self._fixture_paths_are_examples()
+        return self
+
+    def _fixture_paths_are_examples(self) -> None:
+        examples = [p.strip() for p in self.layout.example_paths or []]
+        folders = [p for p in examples if p.endswith("/")]
+        for f in self.catalog.fixture.files:  # type: ignore[union-attr]
+            if f.path not in examples and not any(f.path.startswith(d) for d in folders):
+                raise ValueError(
+                    f"catalog.fixture: '{f.path}' is not one of layout.example_paths (nor under an example "
+                    "folder ending in '/'): add the real path there, with its evidence"
+                )
+
+    @property
+    def kept(self) -> bool:
+        return self.status != "replace"
+
+    @cached_property
+    def url(self) -> str:
+        """The entry's URL: the catalog section's, else the first URL written in download.url."""
+        if self.catalog is not None and self.catalog.url:
+            return self.catalog.url
+        m = re.search(r"https?://[^\s,;)'\"]+", self.download.url or "")
+        return m.group(0).rstrip(".") if m else ""
+
+    @property
+    def clinical_task(self) -> str:
+        section = self.catalog or self.pending
+        assert section is not None
+        return section.clinical_task
+
+    @property
+    def reader(self) -> dict[str, Any]:
+        section = self.catalog or self.pending
+        assert section is not None
+        return section.reader
+
+    @property
+    def blocker(self) -> str:
+        return self.pending.blocker if self.pending is not None else ""
+
+    def llm(self) -> tuple[bool, str]:
+        return external_llm_rule(self.license.id, self.download.access)
+
+
+class RecordError(ValueError):
+    """A research record is invalid; the message names the file and the problem."""
+
+
+def load_record(path: Path) -> Record:
+    try:
+        data = safe_yaml.load(path)
+    except safe_yaml.YamlError as exc:
+        raise RecordError(str(exc)) from None
+    try:
+        record = Record.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if not str(p).startswith('function-after')) or '(record)'}: "
+            f"{e['msg']}"
+            for e in exc.errors()
+        )
+        raise RecordError(f"{path}: {problems}") from None
+    if record.name != path.stem:
+        raise RecordError(f"{path}: name '{record.name}' must equal the file name '{path.stem}'")
+    return record
+
+
+def load_records(folder: Path = RECORDS_DIR) -> dict[str, Record]:
+    """Every record in `folder`, by name (files starting with `_` and non-YAML files are not records)."""
+    if not folder.is_dir():
+        raise RecordError(f"{folder}: research records folder does not exist")
+    return {p.stem: load_record(p) for p in sorted(folder.glob("*.yaml")) if not p.name.startswith("_")}
