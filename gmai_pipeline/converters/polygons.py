@@ -41,6 +41,7 @@ Proposed catalog declaration (phase 2):
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import warnings
@@ -145,10 +146,15 @@ def _simple(
     return Shape(label, ((ring, ()),), where, negative)
 
 
-def _parse_xml(path: Path, name: str, fmt: str) -> ET.Element:
+def _data(source: Path | bytes) -> Path | io.BytesIO:
+    """A path, or bytes the reader already verified (`ReaderContext.read`) as a file object."""
+    return io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+
+
+def _parse_xml(source: Path | bytes, name: str, fmt: str) -> ET.Element:
     """Parse with the standard library (expat: no external entities; entity expansion limits apply)."""
     try:
-        root = ET.parse(path).getroot()
+        root = ET.parse(_data(source)).getroot()
     except ET.ParseError as exc:
         raise ImageError("unreadable", f"{name}: not well-formed XML ({exc})") from None
     except OSError as exc:
@@ -171,7 +177,9 @@ def _xy(el: ET.Element, where: str) -> tuple[float, float]:
 APERIO_TYPES = {"0": "polygon", "1": "rectangle", "2": "ellipse"}
 
 
-def read_aperio_xml(path: Path, name: str, label_from: Literal["name", "id", "attribute"] = "name") -> Parsed:
+def read_aperio_xml(
+    path: Path | bytes, name: str, label_from: Literal["name", "id", "attribute"] = "name"
+) -> Parsed:
     """ImageScope XML: `Annotations/Annotation/Regions/Region/Vertices/Vertex X= Y=` (MoNuSeg, TCGA).
 
     `label_from: attribute` takes the Annotation's first `Attributes/Attribute` Name, where MoNuSAC
@@ -206,7 +214,9 @@ def read_aperio_xml(path: Path, name: str, label_from: Literal["name", "id", "at
 ASAP_TYPES = {"polygon": "polygon", "spline": "polygon", "rectangle": "rectangle", "ellipse": "ellipse"}
 
 
-def read_asap_xml(path: Path, name: str, exclusion_groups: Sequence[str] = ASAP_EXCLUSION_GROUPS) -> Parsed:
+def read_asap_xml(
+    path: Path | bytes, name: str, exclusion_groups: Sequence[str] = ASAP_EXCLUSION_GROUPS
+) -> Parsed:
     """ASAP XML: `ASAP_Annotations/Annotations/Annotation/Coordinates/Coordinate` (Camelyon16/17)."""
     root = _parse_xml(path, name, "asap_xml")
     out = Parsed()
@@ -239,11 +249,11 @@ def _qupath_label(props: Mapping) -> str:
     return ""
 
 
-def read_geojson(path: Path, name: str) -> Parsed:
+def read_geojson(path: Path | bytes, name: str) -> Parsed:
     """GeoJSON as QuPath exports it: a FeatureCollection, a list of Features, or one Feature;
     Polygon / MultiPolygon geometries (GeometryCollections are opened), pixel coordinates."""
     try:
-        data = json.loads(Path(path).read_bytes())
+        data = json.loads(path if isinstance(path, bytes | bytearray) else Path(path).read_bytes())
     except OSError as exc:
         raise ImageError("missing_file", f"{name}: cannot read ({exc.strerror})") from None
     except ValueError as exc:
@@ -375,7 +385,7 @@ def compressed_counts(text: bytes) -> list[int] | None:
     return counts
 
 
-def read_annotations(path: Path, name: str, opts: PolygonOptions) -> Parsed:
+def read_annotations(path: Path | bytes, name: str, opts: PolygonOptions) -> Parsed:
     """Parse one annotation file in the declared format (COCO is per annotation: `coco_mask`)."""
     if opts.format == "aperio_xml":
         return read_aperio_xml(path, name, opts.label_from)

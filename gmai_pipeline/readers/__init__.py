@@ -31,7 +31,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from gmai_pipeline.readers import coco, csv_labels, dicom, image_folder, layout, mask_pairs, msd, voc, yolo
+from gmai_pipeline.readers import (
+    coco,
+    csv_labels,
+    dicom,
+    dicom_series,
+    hdf5,
+    image_folder,
+    layout,
+    mask_pairs,
+    msd,
+    polygons,
+    rle,
+    voc,
+    wsi,
+    yolo,
+)
 from gmai_pipeline.readers.base import Event, ReaderContext
 
 READERS: dict[str, Callable[[ReaderContext, object], Iterator[Event]]] = {
@@ -45,6 +60,18 @@ READERS: dict[str, Callable[[ReaderContext, object], Iterator[Event]]] = {
     "dicom": dicom.read,
     "layout": layout.read,
 }
+
+
+# `reader.convert` kinds of the layout reader (`gmai_pipeline.layouts.Convert`).
+layout.CONVERTERS.update(
+    {
+        "dicom_series": dicom_series.read,
+        "polygons": polygons.read,
+        "rle": rle.read,
+        "hdf5": hdf5.read,
+        "wsi": wsi.read,
+    }
+)
 
 
 def describe(spec) -> str:
