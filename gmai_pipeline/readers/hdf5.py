@@ -17,7 +17,10 @@ links refused) and h5py reads that descriptor, never the path; records come bloc
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
+
+import numpy as np
 
 from gmai_pipeline.converters.hdf5 import Hdf5Record, inspect, iter_records, record_name
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
@@ -79,7 +82,14 @@ def _file(
         try:
             images = stack.enter_context(ctx.open(rel))
             labels = stack.enter_context(ctx.open(labels_rel)) if labels_rel else None
-            count = inspect(images, rel, conv, labels, labels_rel or "").count
+            info = inspect(images, rel, conv, labels, labels_rel or "")
+            row_bytes = math.prod(info.image_shape) * np.dtype(info.image_dtype).itemsize
+            ctx.store.budget.check(  # a block, plus one record's float copy when it is not uint8
+                info.block_rows * row_bytes + 8 * math.prod(info.image_shape),
+                rel,
+                f"a block of {info.block_rows} records of {info.image_shape} {info.image_dtype}",
+            )
+            count = info.count
             for rec in iter_records(images, rel, conv, labels, labels_rel or ""):
                 if isinstance(rec, tuple):
                     index, err = rec
