@@ -44,12 +44,14 @@ Masks, in the series' own voxel grid (nothing is resampled; a mask on another gr
   equals InstanceNumber + `index_offset`), or `position_order` (the k-th mask file belongs to the
   k-th slice along the normal).
 
-Proposed catalog declaration (phase 2, once the layouts schema lands):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.dicom_series`). CHAOS, `Train_Sets/CT/<n>/DICOM_anon/*.dcm` + `Ground/*.png`:
 
     reader:
       kind: layout
-      images: {path: "Train_Sets/CT/{case}/DICOM_anon/*.dcm", format: dicom_series}
-      masks: "Train_Sets/CT/{case}/Ground/*.png"
+      root: Train_Sets
+      images: "CT/{case}/DICOM_anon/*.dcm"
+      masks: "CT/{case}/Ground/*.png"
       convert:
         kind: dicom_series
         mask: {kind: slices, match: file_order}

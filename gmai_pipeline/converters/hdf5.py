@@ -19,13 +19,14 @@ Why it is built this way:
   (`imaging.to_uint8`). Labels: `scalar` (one number per row, any trailing axes of size 1, as PCam's
   `y`) or `mask` (N, H, W label maps, same H, W as the images).
 
-Proposed catalog declaration (phase 2):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.hdf5`). PCam:
 
     reader:
       kind: layout
-      images: {path: "camelyonpatch_level_2_split_{split}_x.h5", format: hdf5}
-      labels: "camelyonpatch_level_2_split_{split}_y.h5"
-      convert: {kind: hdf5, images: x, labels: y}
+      images: "camelyonpatch_level_2_split_{split}_x.h5"
+      split: "{split}"
+      convert: {kind: hdf5, images: x, labels: y, labels_file: "camelyonpatch_level_2_split_{split}_y.h5"}
 """
 
 from __future__ import annotations

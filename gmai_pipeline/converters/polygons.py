@@ -29,12 +29,13 @@ Why it is built this way:
 - COCO `segmentation` (polygons, uncompressed and compressed RLE) is decoded with pycocotools, the
   COCO reference implementation, so masks equal the ones the dataset's own evaluation uses.
 
-Proposed catalog declaration (phase 2):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.polygons`). MoNuSeg:
 
     reader:
       kind: layout
-      images: "Tissue Images/{id}.tif"
-      annotations: "Annotations/{id}.xml"
+      images: "MoNuSeg 2018 Training Data/Tissue Images/{id}.tif"
+      masks: "MoNuSeg 2018 Training Data/Annotations/{id}.xml"
       convert: {kind: polygons, format: aperio_xml, instances: true}
 """
 

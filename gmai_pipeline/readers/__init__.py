@@ -19,6 +19,11 @@ exception from a decoder escapes a reader:
 | msd | an image file of a case (kept: rows for every kept component of every kept slice); a volume no case uses |
 | dicom | a label-CSV row; a DICOM file no row names |
 | layout | see `readers/layout.py`: an image file, a table row's label or box, an image file of a case |
+| layout, `convert: dicom_series` | a series (one SeriesInstanceUID in one folder, kept or quarantined whole); a DICOM file that joins no series; a folder a split leaves out; a DICOM SEG no series uses |
+| layout, `convert: polygons` | an image file with its annotation file(s); a shape that encloses no area; (COCO) a JSON image entry whose file is missing |
+| layout, `convert: rle` | an image file with all its table rows (several rows merged into one mask); a table key whose image is not found |
+| layout, `convert: hdf5` | an index of the image dataset (`<file>.h5/<index>`); a whole file that cannot be used, or that a split leaves out |
+| layout, `convert: wsi` | 2d_seg: a slide (every tile's boxes); 2d_cls: a tile; a slide that gives no tile or cannot be read; a shape with no area |
 
 A missing or unparsable annotation file (CSV, COCO JSON, dataset.json, a table, a split list) is one
 input too, and so is an archive that `reader.unpack` names but cannot be unpacked. Before any reader
