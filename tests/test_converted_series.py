@@ -112,3 +112,51 @@ def test_chaos_through_dagster_masks_dicom_names_in_the_manifest(
     manifest = pq.read_table(output_root / "manifests" / "chaos.parquet").to_pylist()
     dcm = [m["path"] for m in manifest if m["path"].endswith(".dcm")]
     assert dcm and all(p.startswith("anon/") and "/file-" in p for p in dcm)  # names unread: masked
+
+
+TCIA = """
+reader:
+  kind: layout
+  images: "{case}/{study}/{series}/*.dcm"
+  masks: "{case}/{study}/{series}/label.nii.gz"
+  axes: [2]
+  min_component_pixels: 4
+  convert: {kind: dicom_series, mask: {kind: volume}}
+labels: {"1": tumour}
+"""
+
+
+def test_series_names_hide_identifiers_burned_in_text_and_a_label_volume(tmp_path: Path) -> None:
+    """A TCIA-style download (`<patient>/<study date ...>/<series>/*.dcm`) with a NIfTI label volume per
+    series: folders that look like identifiers, or hold a header value, are shown as `anon`."""
+    import nibabel as nib
+    import numpy as np
+
+    from gmai_pipeline.converters.dicom_series import DicomFile, DicomSeriesOptions, load, scan
+
+    raw = tmp_path / "raw" / "tcia"
+    series = raw / "1" / "StudyDate-20001231" / "CT_chest"
+    chaos_series(series, None, n=6, seed=4, names="1-{v:02d}.dcm")
+    files = [DicomFile(p, p.name) for p in sorted(series.glob("*.dcm"))]
+    sv = load(scan(files, DicomSeriesOptions()).series[0], DicomSeriesOptions(), "s")
+    lab = np.zeros(sv.volume.shape, np.uint8)
+    lab[4:10, 3:9, 1:4] = 1
+    nib.save(nib.Nifti1Image(lab, sv.affine), series / "label.nii.gz")
+    # a patient folder named after the patient (a header value), holding an ultrasound series
+    chaos_series(raw / "Zyxwvut" / "1" / "US", None, n=4, seed=5, names="{v}.dcm", modality="US")
+    report, rows, qrows = run(entry(tmp_path, "tcia", "3d_seg", TCIA), raw, tmp_path / "out")
+    assert (report.inputs, report.kept) == (2, 1)
+    assert {r["source_path"] for r in rows} == {"1/anon/CT_chest"} and len(rows) == 3
+    # canonical x 4..10, y 3..9 on a 16-row grid: stored rows run from anterior (y = 15) down
+    assert {r["slice_index"]: r["bbox"] for r in rows} == {
+        1: [4, 7, 10, 13],
+        2: [4, 7, 10, 13],
+        3: [4, 7, 10, 13],
+    }
+    [risk] = qrows
+    assert (risk["reason"], risk["step"], risk["source_path"]) == (
+        "burned_in_text_risk",
+        "privacy",
+        "anon/1/US",
+    )
+    assert not any(s in json.dumps([rows, qrows]).lower() for s in SECRETS)
