@@ -205,7 +205,7 @@ class SeriesVolume:
         """An array in the series' (column, row, slice-by-position) order -> canonical, like the volume."""
         from nibabel.orientations import apply_orientation
 
-        return np.ascontiguousarray(apply_orientation(raw, self.ornt))
+        return apply_orientation(raw, self.ornt)  # flips and permutations: a view, not a copy
 
 
 def quiet():
@@ -481,7 +481,7 @@ def load(series: Series, opts: DicomSeriesOptions, where: str, budget=None) -> S
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _affine_lps(series, spacing)  # LPS -> RAS
     ornt = nib.orientations.io_orientation(affine)
     canon_affine = affine @ nib.orientations.inv_ornt_aff(ornt, raw.shape)
-    volume = np.ascontiguousarray(nib.orientations.apply_orientation(raw, ornt))
+    volume = nib.orientations.apply_orientation(raw, ornt)  # a view: slicing and windowing read it as it is
     zooms = tuple(float(v) for v in np.sqrt((canon_affine[:3, :3] ** 2).sum(axis=0)))
     return SeriesVolume(volume, canon_affine, zooms, ornt, raw.shape, series)  # type: ignore[arg-type]
 
@@ -667,7 +667,7 @@ def load_slice_masks(masks: Sequence[tuple], sv: SeriesVolume, spec: SliceMasks,
             if m is None or int(m.group(1)) not in slot:
                 raise ImageError("mask_mismatch", f"{where}: mask {mname} matches no slice's InstanceNumber")
             targets.append(slot[int(m.group(1))])
-    raw = np.zeros(sv.raw_shape, dtype=np.uint32)
+    raw = None
     for (loader, mname, _), k in zip(ordered, targets, strict=True):
         mask = loader()
         if mask.shape != (rows, cols):
@@ -675,7 +675,12 @@ def load_slice_masks(masks: Sequence[tuple], sv: SeriesVolume, spec: SliceMasks,
                 "mask_mismatch",
                 f"{mname}: mask is {mask.shape[1]}x{mask.shape[0]}, the slices are {cols}x{rows}",
             )
-        raw[:, :, k] = _as_labels(mask, mname).T
+        mask = _as_labels(mask, mname)
+        if raw is None:  # the labels' own type (8-bit PNGs: one byte a voxel), widened if a later one needs it
+            raw = np.zeros(sv.raw_shape, dtype=mask.dtype)
+        elif mask.dtype.itemsize > raw.dtype.itemsize:
+            raw = raw.astype(mask.dtype)
+        raw[:, :, k] = mask.T
     return _as_labels(sv.canonical(raw), where)
 
 

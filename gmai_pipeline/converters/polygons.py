@@ -110,17 +110,17 @@ class Parsed:
 
 
 def _ring(points: Sequence[Sequence[float]]) -> Ring | None:
-    """A closed ring without its repeated closing vertex; None when it has no area."""
+    """A closed ring without its repeated closing vertex; None when it has no area (or a coordinate
+    is not finite, or so large that its sums overflow)."""
     arr = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
-    if arr.shape[0] and not np.all(np.isfinite(arr)):
-        return None
-    if arr.shape[0] > 1 and np.array_equal(arr[0], arr[-1]):
+    if arr.shape[0] > 1 and arr[0, 0] == arr[-1, 0] and arr[0, 1] == arr[-1, 1]:
         arr = arr[:-1]
-    if len(set(map(tuple, arr.tolist()))) < 3:
+    if arr.shape[0] < 3 or not math.isfinite(float(arr.sum())):
         return None
+    # a positive area needs three distinct, non-collinear vertices: no separate distinctness test
     x, y = arr[:, 0], arr[:, 1]
     area = 0.5 * abs(float(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0]))  # shoelace
-    return arr if area > 0 else None
+    return arr if math.isfinite(area) and area > 0 else None
 
 
 def _ellipse(x0: float, y0: float, x1: float, y1: float) -> Ring:
@@ -204,7 +204,10 @@ def read_aperio_xml(
                     ("not_an_area", f"{where}: region type {region.get('Type')} (a line, arrow or ruler)")
                 )
                 continue
-            pts = [_xy(v, where) for v in region.iter("Vertex")]
+            try:  # one comprehension per region: a Camelyon outline has thousands of vertices
+                pts = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+            except (TypeError, ValueError):
+                raise ImageError("unreadable", f"{where}: a vertex without numeric X/Y") from None
             negative = (region.get("NegativeROA") or "0").strip() == "1"
             out.add(_simple(label, pts, where, kind, negative))
     return out
