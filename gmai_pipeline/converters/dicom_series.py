@@ -676,7 +676,9 @@ def load_slice_masks(masks: Sequence[tuple], sv: SeriesVolume, spec: SliceMasks,
                 f"{mname}: mask is {mask.shape[1]}x{mask.shape[0]}, the slices are {cols}x{rows}",
             )
         mask = _as_labels(mask, mname)
-        if raw is None:  # the labels' own type (8-bit PNGs: one byte a voxel), widened if a later one needs it
+        if (
+            raw is None
+        ):  # the labels' own type (8-bit PNGs: one byte a voxel), widened if a later one needs it
             raw = np.zeros(sv.raw_shape, dtype=mask.dtype)
         elif mask.dtype.itemsize > raw.dtype.itemsize:
             raw = raw.astype(mask.dtype)

@@ -14,7 +14,9 @@ until its header is read, then by its path with every component that looks like 
 (checked against the header values of its series and those seen before) replaced by `anon`, the
 file itself by `file-<MD5>.dcm`. A series is named by its folder so checked (plus `series-<token>`,
 a hash of its member names, when a folder holds several), which is its `source_path` and the stem
-of its `sample_id`s and stored slices. Every file of a series counts for the burned-in-text rule.
+of its `sample_id`s and stored slices; a folder shown with an `anon` component is suffixed with the
+token too, so two patients' series never share a name. Every file of a series counts for the
+burned-in-text rule.
 
 Each file is read once, verified, and its bytes kept for the decode while a folder's bytes stay
 under `CACHE_BYTES` (a larger folder is read a second time, verified again, when it is decoded).
@@ -204,7 +206,7 @@ def _folder(ctx, opts, conv, inputs: Inputs, folder: str, members: list, segs, u
         if len(names.seen) < 5000:
             names.seen.update(series.identifying)
         sname = "/".join(_safe_parts(folder.split("/"), values)) if folder else "series"
-        if several:
+        if several or sname != folder:  # two patients' `anon/CT` folders must not share a name
             sname = f"{sname}/series-{series.token}"
         for h in series.slices:  # messages from here on name files as read files are named
             rel = h.file.order
