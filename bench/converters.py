@@ -27,8 +27,9 @@ machine is noisy.
 - wsi: a `--slide-side` square pyramidal TIFF (Aperio layout, 40x, levels 1/4/16, deflate tiles of
   256) with an ASAP XML of 48 lesions; tiles of 512 at 20x (level 0 read at 1024 and resized: the
   common worst case). Floor: MD5 of the slide, `read_region` + RGB + resize at the same positions,
-  encode (decode and encode only: the pipeline's per-tile masks and boxes are on its side alone). Peak RSS: a child process normalizes the slide as a 2d_cls entry (every region tile plus
-  16 background tiles) and reports VmHWM before and after; the bound stated is 256 MiB of growth,
+  encode (decode and encode only: the pipeline's per-tile masks and boxes are on its side alone).
+  Peak RSS: a child process normalizes the slide as a 2d_cls entry (every region tile plus up to 16
+  background tiles) and reports VmHWM before and after; the bound stated is 256 MiB of growth,
   against 1.2 GB for the decoded level 0.
 """
 
