@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -35,9 +36,10 @@ from gmai_pipeline.generation.cost import estimate_usd
 from gmai_pipeline.generation.requests import Completion, Failure, GenRequest, ImageRef
 from gmai_pipeline.generation.translate import DEFAULT_FRACTION, selected
 from gmai_pipeline.progress import Progress
-from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
+from gmai_pipeline.schemas import GENERATED_SCHEMA, NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, batched
 
+log = logging.getLogger(__name__)
 BACKENDS = ("template", "openai", "openai_batch")
 GROUPS = {"captions": ("caption", "region_caption"), "vqa": ("vqa",)}
 HELD_BACK = "held_back_licence"
@@ -225,14 +227,30 @@ def run_items(items: list[Item], runner: Runner) -> tuple[list[Outcome], list[Qu
 
 
 def partition_rows(layout: OutputLayout, partition: str, batch_size: int = 8192) -> Iterator[dict[str, Any]]:
-    """Rows of `decontaminated` whose sample_id hashes to `partition`, in file order."""
+    """Rows of `decontaminated` whose sample_id hashes to `partition`, in file order.
+
+    Reads only the partition's row groups (the table's `shard` column, written once by decontamination).
+    A table written before that column existed is read whole and hashed row by row, as it used to be.
+    """
     path = layout.decontaminated
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: materialize `decontaminated` first")
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+    batches = partitions.read_shard(path, partition, NORMALIZED_SCHEMA.names, batch_size)
+    if batches is not None:
+        for batch in batches:
+            yield from batch.to_pylist()
+        return
+    log.warning(f"{path} has no shard column: every partition scans it whole; rematerialize `decontaminated`")
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=NORMALIZED_SCHEMA.names):
         for row in batch.to_pylist():
             if partitions.shard_of(row["sample_id"]) == partition:
                 yield row
+
+
+def count_partition_rows(layout: OutputLayout, partition: str) -> int:
+    """Rows of `decontaminated` in `partition`, from the table's footer where it has the shard column."""
+    n = partitions.count_shard(layout.decontaminated, partition) if layout.decontaminated.exists() else None
+    return n if n is not None else sum(1 for _ in partition_rows(layout, partition))
 
 
 def _slug(text: str) -> str:
@@ -482,7 +500,9 @@ def generate_partition(
     )
 
 
-def english_records(layout: OutputLayout, partition: str) -> Iterator[dict[str, Any]]:
+def english_records(
+    layout: OutputLayout, partition: str, columns: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """The English records of captions and vqa for this partition (both must have run)."""
     for asset in GROUPS:
         path = layout.generated(asset, partition)
@@ -490,7 +510,7 @@ def english_records(layout: OutputLayout, partition: str) -> Iterator[dict[str, 
             raise FileNotFoundError(
                 f"{path} not found: materialize `{asset}` for partition {partition} first"
             )
-        for batch in pq.ParquetFile(path).iter_batches():
+        for batch in pq.ParquetFile(path).iter_batches(columns=columns):
             yield from (r for r in batch.to_pylist() if r["language"] == "en")
 
 
@@ -542,9 +562,10 @@ def count_rows(path: Path) -> int:
 def accounted(layout: OutputLayout, asset: str, partition: str, cfg: LLMConfig) -> tuple[int, int, int]:
     """(inputs, generated, quarantined) recounted from the files on disk: the asset check's evidence."""
     if asset == "translations":
-        inputs = sum(1 for _ in translation_inputs(layout, partition, cfg.translate_fraction))
+        english = english_records(layout, partition, columns=["id", "language"])
+        inputs = sum(1 for r in english if selected(r["id"], cfg.translate_fraction))
     else:
-        inputs = sum(1 for _ in partition_rows(layout, partition))
+        inputs = count_partition_rows(layout, partition)
     return (
         inputs,
         count_rows(layout.generated(asset, partition)),
