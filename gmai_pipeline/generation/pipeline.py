@@ -146,26 +146,21 @@ class Runner:
         self.use_cache = backend.name != "template"
 
     def resolve(self, requests: list[GenRequest]) -> dict[str, Result]:
-        out: dict[str, Result] = {}
-        misses: dict[str, GenRequest] = {}
-        for r in requests:
-            if r.key in out or r.key in misses:
-                continue
-            hit = self.cache.get(r.key) if self.use_cache else None
-            if hit is not None:
-                out[r.key] = hit
-                self.report.cache_hits += 1
-            else:
-                misses[r.key] = r
+        unique = {r.key: r for r in requests}
+        out: dict[str, Result] = dict(self.cache.get_many(unique)) if self.use_cache else {}
+        self.report.cache_hits += len(out)
+        misses = [r for key, r in unique.items() if key not in out]
         if misses:
             before = self.backend.requests_sent  # what went over the wire (a resumed batch sends nothing)
-            results = self.backend.run(list(misses.values()))
+            results = self.backend.run(misses)
             self.report.requests_sent += self.backend.requests_sent - before
-            for key, result in results.items():
-                if isinstance(result, Completion) and self.use_cache:
-                    self.cache.put(key, result)
-                    self.report.tokens_in += result.tokens_in
-                    self.report.tokens_out += result.tokens_out
+            answers = (
+                [(k, r) for k, r in results.items() if isinstance(r, Completion)] if self.use_cache else []
+            )
+            self.cache.put_many(answers)  # the chunk's answers in one transaction
+            for _key, result in answers:
+                self.report.tokens_in += result.tokens_in
+                self.report.tokens_out += result.tokens_out
             out.update(results)
         return out
 
@@ -398,10 +393,12 @@ def _run_partition(
 ) -> Report:
     report = Report(partition, asset, backend.name, backend.model)
     progress = Progress(log or (lambda _: None), None, f"{asset} {partition}", unit="samples")
-    runner = Runner(backend, ResponseCache(layout.llm_cache), report)
+    cache = ResponseCache(layout.llm_cache, log=log)
+    runner = Runner(backend, cache, report)
     seen: set[str] = set()
     pending = 0
     with contextlib.ExitStack() as stack:
+        stack.callback(cache.close)
         writers = _Writers(
             stack, layout.generated(asset, partition), layout.generation_quarantine(asset, partition)
         )
