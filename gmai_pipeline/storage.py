@@ -66,6 +66,11 @@ class OutputLayout:
         return self.root / "llm_cache"
 
     @property
+    def release_records(self) -> Path:
+        """Every generated record that is released, validated once, sorted by id (read by the release)."""
+        return self.root / "release_records.parquet"
+
+    @property
     def release(self) -> Path:
         return self.root / "release"
 
