@@ -56,11 +56,12 @@ def _same(src: os.stat_result, dst: os.stat_result) -> bool:
     return src.st_size == dst.st_size and src.st_mtime_ns == dst.st_mtime_ns
 
 
-def _place(src: Path, dst: Path) -> bool:
+def _place(src: Path | str, dst: Path | str) -> bool:
     """Hard-link (else copy) src to dst through a temporary name; True when it had to copy."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    folder, name = os.path.split(dst)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+        os.unlink(tmp)
     copied = False
     try:
         os.link(src, tmp)
@@ -111,57 +112,57 @@ def sync_images(rows: Iterable[ReleaseRow], images_dir: Path) -> ImageSync:
     """
     wanted = _hashes(rows)
     placed = np.zeros(len(wanted), dtype=bool)
-    source: dict[int, Path] = {}  # the file each placed image came from, for the images placed in this run
+    recent: dict[
+        int, str
+    ] = {}  # the file each recently placed image came from (one image's records are near)
     result = ImageSync()
     images_dir.mkdir(parents=True, exist_ok=True)
-    made: set[Path] = set()
+    base = str(images_dir)
+    made: set[str] = set()
     for row in rows:
         rel = row.record["image"]
         h = path_hash(rel)
         k = int(np.searchsorted(wanted, h))
         if placed[k]:
-            if source.get(h, row.image_path) != row.image_path:
-                raise ValueError(f"image {rel} names two files: {source[h]} and {row.image_path}")
+            if recent.get(h, row.image_file) != row.image_file:
+                raise ValueError(f"image {rel} names two files: {recent[h]} and {row.image_file}")
             continue
         placed[k] = True
-        if len(source) < 65_536:  # the records of one image sit next to each other in id order
-            source[h] = row.image_path
-        else:
-            source = {h: row.image_path}
-        dst = images_dir / rel
-        src_stat = os.stat(row.image_path)
+        if len(recent) >= 65_536:
+            recent.clear()
+        recent[h] = row.image_file
+        dst = os.path.join(base, rel)
+        src_stat = os.stat(row.image_file)
         try:
             if _same(src_stat, os.stat(dst)):
                 result.kept += 1
                 continue
         except FileNotFoundError:
             pass
-        if dst.parent not in made:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            made.add(dst.parent)
-            if len(made) > 65_536:
-                made = {dst.parent}
-        if _place(row.image_path, dst):
+        parent = os.path.dirname(dst)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            if len(made) >= 65_536:
+                made.clear()
+            made.add(parent)
+        if _place(row.image_file, dst):
             result.copied += 1
         else:
             result.linked += 1
-    for path in _files(images_dir):
-        rel = path.relative_to(images_dir).as_posix()
-        h = path_hash(rel)
-        k = int(np.searchsorted(wanted, h))
-        if k >= len(wanted) or wanted[k] != h:
-            path.unlink()
+    for folder, _dirs, files in os.walk(base):
+        prefix = os.path.relpath(folder, base).replace(os.sep, "/")
+        for name in files:
+            rel = name if prefix == "." else f"{prefix}/{name}"
+            h = path_hash(rel)
+            k = int(np.searchsorted(wanted, h))
+            if k < len(wanted) and wanted[k] == h:
+                continue
+            os.unlink(os.path.join(folder, name))
             if len(result.removed) < 10_000:
                 result.removed.append(rel)
             result.removed_count += 1
     _remove_empty_dirs(images_dir)
     return result
-
-
-def _files(root: Path) -> Iterator[Path]:
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            yield Path(folder) / name
 
 
 def _remove_empty_dirs(root: Path) -> None:

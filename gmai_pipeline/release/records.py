@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +45,7 @@ class ReleaseRow:
     """One training record plus what the release needs beside it (file location, annotation fields)."""
 
     record: dict[str, Any]
-    image_path: Path  # absolute path of the stored image
+    image_file: str  # absolute path of the stored image (a string: millions of rows, no Path each)
     image_md5: str
     sample_id: str
     modality: str
@@ -56,6 +57,10 @@ class ReleaseRow:
     @property
     def id(self) -> str:
         return self.record["id"]
+
+    @property
+    def image_path(self) -> Path:
+        return Path(self.image_file)
 
 
 @dataclass
@@ -344,10 +349,10 @@ def write_release_records(layout: OutputLayout, partitions: Iterable[str] = SHAR
     return stats
 
 
-def release_row(row: dict[str, Any], root: Path) -> ReleaseRow:
+def release_row(row: dict[str, Any], root: Path | str) -> ReleaseRow:
     return ReleaseRow(
         record=to_record(row, json.loads(row["conversations"])),
-        image_path=root / row["image"],
+        image_file=os.path.join(root, row["image"]),
         image_md5=row["image_md5"] or "",
         sample_id=row["sample_id"],
         modality=row["modality"],
@@ -362,7 +367,7 @@ class ReleaseRecords:
     """The release-records table as ReleaseRows, read a batch at a time; iterate it as often as needed."""
 
     def __init__(self, layout: OutputLayout, batch_size: int = 4096):
-        self.path, self.root, self.batch_size = layout.release_records, layout.root, batch_size
+        self.path, self.root, self.batch_size = layout.release_records, str(layout.root), batch_size
         if not self.path.exists():
             raise ReleaseError(f"{self.path} not found: materialize `release_records` first")
 
@@ -410,7 +415,7 @@ def load_records(layout: OutputLayout, partitions: Iterable[str] = SHARD_KEYS) -
     stats = RecordsStats()
     with tempfile.TemporaryDirectory(prefix="gmai-release-records.") as spill:
         for table in validated_tables(layout, partitions, Path(spill), out.rejected.append, stats):
-            out.rows += [release_row(row, layout.root) for row in table.to_pylist()]
+            out.rows += [release_row(row, str(layout.root)) for row in table.to_pylist()]
     out.missing_inputs, out.inputs = stats.missing_inputs, stats.inputs
     return out
 

@@ -60,7 +60,7 @@ def dimension_value(row: ReleaseRow, dimension: str) -> str:
 
 def _image_key(row: ReleaseRow) -> int:
     """64 bits of the image's identity (its MD5, else its path): distinct images are counted as numbers."""
-    text = row.image_md5 or str(row.image_path)
+    text = row.image_md5 or row.image_file
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
@@ -117,7 +117,7 @@ class Tally:
         self.subsets[(rec["kind"], rec["language"])] += 1
         self.files[subset_of(rec)] += 1
         self.record_keys.update(rec)
-        self.extensions.add(image_extension(row.image_path))
+        self.extensions.add(image_extension(row.image_file))
 
     @classmethod
     def of(cls, rows: Iterable[ReleaseRow]) -> Tally:

@@ -63,8 +63,8 @@ def sample_key(record_id: str, max_slug: int = 96) -> str:
     return f"{slug}-{hashlib.sha256(record_id.encode('utf-8')).hexdigest()[:16]}"
 
 
-def image_extension(path: Path) -> str:
-    ext = path.suffix.lower().lstrip(".")
+def image_extension(path: Path | str) -> str:
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
     if not ext or not ext.isalnum():
         raise ValueError(f"{path}: image has no usable extension")
     return "jpg" if ext == "jpeg" else ext
@@ -142,8 +142,8 @@ def iter_plans(
     for i, row in enumerate(rows):
         key = sample_key(row.id)
         hashes.append(_key_hash(key))
-        ext = image_extension(row.image_path)
-        image_size = row.image_path.stat().st_size
+        ext = image_extension(row.image_file)
+        image_size = os.stat(row.image_file).st_size
         body = record_json(row.record)
         member = _tar_member_bytes(image_size) + _tar_member_bytes(len(body))
         if size and size + member > target_bytes:
@@ -155,7 +155,7 @@ def iter_plans(
         digest.update(f"{key}\0{ext}\0{row.image_md5}\0{image_size}\0".encode())
         digest.update(hashlib.sha256(body).digest())
         if contents:
-            samples.append(PlannedSample(key, ext, FileMember(row.image_path, image_size), body))
+            samples.append(PlannedSample(key, ext, FileMember(Path(row.image_file), image_size), body))
     n = len(hashes)
     if start < n:
         yield close(n)
