@@ -1,13 +1,15 @@
-"""Synthetic generated tables (GENERATED_SCHEMA) with real image files, for tests and `bench/shards.py`.
+"""Synthetic data with real image files, for tests and the benchmarks (`bench/shards.py`, `bench/scale.py`).
 
-Builds what the generation stage would leave under an output root, without running it: images under
-`images/{dim}/{task}/{modality}/{dataset}/` and `generated/{captions,vqa,translations}/<partition>.parquet`.
+Builds what a stage would leave under an output root, without running it: generated tables
+(`generated/{captions,vqa,translations}/<partition>.parquet`, GENERATED_SCHEMA) with images under
+`images/{dim}/{task}/{modality}/{dataset}/`, or normalized tables of any size (`write_scale_normalized`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from PIL import Image
 from gmai_pipeline.catalog import dim_of, task_of
 from gmai_pipeline.partitions import SHARD_KEYS, shard_of
 from gmai_pipeline.release.records import generated_table
-from gmai_pipeline.storage import OutputLayout, md5_bytes, write_table
+from gmai_pipeline.schemas import NORMALIZED_SCHEMA
+from gmai_pipeline.storage import OutputLayout, batched, md5_bytes, write_parquet, write_table
 
 
 @dataclass(frozen=True)
@@ -182,3 +185,86 @@ def write_generated(
     for kind in ("captions", "vqa", "translations"):
         for p in partitions:
             write_table(layout.generated(kind, p), generated_table(by_file.get((kind, p), [])))
+
+
+# --- normalized tables at scale (bench/scale.py) ---------------------------------------------------------
+
+# GMAI-VL-5.5M's mix, roughly: half 2D classification, a third 3D slices, the rest boxes.
+SCALE_MIX = ((SOURCES[0], 0.5), (SOURCES[1], 0.2), (SOURCES[2], 0.3))
+SLICES_PER_VOLUME = 50
+SCALE_IMAGE_SIZE = (16, 16)
+
+
+def pool_image(layout: OutputLayout, source: SynthSource, k: int) -> tuple[Path, str]:
+    """The k-th distinct image of a source's pool (written once): its path and MD5."""
+    path = layout.root / "synthetic_pool" / source.name / f"pool{k:05d}.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(*SCALE_IMAGE_SIZE, seed=zlib.crc32(f"{source.name}#pool{k}".encode())))
+    return path, md5_bytes(path.read_bytes())
+
+
+def with_text_chunk(png: bytes, text: bytes) -> bytes:
+    """The PNG with a tEXt chunk after its header: other bytes (and MD5), the same pixels."""
+    data = b"gmai\x00" + text
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return png[:33] + chunk + png[33:]  # signature (8) + IHDR chunk (25)
+
+
+def write_scale_normalized(
+    layout: OutputLayout, n_samples: int, pool: int = 512, batch: int = 50_000
+) -> dict[str, int]:
+    """`normalized/<dataset>.parquet` for `n_samples` samples over the three synthetic sources (SCALE_MIX).
+
+    Every sample has its own stored image, as in real data (so every sample makes its own LLM requests):
+    one of `pool` noise PNGs per source with the sample's index in a tEXt chunk, so each file has its own
+    bytes and MD5 while images of one pool entry share their pixels (what decontamination's pixel MD5 and
+    dHash see as the same picture). 3D samples are slices of volumes of SLICES_PER_VOLUME (one source path
+    each), with a box, as the 3D reader leaves them; detection samples carry a box. Returns rows per dataset.
+    """
+    counts: dict[str, int] = {}
+    w, h = SCALE_IMAGE_SIZE
+    for source, share in SCALE_MIX:
+        n = round(n_samples * share) if source is not SCALE_MIX[-1][0] else n_samples - sum(counts.values())
+        counts[source.name] = n
+        pooled = [pool_image(layout, source, k)[0].read_bytes() for k in range(pool)]
+        folder = f"images/{source.dim}/{source.task}/{source.modality.lower()}/{source.name}"
+
+        def rows(source: SynthSource = source, n: int = n, pooled: list = pooled, folder: str = folder):
+            made: set[Path] = set()
+            for i in range(n):
+                sub = f"{i // 1000:04d}"
+                volume = i // SLICES_PER_VOLUME if source.task_type == "3d_seg" else None
+                src_path = f"vol{volume:06d}.nii.gz" if volume is not None else f"{sub}/img{i:07d}.png"
+                rel = f"{folder}/{sub}/img{i:07d}.png"
+                target = layout.root / rel
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
+                data = with_text_chunk(pooled[zlib.crc32(rel.encode()) % len(pooled)], rel.encode())
+                target.write_bytes(data)
+                sample_id = f"{source.dim}#{source.task}#{source.modality.lower()}#{source.name}#"
+                sample_id += src_path.replace("/", "#")
+                axis = "z" if volume is not None else None
+                index = i % SLICES_PER_VOLUME if volume is not None else None
+                yield {
+                    "sample_id": sample_id + (f"#{axis}{index:04d}" if volume is not None else ""),
+                    "dataset": source.name,
+                    "source_path": src_path,
+                    "slice_axis": axis,
+                    "slice_index": index,
+                    "split": "train",
+                    "image": rel,
+                    "image_md5": md5_bytes(data),
+                    "width": w,
+                    "height": h,
+                    "modality": source.modality,
+                    "label": source.label,
+                    "department": source.department,
+                    "task_type": source.task_type,
+                    "clinical_task": source.clinical_task,
+                    "bbox": None if source.task == "cls" else [2, 2, w - 3, h - 3],
+                }
+
+        write_parquet(layout.normalized(source.name), batched(rows(), batch), NORMALIZED_SCHEMA)
+    return counts
