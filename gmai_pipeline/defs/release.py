@@ -14,6 +14,7 @@ import pandas as pd
 
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout, md_table
+from gmai_pipeline.profiles import MissingVariableError
 from gmai_pipeline.release.annotations import ANNOTATIONS_DIR, LLAVA_JSON, SUBSETS, write_annotations
 from gmai_pipeline.release.images import IMAGES_DIR, sync_images
 from gmai_pipeline.release.mixtures import StaleScoresError, load_mixtures, model_judged, read_scores
@@ -32,6 +33,7 @@ from gmai_pipeline.release.shards import DEFAULT_TARGET_BYTES, read_index, verif
 from gmai_pipeline.release.stage_mix import write_stage_mixture
 from gmai_pipeline.release.trainer_metas import write_release_metas
 from gmai_pipeline.settings import get_settings
+from gmai_pipeline.training_plan import TrainingPlanError, lengths_file, load_training_profile, token_lengths
 
 GROUP = "release"
 GENERATED_DEPS = [dg.AssetKey("captions"), dg.AssetKey("vqa"), dg.AssetKey("translations")]
@@ -221,6 +223,15 @@ def release_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     )
 
 
+def _token_lengths(data: Path, stage: int) -> str:
+    """The mixture's token lengths, measured once here so training ranks do not tokenize it before step 1."""
+    try:
+        return token_lengths(data, stage, load_training_profile())
+    except (MissingVariableError, TrainingPlanError) as exc:
+        lengths_file(data).unlink(missing_ok=True)
+        return f"not computed ({exc}); training tokenizes the mixture itself"
+
+
 def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     def compute(context: dg.AssetExecutionContext, text_files: list[str] | None) -> dg.MaterializeResult:
         out = layout()
@@ -245,6 +256,8 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
             raise dg.Failure(str(exc)) from None
         for r in mix.rejected[:20]:
             context.log.warning(f"{stage}: not mixed: {r['detail']}")
+        lengths = _token_lengths(out.mixtures / f"{stage}.jsonl", int(stage[-1]))
+        context.log.info(f"{stage} token lengths: {lengths}")
         meta = mix.meta
         components = pd.DataFrame(
             [
@@ -267,6 +280,7 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
                 "mixture": dg.MetadataValue.path(str(out.mixtures / f"{stage}.jsonl")),
                 **{kind: dg.MetadataValue.path(str(p)) for kind, p in mix.tools.items()},
                 "config": dg.MetadataValue.path(str(path)),
+                "token_lengths": lengths,
                 **(
                     {"scores_table": dg.MetadataValue.path(meta["scores_table"])}
                     if "scores_table" in meta
