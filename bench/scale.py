@@ -3,8 +3,9 @@
     .venv/bin/python bench/scale.py [--sizes 100000 1000000] [--work DIR] [--out bench/results/scale-cpu.json]
 
 For each size, a synthetic output root (`gmai_pipeline.release.synthetic.write_scale_normalized`: three
-sources in GMAI-VL-5.5M's mix, each sample its own 16x16 PNG, about 4 KB of disk each) goes through the
-same domain functions the assets call, one stage per subprocess:
+sources in GMAI-VL-5.5M's mix, each sample its own image path hard-linked to one of 512 tiny PNGs per source,
+and its own label variant and box, so nearly every sample makes its own requests) goes through the same
+domain functions the assets call, one stage per subprocess:
 
     annotations -> benchmark_hashes -> decontaminated -> generate (captions, vqa, translations, every
     partition) -> generate_rerun -> release_records -> instruction_shards -> release_annotations (+ metas)
@@ -16,9 +17,9 @@ peak RSS (`resource.getrusage(RUSAGE_CHILDREN)`: the largest of the stage and an
 template backend's answers behind the response cache (a backend named `bench-template`, so answers are
 cached as a real endpoint's would be), which counts what it is asked: the rerun must ask nothing.
 
-Every sample has its own image bytes, so every sample makes its own requests (identical files would make
-identical requests, and the cache would hold one answer per distinct image); the release's images/ are
-hard links into the store. Bulky outputs a later stage does not read (shard tars, annotation files, the
+Distinct images are few (3 x 512), so decontamination's image hashing is a fixed cost here (its rate is
+bench/decontaminate.py's) and its memory, which follows the distinct images, is not what this measures;
+what scales is every row, record, request and file. Bulky outputs a later stage does not read (shard tars, annotation files, the
 mixtures) are deleted once their stage is measured (unless --keep), so a 1M run stays within ~15 GB.
 Stage III's mixture uses assets/mixtures.yaml without the model-confidence rule (that needs the stage II
 model, on a GPU).
@@ -112,7 +113,7 @@ def stage_setup(root: Path, n: int) -> dict:
 
     layout = _layout(root)
     counts = write_scale_normalized(layout, n)
-    # A benchmark (SLAKE's layout) holding one pool image: every sample linked to it must go.
+    # A benchmark (SLAKE's layout) holding one pool image: every sample linked to it (and its volume) must go.
     bench = root / "benchmarks" / "SLAKE"
     (bench / "imgs" / "xmlab0").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pool_image(layout, SOURCES[0], 7)[0], bench / "imgs" / "xmlab0" / "source.png")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import struct
+import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -204,30 +204,24 @@ def pool_image(layout: OutputLayout, source: SynthSource, k: int) -> tuple[Path,
     return path, md5_bytes(path.read_bytes())
 
 
-def with_text_chunk(png: bytes, text: bytes) -> bytes:
-    """The PNG with a tEXt chunk after its header: other bytes (and MD5), the same pixels."""
-    data = b"gmai\x00" + text
-    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
-    return png[:33] + chunk + png[33:]  # signature (8) + IHDR chunk (25)
-
-
 def write_scale_normalized(
-    layout: OutputLayout, n_samples: int, pool: int = 512, batch: int = 50_000
+    layout: OutputLayout, n_samples: int, pool: int = 512, labels: int = 4093, batch: int = 50_000
 ) -> dict[str, int]:
     """`normalized/<dataset>.parquet` for `n_samples` samples over the three synthetic sources (SCALE_MIX).
 
-    Every sample has its own stored image, as in real data (so every sample makes its own LLM requests):
-    one of `pool` noise PNGs per source with the sample's index in a tEXt chunk, so each file has its own
-    bytes and MD5 while images of one pool entry share their pixels (what decontamination's pixel MD5 and
-    dHash see as the same picture). 3D samples are slices of volumes of SLICES_PER_VOLUME (one source path
-    each), with a box, as the 3D reader leaves them; detection samples carry a box. Returns rows per dataset.
+    Each sample has its own image path in the store, hard-linked to one of `pool` distinct PNGs per source
+    (a million samples cost a million directory entries, not a million files of disk), and its own
+    annotation: one of `labels` label variants and, for boxes, one of 625 boxes. So nearly every sample
+    makes its own LLM requests, as real samples (each its own image) do; identical files with identical
+    annotations would make identical requests. 3D samples are slices of volumes of SLICES_PER_VOLUME (one
+    source path each), with a box, as the 3D reader leaves them. Returns rows per dataset.
     """
     counts: dict[str, int] = {}
     w, h = SCALE_IMAGE_SIZE
     for source, share in SCALE_MIX:
         n = round(n_samples * share) if source is not SCALE_MIX[-1][0] else n_samples - sum(counts.values())
         counts[source.name] = n
-        pooled = [pool_image(layout, source, k)[0].read_bytes() for k in range(pool)]
+        pooled = [pool_image(layout, source, k) for k in range(pool)]
         folder = f"images/{source.dim}/{source.task}/{source.modality.lower()}/{source.name}"
 
         def rows(source: SynthSource = source, n: int = n, pooled: list = pooled, folder: str = folder):
@@ -241,12 +235,14 @@ def write_scale_normalized(
                 if target.parent not in made:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     made.add(target.parent)
-                data = with_text_chunk(pooled[zlib.crc32(rel.encode()) % len(pooled)], rel.encode())
-                target.write_bytes(data)
+                pool_path, md5 = pooled[zlib.crc32(rel.encode()) % len(pooled)]
+                if not target.exists():
+                    os.link(pool_path, target)
                 sample_id = f"{source.dim}#{source.task}#{source.modality.lower()}#{source.name}#"
                 sample_id += src_path.replace("/", "#")
                 axis = "z" if volume is not None else None
                 index = i % SLICES_PER_VOLUME if volume is not None else None
+                box = [i % 5, (i // 5) % 5, w - 1 - (i // 25) % 5, h - 1 - (i // 125) % 5]
                 yield {
                     "sample_id": sample_id + (f"#{axis}{index:04d}" if volume is not None else ""),
                     "dataset": source.name,
@@ -255,15 +251,15 @@ def write_scale_normalized(
                     "slice_index": index,
                     "split": "train",
                     "image": rel,
-                    "image_md5": md5_bytes(data),
+                    "image_md5": md5,
                     "width": w,
                     "height": h,
                     "modality": source.modality,
-                    "label": source.label,
+                    "label": f"{source.label} {i % labels}",
                     "department": source.department,
                     "task_type": source.task_type,
                     "clinical_task": source.clinical_task,
-                    "bbox": None if source.task == "cls" else [2, 2, w - 3, h - 3],
+                    "bbox": None if source.task == "cls" else box,
                 }
 
         write_parquet(layout.normalized(source.name), batched(rows(), batch), NORMALIZED_SCHEMA)
