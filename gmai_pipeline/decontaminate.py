@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
@@ -48,6 +47,7 @@ DEFAULT_PHASH_VETO = 22
 # could not be decoded, so it cannot be shown clean; it is removed (and reported) rather than kept unchecked.
 METHODS = ("md5", "pixel_md5", "dhash", "unhashable")
 THUMB_PX = 96
+BATCH_ROWS = 16_384  # rows of a table in memory at once while streaming it
 
 BENCHMARK_HASH_SCHEMA = pa.schema(
     [
@@ -111,6 +111,14 @@ def preview_png(layout: OutputLayout) -> Path:
 # annotations: union of the normalized tables
 
 
+def _batches(path: Path, columns: list[str]) -> Iterator[pa.Table]:
+    """A Parquet file as tables of at most BATCH_ROWS rows, a row group at a time (no read-ahead: a
+    dataset scanner's read-ahead of 16 batches held a million rows)."""
+    with pq.ParquetFile(path) as pf:
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+
 def union_normalized(layout: OutputLayout, datasets: Iterable[str]) -> dict[str, int]:
     """Stream every existing normalized/<dataset>.parquet into annotations.parquet; rows per dataset.
 
@@ -120,12 +128,12 @@ def union_normalized(layout: OutputLayout, datasets: Iterable[str]) -> dict[str,
     counts: dict[str, int] = {}
     with atomic_path(layout.annotations) as tmp, pq.ParquetWriter(tmp, NORMALIZED_SCHEMA) as writer:
         for path in paths:
-            dataset = ds.dataset(path, format="parquet")
-            for batch in dataset.to_batches(columns=NORMALIZED_SCHEMA.names, batch_size=65_536):
-                table = pa.Table.from_batches([batch]).cast(NORMALIZED_SCHEMA)
+            for table in _batches(path, NORMALIZED_SCHEMA.names):
+                table = table.cast(NORMALIZED_SCHEMA)
                 writer.write_table(table)
-                for name, n in pd.Series(table.column("dataset").to_pylist()).value_counts().items():
-                    counts[str(name)] = counts.get(str(name), 0) + int(n)
+                for entry in pc.value_counts(table.column("dataset").drop_null()).to_pylist():
+                    name = str(entry["values"])
+                    counts[name] = counts.get(name, 0) + int(entry["counts"])
     return counts
 
 
@@ -284,7 +292,9 @@ def read_hashes(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
 def training_images(annotations: Path) -> pd.DataFrame:
     """Distinct stored images of the annotations: image_md5 -> its first image path (streamed)."""
     first: dict[str | None, str] = {}
-    for batch in pq.ParquetFile(annotations).iter_batches(batch_size=65_536, columns=["image_md5", "image"]):
+    for batch in pq.ParquetFile(annotations).iter_batches(
+        batch_size=BATCH_ROWS, columns=["image_md5", "image"]
+    ):
         for md5, image in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
             first.setdefault(md5, image)
     return pd.DataFrame({"image_md5": list(first), "image": list(first.values())}, dtype=object)
@@ -460,7 +470,7 @@ def _matched_rows(annotations: Path, hit_md5: pa.Array) -> pa.Table:
     """The annotation rows whose image matched (few), read batch by batch."""
     columns = ["dataset", "source_path", "image_md5", "sample_id", "image"]
     parts = []
-    for batch in pq.ParquetFile(annotations).iter_batches(batch_size=65_536, columns=columns):
+    for batch in pq.ParquetFile(annotations).iter_batches(batch_size=BATCH_ROWS, columns=columns):
         table = pa.Table.from_batches([batch])
         table = table.filter(pc.fill_null(pc.is_in(table["image_md5"], value_set=hit_md5), False))
         if table.num_rows:
@@ -492,8 +502,8 @@ def apply_matches(
     schema = partitions.sharded_schema(DECONTAMINATED_SCHEMA, n_shards)
     with atomic_path(layout.decontaminated) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         sharded = partitions.ShardedWriter(writer)
-        for batch in ds.dataset(annotations, format="parquet").to_batches(batch_size=65_536):
-            table = pa.Table.from_batches([batch]).cast(NORMALIZED_SCHEMA)
+        for table in _batches(annotations, NORMALIZED_SCHEMA.names):
+            table = table.cast(NORMALIZED_SCHEMA)
             hit = pc.fill_null(pc.is_in(_volume_key(table), value_set=volumes), False)
             keep = table.filter(pc.invert(hit))
             sharded.write(partitions.with_shard_column(keep, n_shards).cast(schema))
@@ -569,7 +579,9 @@ def overlap(layout: OutputLayout) -> Overlap:
     md5_hits: set[str] = set()
     kept_suspects: set[str] = set()
     unhashed: set[str | None] = set()
-    for batch in pq.ParquetFile(layout.decontaminated).iter_batches(batch_size=65_536, columns=["image_md5"]):
+    for batch in pq.ParquetFile(layout.decontaminated).iter_batches(
+        batch_size=BATCH_ROWS, columns=["image_md5"]
+    ):
         kept = pc.unique(batch.column(0))
         md5_hits.update(kept.filter(pc.is_in(kept, value_set=bench_md5)).to_pylist())
         kept_suspects.update(kept.filter(pc.is_in(kept, value_set=suspect_md5)).to_pylist())

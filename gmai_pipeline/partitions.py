@@ -23,8 +23,10 @@ from gmai_pipeline.schemas import SHARD_COLUMN, SHARDS_METADATA_KEY
 
 N_SHARDS = int(os.environ.get("GMAI_GENERATION_SHARDS", "8"))
 SHARD_KEYS = [f"{i:03d}" for i in range(N_SHARDS)]
-# Rows buffered across shards before each shard's rows go out as one row group (N_SHARDS row groups).
-ROW_GROUP_BUDGET = 131_072
+# A shard's rows go out as a row group once it has ROW_GROUP_ROWS of them, and every shard's once BUFFER_ROWS
+# rows wait in all: memory stays the same whatever the table's size.
+ROW_GROUP_ROWS = 8192
+BUFFER_ROWS = 65_536
 
 
 class StaleShardsError(ValueError):
@@ -48,29 +50,34 @@ def sharded_schema(schema: pa.Schema, n_shards: int = N_SHARDS) -> pa.Schema:
 class ShardedWriter:
     """Writes tables (with a shard column) to a ParquetWriter as row groups of one shard each.
 
-    Rows are buffered up to ROW_GROUP_BUDGET across shards, then each shard's rows are written as one
-    row group; the order of rows within a shard is the order they came in.
+    The order of rows within a shard is the order they came in.
     """
 
-    def __init__(self, writer: pq.ParquetWriter, budget: int | None = None):
-        self.writer, self.budget = writer, budget or ROW_GROUP_BUDGET
+    def __init__(self, writer: pq.ParquetWriter):
+        self.writer = writer
         self.buffers: dict[str, list[pa.Table]] = {}
-        self.buffered = 0
+        self.rows: dict[str, int] = {}
 
     def write(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
         column = table.column(SHARD_COLUMN)
         for shard in pc.unique(column).to_pylist():
-            self.buffers.setdefault(shard, []).append(table.filter(pc.equal(column, shard)))
-        self.buffered += table.num_rows
-        if self.buffered >= self.budget:
+            piece = table.filter(pc.equal(column, shard))
+            self.buffers.setdefault(shard, []).append(piece)
+            self.rows[shard] = self.rows.get(shard, 0) + piece.num_rows
+            if self.rows[shard] >= ROW_GROUP_ROWS:
+                self._flush(shard)
+        if sum(self.rows.values()) >= BUFFER_ROWS:
             self.flush()
+
+    def _flush(self, shard: str) -> None:
+        self.writer.write_table(pa.concat_tables(self.buffers.pop(shard)).combine_chunks())
+        del self.rows[shard]
 
     def flush(self) -> None:
         for shard in sorted(self.buffers):
-            self.writer.write_table(pa.concat_tables(self.buffers[shard]).combine_chunks())
-        self.buffers, self.buffered = {}, 0
+            self._flush(shard)
 
 
 def _row_groups(meta: pq.FileMetaData, column: int, shard: str) -> tuple[list[int], list[int]]:

@@ -295,7 +295,9 @@ def test_a_partition_reads_only_its_row_groups_of_decontaminated(tmp_path: Path,
         pa.Table.from_pylist(rows, schema=NORMALIZED_SCHEMA), layout.annotations, row_group_size=50
     )
     none = pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_md5", "benchmark", "item_id", "method")})
-    monkeypatch.setattr(partitions, "ROW_GROUP_BUDGET", 100)  # several row groups per shard
+    monkeypatch.setattr(decontaminate, "BATCH_ROWS", 50)  # several row groups per shard
+    monkeypatch.setattr(partitions, "ROW_GROUP_ROWS", 20)
+    monkeypatch.setattr(partitions, "BUFFER_ROWS", 100)
     decontaminate.apply_matches(layout.annotations, none.assign(distance=None, phash_distance=None), layout)
 
     table = pq.read_table(layout.decontaminated)
