@@ -39,7 +39,7 @@ from gmai_pipeline import neardup, partitions
 from gmai_pipeline.benchmarks import BenchmarkSpec, present, read_benchmark
 from gmai_pipeline.hashing import ImageDecodeError, ImageHashes, hash_image
 from gmai_pipeline.schemas import DECONTAMINATED_SCHEMA, NORMALIZED_SCHEMA
-from gmai_pipeline.storage import OutputLayout, atomic_path, atomic_write_bytes, write_table
+from gmai_pipeline.storage import OutputLayout, atomic_path, atomic_write_bytes, iter_row_groups, write_table
 
 DEFAULT_THRESHOLD = 6
 DEFAULT_PHASH_VETO = 22
@@ -114,9 +114,7 @@ def preview_png(layout: OutputLayout) -> Path:
 def _batches(path: Path, columns: list[str]) -> Iterator[pa.Table]:
     """A Parquet file as tables of at most BATCH_ROWS rows, a row group at a time (no read-ahead: a
     dataset scanner's read-ahead of 16 batches held a million rows)."""
-    with pq.ParquetFile(path) as pf:
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield pa.Table.from_batches([batch])
+    yield from iter_row_groups(path, columns, BATCH_ROWS)
 
 
 def union_normalized(layout: OutputLayout, datasets: Iterable[str]) -> dict[str, int]:
@@ -292,9 +290,7 @@ def read_hashes(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
 def training_images(annotations: Path) -> pd.DataFrame:
     """Distinct stored images of the annotations: image_md5 -> its first image path (streamed)."""
     first: dict[str | None, str] = {}
-    for batch in pq.ParquetFile(annotations).iter_batches(
-        batch_size=BATCH_ROWS, columns=["image_md5", "image"]
-    ):
+    for batch in iter_row_groups(annotations, ["image_md5", "image"], BATCH_ROWS):
         for md5, image in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
             first.setdefault(md5, image)
     return pd.DataFrame({"image_md5": list(first), "image": list(first.values())}, dtype=object)
@@ -470,8 +466,7 @@ def _matched_rows(annotations: Path, hit_md5: pa.Array) -> pa.Table:
     """The annotation rows whose image matched (few), read batch by batch."""
     columns = ["dataset", "source_path", "image_md5", "sample_id", "image"]
     parts = []
-    for batch in pq.ParquetFile(annotations).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-        table = pa.Table.from_batches([batch])
+    for table in iter_row_groups(annotations, columns, BATCH_ROWS):
         table = table.filter(pc.fill_null(pc.is_in(table["image_md5"], value_set=hit_md5), False))
         if table.num_rows:
             parts.append(table)
@@ -579,9 +574,7 @@ def overlap(layout: OutputLayout) -> Overlap:
     md5_hits: set[str] = set()
     kept_suspects: set[str] = set()
     unhashed: set[str | None] = set()
-    for batch in pq.ParquetFile(layout.decontaminated).iter_batches(
-        batch_size=BATCH_ROWS, columns=["image_md5"]
-    ):
+    for batch in iter_row_groups(layout.decontaminated, ["image_md5"], BATCH_ROWS):
         kept = pc.unique(batch.column(0))
         md5_hits.update(kept.filter(pc.is_in(kept, value_set=bench_md5)).to_pylist())
         kept_suspects.update(kept.filter(pc.is_in(kept, value_set=suspect_md5)).to_pylist())
@@ -619,7 +612,7 @@ def preview(
     thumbs: dict[tuple[str, str], bytes] = {}
     thumbs_path = benchmark_thumbnails(layout)
     if thumbs_path.exists():
-        for batch in pq.ParquetFile(thumbs_path).iter_batches(batch_size=4096):
+        for batch in iter_row_groups(thumbs_path, None, 4096):
             for rec in batch.to_pylist():
                 if (rec["benchmark"], rec["item_id"]) in want:
                     thumbs[(rec["benchmark"], rec["item_id"])] = rec["thumbnail"]

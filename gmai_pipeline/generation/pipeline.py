@@ -37,7 +37,7 @@ from gmai_pipeline.generation.requests import Completion, Failure, GenRequest, I
 from gmai_pipeline.generation.translate import DEFAULT_FRACTION, selected
 from gmai_pipeline.progress import Progress
 from gmai_pipeline.schemas import GENERATED_SCHEMA, NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
-from gmai_pipeline.storage import OutputLayout, atomic_path, batched
+from gmai_pipeline.storage import OutputLayout, atomic_path, batched, iter_row_groups
 
 log = logging.getLogger(__name__)
 BACKENDS = ("template", "openai", "openai_batch")
@@ -236,7 +236,7 @@ def partition_rows(layout: OutputLayout, partition: str, batch_size: int = 8192)
             yield from batch.to_pylist()
         return
     log.warning(f"{path} has no shard column: every partition scans it whole; rematerialize `decontaminated`")
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=NORMALIZED_SCHEMA.names):
+    for batch in iter_row_groups(path, NORMALIZED_SCHEMA.names, batch_size):
         for row in batch.to_pylist():
             if partitions.shard_of(row["sample_id"]) == partition:
                 yield row
@@ -507,7 +507,7 @@ def english_records(
             raise FileNotFoundError(
                 f"{path} not found: materialize `{asset}` for partition {partition} first"
             )
-        for batch in pq.ParquetFile(path).iter_batches(columns=columns):
+        for batch in iter_row_groups(path, columns, 4096):
             yield from (r for r in batch.to_pylist() if r["language"] == "en")
 
 

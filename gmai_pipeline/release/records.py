@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
-from gmai_pipeline.storage import OutputLayout, atomic_path
+from gmai_pipeline.storage import OutputLayout, atomic_path, iter_row_groups
 
 GENERATED_KINDS = ("captions", "vqa", "translations")
 IMAGE_TOKEN = "<image>"
@@ -175,7 +175,7 @@ def _scan(paths: list[Path], root: Path, stats: RecordsStats, reject: Reject) ->
             stats.missing_inputs.append(str(path.relative_to(root)))
             continue
         rel = path.relative_to(root)
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=_COLUMNS):
+        for batch in iter_row_groups(path, _COLUMNS, 8192):
             n = batch.num_rows
             stats.inputs += n
             keep = [True] * n
@@ -193,7 +193,7 @@ def _scan(paths: list[Path], root: Path, stats: RecordsStats, reject: Reject) ->
                     keep[i] = False
                     row = batch.slice(i, 1).to_pylist()[0]
                     reject(_rejection(row, reason, f"{rel}: id {row['id']}: {detail}"))
-            table = pa.Table.from_batches([batch]).cast(GENERATED_SCHEMA)
+            table = batch.cast(GENERATED_SCHEMA)
             table = table.append_column(_SEQ, pa.array(range(seq, seq + n), pa.int64()))
             table = table.append_column(_SRC, pa.array([src] * n, pa.int32()))
             seq += n
@@ -391,19 +391,15 @@ class ReleaseRecords:
         languages: Iterable[str] | None = None,
         columns: list[str] | None = None,
     ) -> Iterator[pa.Table]:
-        with pq.ParquetFile(self.path) as pf:
-            for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns or _COLUMNS):
-                table = pa.Table.from_batches([batch])
-                if kinds is not None:
-                    table = table.filter(
-                        pc.is_in(table["kind"], value_set=pa.array(list(kinds), pa.string()))
-                    )
-                if languages is not None:
-                    table = table.filter(
-                        pc.is_in(table["language"], value_set=pa.array(list(languages), pa.string()))
-                    )
-                if table.num_rows:
-                    yield table
+        kind_set = pa.array(list(kinds), pa.string()) if kinds is not None else None
+        language_set = pa.array(list(languages), pa.string()) if languages is not None else None
+        for table in iter_row_groups(self.path, columns or _COLUMNS, self.batch_size):
+            if kind_set is not None:
+                table = table.filter(pc.is_in(table["kind"], value_set=kind_set))
+            if language_set is not None:
+                table = table.filter(pc.is_in(table["language"], value_set=language_set))
+            if table.num_rows:
+                yield table
 
 
 def load_records(layout: OutputLayout, partitions: Iterable[str] = SHARD_KEYS) -> LoadedRecords:
