@@ -74,14 +74,8 @@ class _Source:
         scores: Mapping[str, dict] | None,
         text: list[dict[str, Any]] | None = None,
     ):
-        self.stage, self.name, self.comp, self.rows, self.scores, self.text = (
-            stage,
-            name,
-            comp,
-            rows,
-            scores,
-            text,
-        )
+        self.stage, self.name, self.comp = stage, name, comp
+        self.rows, self.scores, self.text = rows, scores, text
         self.rule = comp.filter.model_confidence if comp.filter else None
         self.rank: dict[str, int] = {}
         if self.rule is not None:
@@ -118,7 +112,6 @@ def _write_component(path: Path, source: _Source, ratio: float, seed: str, score
     whole = math.floor(ratio)
     counts = {"considered": 0, "candidates": 0, "extra": 0, "samples": 0}
     dropped: Counter[str] = Counter()
-    unscored = 0
     rest_path = path.with_name(f".{path.name}.rest")
     with (
         atomic_path(path) as tmp,
@@ -129,7 +122,6 @@ def _write_component(path: Path, source: _Source, ratio: float, seed: str, score
             counts["considered"] += 1
             if table_row is not None:
                 scores_out(table_row)
-                unscored += table_row["status"] != "scored"
             if reason:
                 dropped[reason] += 1
                 continue
@@ -145,7 +137,6 @@ def _write_component(path: Path, source: _Source, ratio: float, seed: str, score
         shutil.copyfileobj(rest, extra)
     rest_path.unlink()
     counts["dropped"] = dict(sorted(dropped.items()))
-    counts["unscored"] = unscored
     n, extra_n = counts["candidates"], counts["extra"]
     # Every record got the extra copy: it is a whole copy more for all (what stage_components finds too).
     counts["repeats"], counts["extra"] = (whole + 1, 0) if n and extra_n == n else (whole, extra_n)
