@@ -667,3 +667,44 @@ def test_image_folder_takes_only_the_images_own_folder_as_class(tmp_path: Path) 
         in pq.read_table(tmp_path / "out" / "quarantine" / "chexpert.parquet").column("detail")[0].as_py()
     )
     assert "none of 3 inputs" in report.failure_message()
+
+
+def test_detached_headers_are_duplicates_only_when_their_data_files_are(tmp_path: Path) -> None:
+    """RETOUCH ships TRAIN0NN/oct.mhd + oct.raw per volume; one vendor's headers are byte-identical (same
+    size, spacing and `ElementDataFile = oct.raw`), so a header's bytes alone do not identify a volume
+    (RETOUCH challenge readme; SimpleITK writes the same header for the same geometry)."""
+    import SimpleITK as sitk
+
+    raw = tmp_path / "raw" / "retouch"
+    for case, seed in (("TRAIN001", 1), ("TRAIN002", 2), ("TRAIN003", 1)):  # 003 repeats 001's voxels
+        for name, arr in (("oct", ct_volume((6, 24, 24), seed=seed, low=0, high=255)), ("reference", None)):
+            if arr is None:
+                arr = np.zeros((6, 24, 24), np.uint8)
+                arr[1:4, 6:16, 6:16] = 1
+            folder = raw / "RETOUCH-TrainingSet-Cirrus" / case
+            folder.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.uint8)), str(folder / f"{name}.mhd"))
+    headers = {
+        (raw / "RETOUCH-TrainingSet-Cirrus" / c / "oct.mhd").read_bytes() for c in ("TRAIN001", "TRAIN002")
+    }
+    assert len(headers) == 1  # the premise: identical headers, different voxels
+    source = entry(
+        tmp_path,
+        "retouch",
+        "3d_seg",
+        """
+        reader:
+          kind: layout
+          images: "{vendor}/{case}/oct.mhd"
+          masks: "{vendor}/{case}/reference.mhd"
+          axes: [0]
+        labels: {"1": intraretinal fluid}
+        """,
+        modality="OCT",
+        department="Ophthalmology",
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert report.inputs == 3 and report.kept == 2
+    assert {r["source_path"].split("/")[1] for r in rows} == {"TRAIN001", "TRAIN002"}
+    assert [q["reason"] for q in qrows] == ["duplicate_image"]
+    assert "TRAIN003/oct.mhd" in qrows[0]["detail"] and "TRAIN001/oct.mhd" in qrows[0]["detail"]

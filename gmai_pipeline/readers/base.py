@@ -64,6 +64,10 @@ SPLIT_PRIORITY = ("test", "val", "train")  # a name that says test anywhere is t
 WORD_BREAK = re.compile(r"[_\-\s.]+|(?<=[a-z])(?=[A-Z])")
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (float rounding in exported annotations)
 DETACHED_HEADERS = (".mhd", ".nhdr")  # volume headers whose voxels are in a separate data file
+# The data file a detached header names: MetaImage `ElementDataFile = x.raw`, NRRD `data file: x.raw`.
+DATA_FILE = re.compile(
+    r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE
+)
 
 
 def _md5_stream(f) -> str:
@@ -310,10 +314,31 @@ class ReaderContext:
     def duplicate_of(self, rel: str, md5: str | None = None) -> str | None:
         """The first path with the same bytes (MD5) as `rel`, or None if `rel` is the first."""
         md5 = md5 or self.files.get(rel)
+        if md5 is not None and md5[:7] != "pixels:" and rel.lower().endswith(DETACHED_HEADERS):
+            md5 = self._detached_key(rel, md5)
         if md5 is None:
             return None
         first = self.first_by_md5.setdefault(md5, rel)
         return None if first == rel else first
+
+    def _detached_key(self, rel: str, header_md5: str) -> str | None:
+        """A detached header (.mhd, .nhdr) is the same image only if its data file is too: one scanner's
+        headers are byte-identical (same size, spacing and data file name, RETOUCH's `oct.mhd` + `oct.raw`),
+        so the header's bytes alone would call every volume after the first a duplicate. None (no byte
+        dedup) when the data file is not one file of the dataset (a list or pattern of slices)."""
+        try:
+            text = self.read(rel).decode("latin-1")
+        except ImageError:
+            return None
+        match = DATA_FILE.search(text)
+        if match is None:
+            return None
+        target = match.group(1).strip()
+        if target.upper() in ("LIST", "LOCAL") or "%" in target or " " in target:
+            return None
+        data_rel = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+        data_md5 = self.md5(data_rel)
+        return None if data_md5 is None else f"detached:{header_md5}+{data_md5}"
 
     def label(self, candidates: Iterable[str]) -> tuple[str | None, str | None]:
         """(label text, None) or (None, reason): through the catalog map when one is given."""
