@@ -179,9 +179,9 @@ def test_fixture_paths_must_be_real_example_paths(tmp_path):
 
 
 def test_a_record_has_exactly_one_of_catalog_or_pending(tmp_path):
-    text = (RECORDS_DIR / "btcv_cervix.yaml").read_text()
-    bad = tmp_path / "btcv_cervix.yaml"
-    bad.write_text(text.split("\npending:\n")[0] + "\n")
+    text = (RECORDS_DIR / "btcv.yaml").read_text()  # a written record: neither section once catalog is cut
+    bad = tmp_path / "btcv.yaml"
+    bad.write_text(text.split("\ncatalog:\n")[0] + "\n")
     with pytest.raises(RecordError, match="exactly one of catalog"):
         load_record(bad)
 
