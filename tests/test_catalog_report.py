@@ -32,7 +32,9 @@ def test_report_lists_every_entry_and_the_mix_against_table3() -> None:
     assert departments["Ophthalmology"].paper is None  # Table 3 lists only its largest rows
     text = report.markdown()
     assert (
-        "| Sports Medicine |" in text and "paper (Table 3)" in text and "| cremi | no: catalog section" in text
+        "| Sports Medicine |" in text
+        and "paper (Table 3)" in text
+        and "| cremi | no: catalog section" in text
     )
 
 
