@@ -48,6 +48,7 @@ class Shapes:
     @classmethod
     def of(cls, fixture: Fixture) -> Shapes:
         n2 = sum(len(f.mask) for f in fixture.files if f.mask is not None and not is_volume(f.path))
+        n2 += sum(_plane_blocks(f) for f in fixture.files)
         n3 = sum(len(f.mask) for f in fixture.files if f.mask is not None and is_volume(f.path))
         rows = max(2, math.ceil(n2 / 2))
         depth = max(2, math.ceil(n3 / 4))
@@ -156,13 +157,17 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
     """Write every fixture file under `folder / fixture.under`; return the paths written."""
     shapes = Shapes.of(fixture)
     base = folder / fixture.under if fixture.under else folder
+    on_slides = any(f.format in SLIDE_FORMATS for f in fixture.files)
     start2 = start3 = 0
     written = []
     for f in fixture.files:
         path = base / f.path
         path.parent.mkdir(parents=True, exist_ok=True)
         written.append(path)
-        if f.image is not None:
+        if f.format is not None:
+            _converted(path, f, shapes, start2, on_slides)
+            start2 += _plane_blocks(f)
+        elif f.image is not None:
             shape = (*shapes.plane, 3) if f.image == "RGB" else shapes.plane
             _save_picture(path, _picture(shape, f.path).astype(np.uint8))
         elif f.mask is not None:
@@ -184,6 +189,321 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
         else:
             path.write_text(json.dumps(f.json_, indent=1), encoding="utf-8")
     return written
+
+
+# ---------------------------------------------------------------- files in the converters' formats
+#
+# `format: ... holds: ...` (catalog_records.HOLDS). Pictures' polygons and RLE runs take the next blocks
+# of the fixture's 2D grid (like masks), so they always lie inside the picture beside them; on a fixture
+# with slides, polygons and mask values take 512-px regions of the slide's left part instead, and the
+# rest of the slide is unannotated tissue (background tiles). Headers carry no patient data.
+
+SLIDE_FORMATS = ("pyramid_tiff", "tiff_mask")
+SLIDE = (2048, 3072)  # level-0 (height, width): a 1024-px annotated strip and 2048 x 2048 of bare tissue
+REGION = 512  # level-0 side of one annotated region on a slide
+GLASS, TISSUE, LESION = (240, 240, 240), (170, 60, 190), (200, 80, 150)
+
+
+def _plane_blocks(f) -> int:
+    """How many 2D grid blocks a converter-format file takes (0 for slides and their regions)."""
+    if f.format == "slice_masks":
+        return len(f.holds.values)
+    if f.format == "rle_csv":
+        return f.holds.blocks
+    if f.format in ("aperio_xml", "asap_xml", "geojson"):
+        return f.holds.blocks  # on a slide fixture these blocks are simply unused rows of the grid
+    return 0
+
+
+def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> None:
+    h = f.holds
+    if f.format == "dicom_series":
+        _dicom_series(path, h, shapes.plane)
+    elif f.format == "slice_masks":
+        _slice_masks(path, h, shapes.plane, start)
+    elif f.format in ("aperio_xml", "asap_xml", "geojson"):
+        squares = _slide_squares if on_slides else _grid_squares
+        {"aperio_xml": _aperio_xml, "asap_xml": _asap_xml, "geojson": _geojson}[f.format](
+            path, h, squares(shapes.plane, h, start)
+        )
+    elif f.format == "rle_csv":
+        _rle_csv(path, h, shapes.plane, start)
+    elif f.format == "hdf5":
+        _hdf5(path, h)
+    elif f.format == "pyramid_tiff":
+        _slide(path, h, _slide_pixels(path))
+    else:  # tiff_mask
+        _slide(path, h, _slide_mask(h.values))
+
+
+def _block_origin(plane: tuple[int, int], i: int) -> tuple[int, int]:
+    """(row, column) of the top-left pixel of block i of the 2D grid (as `_blocks_2d` lays them)."""
+    r, c = divmod(i, plane[1] // BLOCK)
+    return r * BLOCK, c * BLOCK
+
+
+def _grid_squares(plane: tuple[int, int], holds, start: int) -> list[tuple[float, float, float, float]]:
+    """(x0, y0, x1, y1) per shape: a positive shape covers its 4x4 block (16 pixel centres); a negative
+    one the centre 2x2 of the previous shape's block."""
+    out, i = [], start
+    for shape in holds.shapes:
+        if shape.negative:
+            x0, y0 = out[-1][0], out[-1][1]
+            out.append((x0 + 1, y0 + 1, x0 + 3, y0 + 3))
+            continue
+        y, x = _block_origin(plane, i)
+        out.append((x, y, x + BLOCK, y + BLOCK))
+        i += 1
+    return out
+
+
+def _slide_squares(plane, holds, start: int) -> list[tuple[float, float, float, float]]:
+    """Level-0 squares on the slide's annotated strip: region k at (k % 2, k // 2) * 512, inset by 64;
+    a negative shape is the centre of the previous one."""
+    out, k = [], 0
+    for shape in holds.shapes:
+        if shape.negative:
+            x0, y0, x1, y1 = out[-1]
+            q = (x1 - x0) / 4
+            out.append((x0 + q, y0 + q, x1 - q, y1 - q))
+            continue
+        x, y = _region_origin(k)
+        out.append((x + 64, y + 64, x + REGION - 64, y + REGION - 64))
+        k += 1
+    return out
+
+
+def _region_origin(k: int) -> tuple[int, int]:
+    if k >= 2 * SLIDE[0] // REGION:
+        raise ValueError(f"a slide fixture holds at most {2 * SLIDE[0] // REGION} annotated regions")
+    return (k % 2) * REGION, (k // 2) * REGION
+
+
+def _square(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _aperio_xml(path: Path, holds, squares) -> None:
+    """ImageScope XML: consecutive shapes of one name form one Annotation layer (its Name, or with
+    `attribute` its first Attribute's Name, as MoNuSAC writes the cell type); one Region per shape,
+    `NegativeROA="1"` for a hole."""
+    layers: list[tuple[str, list[str]]] = []
+    for n, (shape, sq) in enumerate(zip(holds.shapes, squares, strict=True), start=1):
+        if not layers or (layers[-1][0] != shape.name and not shape.negative):
+            layers.append((shape.name, []))
+        verts = "".join(f'<Vertex X="{x:g}" Y="{y:g}" Z="0"/>' for x, y in _square(*sq))
+        layers[-1][1].append(
+            f'<Region Id="{n}" Type="0" Zoom="1" Selected="0" NegativeROA="{int(shape.negative)}" '
+            f'InputRegionId="0" Analyze="1" DisplayId="{n}"><Attributes/><Vertices>{verts}</Vertices></Region>'
+        )
+    body = []
+    for a, (name, regions) in enumerate(layers, start=1):
+        attrs = f'<Attribute Name="{_xml(name)}" Id="0" Value=""/>' if holds.attribute else ""
+        label = "" if holds.attribute else _xml(name)
+        body.append(
+            f'<Annotation Id="{a}" Name="{label}" ReadOnly="0" Type="4" LineColor="65280" Visible="1">'
+            f"<Attributes>{attrs}</Attributes><Regions><RegionAttributeHeaders/>{''.join(regions)}</Regions>"
+            "<Plots/></Annotation>"
+        )
+    path.write_text(
+        f'<Annotations MicronsPerPixel="0.252100">{"".join(body)}</Annotations>', encoding="utf-8"
+    )
+
+
+def _asap_xml(path: Path, holds, squares) -> None:
+    """ASAP XML (CAMELYON16/17): one Annotation per shape in its group (`PartOfGroup`); a negative
+    shape goes to the exclusion group `_2` unless it names its own."""
+    anns, groups = [], []
+    for i, (shape, sq) in enumerate(zip(holds.shapes, squares, strict=True)):
+        group = shape.name or ("_2" if shape.negative else "None")
+        groups.append(group)
+        coords = "".join(
+            f'<Coordinate Order="{k}" X="{x:g}" Y="{y:g}" />' for k, (x, y) in enumerate(_square(*sq))
+        )
+        anns.append(
+            f'<Annotation Name="Annotation {i}" Type="Polygon" PartOfGroup="{_xml(group)}" Color="#F4FA58">'
+            f"<Coordinates>{coords}</Coordinates></Annotation>"
+        )
+    gs = "".join(
+        f'<Group Name="{_xml(g)}" PartOfGroup="None" Color="#64FE2E"><Attributes /></Group>'
+        for g in dict.fromkeys(groups)
+    )
+    path.write_text(
+        f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{"".join(anns)}</Annotations>'
+        f"<AnnotationGroups>{gs}</AnnotationGroups></ASAP_Annotations>",
+        encoding="utf-8",
+    )
+
+
+def _geojson(path: Path, holds, squares) -> None:
+    """A QuPath GeoJSON export: a FeatureCollection of Polygon features with `classification.name`; a
+    negative shape is an interior ring of the feature before it."""
+    features: list[dict] = []
+    for shape, sq in zip(holds.shapes, squares, strict=True):
+        ring = [list(p) for p in _square(*sq)]
+        ring.append(ring[0])
+        if shape.negative:
+            features[-1]["geometry"]["coordinates"].append(ring[::-1])
+            continue
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"{len(features) + 1:08x}-0000-4000-8000-000000000000",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": shape.name}},
+            }
+        )
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
+
+
+def _xml(text: str) -> str:
+    from xml.sax.saxutils import quoteattr
+
+    return quoteattr(text)[1:-1]
+
+
+def _rle(plane: tuple[int, int], i: int, holds) -> str:
+    """The runs of block i of the grid, numbered as the dataset numbers its pixels."""
+    h, w = plane
+    y, x = _block_origin(plane, i)
+    mask = np.zeros(plane, bool)
+    mask[y : y + BLOCK, x : x + BLOCK] = True
+    flat = mask.flatten(order="F" if holds.order == "column" else "C")
+    padded = np.concatenate([[False], flat, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    starts, ends = edges[0::2], edges[1::2]
+    if holds.runs == "relative":  # each offset counts from the end of the previous run (SIIM-ACR)
+        offsets = starts - np.concatenate([[0], ends[:-1]])
+        pairs = zip(offsets.tolist(), (ends - starts).tolist(), strict=True)
+    else:
+        pairs = zip((starts + holds.start).tolist(), (ends - starts).tolist(), strict=True)
+    return " ".join(f"{a} {b}" for a, b in pairs)
+
+
+def _rle_csv(path: Path, holds, plane: tuple[int, int], start: int) -> None:
+    col = holds.header.index(holds.column)
+    rows, i = [list(holds.header)], start
+    for r in holds.rows:
+        r = list(r)
+        if r[col] == "@block":
+            r[col] = _rle(plane, i, holds)
+            i += 1
+        rows.append(r)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _series_geometry(ds, i: int, plane: tuple[int, int]) -> None:
+    """Real geometry tags: axial slices 2.5 mm apart along the normal, 0.8 mm pixels."""
+    ds.Rows, ds.Columns = plane
+    ds.PixelSpacing = [0.8, 0.8]
+    ds.SliceThickness = 2.5
+    ds.SpacingBetweenSlices = 2.5
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.ImagePositionPatient = [-3.2, -3.2, 10.0 + 2.5 * i]
+    ds.SliceLocation = 10.0 + 2.5 * i
+    ds.InstanceNumber = i + 1
+
+
+def _dicom_series(folder: Path, holds, plane: tuple[int, int]) -> None:
+    """One series in `folder` (CT_small.dcm's header, no patient data): a SeriesInstanceUID from the
+    folder's path, one SOPInstanceUID per slice, geometry along the slice normal."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series = generate_uid(entropy_srcs=[folder.as_posix(), "series"])
+    for i in range(holds.slices):
+        name = holds.names.format(i=i)
+        ds = template.copy()
+        ds.Modality = holds.modality
+        ds.PatientID, ds.PatientName = "ANON", "ANON"
+        ds.BurnedInAnnotation = "NO"
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[folder.as_posix(), name])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        _series_geometry(ds, i, plane)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+        ds.PixelData = _picture(plane, f"{folder.as_posix()}/{name}", high=4000).astype(np.uint16).tobytes()
+        ds.save_as(folder / name, enforce_file_format=True)
+
+
+def _slice_masks(folder: Path, holds, plane: tuple[int, int], start: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    mask = _blocks_2d(plane, holds.values, start)
+    for i in range(holds.slices):
+        Image.fromarray(mask).save(folder / holds.names.format(i=i))
+
+
+def _hdf5(path: Path, holds) -> None:
+    """Datasets by path; pictures textured and different per record, label maps one block per value."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for name, d in holds.datasets.items():
+            if d.holds == "labels":
+                data = np.asarray(d.values, d.dtype).reshape(d.shape)
+            elif d.holds == "masks":
+                data = np.stack([_blocks_2d(d.shape[1:], d.values, 0) for _ in range(d.shape[0])]).astype(
+                    d.dtype
+                )
+            else:
+                data = _picture(d.shape, f"{path.as_posix()}/{name}").astype(d.dtype)
+            f.create_dataset(name, data=data, chunks=True if data.ndim > 1 else None)
+
+
+def _slide_pixels(path: Path) -> np.ndarray:
+    """Glass border, textured tissue (different per path), lesion colour where regions are annotated."""
+    rng = np.random.default_rng(_seed(path.as_posix()))
+    noise = rng.integers(-12, 12, size=(64, 64, 1), endpoint=True)
+    h, w = SLIDE
+    tissue = np.tile((np.asarray(TISSUE) + noise).astype(np.uint8), (h // 64, w // 64, 1))
+    lesion = (np.asarray(LESION) + noise).astype(np.uint8)
+    for k in range(2 * h // REGION):
+        x, y = _region_origin(k)
+        tissue[y + 64 : y + REGION - 64, x + 64 : x + REGION - 64] = np.tile(lesion, (6, 6, 1))
+    tissue[:64], tissue[-64:], tissue[:, :64], tissue[:, -64:] = GLASS, GLASS, GLASS, GLASS
+    return tissue
+
+
+def _slide_mask(values: tuple[int, ...]) -> np.ndarray:
+    """PANDA's mask slides: the label in the red channel, value k on annotated region k."""
+    px = np.zeros((*SLIDE, 3), np.uint8)
+    for k, v in enumerate(values):
+        x, y = _region_origin(k)
+        px[y + 64 : y + REGION - 64, x + 64 : x + REGION - 64, 0] = v
+    return px
+
+
+def _slide(path: Path, holds, base: np.ndarray) -> None:
+    """A tiled pyramidal TIFF: Aperio's description (AppMag, MPP) when a magnification is given, which
+    OpenSlide's aperio driver reads; else a generic tiled TIFF recording neither."""
+    import tifffile
+
+    h, w = base.shape[:2]
+    desc = None
+    if holds.magnification is not None:
+        desc = (
+            f"Aperio Image Library v12.0.15\r\n{w}x{h} [0,0 {w}x{h}] (256x256) RGB"
+            f"|AppMag = {holds.magnification:g}|MPP = {holds.mpp}"
+        )
+    with tifffile.TiffWriter(path) as tw:
+        for i, step in enumerate(holds.levels):
+            tw.write(
+                np.ascontiguousarray(base[::step, ::step]),
+                tile=(256, 256),
+                photometric="rgb",
+                compression="zlib",
+                compressionargs={"level": 1},  # the texture repeats: fast and still small
+                description=desc if i == 0 else None,
+                metadata=None,
+                subfiletype=0 if i == 0 else 1,
+            )
 
 
 @dataclass

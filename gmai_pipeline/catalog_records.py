@@ -79,12 +79,170 @@ class TableContent(_Spec):
     @field_validator("header", "rows", mode="before")
     @classmethod
     def _cells_as_text(cls, v: Any) -> Any:
-        def text(x: Any) -> Any:
-            return "" if x is None else str(x).lower() if isinstance(x, bool) else str(x)
+        return _cells_as_text(v)
 
-        if isinstance(v, list) and v and all(isinstance(r, list) for r in v):
-            return [[text(x) for x in r] for r in v]
-        return [text(x) for x in v] if isinstance(v, list) else v
+
+def _cells_as_text(v: Any) -> Any:
+    """Table cells as written in the file: YAML numbers and booleans back to their text."""
+
+    def text(x: Any) -> Any:
+        return "" if x is None else str(x).lower() if isinstance(x, bool) else str(x)
+
+    if isinstance(v, list) and v and all(isinstance(r, list) for r in v):
+        return [[text(x) for x in r] for r in v]
+    return [text(x) for x in v] if isinstance(v, list) else v
+
+
+class SeriesHolds(_Spec):
+    """`format: dicom_series` (the path is the series' folder, ending in `/`): single-frame slices of one
+    series with real geometry (one SeriesInstanceUID, positions along the normal, spacing, orientation)."""
+
+    modality: str = Field(pattern=r"^[A-Z]{2,4}$")
+    slices: int = Field(4, ge=2, le=16)  # 4: a mask cube of 4x4x4 survives the 3D size filters
+    names: str = "IM{i:04d}.dcm"  # file name per slice, {i} = 0-based position (illustrative names)
+
+    @field_validator("names")
+    @classmethod
+    def _numbered(cls, v: str) -> str:
+        if "{i" not in v or "/" in v or not v.lower().endswith((".dcm", ".dicom", "")):
+            raise ValueError("names: a file name template with {i} (the slice's position), no folders")
+        return v
+
+
+class SliceMasksHolds(_Spec):
+    """`format: slice_masks` (a folder ending in `/`): one PNG label image per DICOM slice (CHAOS's
+    `Ground/`), each value one block on every slice; the k-th file by name marks the k-th slice."""
+
+    values: tuple[int, ...] = Field(min_length=1)
+    slices: int = Field(4, ge=2, le=16)
+    names: str = "{i:03d}.png"
+
+
+class PolygonShape(_Spec):
+    """One polygon of an annotation file, placed by the fixture builder on its own block (picture) or
+    region (slide); `name` is what the format calls its label (Aperio Annotation Name or Attribute,
+    ASAP PartOfGroup, GeoJSON classification)."""
+
+    name: str = ""
+    negative: bool = False  # Aperio NegativeROA / an ASAP exclusion group: a hole inside the previous shape
+
+
+class PolygonHolds(_Spec):
+    """`format: aperio_xml | asap_xml | geojson`: annotation files of polygons (one square each)."""
+
+    shapes: tuple[PolygonShape, ...] = Field(min_length=1)
+    attribute: bool = False  # Aperio: the label in Annotation/Attributes/Attribute@Name (MoNuSAC)
+
+    @property
+    def blocks(self) -> int:
+        return sum(not s.negative for s in self.shapes)
+
+
+class RleHolds(_Spec):
+    """`format: rle_csv`: a table whose `column` holds run-length masks; a cell `@block` becomes the
+    runs of the next block of the fixture's picture size, in the stated order and numbering (`-1` or
+    empty cells stay as written: no mask)."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...] = Field(min_length=1)
+    column: str
+    order: Literal["column", "row"]  # column: Kaggle's top-to-bottom numbering; row: left-to-right
+    start: Literal[0, 1] = 1
+    runs: Literal["absolute", "relative"] = "absolute"  # relative: SIIM's gaps between runs
+
+    @field_validator("header", "rows", mode="before")
+    @classmethod
+    def _cells_as_text(cls, v: Any) -> Any:
+        return _cells_as_text(v)
+
+    @model_validator(mode="after")
+    def _rle_column(self) -> RleHolds:
+        if self.column not in self.header:
+            raise ValueError(f"column '{self.column}' is not in the header {list(self.header)}")
+        if any(len(r) != len(self.header) for r in self.rows):
+            raise ValueError("every row has one cell per header column")
+        return self
+
+    @property
+    def blocks(self) -> int:
+        i = self.header.index(self.column)
+        return sum(r[i] == "@block" for r in self.rows)
+
+
+class Hdf5Dataset(_Spec):
+    """One dataset of an HDF5 file: pictures (`images`, shape N x H x W [x C] or N x H x W for a stack),
+    scalar labels (`labels`, the N values), or label maps (`masks`, the values present in every record)."""
+
+    holds: Literal["images", "labels", "masks"]
+    shape: tuple[int, ...] = Field(min_length=1, max_length=4)
+    values: tuple[int, ...] = ()
+    dtype: Literal["uint8", "uint16", "int64", "uint64", "float32"] = "uint8"
+
+    @model_validator(mode="after")
+    def _content(self) -> Hdf5Dataset:
+        if self.holds == "labels" and len(self.values) != self.shape[0]:
+            raise ValueError(f"labels: give one value per record ({self.shape[0]}), got {len(self.values)}")
+        if self.holds == "masks" and (len(self.shape) != 3 or not self.values):
+            raise ValueError("masks: shape N x H x W and the label values each record holds")
+        if self.holds == "images" and len(self.shape) not in (3, 4):
+            raise ValueError("images: shape N x H x W or N x H x W x C")
+        return self
+
+
+class Hdf5Holds(_Spec):
+    """`format: hdf5`: datasets by their path inside the file (`x`, `volumes/raw`)."""
+
+    datasets: dict[str, Hdf5Dataset] = Field(min_length=1)
+
+
+class SlideHolds(_Spec):
+    """`format: pyramid_tiff`: a tiled pyramidal TIFF slide (Aperio's layout when `magnification` is
+    given: OpenSlide reads AppMag and MPP; a generic TIFF recording neither when it is null), tissue
+    over most of it, glass at the border; polygons of the fixture's annotation files lie on it."""
+
+    magnification: float | None = Field(20, gt=0)
+    mpp: float = Field(0.5, gt=0)
+    levels: tuple[int, ...] = (1, 4, 16)  # downsample of each level
+
+    @field_validator("levels")
+    @classmethod
+    def _pyramid(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 2 or v[0] != 1 or list(v) != sorted(set(v)):
+            raise ValueError("levels: 2+ increasing downsamples starting at 1")
+        return v
+
+
+class SlideMaskHolds(SlideHolds):
+    """`format: tiff_mask`: a label mask slide beside its slide (PANDA's `_mask.tiff`): the values in the
+    red channel, each on its own region of the slide."""
+
+    magnification: float | None = None
+    values: tuple[int, ...] = Field(min_length=1)
+
+
+HOLDS: dict[str, type[_Spec]] = {
+    "dicom_series": SeriesHolds,
+    "slice_masks": SliceMasksHolds,
+    "aperio_xml": PolygonHolds,
+    "asap_xml": PolygonHolds,
+    "geojson": PolygonHolds,
+    "rle_csv": RleHolds,
+    "hdf5": Hdf5Holds,
+    "pyramid_tiff": SlideHolds,
+    "tiff_mask": SlideMaskHolds,
+}
+FOLDER_FORMATS = ("dicom_series", "slice_masks")
+FileFormat = Literal[
+    "dicom_series",
+    "slice_masks",
+    "aperio_xml",
+    "asap_xml",
+    "geojson",
+    "rle_csv",
+    "hdf5",
+    "pyramid_tiff",
+    "tiff_mask",
+]
 
 
 class FixtureFile(_Spec):
@@ -94,7 +252,9 @@ class FixtureFile(_Spec):
     mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each;
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
-    table: a header and rows; text: content as is; json: content dumped as JSON.
+    table: a header and rows; text: content as is; json: content dumped as JSON;
+    format + holds: a file in a converter's format (`HOLDS`: DICOM series, polygon XML/GeoJSON, RLE
+    tables, HDF5, pyramidal TIFF slides and mask slides), `holds` validated by that format's model.
     """
 
     path: str
@@ -105,6 +265,28 @@ class FixtureFile(_Spec):
     table: TableContent | None = None
     text: str | None = None
     json_: Any = Field(None, alias="json")
+    format: FileFormat | None = None
+    holds: Any = None
+
+    @model_validator(mode="after")
+    def _holds(self) -> FixtureFile:
+        if (self.format is None) != (self.holds is None):
+            raise ValueError(f"{self.path}: format and holds go together")
+        if self.format is not None:
+            try:
+                object.__setattr__(self, "holds", HOLDS[self.format].model_validate(self.holds))
+            except ValidationError as exc:
+                raise ValueError(f"{self.path}: holds of format {self.format}: {exc}") from None
+            if (self.format in FOLDER_FORMATS) != self.path.endswith("/"):
+                raise ValueError(
+                    f"{self.path}: format {self.format} "
+                    + (
+                        "is a folder of files: end the path in '/'"
+                        if self.format in FOLDER_FORMATS
+                        else "is one file"
+                    )
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_kind(self) -> FixtureFile:
@@ -120,7 +302,7 @@ class FixtureFile(_Spec):
         return next(k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None)
 
 
-KINDS = ("image", "mask", "volume", "dicom", "table", "text", "json")
+KINDS = ("image", "mask", "volume", "dicom", "table", "text", "json", "format")
 
 
 class Yields(_Spec):

@@ -178,3 +178,31 @@ def test_panda_mask_slides_seg_and_slide_grades(tmp_path: Path, slides) -> None:
         ("000920", "ISUP grade 1"),
         ("000920", "ISUP grade 1"),
     ]
+
+
+def test_camelyon17_unannotated_by_a_joined_table_column(tmp_path: Path, slides) -> None:
+    """`unannotated: {stage: negative}` reads `stage` from `training/stage_labels.csv` (a column named only
+    there): the negative slide gives background tiles, the unannotated positive one is quarantined."""
+    raw = tmp_path / "raw" / "camelyon17"
+    _copy(slides["normal"], raw / "training" / "center_0" / "patient_000_node_0.tif")
+    _copy(slides["tumor"], raw / "training" / "center_1" / "patient_020_node_4.tif")
+    (raw / "training").joinpath("stage_labels.csv").write_text(
+        "patient,stage\npatient_000.zip,pN0\npatient_000_node_0.tif,negative\n"
+        "patient_020.zip,pN1mi\npatient_020_node_4.tif,micro\n"
+    )
+    body = """
+    reader:
+      kind: layout
+      images: "training/center_{center}/{slide}.tif"
+      masks: "training/lesion_annotations/{slide}.xml"
+      table: {file: training/stage_labels.csv, join: {column: patient, field: file}}
+      convert: {kind: wsi, magnification: 10, tile_size: 256, annotations: {format: asap_xml},
+                background_tiles: 2, background_label: normal, unannotated: {stage: negative}}
+    labels: {metastases: metastasis, normal: normal}
+    """
+    report, rows, qrows = run(
+        entry(tmp_path, "camelyon17", "2d_cls", body, **PATHOLOGY), raw, tmp_path / "out"
+    )
+    assert [r["label"] for r in rows] == ["normal", "normal"]
+    assert {r["source_path"] for r in rows} == {"training/center_0/patient_000_node_0.tif"}
+    assert reasons(qrows) == {"no_annotation": 1}

@@ -29,7 +29,7 @@ import numpy as np
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
-from gmai_pipeline.layouts import BUILTIN_FIELDS, LayoutReader, ValueSource
+from gmai_pipeline.layouts import BUILTIN_FIELDS, LayoutReader, ValueSource, WsiConvert
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -116,6 +116,8 @@ def _columns(opts: LayoutReader, fields: set[str]) -> list[str | int]:
         cols += list(opts.boxes.columns or (opts.boxes.column,))
         cols += [k for k in opts.boxes.no_finding if k not in fields]
     cols += [k for k in opts.filters if k not in fields]
+    if isinstance(opts.convert, WsiConvert):  # CAMELYON17: unannotated: {stage: negative}, a joined column
+        cols += [k for k in opts.convert.unannotated if k not in fields]
     return list(dict.fromkeys(cols))
 
 
