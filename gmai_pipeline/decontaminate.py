@@ -11,7 +11,9 @@ Neighbouring slices of a volume are near-duplicates of each other, so a match on
 removes the whole source volume (every row with the same dataset and source_path). Every removed
 row is reported with the benchmark item it matched, the method and the distance.
 
-Plain Python: the Dagster layer (`gmai_pipeline/defs/decontam.py`) only calls these functions.
+`decontaminate` runs the whole stage (training hashes, matching, removal, report, preview) and is what
+the Dagster layer (`gmai_pipeline/defs/decontam.py`) calls; the steps stay public for tests and tools.
+Tables are streamed in batches: memory follows the distinct images and the matches, not the rows.
 """
 
 from __future__ import annotations
@@ -30,15 +32,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from gmai_pipeline import neardup
+from gmai_pipeline import neardup, partitions
 from gmai_pipeline.benchmarks import BenchmarkSpec, is_present, locate_all, present, unclaimed_tsvs
 from gmai_pipeline.hashing import ImageDecodeError, ImageHashes, hash_image
-from gmai_pipeline.schemas import NORMALIZED_SCHEMA
-from gmai_pipeline.storage import OutputLayout, atomic_path, write_table
+from gmai_pipeline.schemas import DECONTAMINATED_SCHEMA, NORMALIZED_SCHEMA
+from gmai_pipeline.storage import OutputLayout, atomic_path, atomic_write_bytes, iter_row_groups, write_table
 
 DEFAULT_THRESHOLD = 6
 DEFAULT_PHASH_VETO = 22
@@ -46,6 +47,7 @@ DEFAULT_PHASH_VETO = 22
 # could not be decoded, so it cannot be shown clean; it is removed (and reported) rather than kept unchecked.
 METHODS = ("md5", "pixel_md5", "dhash", "unhashable")
 THUMB_PX = 96
+BATCH_ROWS = 16_384  # rows of a table in memory at once while streaming it
 
 BENCHMARK_HASH_SCHEMA = pa.schema(
     [
@@ -109,6 +111,12 @@ def preview_png(layout: OutputLayout) -> Path:
 # annotations: union of the normalized tables
 
 
+def _batches(path: Path, columns: list[str]) -> Iterator[pa.Table]:
+    """A Parquet file as tables of at most BATCH_ROWS rows, a row group at a time (no read-ahead: a
+    dataset scanner's read-ahead of 16 batches held a million rows)."""
+    yield from iter_row_groups(path, columns, BATCH_ROWS)
+
+
 def union_normalized(layout: OutputLayout, datasets: Iterable[str]) -> dict[str, int]:
     """Stream every existing normalized/<dataset>.parquet into annotations.parquet; rows per dataset.
 
@@ -118,12 +126,12 @@ def union_normalized(layout: OutputLayout, datasets: Iterable[str]) -> dict[str,
     counts: dict[str, int] = {}
     with atomic_path(layout.annotations) as tmp, pq.ParquetWriter(tmp, NORMALIZED_SCHEMA) as writer:
         for path in paths:
-            dataset = ds.dataset(path, format="parquet")
-            for batch in dataset.to_batches(columns=NORMALIZED_SCHEMA.names, batch_size=65_536):
-                table = pa.Table.from_batches([batch]).cast(NORMALIZED_SCHEMA)
+            for table in _batches(path, NORMALIZED_SCHEMA.names):
+                table = table.cast(NORMALIZED_SCHEMA)
                 writer.write_table(table)
-                for name, n in pd.Series(table.column("dataset").to_pylist()).value_counts().items():
-                    counts[str(name)] = counts.get(str(name), 0) + int(n)
+                for entry in pc.value_counts(table.column("dataset").drop_null()).to_pylist():
+                    name = str(entry["values"])
+                    counts[name] = counts.get(name, 0) + int(entry["counts"])
     return counts
 
 
@@ -307,10 +315,12 @@ def read_hashes(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
 
 
 def training_images(annotations: Path) -> pd.DataFrame:
-    """Distinct stored images of the annotations: image_md5 -> one image path."""
-    table = pq.read_table(annotations, columns=["image_md5", "image"])
-    df = table.to_pandas()
-    return df.drop_duplicates("image_md5").reset_index(drop=True)
+    """Distinct stored images of the annotations: image_md5 -> its first image path (streamed)."""
+    first: dict[str | None, str] = {}
+    for batch in iter_row_groups(annotations, ["image_md5", "image"], BATCH_ROWS):
+        for md5, image in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+            first.setdefault(md5, image)
+    return pd.DataFrame({"image_md5": list(first), "image": list(first.values())}, dtype=object)
 
 
 def hash_training_images(
@@ -479,12 +489,26 @@ def _int_or_none(value) -> int | None:
     return None if pd.isna(value) else int(value)
 
 
-def apply_matches(annotations: Path, matches: pd.DataFrame, layout: OutputLayout) -> DecontaminationResult:
-    """Write decontaminated.parquet (kept rows) and decontamination_report.parquet (removed rows)."""
-    keys = pq.read_table(annotations, columns=["dataset", "source_path", "image_md5", "sample_id", "image"])
+def _matched_rows(annotations: Path, hit_md5: pa.Array) -> pa.Table:
+    """The annotation rows whose image matched (few), read batch by batch."""
+    columns = ["dataset", "source_path", "image_md5", "sample_id", "image"]
+    parts = []
+    for table in iter_row_groups(annotations, columns, BATCH_ROWS):
+        table = table.filter(pc.fill_null(pc.is_in(table["image_md5"], value_set=hit_md5), False))
+        if table.num_rows:
+            parts.append(table)
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    return pa.concat_tables(parts)
+
+
+def apply_matches(
+    annotations: Path, matches: pd.DataFrame, layout: OutputLayout, n_shards: int = partitions.N_SHARDS
+) -> DecontaminationResult:
+    """Write decontaminated.parquet (kept rows, with their generation shard, in row groups of one shard)
+    and decontamination_report.parquet (removed rows)."""
     hit_md5 = pa.array(matches["image_md5"].astype(str).tolist(), type=pa.string())
-    keys = keys.filter(pc.is_in(keys["image_md5"], value_set=hit_md5))  # only matched rows go to pandas
-    matched = keys.to_pandas().merge(matches, on="image_md5")
+    matched = _matched_rows(annotations, hit_md5).to_pandas().merge(matches, on="image_md5")
     matched["volume"] = matched["dataset"] + "\x1f" + matched["source_path"].fillna("")
     matched["rank"] = matched["method"].map({m: i for i, m in enumerate(METHODS)})
     best = (
@@ -497,12 +521,14 @@ def apply_matches(annotations: Path, matches: pd.DataFrame, layout: OutputLayout
 
     report_rows = []
     kept = 0
-    with atomic_path(layout.decontaminated) as tmp, pq.ParquetWriter(tmp, NORMALIZED_SCHEMA) as writer:
-        for batch in ds.dataset(annotations, format="parquet").to_batches(batch_size=65_536):
-            table = pa.Table.from_batches([batch]).cast(NORMALIZED_SCHEMA)
+    schema = partitions.sharded_schema(DECONTAMINATED_SCHEMA, n_shards)
+    with atomic_path(layout.decontaminated) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        sharded = partitions.ShardedWriter(writer)
+        for table in _batches(annotations, NORMALIZED_SCHEMA.names):
+            table = table.cast(NORMALIZED_SCHEMA)
             hit = pc.fill_null(pc.is_in(_volume_key(table), value_set=volumes), False)
             keep = table.filter(pc.invert(hit))
-            writer.write_table(keep)
+            sharded.write(partitions.with_shard_column(keep, n_shards).cast(schema))
             kept += keep.num_rows
             for row in table.filter(hit).to_pylist():
                 volume = f"{row['dataset']}\x1f{row['source_path'] or ''}"
@@ -523,6 +549,7 @@ def apply_matches(annotations: Path, matches: pd.DataFrame, layout: OutputLayout
                         "matched_image": row["image"] if own else best.loc[volume, "image"],
                     }
                 )
+        sharded.flush()
     write_table(layout.decontamination_report, pa.Table.from_pylist(report_rows, schema=REPORT_SCHEMA))
     report = pd.DataFrame(report_rows, columns=REPORT_SCHEMA.names)
     return DecontaminationResult(
@@ -555,27 +582,39 @@ def overlap(layout: OutputLayout) -> Overlap:
     """Byte-MD5 and pixel-MD5 overlap between decontaminated.parquet and benchmark_hashes.parquet.
 
     Pixel MD5s of kept images come from the training-hash cache; a kept image missing from it
-    (or whose hashing failed) is counted as unhashed rather than assumed clean. Set operations run
-    in Arrow (no Python set of millions of strings).
+    (or whose hashing failed) is counted as unhashed rather than assumed clean. The kept table is
+    streamed; set operations run in Arrow (no Python set of millions of strings).
     """
-    kept = pc.unique(pq.read_table(layout.decontaminated, columns=["image_md5"]).column("image_md5"))
     bench = pq.read_table(layout.benchmark_hashes, columns=["md5", "pixel_md5"])
-    md5_hits = kept.filter(pc.is_in(kept, value_set=pc.unique(bench.column("md5"))))
+    bench_md5 = pc.unique(bench.column("md5"))
+    bench_px = pc.unique(bench.column("pixel_md5").drop_null())
     cache_path = training_hash_cache(layout)
     if cache_path.exists():
         cache = pq.read_table(cache_path, columns=["image_md5", "pixel_md5"])
-        cache = cache.filter(
-            pc.and_(pc.is_in(cache["image_md5"], value_set=kept), pc.is_valid(cache["pixel_md5"]))
-        )
+        cache = cache.filter(pc.is_valid(cache["pixel_md5"]))
     else:
         cache = pa.table({"image_md5": pa.array([], pa.string()), "pixel_md5": pa.array([], pa.string())})
-    bench_px = pc.unique(bench.column("pixel_md5").drop_null())
-    px_hits = pc.unique(cache["pixel_md5"].filter(pc.is_in(cache["pixel_md5"], value_set=bench_px)))
     hashed = pc.unique(cache["image_md5"])
+    # cache entries whose pixels are a benchmark's: an overlap if any of them is kept
+    suspects = cache.filter(pc.is_in(cache["pixel_md5"], value_set=bench_px))
+    suspect_md5 = pc.unique(suspects["image_md5"])
+    md5_hits: set[str] = set()
+    kept_suspects: set[str] = set()
+    unhashed: set[str | None] = set()
+    for batch in iter_row_groups(layout.decontaminated, ["image_md5"], BATCH_ROWS):
+        kept = pc.unique(batch.column(0))
+        md5_hits.update(kept.filter(pc.is_in(kept, value_set=bench_md5)).to_pylist())
+        kept_suspects.update(kept.filter(pc.is_in(kept, value_set=suspect_md5)).to_pylist())
+        unhashed.update(
+            kept.filter(pc.invert(pc.fill_null(pc.is_in(kept, value_set=hashed), False))).to_pylist()
+        )
+    px = suspects.filter(
+        pc.is_in(suspects["image_md5"], value_set=pa.array(sorted(kept_suspects), pa.string()))
+    )
     return Overlap(
-        md5=sorted(md5_hits.to_pylist()),
-        pixel_md5=sorted(px_hits.to_pylist()),
-        unhashed=len(kept) - len(hashed),
+        md5=sorted(md5_hits),
+        pixel_md5=sorted(set(px["pixel_md5"].to_pylist())),
+        unhashed=len(unhashed),
     )
 
 
@@ -600,7 +639,7 @@ def preview(
     thumbs: dict[tuple[str, str], bytes] = {}
     thumbs_path = benchmark_thumbnails(layout)
     if thumbs_path.exists():
-        for batch in pq.ParquetFile(thumbs_path).iter_batches(batch_size=4096):
+        for batch in iter_row_groups(thumbs_path, None, 4096):
             for rec in batch.to_pylist():
                 if (rec["benchmark"], rec["item_id"]) in want:
                     thumbs[(rec["benchmark"], rec["item_id"])] = rec["thumbnail"]
@@ -626,3 +665,60 @@ def preview(
 
 def data_url_markdown(png: bytes, alt: str = "matched pairs") -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+# --------------------------------------------------------------------------------------------
+# the stage as one call
+
+
+@dataclass
+class Decontamination:
+    """What one decontamination run did (the Dagster layer turns it into metadata)."""
+
+    result: DecontaminationResult
+    hash_counts: dict[str, int]  # images, cached, computed, errors
+    hash_errors: list[str]  # why some training images could not be hashed (first 20)
+    matched_images: int  # distinct training images that matched (or could not be hashed)
+    by_benchmark_and_method: pd.DataFrame  # removed rows per (benchmark, method)
+    preview_png: Path | None  # the montage of matched pairs, None when nothing matched
+
+
+def decontaminate(
+    layout: OutputLayout,
+    threshold: int = DEFAULT_THRESHOLD,
+    phash_veto: int | None = DEFAULT_PHASH_VETO,
+    workers: int | None = None,
+) -> Decontamination:
+    """annotations.parquet + benchmark_hashes.parquet -> decontaminated.parquet, the report and the preview.
+
+    Hashes the training images not in the cache, matches them against the benchmarks (MD5, pixel MD5,
+    dHash with the pHash veto), removes every matched image's whole volume, and treats an image that
+    cannot be hashed as a match (it cannot be shown clean).
+    """
+    for path, asset in ((layout.annotations, "annotations"), (layout.benchmark_hashes, "benchmark_hashes")):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: materialize `{asset}` first")
+    train, counts = hash_training_images(layout.annotations, layout, workers)
+    bench = read_hashes(layout.benchmark_hashes)
+    found = find_matches(train, bench, threshold, phash_veto)
+    matches = strongest(pd.concat([found, unhashable(train)], ignore_index=True))
+    result = apply_matches(layout.annotations, matches, layout)
+    report = pq.read_table(layout.decontamination_report).to_pandas()
+    png = preview(layout, report)
+    if png is not None:
+        atomic_write_bytes(preview_png(layout), png)
+    else:
+        preview_png(layout).unlink(missing_ok=True)  # no match now: an old montage would mislead
+    by_pair = (
+        report.groupby(["benchmark", "method"]).size().reset_index(name="rows")
+        if len(report)
+        else pd.DataFrame(columns=["benchmark", "method", "rows"])
+    )
+    return Decontamination(
+        result=result,
+        hash_counts=counts,
+        hash_errors=[str(e) for e in train["error"].dropna().head(20)],
+        matched_images=len(matches),
+        by_benchmark_and_method=by_pair,
+        preview_png=preview_png(layout) if png is not None else None,
+    )

@@ -44,7 +44,16 @@ ALL_SHARDS_TAGS = {
 }
 
 GENERATION_KEYS = ("captions", "vqa", "translations")
-RELEASE_KEYS = ("instruction_shards", "stage1_mix", "stage2_mix", "dataset_report")
+RELEASE_KEYS = (
+    "release_records",
+    "instruction_shards",
+    "release_annotations",
+    "release_metas",
+    "release_images",
+    "stage1_mix",
+    "stage2_mix",
+    "dataset_report",
+)
 # stage3_mix is filtered by the stage II model's scores (stage3_scores), so it runs with the training stages.
 TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "stage3_scores", "stage3_mix", "gmai_vl_stage3")
 EVALUATION_KEYS = ("benchmark_questions", "eval_stage1", "eval_stage2", "eval_stage3")

@@ -7,24 +7,26 @@ modality per case. The older kinds (`image_folder`, `msd`, ...) stay as shorthan
 `gmai_pipeline/readers/layout.py` interprets these models; the README's "Adding a dataset" shows each one
 with a real dataset.
 
-Extension point for converters (formats a declaration cannot describe: DICOM series, polygons, run-length
-masks, HDF5, whole-slide images): `FileSet.format` names how matched files are decoded. `FORMATS` lists
-the formats this build knows; a converter adds its name there and its reader in `readers/layout.py`
-(`CONVERTERS`), and the same YAML (`images: {path: ..., format: <name>}`) selects it.
+Converters (formats a declaration cannot describe: DICOM series, polygons, run-length masks, HDF5,
+whole-slide images) are declared in the same block: `convert: {kind: <name>, ...}` says how the files
+the templates match are decoded (`Convert`, one closed model per kind from `gmai_pipeline.converters`,
+plus the few layout-level settings below); `readers/layout.py` hands such a declaration to the
+converter's reader (`CONVERTERS`), which reuses the templates, tables, splits and filters.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# How `FileSet.format` names are decoded; converters register theirs here (see the module docstring).
-FORMATS: dict[str, str] = {
-    "auto": "by extension: PNG/JPEG/BMP/TIFF (Pillow), DICOM .dcm/.dicom (pydicom, pixels only), "
-    "NIfTI/MHA/NRRD volumes (nibabel/SimpleITK)",
-}
+from gmai_pipeline.converters.dicom_series import DicomSeriesOptions
+from gmai_pipeline.converters.hdf5 import Hdf5Options
+from gmai_pipeline.converters.polygons import PolygonOptions
+from gmai_pipeline.converters.rle import RleOptions
+from gmai_pipeline.converters.wsi import WsiOptions
+
 FIELD_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{\d*,?\d*\})+))?\}")
 # Names every input has besides its template fields: usable in conditions, rules, split lists.
 BUILTIN_FIELDS = ("path", "file", "stem", "channel", "case")
@@ -290,7 +292,7 @@ class Annotators(_Spec):
 
 
 class FileSet(_Spec):
-    """Files found by path templates, and the format they are decoded with.
+    """Files found by path templates (decoded by extension unless `reader.convert` says otherwise).
 
     Template syntax: literal text; `{name}` a named field (one path segment, shortest match; the same
     name twice must match the same text); `{name:regex}` a field with its own pattern; `*` any text
@@ -298,7 +300,6 @@ class FileSet(_Spec):
     """
 
     path: tuple[str, ...]
-    format: str = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -314,13 +315,6 @@ class FileSet(_Spec):
             raise ValueError("give at least one path template")
         for t in v:
             check_template(t)
-        return v
-
-    @field_validator("format")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in FORMATS:
-            raise ValueError(f"format '{v}' is not available (known: {', '.join(FORMATS)})")
         return v
 
     def fields(self) -> list[str]:
@@ -387,6 +381,51 @@ class VolumeOptions(_Spec):
         return v
 
 
+class Hdf5Convert(Hdf5Options):
+    """`hdf5` in a layout: `labels_file` is a path template of the file holding the label dataset
+    (PCam's `..._y.h5` beside `..._x.h5`), filled in with the image file's fields; omitted, the labels
+    are a dataset of the image file itself."""
+
+    labels_file: str | None = None
+
+    @field_validator("labels_file")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_template(v)
+        return v
+
+
+class WsiConvert(WsiOptions):
+    """`wsi` in a layout. A slide's annotations are its `masks` file (polygons when `annotations` gives
+    their format, else a raster mask slide on the slide's grid, PANDA's `_mask.tiff`).
+
+    unannotated: conditions on fields/columns naming the slides that have no annotation by design
+    (Camelyon16's `normal_*`): they give background tiles only; any other slide without its
+    annotation file is `missing_file`, never silently all-background.
+    background_label: the raw label of background tiles in classification (`2d_cls`), through the
+    catalog's labels like any other (a `reader.label`, when declared, labels every tile of its slide
+    instead: slide-level labels such as PANDA's ISUP grade).
+    """
+
+    unannotated: Conditions = Field(default_factory=dict)
+    background_label: str | None = None
+
+
+# `reader.convert`: one closed model per converter kind (`gmai_pipeline.converters`), keyed on `kind`.
+Convert = Annotated[
+    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Convert | WsiConvert, Field(discriminator="kind")
+]
+# The task types each converter produces rows for.
+CONVERT_TASKS: dict[str, tuple[str, ...]] = {
+    "dicom_series": ("3d_seg",),
+    "polygons": ("2d_seg",),
+    "rle": ("2d_seg",),
+    "hdf5": ("2d_cls", "2d_seg"),
+    "wsi": ("2d_cls", "2d_seg"),
+}
+
+
 class LayoutReader(ReaderBase, VolumeOptions):
     """The generic reader: templates, tables, masks, boxes, channels, filters (module docstring)."""
 
@@ -403,6 +442,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     boxes: BoxSpec | None = None
     channels: tuple[str | int, ...] | None = None  # None: every channel, each its own image
     filters: Conditions = Field(default_factory=dict)
+    convert: Convert | None = None  # how files are decoded when extensions cannot say (converters)
 
     _excl = field_validator("exclude", mode="before")(_as_tuple)
 
@@ -461,10 +501,15 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 keys.extend((f"{where}.rules", k) for k in rule.when)
         if self.boxes is not None:
             keys.extend(("boxes.no_finding", k) for k in self.boxes.no_finding)
+        if isinstance(self.convert, WsiConvert):
+            keys.extend(("convert.unannotated", k) for k in self.convert.unannotated)
         return keys
 
     def check_task(self, task_type: str) -> None:
         """What each task needs, as one sentence naming the missing field."""
+        if self.convert is not None:
+            self._check_convert(task_type)
+            return
         if task_type == "2d_cls":
             if self.label is None:
                 raise ValueError("2d_cls needs reader.label (a template field, a column, columns or rules)")
@@ -487,6 +532,87 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 )
         if task_type != "3d_seg" and self.channels is not None:
             raise ValueError("channels apply to 3d_seg volumes")
+
+    def _check_convert(self, task_type: str) -> None:
+        """What each converter needs (`convert.kind`), as one sentence naming the field."""
+        c = self.convert
+        kind = c.kind  # type: ignore[union-attr]
+        if task_type not in CONVERT_TASKS[kind]:
+            raise ValueError(
+                f"convert.kind {kind} gives {' or '.join(CONVERT_TASKS[kind])} rows, not {task_type}"
+            )
+        if self.boxes is not None:
+            raise ValueError(f"convert.kind {kind}: boxes come from the converted masks, not reader.boxes")
+        if self.table is not None and self.table.image is not None:
+            raise ValueError(
+                f"convert.kind {kind}: the templates find the images; a table may only add columns (table.join)"
+            )
+        if task_type != "3d_seg" and self.channels is not None:
+            raise ValueError("channels apply to 3d_seg volumes")
+        if isinstance(c, DicomSeriesOptions):
+            if c.mask is None:
+                raise ValueError(
+                    "convert.mask: say how the labels are stored (volume | dicom_series | dicom_seg | slices)"
+                )
+            if self.masks is None and c.mask.kind != "dicom_seg":
+                raise ValueError(
+                    f"convert.mask {c.mask.kind} needs reader.masks (path templates of the mask files)"
+                )
+        elif isinstance(c, PolygonOptions):
+            if self.masks is None:
+                raise ValueError(
+                    "convert.kind polygons needs reader.masks (the annotation files: XML, GeoJSON, COCO JSON)"
+                )
+        elif isinstance(c, RleOptions):
+            if self.table is None or self.table.join is None:
+                raise ValueError(
+                    "convert.kind rle needs reader.table with join (the RLE table's image column and the field it equals)"
+                )
+            if self.masks is not None:
+                raise ValueError("convert.kind rle: the masks are the table's runs; remove reader.masks")
+        elif isinstance(c, Hdf5Convert):
+            if (task_type == "2d_seg") != (c.label_kind == "mask"):
+                raise ValueError(
+                    f"convert.label_kind: {task_type} reads {'mask' if task_type == '2d_seg' else 'scalar'} labels"
+                )
+            if c.labels is None and self.label is None:
+                raise ValueError("convert.labels: name the label dataset (or give reader.label)")
+            if self.masks is not None:
+                raise ValueError(
+                    "convert.kind hdf5: labels are a dataset (convert.labels, convert.labels_file), not reader.masks"
+                )
+        elif isinstance(c, WsiConvert):
+            self._check_wsi(c, task_type)
+
+    def _check_wsi(self, c: WsiConvert, task_type: str) -> None:
+        polygon_files = bool(self.masks) and any(
+            t.lower().endswith((".xml", ".json", ".geojson"))
+            for t in self.masks.path  # type: ignore[union-attr]
+        )
+        if polygon_files and c.annotations is None:
+            raise ValueError(
+                "convert.annotations: say the annotation files' format ({format: asap_xml | aperio_xml | geojson})"
+            )
+        if c.annotations is not None and c.annotations.format == "coco":
+            raise ValueError("convert.annotations.format: slides take aperio_xml, asap_xml or geojson")
+        if c.annotations is not None and self.masks is None:
+            raise ValueError("convert.annotations needs reader.masks (the annotation files' templates)")
+        if task_type == "2d_seg":
+            if self.masks is None:
+                raise ValueError("2d_seg slides need reader.masks (annotation files or mask slides)")
+            if c.background_tiles:
+                raise ValueError(
+                    "convert.background_tiles: a 2d_seg row needs a box; background tiles are for 2d_cls"
+                )
+            return
+        if self.masks is None and not c.background_tiles:
+            raise ValueError(
+                "convert.background_tiles: slides without masks are tiled as background tiles only"
+            )
+        if c.background_tiles and self.label is None and c.background_label is None:
+            raise ValueError(
+                "convert.background_label: name the label of background tiles (or give reader.label, the slide's)"
+            )
 
     def anchors(self) -> tuple[str, ...]:
         return self.images.path + (self.table.file if self.table else ())

@@ -70,6 +70,27 @@ REASONS = (
     "too_large",
     "non_finite",
     "name_too_long",
+    # converters (`reader.convert`)
+    "missing_slice",
+    "uneven_spacing",
+    "mixed_orientation",
+    "duplicate_position",
+    "inconsistent_geometry",
+    "too_few_slices",
+    "no_series",
+    "no_position",
+    "not_an_image",
+    "unsupported_layout",
+    "mask_mismatch",
+    "not_an_area",
+    "degenerate_polygon",
+    "invalid_rle",
+    "rle_outside_image",
+    "packed_archive",
+    "missing_dataset",
+    "invalid_label",
+    "no_magnification",
+    "magnification_unavailable",
 )
 PREVIEW_IMAGES = 6
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -148,10 +169,13 @@ def preview_path(layout: OutputLayout, dataset: str) -> Path:
 
 def shown_names(source: SourceDataset) -> ShownName | None:
     """How the manifest names this dataset's files: identifying names of DICOM files are masked there
-    too (every file of a `dicom` dataset; the DICOM images of any other 2D reader)."""
+    too (every file of a `dicom` dataset; the DICOM images of any other 2D reader, and of DICOM series)."""
     if source.reader.kind == "dicom":
         return manifest_namer(source)
-    return manifest_namer(source, only_dicom=True) if source.dim == "2d" else None
+    series = (
+        getattr(source.reader, "convert", None) is not None and source.reader.convert.kind == "dicom_series"
+    )
+    return manifest_namer(source, only_dicom=True) if source.dim == "2d" or series else None
 
 
 def _events(

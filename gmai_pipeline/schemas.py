@@ -9,7 +9,7 @@ import pyarrow as pa
 
 BBOX = pa.list_(pa.int32(), 4)
 
-# normalized/<dataset>.parquet, annotations.parquet, decontaminated.parquet
+# normalized/<dataset>.parquet, annotations.parquet (and decontaminated.parquet, plus its shard column)
 NORMALIZED_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -30,6 +30,13 @@ NORMALIZED_SCHEMA = pa.schema(
         ("bbox", BBOX),  # null, or [x0, y0, x1, y1] in pixels of the stored image
     ]
 )
+
+# decontaminated.parquet: the normalized columns plus the generation partition of each row, computed once
+# (`partitions.shard_of(sample_id)`). Rows are written in row groups of one shard each, so a generation
+# partition reads only its own row groups; the file's metadata says how many shards the column was made for.
+SHARD_COLUMN = "shard"
+SHARDS_METADATA_KEY = b"gmai.generation_shards"
+DECONTAMINATED_SCHEMA = NORMALIZED_SCHEMA.append(pa.field(SHARD_COLUMN, pa.string()))
 
 # quarantine/<dataset>.parquet
 QUARANTINE_SCHEMA = pa.schema(

@@ -69,6 +69,11 @@ class OutputLayout:
         return self.root / "llm_cache"
 
     @property
+    def release_records(self) -> Path:
+        """Every generated record that is released, validated once, sorted by id (read by the release)."""
+        return self.root / "release_records.parquet"
+
+    @property
     def release(self) -> Path:
         return self.root / "release"
 
@@ -195,6 +200,22 @@ def write_parquet(path: Path, batches: Iterable[list[dict]], schema: pa.Schema) 
 def write_table(path: Path, table: pa.Table) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def iter_row_groups(
+    path: Path, columns: list[str] | None = None, batch_size: int | None = None
+) -> Iterator[pa.Table]:
+    """A Parquet file a row group at a time, each sliced to at most `batch_size` rows.
+
+    Not `ParquetFile.iter_batches`: that keeps what it has read allocated until it is exhausted (pyarrow
+    26: 320 MB held over a 2.6M-row file), so a stream over a big table grew with the table.
+    """
+    with pq.ParquetFile(path) as pf:
+        for i in range(pf.metadata.num_row_groups):
+            table = pf.read_row_group(i, columns=columns)
+            step = batch_size or table.num_rows or 1
+            for start in range(0, table.num_rows, step):
+                yield table.slice(start, step)
 
 
 def batched(rows: Iterable[dict], size: int = 2048) -> Iterator[list[dict]]:

@@ -17,6 +17,9 @@ so the same profile keeps the paper's batch on 8 or 32 GPUs).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gmai_pipeline.profiles import load_resource_config
+from gmai_pipeline.settings import PROJECT_ROOT
 
 STAGE_KEYS = ("stage1", "stage2", "stage3")
 MODEL_VARIABLE = "GMAI_MODEL_DIR"
@@ -220,3 +224,36 @@ def check_packing(model_dir: Path | None, trust_remote_code: bool, packing: bool
             f"packing is on but {problem}. Either convert the model (above), or set `packing: false` for "
             "the stages in training.yaml (one sample per row; slower)"
         )
+
+
+def lengths_file(data: Path) -> Path:
+    """Where `training_jobs.lengths` writes a mixture's token lengths (and where training looks for them)."""
+    return data.with_name(f"{data.stem}.lengths.parquet")
+
+
+def token_lengths(data: Path, stage: int, profile: TrainingProfile, python: str = sys.executable) -> str:
+    """Measure a mixture's token lengths with the tokenizer the stage will train with, once, beside the mixture,
+    so training ranks plan their rows without tokenizing it. Returns what happened, for the mixture's metadata.
+
+    Every stage trains with stage I's tokenizer (stages II and III start from stage I's export, which keeps
+    it), so that is the profile's base model. Training checks the file against its own tokenizer and template
+    and tokenizes itself (saying why) when they differ, so a file made here can be wrong, never harmful.
+    """
+    out = lengths_file(data)
+    out.unlink(missing_ok=True)  # never leave the lengths of an earlier mixture beside this one
+    model = check_base_model(profile)
+    if model is None:
+        return "not computed: the demo's tiny model (and its tokenizer) is built when stage I starts"
+    extra = profile.knobs(stage).extra_args
+    template = extra[extra.index("--template") + 1 :][:1] if "--template" in extra else []
+    cmd = [python, "-m", "training_jobs.lengths", "--data", str(data), "--model", str(model)]
+    cmd += [*(["--template", *template] if template else []), "--output", str(out)]
+    cmd += ["--trust-remote-code"] if profile.trust_remote_code else []
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise TrainingPlanError(f"measuring token lengths of {data} failed: {done.stderr.strip()[-2000:]}")
+    return f"computed with {model / 'tokenizer'}"

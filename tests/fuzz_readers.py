@@ -1,6 +1,8 @@
 """Mutated DICOM, PNG, JPEG and NIfTI files through the real readers, in a process of their own.
 
 `python tests/fuzz_readers.py OUT_DIR [SEED] [COUNT]` builds a few valid files in each format,
+(and, for the converter readers: DICOM series with mutated slice files, mutated Aperio XML,
+mutated run-length strings, mutated HDF5 files)
 derives COUNT mutants of each kind (byte flips, cuts, cuts with a fake end marker, inserted and
 zeroed blocks, header fields set to absurd values: dimensions, data types, VRs, lengths), runs
 scan + normalize over five datasets (the classic `dicom`, `image_folder` and `msd` readers, and the
@@ -178,6 +180,222 @@ def mutants(kind: str, bases: list[bytes], count: int, rng: random.Random) -> li
     return out
 
 
+# ---------------------------------------------------------------------------------------- converters
+
+
+def _series_files(case: int) -> list[bytes]:
+    """Five slices of one CT series (pydicom's CT_small header, the planted patient), along z."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    uid = generate_uid()
+    out = []
+    for k in range(5):
+        d = template.copy()
+        d.PatientName, d.PatientID, d.InstitutionName = PATIENT, PATIENT_ID, PATIENT
+        d.SeriesInstanceUID, d.SOPInstanceUID = uid, generate_uid()
+        d.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        d.ImagePositionPatient = [0.0, 0.0, 5.0 * k + case]
+        buf = io.BytesIO()
+        d.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
+
+
+def _aperio(regions: list[list[tuple[float, float]]], negative: int = -1) -> bytes:
+    parts = []
+    for i, pts in enumerate(regions, start=1):
+        verts = "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in pts)
+        parts.append(
+            f'<Region Id="{i}" Type="0" NegativeROA="{int(i - 1 == negative)}"><Vertices>{verts}</Vertices></Region>'
+        )
+    return (
+        '<Annotations><Annotation Id="1" Name="nucleus"><Regions>'
+        + "".join(parts)
+        + "</Regions></Annotation></Annotations>"
+    ).encode()
+
+
+def _xml_mutants(count: int, rng: random.Random) -> list[bytes]:
+    """Aperio XML: byte-level mutants, absurd coordinates, an entity-expansion bomb, deep nesting, many vertices."""
+    base = _aperio(
+        [
+            [(5, 5), (20, 5), (20, 20), (5, 20)],
+            [(8, 8), (12, 8), (12, 12), (8, 12)],
+            [(25, 25), (35, 26), (30, 38)],
+        ],
+        1,
+    )
+    special = [
+        _aperio([[(1e308, 5), (-1e308, 5), (20, 1e308)]]),
+        _aperio([[(float("nan"), 5), (20, 5), (20, 20)]]),
+        _aperio([[(-1e9, -1e9), (1e9, -1e9), (1e9, 1e9), (-1e9, 1e9)]]),  # covers everything
+        _aperio([[(10 + 8 * np.cos(t), 10 + 8 * np.sin(t)) for t in np.linspace(0, 6.28, 20000)]]),
+        b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaaaaaaaa">'
+        + b"".join(
+            f'<!ENTITY a{i} "{"&a;" * 10 if i == 0 else f"&a{i - 1};" * 10}">'.encode() for i in range(9)
+        )
+        + b"]><Annotations>&a8;</Annotations>",
+        b"<Annotations>" + b"<a>" * 50000 + b"</a>" * 50000 + b"</Annotations>",
+        b'<Annotations><Annotation Id="1"><Regions><Region Type="0"><Vertices><Vertex X="a" Y="b"/></Vertices></Region></Regions></Annotation></Annotations>',
+    ]
+    out = []
+    for i in range(count):
+        data = bytearray(base)
+        if i < len(special):
+            out.append(special[i])
+        elif i % 5 == 4:
+            out.append(base)  # some must be kept
+        else:
+            out.append([_flip, _cut, _insert, _zero][i % 4](data, rng))
+    return out
+
+
+def _rle_mutants(count: int, rng: random.Random) -> list[str]:
+    from gmai_pipeline.converters.rle import encode
+
+    mask = np.zeros((32, 40), bool)
+    mask[5:15, 10:20] = True
+    valid = encode(mask, order="column")
+    special = ["", "-1", "1 2 3", "abc 5", "99999999999999999999 5", "-3 4", "5 0", "1279 5", "10 5 12 5", "1.5 3",
+               " ".join(f"{2 * i + 1} 1" for i in range(640)), "1 " + "9" * 400]  # fmt: skip
+    out = []
+    for i in range(count):
+        if i < len(special):
+            out.append(special[i])
+        elif i % 3 == 0:
+            out.append(valid)
+        else:
+            chars = list(valid)
+            for _ in range(rng.randint(1, 4)):
+                chars[rng.randrange(len(chars))] = rng.choice("0123456789 -x")
+            out.append("".join(chars).strip() or "0")
+    return out
+
+
+def _hdf5_bases() -> tuple[bytes, bytes]:
+    import h5py
+
+    bufs = []
+    for name, data, chunks in (
+        ("x", (np.arange(16 * 96 * 96 * 3) % 251).astype(np.uint8).reshape(16, 96, 96, 3), (4, 96, 96, 3)),
+        ("y", (np.arange(16) % 2).astype(np.uint8).reshape(16, 1, 1, 1), None),
+    ):
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            f.create_dataset(name, data=data, chunks=chunks, compression="gzip" if chunks else None)
+        bufs.append(buf.getvalue())
+    return bufs[0], bufs[1]
+
+
+def _converter_data(raw: Path, count: int, rng: random.Random, written: dict) -> dict:
+    """Datasets for the converter readers; returns their catalog entries."""
+    from normalize_fixtures import make_source, pattern, write_image
+
+    # DICOM series (CHAOS layout): a few mutated slice files in most series
+    folder = raw / "fz_series"
+    cases = max(2, count // 10)
+    n_files = 0
+    for case in range(cases):
+        files = _series_files(case)
+        bad = mutants("dicom", files, case % 3, rng)
+        for k, data in enumerate(files):
+            if k < len(bad):
+                data = bad[k]
+            (folder / "CT" / str(case) / "DICOM_anon").mkdir(parents=True, exist_ok=True)
+            (folder / "CT" / str(case) / "DICOM_anon" / f"i{k:04d},0000b.dcm").write_bytes(data)
+            n_files += 1
+            m = np.zeros((128, 128), np.uint8)
+            m[40:80, 30:90] = 255
+            write_image(folder / "CT" / str(case) / "Ground" / f"liver_GT_{k:03d}.png", m)
+    written["fz_series"] = n_files
+
+    # polygons: one image per mutated Aperio XML
+    folder = raw / "fz_polygons"
+    xmls = _xml_mutants(max(8, count // 3), rng)
+    for i, data in enumerate(xmls):
+        write_image(folder / "Tissue Images" / f"TCGA-{i:04d}.png", pattern(40, 48, seed=i))
+        (folder / "Annotations").mkdir(parents=True, exist_ok=True)
+        (folder / "Annotations" / f"TCGA-{i:04d}.xml").write_bytes(data)
+    written["fz_polygons"] = len(xmls)
+
+    # RLE: one image and one table row per mutated run string
+    folder = raw / "fz_rle"
+    strings = _rle_mutants(max(12, count // 3), rng)
+    for i in range(len(strings)):
+        write_image(folder / "train" / f"img{i:04d}.png", pattern(32, 40, seed=100 + i))
+    (folder / "train.csv").write_text(
+        "id,annotation\n" + "".join(f"img{i:04d},{r}\n" for i, r in enumerate(strings))
+    )
+    written["fz_rle"] = len(strings)
+
+    # HDF5: PCam-style pairs with the image file mutated
+    folder = raw / "fz_hdf5"
+    folder.mkdir(parents=True)
+    x, y = _hdf5_bases()
+    xs = mutants("nifti", [x], max(6, count // 8), rng)  # byte flips, cuts, inserts, zeroed blocks, fields
+    xs[0] = x  # one intact pair
+    for i, data in enumerate(xs):
+        (folder / f"camelyonpatch_level_2_split_p{i:03d}_x.h5").write_bytes(data)
+        (folder / f"camelyonpatch_level_2_split_p{i:03d}_y.h5").write_bytes(y)
+    written["fz_hdf5"] = len(xs)
+
+    pathology = {"modality": "Pathology", "department": "Laboratory Medicine and Pathology"}
+    return {
+        "fz_series": make_source(
+            "fz_series",
+            "3d_seg",
+            {
+                "kind": "layout",
+                "images": "CT/{case}/DICOM_anon/*.dcm",
+                "masks": "CT/{case}/Ground/*.png",
+                "axes": [2],
+                "convert": {"kind": "dicom_series", "mask": {"kind": "slices", "match": "file_order"}},
+            },
+            labels={"255": "liver"},
+        ),
+        "fz_polygons": make_source(
+            "fz_polygons",
+            "2d_seg",
+            {
+                "kind": "layout",
+                "images": "Tissue Images/{id}.png",
+                "masks": "Annotations/{id}.xml",
+                "min_component_pixels": 1,
+                "convert": {"kind": "polygons", "format": "aperio_xml", "instances": True},
+            },
+            labels={"nucleus": "nucleus"},
+            **pathology,
+        ),
+        "fz_rle": make_source(
+            "fz_rle",
+            "2d_seg",
+            {
+                "kind": "layout",
+                "images": "train/{id}.png",
+                "table": {"file": "train.csv", "join": {"column": "id", "field": "id"}},
+                "min_component_pixels": 1,
+                "convert": {"kind": "rle", "column": "annotation", "order": "column"},
+            },
+            labels={"1": "cell"},
+            **pathology,
+        ),
+        "fz_hdf5": make_source(
+            "fz_hdf5",
+            "2d_cls",
+            {
+                "kind": "layout",
+                "images": "camelyonpatch_level_2_split_{part}_x.h5",
+                "convert": {"kind": "hdf5", "labels_file": "camelyonpatch_level_2_split_{part}_y.h5"},
+            },
+            labels={"0": "normal", "1": "tumor"},
+            **pathology,
+        ),
+    }
+
+
 # ---------------------------------------------------------------------------------------- run
 
 
@@ -292,6 +510,7 @@ def main(out_dir: Path, seed: int = 16, count: int = 80) -> dict:
             department="Neurosurgery",
         ),
     }
+    sources.update(_converter_data(raw, count, rng, written))
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result: dict = {"datasets": {}, "escaped": [], "leaks": []}
     manifests = []

@@ -32,6 +32,7 @@ from gmai_pipeline.converters.dicom_series import (
     scan,
 )
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.readers.masks import load_mask
 from gmai_pipeline.volumes import iter_slices, read_volume, volume_to_uint8
 
 PATIENT = "Quasimodo^Zyxwvut"
@@ -200,6 +201,10 @@ def test_series_grouping_rejects_and_privacy(tmp_path: Path, caplog: pytest.LogC
     assert not any(secret in text for secret in SECRETS)
 
 
+def png_loader(path: Path):
+    return lambda: load_mask(path.read_bytes(), path.name)
+
+
 def test_per_slice_png_masks_chaos_layout(tmp_path: Path) -> None:
     """CHAOS: `DICOM_anon/*.dcm` + `Ground/*.png`, the k-th PNG for the k-th DICOM by name."""
     case = tmp_path / "CT" / "1"
@@ -217,7 +222,7 @@ def test_per_slice_png_masks_chaos_layout(tmp_path: Path) -> None:
         expected[round(z, 3)] = (r0, m)
     opts = DicomSeriesOptions(mask=SliceMasks(match="file_order"))
     sv = load(scan(files(case / "DICOM_anon"), opts).series[0], opts, "CT/1")
-    masks = [(p, f"CT/1/Ground/{p.name}") for p in sorted((case / "Ground").glob("*.png"))]
+    masks = [(png_loader(p), f"CT/1/Ground/{p.name}") for p in sorted((case / "Ground").glob("*.png"))]
     labels = load_slice_masks(masks, sv, opts.mask, "CT/1")
     assert labels.shape == sv.volume.shape and labels.dtype == np.uint8
     # canonical axis 2 is superior: slice j of the canonical volume has z = origin + 2.5 j
@@ -236,7 +241,7 @@ def test_per_slice_png_masks_chaos_layout(tmp_path: Path) -> None:
     renamed = []
     for number, p in inst.items():
         k = by_name.index(p)
-        renamed.append((case / "Ground" / f"liver_GT_{k:03d}.png", f"mask_{number - 1:03d}.png"))
+        renamed.append((png_loader(case / "Ground" / f"liver_GT_{k:03d}.png"), f"mask_{number - 1:03d}.png"))
     by_inst = load_slice_masks(renamed, sv, SliceMasks(match="instance_number", index_offset=-1), "CT/1")
     np.testing.assert_array_equal(by_inst, labels)
     with pytest.raises(ImageError) as e:

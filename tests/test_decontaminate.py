@@ -21,7 +21,7 @@ from PIL import Image
 from gmai_pipeline import decontaminate as dc
 from gmai_pipeline import neardup
 from gmai_pipeline.defs import decontam
-from gmai_pipeline.schemas import NORMALIZED_SCHEMA
+from gmai_pipeline.schemas import DECONTAMINATED_SCHEMA, NORMALIZED_SCHEMA
 from gmai_pipeline.storage import OutputLayout, md5_bytes
 
 DATA = Path(skimage.__file__).parent / "data"
@@ -239,7 +239,7 @@ def test_each_method_catches_its_copy_and_whole_volumes_go(tmp_path: Path):
     assert len(report[report.source_path == "retina.jpg"]) == 2  # both boxes of the image
     assert result.kept == len(kept) == 3 and result.removed == len(report) == 7
     assert result.removed_by_method == {"dhash": 4, "md5": 2, "pixel_md5": 1}
-    assert pq.read_schema(layout.decontaminated).equals(NORMALIZED_SCHEMA)
+    assert pq.read_schema(layout.decontaminated).equals(DECONTAMINATED_SCHEMA)  # + the generation shard
     assert dc.overlap(layout).ok
     png = dc.preview(layout, report)
     assert png is not None and Image.open(io.BytesIO(png)).size[1] > 2 * dc.THUMB_PX

@@ -274,3 +274,62 @@ def test_missing_decontaminated_table_is_a_clear_error(tmp_path: Path):
     cfg = pipeline.LLMConfig()
     with pytest.raises(FileNotFoundError, match="decontaminated"):
         pipeline.generate_partition("vqa", "000", layout, cfg, pipeline.make_backend(cfg, layout), {})
+
+
+def test_a_partition_reads_only_its_row_groups_of_decontaminated(tmp_path: Path, monkeypatch):
+    """decontaminated carries each row's shard, in row groups of one shard: a partition reads its own."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from gmai_pipeline import decontaminate, partitions
+    from gmai_pipeline.schemas import NORMALIZED_SCHEMA
+
+    spec = [
+        {"sample_id": f"2d#cls#x-ray#ds#img{i:04d}.png", "dataset": "ds", "label": "normal", "bbox": None}
+        for i in range(400)
+    ]
+    rows = write_fixture(tmp_path, spec)  # also a decontaminated table without the column, as before
+    layout = OutputLayout(tmp_path)
+    legacy = {p: list(pipeline.partition_rows(layout, p)) for p in SHARD_KEYS}
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=NORMALIZED_SCHEMA), layout.annotations, row_group_size=50
+    )
+    none = pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_md5", "benchmark", "item_id", "method")})
+    monkeypatch.setattr(decontaminate, "BATCH_ROWS", 50)  # several row groups per shard
+    monkeypatch.setattr(partitions, "ROW_GROUP_ROWS", 20)
+    monkeypatch.setattr(partitions, "BUFFER_ROWS", 100)
+    decontaminate.apply_matches(layout.annotations, none.assign(distance=None, phash_distance=None), layout)
+
+    table = pq.read_table(layout.decontaminated)
+    assert table["shard"].to_pylist() == [partitions.shard_of(r["sample_id"]) for r in table.to_pylist()]
+    meta = pq.ParquetFile(layout.decontaminated).metadata
+    groups = [set(pq.ParquetFile(layout.decontaminated).read_row_group(i)["shard"].to_pylist())
+              for i in range(meta.num_row_groups)]  # fmt: skip
+    assert meta.num_row_groups > len(SHARD_KEYS) and all(len(g) == 1 for g in groups)
+    read: list[int] = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile, "read_row_group", lambda self, i, **kw: read.append(i) or real(self, i, **kw)
+    )
+    for p in SHARD_KEYS:
+        read.clear()
+        assert list(pipeline.partition_rows(layout, p)) == legacy[p]  # the same rows, in the same order
+        assert sorted(read) == [i for i, g in enumerate(groups) if g == {p}]
+        assert pipeline.count_partition_rows(layout, p) == len(legacy[p])
+
+
+def test_a_shard_column_made_for_another_shard_count_is_refused(tmp_path: Path):
+    import pandas as pd
+    import pyarrow as pa
+
+    from gmai_pipeline import decontaminate, partitions
+    from gmai_pipeline.schemas import NORMALIZED_SCHEMA
+
+    rows = write_fixture(tmp_path, _rows_spec())
+    layout = OutputLayout(tmp_path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=NORMALIZED_SCHEMA), layout.annotations)
+    none = pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_md5", "benchmark", "item_id", "method")})
+    matches = none.assign(distance=None, phash_distance=None)
+    decontaminate.apply_matches(layout.annotations, matches, layout, n_shards=partitions.N_SHARDS + 1)
+    with pytest.raises(partitions.StaleShardsError, match="rematerialize `decontaminated`"):
+        list(pipeline.partition_rows(layout, "000"))

@@ -70,6 +70,12 @@ def _generate(
     return report
 
 
+def empty_cache(layout: OutputLayout) -> None:
+    """Forget every cached answer and batch (the cache database and the Batch API's state files)."""
+    for path in [*layout.llm_cache.glob("responses.sqlite*"), *layout.llm_cache.rglob("*.json")]:
+        path.unlink()
+
+
 def _records(layout: OutputLayout, asset: str = "captions") -> list[dict]:
     return pq.read_table(layout.generated(asset, "000")).to_pylist()
 
@@ -152,8 +158,7 @@ def test_timeout_retried_then_quarantined(tmp_path: Path, fake: FakeOpenAI, rows
     report = _generate(layout, _cfg(fake, timeout_s=0.4, max_retries=1))
     assert report.generated == N and fake.counts["chat"] == N + 1
     fake.script("slow", "slow")
-    for path in layout.llm_cache.rglob("*.json"):
-        path.unlink()
+    empty_cache(layout)
     report = _generate(layout, _cfg(fake, timeout_s=0.4, max_retries=1))
     assert dict(report.failures) == {"timeout": 1} and report.generated == N - 1
 
@@ -169,8 +174,7 @@ def test_no_path_or_header_value_in_any_request(tmp_path: Path, fake: FakeOpenAI
     assert zh.generated == 2 * N and zh.requests_sent == 2 * N
     assert len(fake.bodies) == 4 * N
     # The Batch path too: the uploaded JSONL (multipart body) and the batch creation.
-    for path in layout.llm_cache.rglob("*.json"):
-        path.unlink()
+    empty_cache(layout)
     _generate(layout, _cfg(fake, backend="openai_batch"), "vqa")
     assert fake.counts["files.create"] == 1 and len(fake.bodies) == 4 * N + 2
     forbidden = [

@@ -72,9 +72,54 @@ BAD = {
         "2d_cls needs reader.label",
     ),
     "converter_not_available": (
-        'reader: {kind: layout, images: {path: "*.svs", format: wsi}, label: slide}',
+        'reader: {kind: layout, images: "*.svs", label: slide, convert: {kind: slides}}',
         "2d_cls",
-        "format 'wsi' is not available (known: auto)",
+        "field 'reader.layout.convert': Input tag 'slides' found using 'kind' does not match",
+    ),
+    "converter_option_typo": (
+        'reader: {kind: layout, images: "{s}.svs", masks: "{s}.xml", '
+        "convert: {kind: wsi, magnification: 10, tile_sise: 256, annotations: {format: asap_xml}}}",
+        "2d_seg",
+        "field 'reader.layout.convert.wsi.tile_sise': Extra inputs are not permitted",
+    ),
+    "converter_wrong_task": (
+        'reader: {kind: layout, images: "{case}/*.dcm", masks: "{case}/m.nii.gz", '
+        "convert: {kind: dicom_series, mask: {kind: volume}}}",
+        "2d_seg",
+        "convert.kind dicom_series gives 3d_seg rows, not 2d_seg",
+    ),
+    "series_mask_not_stated": (
+        'reader: {kind: layout, images: "{case}/*.dcm", masks: "{case}/Ground/*.png", convert: {kind: dicom_series}}',
+        "3d_seg",
+        "convert.mask: say how the labels are stored",
+    ),
+    "rle_without_join": (
+        'reader: {kind: layout, images: "{id}.png", convert: {kind: rle, order: column}}',
+        "2d_seg",
+        "convert.kind rle needs reader.table with join",
+    ),
+    "rle_order_not_stated": (
+        'reader: {kind: layout, images: "{id}.png", table: {file: t.csv, join: {column: id, field: id}}, '
+        "convert: {kind: rle}}",
+        "2d_seg",
+        "field 'reader.layout.convert.rle.order': Field required",
+    ),
+    "slide_polygons_without_format": (
+        'reader: {kind: layout, images: "{s}.tif", masks: "{s}.xml", convert: {kind: wsi, magnification: 10}}',
+        "2d_seg",
+        "convert.annotations: say the annotation files' format",
+    ),
+    "background_tiles_without_label": (
+        'reader: {kind: layout, images: "{s}.tif", masks: "{s}.xml", '
+        "convert: {kind: wsi, mpp: 1, background_tiles: 4, annotations: {format: asap_xml}}}",
+        "2d_cls",
+        "convert.background_label: name the label of background tiles",
+    ),
+    "unannotated_on_nothing": (
+        'reader: {kind: layout, images: "{s}.tif", masks: "{s}.xml", convert: {kind: wsi, mpp: 1, '
+        "annotations: {format: asap_xml}, unannotated: {group: normal}}}",
+        "2d_seg",
+        "convert.unannotated: 'group' is neither a template field",
     ),
     "unbalanced_braces": (
         'reader: {kind: layout, images: "{case/x.png", label: x}',
@@ -137,29 +182,15 @@ def test_every_reader_has_root_and_unpack(tmp_path: Path) -> None:
         entry(tmp_path, "ok", "2d_cls", "reader: {kind: image_folder, root: ../other}")
 
 
-def test_a_converter_plugs_in_by_format_name(tmp_path: Path, monkeypatch) -> None:
-    """The extension point converters use: a format name in the schema, a reader for it in the layout module."""
-    from normalize_fixtures import run
+def test_every_converter_kind_has_a_reader() -> None:
+    """The extension point: each `reader.convert` kind of the schema is read by a reader in the layout module."""
+    from typing import get_args
 
-    from gmai_pipeline.layouts import FORMATS
+    from gmai_pipeline.layouts import CONVERT_TASKS, Convert
     from gmai_pipeline.readers import layout
-    from gmai_pipeline.readers.base import Quarantined
 
-    def fake(ctx, opts):
-        for found in layout.match(ctx, [layout.Template(t) for t in opts.images.path], None):
-            ctx.claim(found.rel)
-            yield Quarantined(
-                found.rel, "read", "unsupported_codec", f"{found.rel}: seen by the fake converter"
-            )
-
-    monkeypatch.setitem(FORMATS, "fake_slides", "test converter")
-    monkeypatch.setitem(layout.CONVERTERS, "fake_slides", fake)
-    raw = tmp_path / "raw" / "ds"
-    raw.mkdir(parents=True)
-    (raw / "slide1.svs").write_bytes(b"not a slide")
-    body = 'reader: {kind: layout, images: {path: "{slide}.svs", format: fake_slides}, label: "{slide}"}'
-    report, _, qrows = run(entry(tmp_path, "ds", "2d_cls", body), raw, tmp_path / "out")
-    assert report.inputs == 1 and "fake converter" in qrows[0]["detail"]
+    kinds = {m.model_fields["kind"].default for m in get_args(get_args(Convert)[0])}
+    assert kinds == set(CONVERT_TASKS) == set(layout.CONVERTERS)
 
 
 def test_boxes_normalized_centre_size_and_corners() -> None:

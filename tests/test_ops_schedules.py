@@ -57,13 +57,18 @@ def _toy_assets(catalog: list[SourceDataset]) -> list[dg.AssetsDefinition]:
     specs = [dg.AssetSpec(k, deps=["decontaminated"], partitions_def=SHARDS) for k in ("captions", "vqa")]
     specs.append(dg.AssetSpec("translations", deps=["captions", "vqa"], partitions_def=SHARDS))
     made += specs
-    made.append(dg.AssetSpec("instruction_shards", deps=list(GENERATION_KEYS)))
-    made += [dg.AssetSpec(k, deps=["instruction_shards"]) for k in ("stage1_mix", "stage2_mix")]
-    made.append(dg.AssetSpec("dataset_report", deps=["instruction_shards"]))
+    made.append(dg.AssetSpec("release_records", deps=list(GENERATION_KEYS)))
+    made += [dg.AssetSpec(k, deps=["release_records"]) for k in ("instruction_shards", "release_annotations")]
+    made += [dg.AssetSpec("release_metas", deps=["release_annotations"])]
+    made += [dg.AssetSpec("release_images", deps=["release_records"])]
+    made += [
+        dg.AssetSpec(k, deps=["release_records", "release_images"]) for k in ("stage1_mix", "stage2_mix")
+    ]
+    made.append(dg.AssetSpec("dataset_report", deps=["release_records", "instruction_shards"]))
     made.append(dg.AssetSpec("gmai_vl_stage1", deps=["stage1_mix"]))
     made.append(dg.AssetSpec("gmai_vl_stage2", deps=["stage2_mix", "gmai_vl_stage1"]))
-    made.append(dg.AssetSpec("stage3_scores", deps=["instruction_shards", "gmai_vl_stage2"]))
-    made.append(dg.AssetSpec("stage3_mix", deps=["instruction_shards", "stage3_scores"]))
+    made.append(dg.AssetSpec("stage3_scores", deps=["release_records", "gmai_vl_stage2"]))
+    made.append(dg.AssetSpec("stage3_mix", deps=["release_records", "release_images", "stage3_scores"]))
     made.append(dg.AssetSpec("gmai_vl_stage3", deps=["stage3_mix", "gmai_vl_stage2"]))
 
     return [_one(spec) for spec in made]

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from gmai_pipeline.defs.release import build_mix_asset
+from gmai_pipeline.defs.release import build_mix_asset, release_records
 from gmai_pipeline.defs.training import GpuClusterResource, stage3_scores
 from gmai_pipeline.release.mixtures import (
     ModelConfidence,
@@ -137,7 +137,7 @@ def test_scoring_pass_drops_exactly_the_planted_low_confidence_samples(output_ro
     mixtures = _mixtures_yaml(tmp_path / "mixtures.yaml", dialogue, {"drop_lowest_fraction": 0.25})  # 2 of 8
     monkeypatch.setenv("GMAI_MIXTURES_FILE", str(mixtures))
     result = dg.materialize(
-        [stage3_scores, build_mix_asset("stage3")],
+        [release_records, stage3_scores, build_mix_asset("stage3")],
         resources={"gpu_cluster": GpuClusterResource(backend="local")},
     )
     assert result.success

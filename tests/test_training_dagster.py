@@ -89,7 +89,7 @@ def test_stage_assets_shape_and_profiles():
     scores = assets["stage3_scores"]
     assert {k.to_user_string() for k in scores.asset_deps[scores.key]} == {
         "gmai_vl_stage2",
-        "instruction_shards",
+        "release_records",
     }
     assert s2.op.pool == "gpu" and s2.op.retry_policy is None and s2.group_names_by_key[s2.key] == "training"
     assert gpu_cluster_from_profile("demo").backend == "local"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 
 from training_jobs.chat import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
@@ -193,6 +193,14 @@ class LlavaModel(nn.Module):
             tokenizer.save_pretrained(out_dir / "tokenizer")
         (out_dir / VL_CONFIG).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
         return out_dir
+
+
+def load_tokenizer_and_image_tokens(path: Path, trust_remote_code: bool = False) -> tuple[object, int]:
+    """The tokenizer and the image token count of a model folder, without loading any weights."""
+    path = Path(path)
+    vision = CLIPVisionConfig.from_pretrained(path / "vision")
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=trust_remote_code)
+    return tokenizer, (vision.image_size // vision.patch_size) ** 2
 
 
 def load_model(

@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="per-token mean, or InternVL sqrt weighting",
     )
     p.add_argument("--template", default=None, help="chat template (default: the model's, internlm2)")
+    p.add_argument(
+        "--lengths",
+        type=Path,
+        default=None,
+        help="token lengths of --data (training_jobs.lengths; default: <data stem>.lengths.parquet beside it)",
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="needed for InternLM2.5")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument(
@@ -235,7 +241,7 @@ class MicroBatches(torch.utils.data.Dataset):
 
         base = self.steps[k] * self.world * self.mb + self.rank * self.mb
         picked = [self.rows[(base + j) % len(self.rows)] for j in range(self.mb)]
-        samples = [[self.ds.samples[i] for i in r] for r in picked]
+        samples = [[self.ds.sample(i) for i in r] for r in picked]
         batch = collate(
             samples,
             self.pad_id,
@@ -275,6 +281,7 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
     from training_jobs.data import Dataset
+    from training_jobs.lengths import lengths_path
     from training_jobs.metrics import device_name, peak_flops, shape_of, step_flops
     from training_jobs.model import (
         count_params,
@@ -295,6 +302,11 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
     if args.grad_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    lengths = args.lengths or lengths_path(args.data)
+    if not lengths.is_file():
+        reporter.info(
+            f"no token lengths beside the mixture ({lengths}): tokenizing every record before step 1"
+        )
     ds = Dataset(
         args.data,
         args.image_root,
@@ -303,6 +315,8 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         model.num_image_tokens,
         model.image_size,
         args.max_length,
+        lengths=lengths if lengths.is_file() else None,
+        log=reporter.warning,  # a lengths file made for another tokenizer or template
     )
     if args.max_samples and len(ds.samples) > args.max_samples:
         reporter.info(f"--max-samples: training on the first {args.max_samples} of {len(ds.samples)} samples")
@@ -498,6 +512,7 @@ def train(args, rank: int, world: int, device: torch.device, reporter) -> dict:
         "samples": len(ds),
         "skipped": len(ds.skipped),
         "truncated": len(ds.truncated),
+        "token_lengths": ds.lengths_source,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "final_lr": history[-1]["lr"] if history else None,

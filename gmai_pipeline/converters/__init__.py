@@ -3,8 +3,10 @@
 Each module takes one input at a time and yields results or raises `gmai_pipeline.imaging.ImageError`
 with a quarantine reason and a detail that names the file (never a DICOM header value), so a reader
 built on it keeps inputs = kept + quarantined. Each has a small options model (pydantic, closed,
-frozen) meant to be embedded in the catalog schema as `convert: {kind: <name>, ...}`; the module
-docstrings show the intended YAML.
+frozen), embedded in the catalog schema as `reader.convert` of a `kind: layout` entry
+(`gmai_pipeline.layouts.Convert`); the module docstrings show a real dataset's declaration. The
+readers that use them (`gmai_pipeline/readers/{dicom_series,polygons,rle,hdf5,wsi}.py`) find the files
+with the layout's templates and hand them over as verified bytes or descriptors, never bare paths.
 
 | kind | module | one input is |
 |---|---|---|

@@ -1,4 +1,6 @@
-"""Mask helpers the converters share: label dtypes, one box per instance, option-model base."""
+"""Mask helpers the converters share: label dtypes, one box per instance, option-model base.
+
+Decoding a 2D label image is `readers.masks.load_mask` (on verified bytes), for converters too."""
 
 from __future__ import annotations
 
@@ -40,28 +42,3 @@ def instance_boxes(
         rows, cols = sl
         out.append((i, (cols.start, rows.start, cols.stop, rows.stop)))
     return out, dropped
-
-
-def read_label_image(path, name: str) -> np.ndarray:
-    """A 2D label image (PNG/TIFF/BMP) as label indices: palette PNGs give indices, grey images values.
-
-    A colour image whose channels differ is `unsupported_mask`: colours are not label values.
-    """
-    from PIL import Image
-
-    from gmai_pipeline.imaging import ImageError, classify_error
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except Exception as exc:
-        err = classify_error(exc, name)
-        raise ImageError(err.reason, err.detail) from None
-    if arr.ndim == 3:
-        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(3, arr.shape[2]))):
-            raise ImageError(
-                "unsupported_mask", f"{name}: colour mask (channels differ); expected label indices"
-            )
-        arr = arr[..., 0]
-    return arr.astype(np.uint8) if arr.dtype == bool else arr

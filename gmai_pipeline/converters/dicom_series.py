@@ -44,12 +44,14 @@ Masks, in the series' own voxel grid (nothing is resampled; a mask on another gr
   equals InstanceNumber + `index_offset`), or `position_order` (the k-th mask file belongs to the
   k-th slice along the normal).
 
-Proposed catalog declaration (phase 2, once the layouts schema lands):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.dicom_series`). CHAOS, `Train_Sets/CT/<n>/DICOM_anon/*.dcm` + `Ground/*.png`:
 
     reader:
       kind: layout
-      images: {path: "Train_Sets/CT/{case}/DICOM_anon/*.dcm", format: dicom_series}
-      masks: "Train_Sets/CT/{case}/Ground/*.png"
+      root: Train_Sets
+      images: "CT/{case}/DICOM_anon/*.dcm"
+      masks: "CT/{case}/Ground/*.png"
       convert:
         kind: dicom_series
         mask: {kind: slices, match: file_order}
@@ -61,10 +63,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
+import io
 import re
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -72,7 +73,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from gmai_pipeline.converters._masks import Options, label_dtype, read_label_image
+from gmai_pipeline.converters._masks import Options, label_dtype
 from gmai_pipeline.imaging import ImageError
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -133,8 +134,16 @@ class DicomSeriesOptions(Options):
 
 @dataclass(frozen=True)
 class DicomFile:
-    path: Path
-    name: str  # how messages name it: the reader's (pseudonymous) relative path
+    """One DICOM file: its bytes (a path, or a function returning bytes already verified by the
+    reader: `ReaderContext.read`), and the name messages use for it (the reader's pseudonymous path)."""
+
+    path: Path | Callable[[], bytes]
+    name: str
+    order: str = ""  # the name `file_order` sorts by when `name` is a pseudonym (the real path; never shown)
+
+    def source(self):
+        """What pydicom reads: the verified bytes as a file object, or the path."""
+        return io.BytesIO(self.path()) if callable(self.path) else self.path
 
 
 @dataclass
@@ -196,23 +205,14 @@ class SeriesVolume:
         """An array in the series' (column, row, slice-by-position) order -> canonical, like the volume."""
         from nibabel.orientations import apply_orientation
 
-        return np.ascontiguousarray(apply_orientation(raw, self.ornt))
+        return apply_orientation(raw, self.ornt)  # flips and permutations: a view, not a copy
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """pydicom warnings and log records can quote header values: keep them out of every log."""
-    logger = logging.getLogger("pydicom")
-    level, propagate = logger.level, logger.propagate
-    logger.setLevel(logging.CRITICAL + 1)
-    logger.propagate = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-        logger.propagate = propagate
+def quiet():
+    """`readers.dicom.quiet`: pydicom's warnings and log records can quote header values."""
+    from gmai_pipeline.readers.dicom import quiet as dicom_quiet
+
+    return dicom_quiet()
 
 
 def _floats(value, n: int) -> np.ndarray | None:
@@ -236,7 +236,7 @@ def _read_header(f: DicomFile, extra_tags: Sequence[str]):
 
     try:
         return pydicom.dcmread(
-            f.path, stop_before_pixels=True, specific_tags=[*HEADER_TAGS, *IDENTIFYING_TAGS, *extra_tags]
+            f.source(), stop_before_pixels=True, specific_tags=[*HEADER_TAGS, *IDENTIFYING_TAGS, *extra_tags]
         )
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageError(
@@ -425,33 +425,14 @@ def _affine_lps(series: Series, spacing: float) -> np.ndarray:
     return aff
 
 
-def _pixels(ds, name: str) -> np.ndarray:
-    """Stored values through the modality LUT, as float32 (rows, columns)."""
+def _pixels(ds, name: str, budget=None) -> np.ndarray:
+    """Stored values through the modality LUT, as float32 (rows, columns); the checks and failure
+    reasons are the 2D DICOM path's (`readers.dicom.pixel_array`)."""
     from pydicom.pixels import apply_modality_lut
-    from pydicom.pixels.decoders.base import get_decoder
 
-    if "PixelData" not in ds:
-        raise ImageError("unreadable", f"{name}: no pixel data")
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts is not None and ts.is_compressed:
-        try:
-            available = get_decoder(ts).is_available
-        except (NotImplementedError, ValueError):
-            available = False
-        if not available:
-            raise ImageError(
-                "unsupported_codec", f"{name}: compressed transfer syntax with no installed decoder"
-            )
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:
-        msg = str(exc).lower()
-        reason = (
-            "truncated"
-            if any(k in msg for k in ("less than expected", "length", "truncat", "end of"))
-            else "unsupported_codec"
-        )
-        raise ImageError(reason, f"{name}: pixel data cannot be decoded ({type(exc).__name__})") from None
+    from gmai_pipeline.readers.dicom import pixel_array
+
+    arr = pixel_array(ds, name, budget)
     if arr.ndim != 2:
         raise ImageError("unsupported_layout", f"{name}: not a single-channel single-frame image")
     return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
@@ -462,24 +443,35 @@ def _read_full(f: DicomFile):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(f.path)
+        return pydicom.dcmread(f.source())
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageError(
             "unreadable", f"{f.name}: not a readable DICOM file ({type(exc).__name__})"
         ) from None
 
 
-def load(series: Series, opts: DicomSeriesOptions, where: str) -> SeriesVolume:
-    """Check the series, decode every slice, and return the canonical volume; ImageError on any failure."""
+def volume_bytes(series: Series) -> int:
+    """What `load` allocates: the float32 volume, its reoriented copy, and one slice's LUT copy."""
+    rows, cols = series.slices[0].grid[:2]
+    return rows * cols * (8 * len(series.slices) + 8)
+
+
+def load(series: Series, opts: DicomSeriesOptions, where: str, budget=None) -> SeriesVolume:
+    """Check the series, decode every slice, and return the canonical volume; ImageError on any failure.
+
+    With a `budget` (`decode_guard.DecodeBudget`), the volume's size is checked before it is allocated
+    (`too_large`), as is each slice's declared pixel size."""
     import nibabel as nib
 
     spacing = check(series, opts, where)
     rows, cols = series.slices[0].grid[:2]
+    if budget is not None:
+        budget.check(volume_bytes(series), where, f"a {cols}x{rows}x{len(series.slices)} series")
     raw = np.empty((cols, rows, len(series.slices)), dtype=np.float32)
     with quiet():
         for k, h in enumerate(series.slices):
             ds = _read_full(h.file)
-            px = _pixels(ds, h.file.name)
+            px = _pixels(ds, h.file.name, budget)
             if px.shape != (rows, cols):
                 raise ImageError(
                     "inconsistent_geometry", f"{where}: {h.file.name} pixel array is not {rows}x{cols}"
@@ -489,7 +481,7 @@ def load(series: Series, opts: DicomSeriesOptions, where: str) -> SeriesVolume:
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _affine_lps(series, spacing)  # LPS -> RAS
     ornt = nib.orientations.io_orientation(affine)
     canon_affine = affine @ nib.orientations.inv_ornt_aff(ornt, raw.shape)
-    volume = np.ascontiguousarray(nib.orientations.apply_orientation(raw, ornt))
+    volume = nib.orientations.apply_orientation(raw, ornt)  # a view: slicing and windowing read it as it is
     zooms = tuple(float(v) for v in np.sqrt((canon_affine[:3, :3] ** 2).sum(axis=0)))
     return SeriesVolume(volume, canon_affine, zooms, ornt, raw.shape, series)  # type: ignore[arg-type]
 
@@ -503,19 +495,18 @@ def _as_labels(raw: np.ndarray, name: str) -> np.ndarray:
     return as_label_array(raw, name)
 
 
-def load_volume_mask(path: Path, name: str, sv: SeriesVolume) -> np.ndarray:
-    """A label volume file for the series: canonical, same shape, and for NIfTI the same grid."""
+def load_volume_mask(source, name: str, sv: SeriesVolume, budget=None) -> np.ndarray:
+    """A label volume file for the series (a path, or an open verified file): canonical, the same
+    shape, and for NIfTI the same place in patient space (within half a voxel)."""
     from gmai_pipeline.volumes import read_volume
 
-    labels = read_volume(path, name, is_label=True)
+    labels = read_volume(source, name, is_label=True, budget=budget)
     if labels.shape != sv.volume.shape:
         raise ImageError(
             "mask_mismatch", f"{name}: label volume shape {labels.shape} != series shape {sv.volume.shape}"
         )
     if name.lower().endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        aff = nib.as_closest_canonical(nib.load(str(path))).affine
+        aff = _canonical_nifti_affine(source, name)
         tol = 0.5 * min(sv.spacing)
         corners = np.array([[0, 0, 0, 1], [*(s - 1 for s in labels.shape), 1]], dtype=float).T
         if np.max(np.abs(aff @ corners - sv.affine @ corners)) > tol:
@@ -523,6 +514,30 @@ def load_volume_mask(path: Path, name: str, sv: SeriesVolume) -> np.ndarray:
                 "mask_mismatch", f"{name}: label volume lies elsewhere in patient space than the series"
             )
     return labels
+
+
+def _canonical_nifti_affine(source, name: str) -> np.ndarray:
+    """The affine `nibabel.as_closest_canonical` would give, from the header alone."""
+    import gzip
+
+    import nibabel as nib
+
+    from gmai_pipeline.volumes import _nifti_header
+
+    with contextlib.ExitStack() as stack:
+        if hasattr(source, "read"):
+            source.seek(0)
+            f = source
+        else:
+            f = stack.enter_context(open(source, "rb"))  # noqa: SIM115
+        stream = (
+            stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb")) if name.lower().endswith(".gz") else f
+        )
+        _, header = _nifti_header(stream, name)
+        aff = header.get_best_affine()
+        shape = tuple(int(d) for d in header.get_data_shape()[:3])
+    ornt = nib.orientations.io_orientation(aff)
+    return aff @ nib.orientations.inv_ornt_aff(ornt, shape)
 
 
 def _slice_index(
@@ -551,31 +566,28 @@ def _slice_index(
     return k
 
 
-def load_series_mask(mask: Series, sv: SeriesVolume, where: str) -> np.ndarray:
+def load_series_mask(mask: Series, sv: SeriesVolume, where: str, budget=None) -> np.ndarray:
     """A series whose pixel values are labels, placed slice by slice by position (absent slices: 0)."""
     rows, cols = sv.series.slices[0].grid[:2]
     raw = np.zeros(sv.raw_shape, dtype=np.uint32)
     with quiet():
         for h in mask.slices:
             k = _slice_index(sv, h.position, h.orientation, h.grid, h.file.name)
-            px = _pixels(_read_full(h.file), h.file.name)
+            px = _pixels(_read_full(h.file), h.file.name, budget)
             if px.shape != (rows, cols):
                 raise ImageError("mask_mismatch", f"{where}: {h.file.name} is not {rows}x{cols}")
             raw[:, :, k] = _as_labels(px, h.file.name).T
     return _as_labels(sv.canonical(raw), where)
 
 
-def load_seg(seg: SegObject, sv: SeriesVolume) -> np.ndarray:
+def load_seg(seg: SegObject, sv: SeriesVolume, budget=None) -> np.ndarray:
     """A DICOM SEG on the series' grid -> canonical label volume of segment numbers (higher wins on overlap)."""
+    from gmai_pipeline.readers.dicom import pixel_array
+
     name = seg.file.name
     with quiet():
         ds = _read_full(seg.file)
-        try:
-            frames = ds.pixel_array
-        except Exception as exc:
-            raise ImageError(
-                "unreadable", f"{name}: SEG pixel data cannot be decoded ({type(exc).__name__})"
-            ) from None
+        frames = pixel_array(ds, name, budget)
         if frames.ndim == 2:
             frames = frames[None]
         shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
@@ -619,22 +631,27 @@ def load_seg(seg: SegObject, sv: SeriesVolume) -> np.ndarray:
     return sv.canonical(raw).astype(label_dtype(top), copy=False)
 
 
-def load_slice_masks(
-    masks: Sequence[tuple[Path, str]], sv: SeriesVolume, spec: SliceMasks, where: str
-) -> np.ndarray:
-    """One 2D label image per slice (`spec.match` says which belongs to which) -> canonical label volume."""
+def load_slice_masks(masks: Sequence[tuple], sv: SeriesVolume, spec: SliceMasks, where: str) -> np.ndarray:
+    """One 2D label image per slice (`spec.match` says which belongs to which) -> canonical label volume.
+
+    Each mask is (a function giving its label indices, its name in messages[, the real name it is
+    ordered and numbered by, when the shown one is a pseudonym]): the reader reads and decodes it
+    (`readers.masks.load_mask` on verified bytes), so every file goes through the same checks."""
     series = sv.series
     rows, cols = series.slices[0].grid[:2]
     n = len(series.slices)
-    ordered = sorted(masks, key=lambda m: natural_key(m[1]))
+    ordered = sorted(
+        ((m[0], m[1], m[2] if len(m) > 2 else m[1]) for m in masks), key=lambda m: natural_key(m[2])
+    )
     if spec.match in ("file_order", "position_order"):
         if len(ordered) != n:
             raise ImageError("mask_mismatch", f"{where}: {len(ordered)} mask images for {n} slices")
         if spec.match == "position_order":
             targets = list(range(n))
         else:
-            by_name = sorted(range(n), key=lambda k: natural_key(series.slices[k].file.name))
-            targets = by_name
+            targets = sorted(
+                range(n), key=lambda k: natural_key(series.slices[k].file.order or series.slices[k].file.name)
+            )
     else:
         pattern = re.compile(spec.index_pattern)
         slot = {}
@@ -645,20 +662,27 @@ def load_slice_masks(
                 )
             slot[h.instance + spec.index_offset] = k
         targets = []
-        for _, mname in ordered:
-            m = pattern.search(mname.rsplit("/", 1)[-1])
+        for _, mname, order in ordered:
+            m = pattern.search(order.rsplit("/", 1)[-1])
             if m is None or int(m.group(1)) not in slot:
                 raise ImageError("mask_mismatch", f"{where}: mask {mname} matches no slice's InstanceNumber")
             targets.append(slot[int(m.group(1))])
-    raw = np.zeros(sv.raw_shape, dtype=np.uint32)
-    for (path, mname), k in zip(ordered, targets, strict=True):
-        mask = read_label_image(path, mname)
+    raw = None
+    for (loader, mname, _), k in zip(ordered, targets, strict=True):
+        mask = loader()
         if mask.shape != (rows, cols):
             raise ImageError(
                 "mask_mismatch",
                 f"{mname}: mask is {mask.shape[1]}x{mask.shape[0]}, the slices are {cols}x{rows}",
             )
-        raw[:, :, k] = _as_labels(mask, mname).T
+        mask = _as_labels(mask, mname)
+        if (
+            raw is None
+        ):  # the labels' own type (8-bit PNGs: one byte a voxel), widened if a later one needs it
+            raw = np.zeros(sv.raw_shape, dtype=mask.dtype)
+        elif mask.dtype.itemsize > raw.dtype.itemsize:
+            raw = raw.astype(mask.dtype)
+        raw[:, :, k] = mask.T
     return _as_labels(sv.canonical(raw), where)
 
 

@@ -19,13 +19,14 @@ Why it is built this way:
   (`imaging.to_uint8`). Labels: `scalar` (one number per row, any trailing axes of size 1, as PCam's
   `y`) or `mask` (N, H, W label maps, same H, W as the images).
 
-Proposed catalog declaration (phase 2):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.hdf5`). PCam:
 
     reader:
       kind: layout
-      images: {path: "camelyonpatch_level_2_split_{split}_x.h5", format: hdf5}
-      labels: "camelyonpatch_level_2_split_{split}_y.h5"
-      convert: {kind: hdf5, images: x, labels: y}
+      images: "camelyonpatch_level_2_split_{split}_x.h5"
+      split: "{split}"
+      convert: {kind: hdf5, images: x, labels: y, labels_file: "camelyonpatch_level_2_split_{split}_y.h5"}
 """
 
 from __future__ import annotations
@@ -65,21 +66,28 @@ def record_name(rel: str, index: int, count: int) -> str:
     return f"{rel}/{index:0{max(1, len(str(max(count - 1, 0))))}d}"
 
 
-def _open(path: Path, name: str):
+def _open(path, name: str):
+    """An h5py File on a path, or on an open binary file (the reader's verified descriptor:
+    `ReaderContext.open`), which h5py then reads through, never the path."""
     import h5py
 
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise ImageError("missing_file", f"{name}: cannot read ({exc.strerror})") from None
+    if hasattr(path, "read"):
+        path.seek(0)
+        head = path.read(8)
+        path.seek(0)
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as exc:
+            raise ImageError("missing_file", f"{name}: cannot read ({exc.strerror})") from None
     if head.startswith(GZIP_MAGIC):
         raise ImageError(
             "packed_archive", f"{name}: gzip-compressed; unpack it first (gunzip {Path(name).name})"
         )
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         reason = "truncated" if head == HDF5_MAGIC else "unreadable"
         raise ImageError(reason, f"{name}: not a readable HDF5 file ({type(exc).__name__})") from None
 
@@ -113,9 +121,7 @@ class Hdf5Info:
     block_rows: int
 
 
-def inspect(
-    images: Path, images_name: str, opts: Hdf5Options, labels: Path | None = None, labels_name: str = ""
-) -> Hdf5Info:
+def inspect(images, images_name: str, opts: Hdf5Options, labels=None, labels_name: str = "") -> Hdf5Info:
     """Check the datasets (names, shapes, lengths) without reading pixels; ImageError when unusable."""
     with _open(images, images_name) as f:
         x = _dataset(f, opts.images, images_name)
@@ -167,10 +173,10 @@ def _image(arr: np.ndarray) -> np.ndarray:
 
 
 def iter_records(
-    images: Path,
+    images,
     images_name: str,
     opts: Hdf5Options,
-    labels: Path | None = None,
+    labels=None,
     labels_name: str = "",
     start: int = 0,
     stop: int | None = None,

@@ -29,18 +29,20 @@ Why it is built this way:
 - COCO `segmentation` (polygons, uncompressed and compressed RLE) is decoded with pycocotools, the
   COCO reference implementation, so masks equal the ones the dataset's own evaluation uses.
 
-Proposed catalog declaration (phase 2):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.polygons`). MoNuSeg:
 
     reader:
       kind: layout
-      images: "Tissue Images/{id}.tif"
-      annotations: "Annotations/{id}.xml"
+      images: "MoNuSeg 2018 Training Data/Tissue Images/{id}.tif"
+      masks: "MoNuSeg 2018 Training Data/Annotations/{id}.xml"
       convert: {kind: polygons, format: aperio_xml, instances: true}
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import warnings
@@ -108,17 +110,17 @@ class Parsed:
 
 
 def _ring(points: Sequence[Sequence[float]]) -> Ring | None:
-    """A closed ring without its repeated closing vertex; None when it has no area."""
+    """A closed ring without its repeated closing vertex; None when it has no area (or a coordinate
+    is not finite, or so large that its sums overflow)."""
     arr = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
-    if arr.shape[0] and not np.all(np.isfinite(arr)):
-        return None
-    if arr.shape[0] > 1 and np.array_equal(arr[0], arr[-1]):
+    if arr.shape[0] > 1 and arr[0, 0] == arr[-1, 0] and arr[0, 1] == arr[-1, 1]:
         arr = arr[:-1]
-    if len(set(map(tuple, arr.tolist()))) < 3:
+    if arr.shape[0] < 3 or not math.isfinite(float(arr.sum())):
         return None
+    # a positive area needs three distinct, non-collinear vertices: no separate distinctness test
     x, y = arr[:, 0], arr[:, 1]
     area = 0.5 * abs(float(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0]))  # shoelace
-    return arr if area > 0 else None
+    return arr if math.isfinite(area) and area > 0 else None
 
 
 def _ellipse(x0: float, y0: float, x1: float, y1: float) -> Ring:
@@ -145,10 +147,15 @@ def _simple(
     return Shape(label, ((ring, ()),), where, negative)
 
 
-def _parse_xml(path: Path, name: str, fmt: str) -> ET.Element:
+def _data(source: Path | bytes) -> Path | io.BytesIO:
+    """A path, or bytes the reader already verified (`ReaderContext.read`) as a file object."""
+    return io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+
+
+def _parse_xml(source: Path | bytes, name: str, fmt: str) -> ET.Element:
     """Parse with the standard library (expat: no external entities; entity expansion limits apply)."""
     try:
-        root = ET.parse(path).getroot()
+        root = ET.parse(_data(source)).getroot()
     except ET.ParseError as exc:
         raise ImageError("unreadable", f"{name}: not well-formed XML ({exc})") from None
     except OSError as exc:
@@ -171,7 +178,9 @@ def _xy(el: ET.Element, where: str) -> tuple[float, float]:
 APERIO_TYPES = {"0": "polygon", "1": "rectangle", "2": "ellipse"}
 
 
-def read_aperio_xml(path: Path, name: str, label_from: Literal["name", "id", "attribute"] = "name") -> Parsed:
+def read_aperio_xml(
+    path: Path | bytes, name: str, label_from: Literal["name", "id", "attribute"] = "name"
+) -> Parsed:
     """ImageScope XML: `Annotations/Annotation/Regions/Region/Vertices/Vertex X= Y=` (MoNuSeg, TCGA).
 
     `label_from: attribute` takes the Annotation's first `Attributes/Attribute` Name, where MoNuSAC
@@ -195,7 +204,10 @@ def read_aperio_xml(path: Path, name: str, label_from: Literal["name", "id", "at
                     ("not_an_area", f"{where}: region type {region.get('Type')} (a line, arrow or ruler)")
                 )
                 continue
-            pts = [_xy(v, where) for v in region.iter("Vertex")]
+            try:  # one comprehension per region: a Camelyon outline has thousands of vertices
+                pts = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+            except (TypeError, ValueError):
+                raise ImageError("unreadable", f"{where}: a vertex without numeric X/Y") from None
             negative = (region.get("NegativeROA") or "0").strip() == "1"
             out.add(_simple(label, pts, where, kind, negative))
     return out
@@ -206,7 +218,9 @@ def read_aperio_xml(path: Path, name: str, label_from: Literal["name", "id", "at
 ASAP_TYPES = {"polygon": "polygon", "spline": "polygon", "rectangle": "rectangle", "ellipse": "ellipse"}
 
 
-def read_asap_xml(path: Path, name: str, exclusion_groups: Sequence[str] = ASAP_EXCLUSION_GROUPS) -> Parsed:
+def read_asap_xml(
+    path: Path | bytes, name: str, exclusion_groups: Sequence[str] = ASAP_EXCLUSION_GROUPS
+) -> Parsed:
     """ASAP XML: `ASAP_Annotations/Annotations/Annotation/Coordinates/Coordinate` (Camelyon16/17)."""
     root = _parse_xml(path, name, "asap_xml")
     out = Parsed()
@@ -239,11 +253,11 @@ def _qupath_label(props: Mapping) -> str:
     return ""
 
 
-def read_geojson(path: Path, name: str) -> Parsed:
+def read_geojson(path: Path | bytes, name: str) -> Parsed:
     """GeoJSON as QuPath exports it: a FeatureCollection, a list of Features, or one Feature;
     Polygon / MultiPolygon geometries (GeometryCollections are opened), pixel coordinates."""
     try:
-        data = json.loads(Path(path).read_bytes())
+        data = json.loads(path if isinstance(path, bytes | bytearray) else Path(path).read_bytes())
     except OSError as exc:
         raise ImageError("missing_file", f"{name}: cannot read ({exc.strerror})") from None
     except ValueError as exc:
@@ -375,7 +389,7 @@ def compressed_counts(text: bytes) -> list[int] | None:
     return counts
 
 
-def read_annotations(path: Path, name: str, opts: PolygonOptions) -> Parsed:
+def read_annotations(path: Path | bytes, name: str, opts: PolygonOptions) -> Parsed:
     """Parse one annotation file in the declared format (COCO is per annotation: `coco_mask`)."""
     if opts.format == "aperio_xml":
         return read_aperio_xml(path, name, opts.label_from)

@@ -20,13 +20,15 @@ order is a plausible-looking wrong mask, not an error:
 Runs are validated with whole-array numpy checks (integers, even count, positive lengths, increasing and
 non-overlapping, inside the image) and then filled as slices, as fast as the bare Kaggle loop.
 
-Proposed catalog declaration (phase 2):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.rle`). SIIM-ACR (the table's header ` EncodedPixels` is read trimmed):
 
     reader:
       kind: layout
-      images: "dicom-images-train/*/*/{id}.dcm"
-      table: {path: train-rle.csv, id: ImageId}
-      convert: {kind: rle, column: " EncodedPixels", order: column, runs: relative, start: 0}
+      images: "dicom-images-train/*/*/{image_id}.dcm"
+      table: {file: train-rle.csv, join: {column: ImageId, field: image_id}}
+      label: pneumothorax
+      convert: {kind: rle, column: EncodedPixels, order: column, runs: relative, start: 0}
 """
 
 from __future__ import annotations

@@ -34,13 +34,15 @@ Why it is built this way:
 - Areas outside the scanned region (OpenSlide returns them transparent) are composited onto white,
   as a microscope's empty glass looks.
 
-Proposed catalog declaration (phase 2):
+Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
+`gmai_pipeline.readers.wsi`). CAMELYON16:
 
     reader:
       kind: layout
-      images: {path: "training/{label}/{slide}.tif", format: wsi}
-      annotations: "training/lesion_annotations/{slide}.xml"
-      convert: {kind: wsi, magnification: 10, tile_size: 512, background_tiles: 8, annotations: {format: asap_xml}}
+      images: "training/{group}/{slide}.tif"
+      masks: "lesion_annotations/{slide}.xml"
+      convert: {kind: wsi, magnification: 10, tile_size: 512, background_tiles: 8, background_label: normal,
+                annotations: {format: asap_xml}, unannotated: {group: normal}}
 """
 
 from __future__ import annotations

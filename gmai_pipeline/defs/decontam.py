@@ -8,15 +8,14 @@ Thin over `gmai_pipeline.decontaminate`; data passes as files under the output r
 
 import dagster as dg
 import pandas as pd
-import pyarrow.parquet as pq
 
 from gmai_pipeline import decontaminate as dc
 from gmai_pipeline.availability import Inventory, failures_message, take_inventory
 from gmai_pipeline.benchmarks import REGISTRY
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import ANNOTATIONS, layout, md_table
+from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.settings import get_settings
-from gmai_pipeline.storage import atomic_write_bytes
 
 GROUP = "decontamination"
 RELEASE_CHECK = "present_datasets_in_release"
@@ -233,7 +232,8 @@ def benchmark_hashes(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     description=(
         "annotations minus every sample whose image matches a benchmark image by byte MD5, pixel MD5 or "
         "dHash distance <= threshold (pHash as second opinion); a match on one slice removes the whole "
-        "volume. Removed rows: decontamination_report.parquet."
+        "volume. Removed rows: decontamination_report.parquet. Each kept row carries its generation shard "
+        "(`shard`), in row groups of one shard, so a generation partition reads only its rows."
     ),
     check_specs=[
         dg.AssetCheckSpec(
@@ -246,43 +246,32 @@ def benchmark_hashes(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 )
 def decontaminated(context: dg.AssetExecutionContext, config: DecontaminationConfig):
     out = layout()
-    train, hash_counts = dc.hash_training_images(out.annotations, out, config.workers)
-    for err in train["error"].dropna().head(20):
+    run = dc.decontaminate(out, config.threshold, config.phash_veto, config.workers)
+    for err in run.hash_errors:
         context.log.warning(f"training image not hashed: {err}")
-    bench = dc.read_hashes(out.benchmark_hashes)
-    found = dc.find_matches(train, bench, config.threshold, config.phash_veto)
-    matches = dc.strongest(pd.concat([found, dc.unhashable(train)], ignore_index=True))
-    result = dc.apply_matches(out.annotations, matches, out)
-
-    report = pq.read_table(out.decontamination_report).to_pandas()
-    png = dc.preview(out, report)
+    result, counts = run.result, run.hash_counts
     preview_md: dg.MetadataValue | str = "no matches"
-    if png is not None:
-        atomic_write_bytes(dc.preview_png(out), png)
-        preview_md = dg.MetadataValue.md(dc.data_url_markdown(png))
-    by_pair = (
-        report.groupby(["benchmark", "method"]).size().reset_index(name="rows")
-        if len(report)
-        else pd.DataFrame()
-    )
+    if run.preview_png is not None:
+        preview_md = dg.MetadataValue.md(dc.data_url_markdown(run.preview_png.read_bytes()))
     yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": result.kept,
             "kept_rows": result.kept,
             "removed_rows": result.removed,
             "removed_volumes": result.volumes_removed,
-            "matched_training_images": len(matches),
+            "matched_training_images": run.matched_images,
             "removed_per_benchmark": _counts_table(result.removed_by_benchmark, "benchmark", "rows"),
             "removed_per_method": _counts_table(result.removed_by_method, "method", "rows"),
-            "removed_per_benchmark_and_method": md_table(by_pair, 50),
+            "removed_per_benchmark_and_method": md_table(run.by_benchmark_and_method, 50),
             "matched_pairs_preview": preview_md,
-            "preview_png": str(dc.preview_png(out)) if png else "none",
+            "preview_png": str(run.preview_png) if run.preview_png else "none",
             "threshold_bits": config.threshold,
             "phash_veto_bits": config.phash_veto if config.phash_veto is not None else "off",
-            "training_images": hash_counts["images"],
-            "training_hashes_cached": hash_counts["cached"],
-            "training_hashes_computed": hash_counts["computed"],
-            "training_hash_errors": hash_counts["errors"],
+            "training_images": counts["images"],
+            "training_hashes_cached": counts["cached"],
+            "training_hashes_computed": counts["computed"],
+            "training_hash_errors": counts["errors"],
+            "generation_shards": len(SHARD_KEYS),
             "report": str(out.decontamination_report),
         }
     )

@@ -1,41 +1,39 @@
-"""Release stage: `instruction_shards`, `stage{1,2,3}_mix`, `dataset_report` (thin over gmai_pipeline.release)."""
+"""Release stage, thin over gmai_pipeline.release: one asset per output, all reading one records table.
+
+`release_records` checks every generated record once and writes the sorted, validated table (and the
+rejected rows); `instruction_shards` (WebDataset shards + index), `release_annotations` (subset JSONL +
+llava.json), `release_metas` (InternVL/XTuner metas over those files), `release_images` (the release's
+`images/`), `stage{1,2,3}_mix` and `dataset_report` each write only what they declare, streaming the table.
+"""
 
 import os
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pyarrow as pa
 
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout, md_table
-from gmai_pipeline.release.annotations import subset_counts, write_annotations
+from gmai_pipeline.profiles import MissingVariableError
+from gmai_pipeline.release.annotations import ANNOTATIONS_DIR, LLAVA_JSON, SUBSETS, write_annotations
 from gmai_pipeline.release.images import IMAGES_DIR, sync_images
-from gmai_pipeline.release.mixtures import (
-    StaleScoresError,
-    build_mixture,
-    load_mixtures,
-    model_judged,
-    read_scores,
-    write_mixture,
-)
-from gmai_pipeline.release.records import LoadedRecords, ReleaseError, load_records
+from gmai_pipeline.release.mixtures import StaleScoresError, load_mixtures, model_judged, read_scores
+from gmai_pipeline.release.records import REJECTED_NAME, ReleaseError, ReleaseRecords, write_release_records
 from gmai_pipeline.release.report import (
     DIMENSIONS,
     build_report,
     dataset_card,
     decontamination_markdown,
-    hf_features,
     md,
     png_data_url,
     table3_markdown,
     write_card,
 )
 from gmai_pipeline.release.shards import DEFAULT_TARGET_BYTES, read_index, verify_shards, write_shards
-from gmai_pipeline.release.trainer_metas import write_release_metas, write_stage_metas
-from gmai_pipeline.schemas import QUARANTINE_SCHEMA
+from gmai_pipeline.release.stage_mix import write_stage_mixture
+from gmai_pipeline.release.trainer_metas import write_release_metas
 from gmai_pipeline.settings import get_settings
-from gmai_pipeline.storage import OutputLayout, write_table
+from gmai_pipeline.training_plan import TrainingPlanError, lengths_file, load_training_profile, token_lengths
 
 GROUP = "release"
 GENERATED_DEPS = [dg.AssetKey("captions"), dg.AssetKey("vqa"), dg.AssetKey("translations")]
@@ -61,38 +59,63 @@ def target_bytes(config: ShardConfig) -> int:
     return DEMO_TARGET_BYTES if get_settings().is_demo_raw else DEFAULT_TARGET_BYTES
 
 
-def _load(context: dg.AssetExecutionContext, out: OutputLayout) -> LoadedRecords:
-    loaded = load_records(out)
-    if loaded.missing_inputs:
-        context.log.warning(
-            f"generated tables not found (not materialized yet?): {', '.join(loaded.missing_inputs)}"
-        )
-    if not loaded.rows:
-        raise ReleaseError(
-            f"no releasable records under {out.root / 'generated'}: materialize captions, vqa and translations first "
-            f"({loaded.inputs} rows read, {len(loaded.rejected)} rejected)"
-        )
-    return loaded
+def _records() -> ReleaseRecords:
+    try:
+        return ReleaseRecords(layout())
+    except ReleaseError as exc:
+        raise dg.Failure(str(exc)) from None
 
 
 @dg.asset(
     group_name=GROUP,
     deps=GENERATED_DEPS,
-    kinds={"webdataset", "json"},
-    description="The release folder: WebDataset tar shards of every generated record (image + LLaVA/XTuner "
-    "`.json`) with the `shards.json` index (SHA-256), annotation JSONL per subset, `llava.json`, the InternVL and "
-    "XTuner metas, and `images/` (hard links to the released images only). Crash-safe and resumable.",
+    kinds={"parquet"},
+    description="Every generated record (captions, vqa, translations; all partitions) checked once: "
+    "conversations that parse and follow the LLaVA turn rules, an image that exists and that decontamination did "
+    "not remove, one row per id. release_records.parquet (sorted by id) is what every release output reads; "
+    "release/rejected.parquet lists each rejected row with its reason.",
+)
+def release_records(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    out = layout()
+    stats = write_release_records(out)
+    if stats.missing_inputs:
+        context.log.warning(
+            f"generated tables not found (not materialized yet?): {', '.join(stats.missing_inputs)}"
+        )
+    for r in stats.examples:
+        context.log.warning(f"not released: {r['reason']}: {r['detail']}")
+    rejected = sum(stats.rejected.values())
+    if not stats.released:
+        raise ReleaseError(
+            f"no releasable records under {out.root / 'generated'}: materialize captions, vqa and translations first "
+            f"({stats.inputs} rows read, {rejected} rejected)"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": stats.released,
+            "records": stats.released,
+            "inputs": stats.inputs,
+            "rejected": rejected,
+            "rejected_by_reason": dg.MetadataValue.json(dict(stats.rejected)),
+            "missing_inputs": len(stats.missing_inputs),
+            "table": dg.MetadataValue.path(str(out.release_records)),
+            "rejected_table": dg.MetadataValue.path(str(out.release / REJECTED_NAME)),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[release_records],
+    kinds={"webdataset"},
+    description="WebDataset tar shards of every released record (image + LLaVA/XTuner `.json`) with the "
+    "`shards.json` index (SHA-256). Crash-safe and resumable.",
 )
 def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -> dg.MaterializeResult:
     out = layout()
-    loaded = _load(context, out)
-    write_table(
-        out.release / "rejected.parquet", pa.Table.from_pylist(loaded.rejected, schema=QUARANTINE_SCHEMA)
-    )
-    for r in loaded.rejected[:20]:
-        context.log.warning(f"not released: {r['reason']}: {r['detail']}")
+    records = _records()
     result = write_shards(
-        loaded.rows,
+        records,
         out.release / "shards",
         target_bytes(config),
         verify=config.verify,
@@ -100,11 +123,6 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
         direct=config.direct_io,
         log=context.log.info,
     )
-    subsets = write_annotations(loaded.rows, out.release)
-    metas = write_release_metas(out.release, subsets)
-    images = sync_images(loaded.rows, out.release / IMAGES_DIR)
-    for rel in images.removed[:20]:
-        context.log.info(f"images/{rel}: no longer released, removed")
     return dg.MaterializeResult(
         metadata={
             "shards": len(result.shards),
@@ -114,16 +132,6 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
             "shards_written": result.written,
             "shards_kept": result.kept,
             "stale_removed": len(result.removed),
-            "inputs": loaded.inputs,
-            "rejected": len(loaded.rejected),
-            "missing_inputs": len(loaded.missing_inputs),
-            "subsets": md_table(pd.DataFrame([{"subset": k, "records": v} for k, v in subsets.items()])),
-            "images": images.images,
-            "images_linked": images.linked,
-            "images_copied": images.copied,
-            "images_removed": len(images.removed),
-            "internvl_meta": dg.MetadataValue.path(str(metas["internvl"])),
-            "xtuner_meta": dg.MetadataValue.path(str(metas["xtuner"])),
             "index": dg.MetadataValue.path(str(out.release / "shards.json")),
             "shard_index": md_table(pd.DataFrame(result.shards)[["name", "samples", "bytes", "sha256"]], 50),
         }
@@ -143,31 +151,117 @@ def shards_match_index() -> dg.AssetCheckResult:
     )
 
 
+@dg.asset(
+    group_name=GROUP,
+    deps=[release_records],
+    kinds={"json"},
+    description="The annotation files: `annotations/<subset>.jsonl` (GMAI-MM-Caption/Percept/Instruct-en and the "
+    "Chinese subset) and `llava.json` (every record in one JSON array), paths relative to the release's images/.",
+)
+def release_annotations() -> dg.MaterializeResult:
+    out = layout()
+    subsets = write_annotations(_records(), out.release)
+    return dg.MaterializeResult(
+        metadata={
+            "records": sum(subsets.values()),
+            "subsets": md_table(pd.DataFrame([{"subset": k, "records": v} for k, v in subsets.items()])),
+            "llava_json": dg.MetadataValue.path(str(out.release / LLAVA_JSON)),
+        }
+    )
+
+
+def _lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[release_annotations],
+    kinds={"json"},
+    description="`internvl_meta.json` and `xtuner_meta.json`: the InternVL and XTuner metas over the annotation "
+    "files, with each file's record count.",
+)
+def release_metas() -> dg.MaterializeResult:
+    release = layout().release
+    files = {name: release / ANNOTATIONS_DIR / f"{name}.jsonl" for name in SUBSETS}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise dg.Failure(f"annotation files not found: {', '.join(missing)}; materialize release_annotations")
+    counts = {name: _lines(p) for name, p in files.items()}
+    metas = write_release_metas(release, counts)
+    return dg.MaterializeResult(
+        metadata={
+            "internvl_meta": dg.MetadataValue.path(str(metas["internvl"])),
+            "xtuner_meta": dg.MetadataValue.path(str(metas["xtuner"])),
+            "subsets": md_table(pd.DataFrame([{"subset": k, "records": v} for k, v in counts.items()])),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[release_records],
+    kinds={"folder"},
+    description="The release's `images/`: exactly the released images (hard links into the output root's store, "
+    "a copy where the filesystem cannot link); images no longer released are removed.",
+)
+def release_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    out = layout()
+    images = sync_images(_records(), out.release / IMAGES_DIR)
+    for rel in images.removed[:20]:
+        context.log.info(f"images/{rel}: no longer released, removed")
+    return dg.MaterializeResult(
+        metadata={
+            "images": images.images,
+            "images_linked": images.linked,
+            "images_copied": images.copied,
+            "images_kept": images.kept,
+            "images_removed": images.removed_count,
+            "folder": dg.MetadataValue.path(str(out.release / IMAGES_DIR)),
+        }
+    )
+
+
+def _token_lengths(data: Path, stage: int) -> str:
+    """The mixture's token lengths, measured once here so training ranks do not tokenize it before step 1."""
+    try:
+        return token_lengths(data, stage, load_training_profile())
+    except (MissingVariableError, TrainingPlanError) as exc:
+        lengths_file(data).unlink(missing_ok=True)
+        return f"not computed ({exc}); training tokenizes the mixture itself"
+
+
 def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     def compute(context: dg.AssetExecutionContext, text_files: list[str] | None) -> dg.MaterializeResult:
         out = layout()
         config, path = load_mixtures()
         # A mixture without our records ("w/o our data": only external corpora and text) needs no release.
         ours = any(c.kinds for c in config.stages[stage].components.values())
+        records = _records() if ours else []
         # Stage III is judged by the stage II model: the stage3_scores asset wrote its scores.
         judged = model_judged(config, stage)
         try:
             scores = read_scores(out.training / "stage3_scores" / "scores.jsonl") if judged else None
-            mixture = build_mixture(
+            mix = write_stage_mixture(
                 stage,
-                _load(context, out).rows if ours else [],
+                records,
                 config,
                 path,
+                out.mixtures,
+                out.release,
+                out.release / IMAGES_DIR,
                 [Path(p) for p in text_files] if text_files is not None else None,
                 scores,
                 external_dir=out.root / "external",
             )
         except StaleScoresError as exc:
             raise dg.Failure(str(exc)) from None
-        for r in mixture.rejected[:20]:
+        for r in mix.rejected[:20]:
             context.log.warning(f"{stage}: not mixed: {r['detail']}")
-        meta = write_mixture(mixture, out.mixtures, out.release / IMAGES_DIR, path)
-        tools = write_stage_metas(mixture, out.release)
+        lengths = _token_lengths(out.mixtures / f"{stage}.jsonl", int(stage[-1]))
+        context.log.info(f"{stage} token lengths: {lengths}")
+        meta = mix.meta
         components = pd.DataFrame(
             [
                 {
@@ -185,10 +279,11 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
                 "samples": meta["samples"],
                 "ids_sha256": meta["ids_sha256"],
                 "components": md_table(components),
-                "rejected_text_lines": len(mixture.rejected),
+                "rejected_text_lines": len(mix.rejected),
                 "mixture": dg.MetadataValue.path(str(out.mixtures / f"{stage}.jsonl")),
-                **{kind: dg.MetadataValue.path(str(p)) for kind, p in tools.items()},
+                **{kind: dg.MetadataValue.path(str(p)) for kind, p in mix.tools.items()},
                 "config": dg.MetadataValue.path(str(path)),
+                "token_lengths": lengths,
                 **(
                     {"scores_table": dg.MetadataValue.path(meta["scores_table"])}
                     if "scores_table" in meta
@@ -208,7 +303,8 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
         name=f"{stage}_mix",
         group_name=GROUP,
         deps=[
-            instruction_shards,
+            release_records,
+            release_images,
             dg.AssetKey("external_corpora"),
             *([dg.AssetKey("stage3_scores")] if stage == "stage3" else []),
         ],
@@ -235,19 +331,16 @@ def build_report_asset(sources: list[SourceDataset]) -> dg.AssetsDefinition:
 
     @dg.asset(
         group_name=GROUP,
-        deps=[instruction_shards, dg.AssetKey("decontaminated")],
+        deps=[release_records, instruction_shards, dg.AssetKey("decontaminated")],
         kinds={"markdown", "png"},
         description="Table 3 of the paper for our data, sources with licences, generators and prompt versions, "
         "decontamination summary, charts; written as the dataset card `release/README.md`.",
     )
     def dataset_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         out = layout()
-        loaded = _load(context, out)
-        report = build_report(loaded.rows, licences, out.decontamination_report, out.release / "report")
+        report = build_report(_records(), licences, out.decontamination_report, out.release / "report")
         index = read_index(out.release / "shards")
-        card_text = dataset_card(
-            report, index, subset_counts(loaded.rows), out.release, hf_features(loaded.rows)
-        )
+        card_text = dataset_card(report, index, report.subset_counts, out.release, report.features)
         card = write_card(card_text, out.release / "README.md")
         metadata: dict[str, dg.RawMetadataValue] = {
             "records": report.totals["records"],
@@ -269,7 +362,11 @@ def build_report_asset(sources: list[SourceDataset]) -> dg.AssetsDefinition:
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
     return dg.Definitions(
         assets=[
+            release_records,
             instruction_shards,
+            release_annotations,
+            release_metas,
+            release_images,
             *(build_mix_asset(s) for s in ("stage1", "stage2", "stage3")),
             build_report_asset(sources),
         ],

@@ -16,6 +16,7 @@ run config. Before anything is submitted a stage refuses: a profile with no mode
 GMAI_MODEL_DIR), and packing with an LLM whose attention does not keep packed samples apart.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,16 +34,10 @@ from gmai_pipeline import training_plan as plan
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import layout
 from gmai_pipeline.profiles import MissingVariableError, load_resource_config
-from gmai_pipeline.release.mixtures import (
-    ids_sha256,
-    load_mixtures,
-    model_judged,
-    provenance_path,
-    score_candidates,
-)
-from gmai_pipeline.release.records import load_records
+from gmai_pipeline.release.mixtures import iter_score_candidates, load_mixtures, model_judged, provenance_path
+from gmai_pipeline.release.records import ReleaseError, ReleaseRecords
 from gmai_pipeline.settings import PROJECT_ROOT
-from gmai_pipeline.storage import atomic_write_text
+from gmai_pipeline.storage import atomic_path, atomic_write_text
 
 STAGES = (1, 2, 3)
 
@@ -403,7 +398,7 @@ SCORES_DIR = "stage3_scores"
 
 @dg.asset(
     name="stage3_scores",
-    deps=[dg.AssetKey("gmai_vl_stage2"), dg.AssetKey("instruction_shards")],
+    deps=[dg.AssetKey("gmai_vl_stage2"), dg.AssetKey("release_records")],
     pool="gpu",
     group_name="training",
     kinds={"pytorch"},
@@ -420,16 +415,24 @@ def stage3_scores(
     folder.mkdir(parents=True, exist_ok=True)
     mixtures, mixtures_path = load_mixtures()
     judged = model_judged(mixtures, "stage3")
-    loaded = load_records(out)
-    candidates = score_candidates("stage3", loaded.rows, mixtures)
+    try:
+        records = ReleaseRecords(out)
+    except ReleaseError as exc:
+        raise dg.Failure(str(exc)) from None
+    data = folder / "candidates.jsonl"
+    ids = hashlib.sha256()
+    n = 0
+    with atomic_path(data) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for record in iter_score_candidates("stage3", records, mixtures):  # id order: the table's
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            ids.update((("\n" if n else "") + record["id"]).encode("utf-8"))
+            n += 1
     meta = {
-        "candidates": len(candidates),
-        "ids_sha256": ids_sha256([r["id"] for r in candidates]),
+        "candidates": n,
+        "ids_sha256": ids.hexdigest(),  # = mixtures.ids_sha256 of the ids (they come sorted)
         "components": judged,
         "mixtures": str(mixtures_path),
     }
-    data = folder / "candidates.jsonl"
-    atomic_write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in candidates))
     if not judged:
         atomic_write_text(folder / "scores.jsonl", "")
         atomic_write_text(folder / "candidates.meta.json", json.dumps(meta, indent=2) + "\n")
@@ -437,10 +440,10 @@ def stage3_scores(
             f"no stage3 component of {mixtures_path} has a model_confidence rule: nothing to score"
         )
         return dg.MaterializeResult(metadata={"candidates": 0, "components": "none"})
-    if not candidates:
+    if not n:
         raise dg.Failure(
-            f"stage3 components {judged} of {mixtures_path} have no candidates among {len(loaded.rows)} released "
-            "records: materialize instruction_shards, or check the components' kinds and languages"
+            f"stage3 components {judged} of {mixtures_path} have no candidates among {len(records)} released "
+            "records: materialize release_records, or check the components' kinds and languages"
         )
     profile = _profile()
     knobs = _check(lambda: profile.knobs(3, config.model_dump(exclude_none=True)))
@@ -467,8 +470,8 @@ def stage3_scores(
         if (folder / "scores.jsonl").exists()
         else []
     )
-    if len(lines) != len(candidates):
-        raise dg.Failure(f"{folder / 'scores.jsonl'} has {len(lines)} lines for {len(candidates)} candidates")
+    if len(lines) != n:
+        raise dg.Failure(f"{folder / 'scores.jsonl'} has {len(lines)} lines for {n} candidates")
     atomic_write_text(folder / "candidates.meta.json", json.dumps(meta, indent=2) + "\n")
     return dg.MaterializeResult(
         metadata={

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -35,9 +36,10 @@ from gmai_pipeline.generation.cost import estimate_usd
 from gmai_pipeline.generation.requests import Completion, Failure, GenRequest, ImageRef
 from gmai_pipeline.generation.translate import DEFAULT_FRACTION, selected
 from gmai_pipeline.progress import Progress
-from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
-from gmai_pipeline.storage import OutputLayout, atomic_path, batched
+from gmai_pipeline.schemas import GENERATED_SCHEMA, NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
+from gmai_pipeline.storage import OutputLayout, atomic_path, batched, iter_row_groups
 
+log = logging.getLogger(__name__)
 BACKENDS = ("template", "openai", "openai_batch")
 GROUPS = {"captions": ("caption", "region_caption"), "vqa": ("vqa",)}
 HELD_BACK = "held_back_licence"
@@ -144,26 +146,21 @@ class Runner:
         self.use_cache = backend.name != "template"
 
     def resolve(self, requests: list[GenRequest]) -> dict[str, Result]:
-        out: dict[str, Result] = {}
-        misses: dict[str, GenRequest] = {}
-        for r in requests:
-            if r.key in out or r.key in misses:
-                continue
-            hit = self.cache.get(r.key) if self.use_cache else None
-            if hit is not None:
-                out[r.key] = hit
-                self.report.cache_hits += 1
-            else:
-                misses[r.key] = r
+        unique = {r.key: r for r in requests}
+        out: dict[str, Result] = dict(self.cache.get_many(unique)) if self.use_cache else {}
+        self.report.cache_hits += len(out)
+        misses = [r for key, r in unique.items() if key not in out]
         if misses:
             before = self.backend.requests_sent  # what went over the wire (a resumed batch sends nothing)
-            results = self.backend.run(list(misses.values()))
+            results = self.backend.run(misses)
             self.report.requests_sent += self.backend.requests_sent - before
-            for key, result in results.items():
-                if isinstance(result, Completion) and self.use_cache:
-                    self.cache.put(key, result)
-                    self.report.tokens_in += result.tokens_in
-                    self.report.tokens_out += result.tokens_out
+            answers = (
+                [(k, r) for k, r in results.items() if isinstance(r, Completion)] if self.use_cache else []
+            )
+            self.cache.put_many(answers)  # the chunk's answers in one transaction
+            for _key, result in answers:
+                self.report.tokens_in += result.tokens_in
+                self.report.tokens_out += result.tokens_out
             out.update(results)
         return out
 
@@ -228,14 +225,30 @@ def run_items(items: list[Item], runner: Runner) -> tuple[list[Outcome], list[Qu
 
 
 def partition_rows(layout: OutputLayout, partition: str, batch_size: int = 8192) -> Iterator[dict[str, Any]]:
-    """Rows of `decontaminated` whose sample_id hashes to `partition`, in file order."""
+    """Rows of `decontaminated` whose sample_id hashes to `partition`, in file order.
+
+    Reads only the partition's row groups (the table's `shard` column, written once by decontamination).
+    A table written before that column existed is read whole and hashed row by row, as it used to be.
+    """
     path = layout.decontaminated
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: materialize `decontaminated` first")
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+    batches = partitions.read_shard(path, partition, NORMALIZED_SCHEMA.names, batch_size)
+    if batches is not None:
+        for batch in batches:
+            yield from batch.to_pylist()
+        return
+    log.warning(f"{path} has no shard column: every partition scans it whole; rematerialize `decontaminated`")
+    for batch in iter_row_groups(path, NORMALIZED_SCHEMA.names, batch_size):
         for row in batch.to_pylist():
             if partitions.shard_of(row["sample_id"]) == partition:
                 yield row
+
+
+def count_partition_rows(layout: OutputLayout, partition: str) -> int:
+    """Rows of `decontaminated` in `partition`, from the table's footer where it has the shard column."""
+    n = partitions.count_shard(layout.decontaminated, partition) if layout.decontaminated.exists() else None
+    return n if n is not None else sum(1 for _ in partition_rows(layout, partition))
 
 
 def _slug(text: str) -> str:
@@ -383,10 +396,12 @@ def _run_partition(
 ) -> Report:
     report = Report(partition, asset, backend.name, backend.model)
     progress = Progress(log or (lambda _: None), None, f"{asset} {partition}", unit="samples")
-    runner = Runner(backend, ResponseCache(layout.llm_cache), report)
+    cache = ResponseCache(layout.llm_cache, log=log)
+    runner = Runner(backend, cache, report)
     seen: set[str] = set()
     pending = 0
     with contextlib.ExitStack() as stack:
+        stack.callback(cache.close)
         writers = _Writers(
             stack, layout.generated(asset, partition), layout.generation_quarantine(asset, partition)
         )
@@ -485,7 +500,9 @@ def generate_partition(
     )
 
 
-def english_records(layout: OutputLayout, partition: str) -> Iterator[dict[str, Any]]:
+def english_records(
+    layout: OutputLayout, partition: str, columns: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """The English records of captions and vqa for this partition (both must have run)."""
     for asset in GROUPS:
         path = layout.generated(asset, partition)
@@ -493,7 +510,7 @@ def english_records(layout: OutputLayout, partition: str) -> Iterator[dict[str, 
             raise FileNotFoundError(
                 f"{path} not found: materialize `{asset}` for partition {partition} first"
             )
-        for batch in pq.ParquetFile(path).iter_batches():
+        for batch in iter_row_groups(path, columns, 4096):
             yield from (r for r in batch.to_pylist() if r["language"] == "en")
 
 
@@ -545,9 +562,10 @@ def count_rows(path: Path) -> int:
 def accounted(layout: OutputLayout, asset: str, partition: str, cfg: LLMConfig) -> tuple[int, int, int]:
     """(inputs, generated, quarantined) recounted from the files on disk: the asset check's evidence."""
     if asset == "translations":
-        inputs = sum(1 for _ in translation_inputs(layout, partition, cfg.translate_fraction))
+        english = english_records(layout, partition, columns=["id", "language"])
+        inputs = sum(1 for r in english if selected(r["id"], cfg.translate_fraction))
     else:
-        inputs = sum(1 for _ in partition_rows(layout, partition))
+        inputs = count_partition_rows(layout, partition)
     return (
         inputs,
         count_rows(layout.generated(asset, partition)),

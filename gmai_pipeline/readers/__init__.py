@@ -19,6 +19,11 @@ exception from a decoder escapes a reader:
 | msd | an image file of a case (kept: rows for every kept component of every kept slice); a volume no case uses |
 | dicom | a label-CSV row; a DICOM file no row names |
 | layout | see `readers/layout.py`: an image file, a table row's label or box, an image file of a case |
+| layout, `convert: dicom_series` | a series (one SeriesInstanceUID in one folder, kept or quarantined whole); a DICOM file that joins no series; a folder a split leaves out; a DICOM SEG no series uses |
+| layout, `convert: polygons` | an image file with its annotation file(s); a shape that encloses no area; (COCO) a JSON image entry whose file is missing |
+| layout, `convert: rle` | an image file with all its table rows (several rows merged into one mask); a table key whose image is not found |
+| layout, `convert: hdf5` | an index of the image dataset (`<file>.h5/<index>`); a whole file that cannot be used, or that a split leaves out |
+| layout, `convert: wsi` | 2d_seg: a slide (every tile's boxes); 2d_cls: a tile; a slide that gives no tile or cannot be read; a shape with no area |
 
 A missing or unparsable annotation file (CSV, COCO JSON, dataset.json, a table, a split list) is one
 input too, and so is an archive that `reader.unpack` names but cannot be unpacked. Before any reader
@@ -31,7 +36,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from gmai_pipeline.readers import coco, csv_labels, dicom, image_folder, layout, mask_pairs, msd, voc, yolo
+from gmai_pipeline.readers import (
+    coco,
+    csv_labels,
+    dicom,
+    dicom_series,
+    hdf5,
+    image_folder,
+    layout,
+    mask_pairs,
+    msd,
+    polygons,
+    rle,
+    voc,
+    wsi,
+    yolo,
+)
 from gmai_pipeline.readers.base import Event, ReaderContext
 
 READERS: dict[str, Callable[[ReaderContext, object], Iterator[Event]]] = {
@@ -45,6 +65,18 @@ READERS: dict[str, Callable[[ReaderContext, object], Iterator[Event]]] = {
     "dicom": dicom.read,
     "layout": layout.read,
 }
+
+
+# `reader.convert` kinds of the layout reader (`gmai_pipeline.layouts.Convert`).
+layout.CONVERTERS.update(
+    {
+        "dicom_series": dicom_series.read,
+        "polygons": polygons.read,
+        "rle": rle.read,
+        "hdf5": hdf5.read,
+        "wsi": wsi.read,
+    }
+)
 
 
 def describe(spec) -> str:

@@ -182,9 +182,11 @@ def declared_pixel_bytes(ds) -> int:
     return rows * cols * samples * (frames * ((bits + 7) // 8) + 8)
 
 
-def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = None) -> tuple[np.ndarray, str]:
-    """(8-bit pixels ready to store, MD5 of the decoded pixel data); ImageError on failure."""
-    from pydicom.pixels import apply_modality_lut
+def pixel_array(ds, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
+    """The stored pixel values of a read dataset, after the checks every DICOM path makes: pixel data
+    present, declared size within the decode budget, a decoder installed for a compressed transfer
+    syntax (`unsupported_codec`), data as long as the header says (`truncated`). ImageError naming
+    `rel` and the exception type only; shared with `converters.dicom_series`."""
     from pydicom.pixels.decoders.base import get_decoder
 
     if "PixelData" not in ds:
@@ -202,7 +204,7 @@ def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = Non
                 "unsupported_codec", f"{rel}: compressed transfer syntax with no installed decoder"
             )
     try:
-        arr = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:
         msg = str(exc).lower()
         reason = (
@@ -211,6 +213,13 @@ def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = Non
             else "unsupported_codec"
         )
         raise ImageError(reason, f"{rel}: pixel data cannot be decoded ({type(exc).__name__})") from None
+
+
+def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = None) -> tuple[np.ndarray, str]:
+    """(8-bit pixels ready to store, MD5 of the decoded pixel data); ImageError on failure."""
+    from pydicom.pixels import apply_modality_lut
+
+    arr = pixel_array(ds, rel, budget)
     pixel_md5 = md5_bytes(np.ascontiguousarray(arr).tobytes())
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:

@@ -52,8 +52,8 @@ from gmai_pipeline.readers.volume_cases import (
     selected,
 )
 
-# Readers per `FileSet.format` other than "auto": a converter registers `(ctx, opts) -> events` here (and its
-# name in `gmai_pipeline.layouts.FORMATS`), reusing this module's helpers (`match`, `_tables`, `_split`, ...).
+# Readers per `reader.convert.kind` (`gmai_pipeline.layouts.Convert`): `(ctx, opts) -> events`, reusing this
+# module's helpers (`match`, `_tables`, `_split`, ...); registered by `gmai_pipeline.readers.converted`.
 CONVERTERS: dict[str, Callable[[ReaderContext, LayoutReader], Iterator[Event]]] = {}
 
 
@@ -147,9 +147,8 @@ def case_of(found: Found, template_fields: Iterable[str]) -> str:
 
 
 def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
-    formats = {opts.images.format, opts.masks.format if opts.masks else "auto"} - {"auto"}
-    if formats:
-        yield from CONVERTERS[formats.pop()](ctx, opts)
+    if opts.convert is not None:
+        yield from CONVERTERS[opts.convert.kind](ctx, opts)
         return
     plan = compile_plan(opts)
     ctx.ct_window = opts.ct_window

@@ -1,6 +1,8 @@
 """2D masks: reading them, combining several per image, and turning components into rows.
 
-Shared by `mask_pairs`, `layout` and (for `mask_rows`, `value_label`) the 3D path. Masks are read as
+Shared by `mask_pairs`, `layout`, the converters (`seg_image_with`: polygons and run-length masks give
+their label map, or their boxes, to the same flow) and (for `mask_rows`, `value_label`) the 3D path.
+Masks are read as
 label indices: palette PNGs give their indices, grey PNGs their values; a colour mask whose channels
 differ is `unsupported_mask`. Several mask files of one image are combined into one label map: a
 file that carries its own label (a template field: BUSI's class folder, JSRT's structure folder) is
@@ -30,6 +32,19 @@ MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom")
 class MaskFile:
     rel: str
     label: str | None = None  # a binary mask of this label; None: a label map (values -> labels)
+
+
+@dataclass
+class Mask2D:
+    """One 2D image's labels, however they were stored: a label map (one box per connected component
+    and value, `volumes.mask_boxes`) or boxes already made (one per instance: a nucleus polygon, an
+    RLE row), with what each value means."""
+
+    labels: np.ndarray | None
+    names: dict[int, str]  # value -> label name (empty: values are the labels)
+    numeric: bool  # whether a value is itself a raw label (label maps) or only an index into `names`
+    description: str  # the mask's source, for messages
+    boxes: list[tuple[int, tuple[int, int, int, int]]] | None = None
 
 
 def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
@@ -98,11 +113,16 @@ def mask_rows(
         else:
             labels[value] = label
     if unknown:
+        what = (
+            f"labels {[value_names[v] for v in unknown]}"
+            if not numeric and value_names
+            else f"values {unknown}"
+        )
         return Quarantined(
             rel,
             "annotate",
             "unknown_label",
-            f"{rel}: mask values {unknown} in {mask_rel} are not in the label map",
+            f"{rel}: mask {what} in {mask_rel} are not in the label map",
         )
     try:
         stored = store()
@@ -126,6 +146,14 @@ def seg_image(
     )
 
 
+def seg_image_with(ctx, opts, rel: str, split: str, modality: str | None, make) -> Event:
+    """One 2D image whose labels `make((width, height), shown name) -> Mask2D` builds (a converter's
+    polygons or runs) -> rows per kept box, or the reason it is quarantined; at the sample boundary."""
+    return at_boundary(
+        lambda: ctx.shown(rel), lambda: _seg_with(ctx, opts, rel, split, modality, make), "image"
+    )
+
+
 def _seg_image(ctx, opts, rel: str, masks: list[MaskFile], split: str, modality: str | None, expected: str):
     dicom = is_dicom(rel)
     shown = ctx.namer(rel)  # worked out only for a message: a DICOM pseudonym needs the file's MD5
@@ -135,6 +163,14 @@ def _seg_image(ctx, opts, rel: str, masks: list[MaskFile], split: str, modality:
         return Quarantined(shown(), "read", "missing_file", f"{shown()}: mask {display(expected)} not found")
     for m in masks:
         ctx.claim(m.rel)
+    return _seg_with(
+        ctx, opts, rel, split, modality, lambda size, name: Mask2D(*_mask_2d(ctx, masks, size, name, display))
+    )
+
+
+def _seg_with(ctx, opts, rel: str, split: str, modality: str | None, make) -> Event:
+    dicom = is_dicom(rel)
+    shown = ctx.namer(rel)
     excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
         return Quarantined(shown(), *excluded)
@@ -143,24 +179,33 @@ def _seg_image(ctx, opts, rel: str, masks: list[MaskFile], split: str, modality:
         return image
     size, store, name = image
     try:
-        mask, names, numeric, mask_name = _mask_2d(ctx, masks, size, name, display)
+        mask = make(size, name)
     except ImageError as err:
         return Quarantined(
-            name, "annotate" if err.reason == "unknown_label" else "read", err.reason, err.detail
+            name, "annotate" if err.reason in ANNOTATE_REASONS else "read", err.reason, err.detail
         )
-    boxes = mask_boxes(mask, opts.min_mask_fraction, opts.min_component_pixels)
+    if mask.boxes is not None:
+        boxes = mask.boxes
+    else:
+        boxes = mask_boxes(mask.labels, opts.min_mask_fraction, opts.min_component_pixels)
     store_for = ctx.store_for(modality)
     return mask_rows(
         ctx,
         name,
-        mask_name,
+        mask.description,
         split,
         boxes,
         lambda: store(store_for),
-        value_names=names,
-        numeric=numeric,
+        value_names=mask.names,
+        numeric=mask.numeric,
         modality=modality,
     )
+
+
+# Reasons about the annotation rather than the file (the quarantine table's `step`).
+ANNOTATE_REASONS = frozenset(
+    {"unknown_label", "empty_mask", "invalid_rle", "rle_outside_image", "degenerate_polygon", "no_finding"}
+)
 
 
 def _open_2d(ctx, rel: str):
@@ -233,14 +278,14 @@ def _load_mask_file(ctx, rel: str) -> np.ndarray:
     if is_dicom(rel):
         import pydicom
 
-        from gmai_pipeline.readers.dicom import declared_pixel_bytes, quiet
+        from gmai_pipeline.readers.dicom import pixel_array, quiet
 
         data = ctx.read(rel, ctx.shown)
         with quiet():
             try:
-                ds = pydicom.dcmread(io.BytesIO(data))
-                ctx.store.budget.check(declared_pixel_bytes(ds), ctx.shown(rel), "its pixel data")
-                return np.asarray(ds.pixel_array)
+                return np.asarray(
+                    pixel_array(pydicom.dcmread(io.BytesIO(data)), ctx.shown(rel), ctx.store.budget)
+                )
             except ImageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - type only: pydicom's text can quote the header

@@ -74,9 +74,9 @@ def write_json_array(path: Path, records: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def write_annotations(rows: list[ReleaseRow], release_dir: Path) -> dict[str, int]:
+def write_annotations(rows: Iterable[ReleaseRow], release_dir: Path) -> dict[str, int]:
     """`annotations/<subset>.jsonl` (every subset, empty ones too, so the layout never varies) and
-    `llava.json`, each record serialized once for both; returns records per subset."""
+    `llava.json`, each record serialized once for both, streamed; returns records per subset."""
     counts = dict.fromkeys(SUBSETS, 0)
     with contextlib.ExitStack() as stack:
 
@@ -86,13 +86,15 @@ def write_annotations(rows: list[ReleaseRow], release_dir: Path) -> dict[str, in
         subsets = {name: open_atomic(release_dir / ANNOTATIONS_DIR / f"{name}.jsonl") for name in SUBSETS}
         array = open_atomic(release_dir / LLAVA_JSON)
         array.write("[")
-        for i, row in enumerate(rows):
+        n = 0
+        for row in rows:
             name = subset_of(row.record)
             text = json.dumps(row.record, ensure_ascii=False)
             subsets[name].write(text + "\n")
-            array.write(("\n" if i == 0 else ",\n") + text)
+            array.write(("\n" if n == 0 else ",\n") + text)
             counts[name] += 1
-        array.write("\n]\n" if rows else "]\n")
+            n += 1
+        array.write("\n]\n" if n else "]\n")
     for name in LEGACY_FILES:
         (release_dir / name).unlink(missing_ok=True)
     return counts

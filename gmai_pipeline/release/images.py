@@ -16,13 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
 import tarfile
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+import numpy as np
 
 from gmai_pipeline.release.records import ReleaseRow
 from gmai_pipeline.storage import atomic_write_bytes
@@ -37,7 +41,8 @@ class ImageSync:
     linked: int = 0
     copied: int = 0
     kept: int = 0  # already in place from an earlier run (same file, or a copy of the same size and mtime)
-    removed: list[str] = field(default_factory=list)  # relative paths no longer released
+    removed: list[str] = field(default_factory=list)  # relative paths no longer released (the first 10,000)
+    removed_count: int = 0  # all of them
 
     @property
     def images(self) -> int:
@@ -51,11 +56,12 @@ def _same(src: os.stat_result, dst: os.stat_result) -> bool:
     return src.st_size == dst.st_size and src.st_mtime_ns == dst.st_mtime_ns
 
 
-def _place(src: Path, dst: Path) -> bool:
+def _place(src: Path | str, dst: Path | str) -> bool:
     """Hard-link (else copy) src to dst through a temporary name; True when it had to copy."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    folder, name = os.path.split(dst)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+        os.unlink(tmp)
     copied = False
     try:
         os.link(src, tmp)
@@ -69,7 +75,7 @@ def _place(src: Path, dst: Path) -> bool:
 
 
 def released_images(rows: Iterable[ReleaseRow]) -> dict[str, Path]:
-    """Relative image path (as the records name it) -> the stored file; one entry per image."""
+    """Relative image path (as the records name it) -> the stored file; one entry per image (in memory)."""
     out: dict[str, Path] = {}
     for row in rows:
         rel = row.record["image"]
@@ -78,41 +84,88 @@ def released_images(rows: Iterable[ReleaseRow]) -> dict[str, Path]:
     return out
 
 
+def path_hash(rel: str) -> np.uint64:
+    """64 bits of BLAKE2b of a relative image path: the release's image set costs 8 bytes per image.
+
+    A numpy uint64, not a Python int: `searchsorted` with an int above 2**63 converted the whole sorted
+    array on every call (quadratic: 7 hours at a million images instead of a minute)."""
+    return np.frombuffer(hashlib.blake2b(rel.encode("utf-8"), digest_size=8).digest(), dtype="<u8")[0]
+
+
+def _hashes(rows: Iterable[ReleaseRow]) -> np.ndarray:
+    """Sorted, distinct path hashes of the images `rows` name."""
+    parts, chunk = [], array("Q")
+    for row in rows:
+        chunk.append(int(path_hash(row.record["image"])))
+        if len(chunk) >= 1 << 20:
+            parts.append(np.unique(np.frombuffer(chunk, dtype=np.uint64)))
+            chunk = array("Q")
+    parts.append(np.unique(np.frombuffer(chunk, dtype=np.uint64)) if len(chunk) else np.zeros(0, np.uint64))
+    return np.unique(np.concatenate(parts))
+
+
 def sync_images(rows: Iterable[ReleaseRow], images_dir: Path) -> ImageSync:
-    """Make `images_dir` hold exactly the images of `rows`, at the paths their records name."""
-    wanted = released_images(rows)
+    """Make `images_dir` hold exactly the images of `rows`, at the paths their records name.
+
+    `rows` is read twice (a list, or `ReleaseRecords`): once for the set of released images, kept as
+    sorted 64-bit path hashes (8 bytes an image, not a set of path strings), once to place them. A path
+    the records name in two ways (two different files) is an error. A file is removed only when its path
+    hash is not released; a stale file whose hash collides with a released one (odds about 1 in 10^7 at
+    5.5M images) is kept, never a released image removed.
+    """
+    wanted = _hashes(rows)
+    placed = np.zeros(len(wanted), dtype=bool)
+    recent: dict[
+        int, str
+    ] = {}  # the file each recently placed image came from (one image's records are near)
     result = ImageSync()
     images_dir.mkdir(parents=True, exist_ok=True)
-    made: set[Path] = set()
-    for rel, src in sorted(wanted.items()):
-        dst = images_dir / rel
-        src_stat = os.stat(src)
+    base = str(images_dir)
+    made: set[str] = set()
+    for row in rows:
+        rel = row.record["image"]
+        h = path_hash(rel)
+        k = int(np.searchsorted(wanted, h))
+        if placed[k]:
+            if recent.get(h, row.image_file) != row.image_file:
+                raise ValueError(f"image {rel} names two files: {recent[h]} and {row.image_file}")
+            continue
+        placed[k] = True
+        if len(recent) >= 65_536:
+            recent.clear()
+        recent[h] = row.image_file
+        dst = os.path.join(base, rel)
+        src_stat = os.stat(row.image_file)
         try:
             if _same(src_stat, os.stat(dst)):
                 result.kept += 1
                 continue
         except FileNotFoundError:
             pass
-        if dst.parent not in made:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            made.add(dst.parent)
-        if _place(src, dst):
+        parent = os.path.dirname(dst)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            if len(made) >= 65_536:
+                made.clear()
+            made.add(parent)
+        if _place(row.image_file, dst):
             result.copied += 1
         else:
             result.linked += 1
-    for path in _files(images_dir):
-        rel = path.relative_to(images_dir).as_posix()
-        if rel not in wanted:
-            path.unlink()
-            result.removed.append(rel)
+    for folder, _dirs, files in os.walk(base):
+        prefix = os.path.relpath(folder, base).replace(os.sep, "/")
+        for name in files:
+            rel = name if prefix == "." else f"{prefix}/{name}"
+            h = path_hash(rel)
+            k = int(np.searchsorted(wanted, h))
+            if k < len(wanted) and wanted[k] == h:
+                continue
+            os.unlink(os.path.join(folder, name))
+            if len(result.removed) < 10_000:
+                result.removed.append(rel)
+            result.removed_count += 1
     _remove_empty_dirs(images_dir)
     return result
-
-
-def _files(root: Path) -> Iterator[Path]:
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            yield Path(folder) / name
 
 
 def _remove_empty_dirs(root: Path) -> None:

@@ -22,7 +22,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gmai_pipeline import safe_yaml
 from gmai_pipeline.release.external import ExternalCorpus, load_clean
 from gmai_pipeline.release.loader import check_record
-from gmai_pipeline.release.records import IMAGE_TOKEN, ReleaseRow
+from gmai_pipeline.release.records import IMAGE_TOKEN, ReleaseRecords, ReleaseRow
 from gmai_pipeline.settings import ASSETS_DIR
 from gmai_pipeline.storage import atomic_path, atomic_write_text, write_table
 
@@ -390,13 +390,24 @@ def resolve(path: str, config_path: Path) -> Path:
     return p if p.is_absolute() else (config_path.parent / p).resolve()
 
 
-def _prefiltered(rows: list[ReleaseRow], comp: Component) -> tuple[list[ReleaseRow], Counter[str]]:
+def component_rows(rows: Iterable[ReleaseRow], comp: Component) -> Iterator[tuple[ReleaseRow, str | None]]:
+    """The component's rows by kind and language, in the order of `rows`, each with the reason the
+    answer-length/generator rule drops it (None: kept). From the release-records table, rows of other
+    kinds and languages are skipped before they are read into Python."""
+    if isinstance(rows, ReleaseRecords):
+        selected: Iterable[ReleaseRow] = rows.rows(comp.kinds, comp.languages)
+    else:
+        selected = (
+            r for r in rows if r.record["kind"] in comp.kinds and r.record["language"] in comp.languages
+        )
+    for row in selected:
+        yield row, (drop_reason(row, comp.filter) if comp.filter else None)
+
+
+def _prefiltered(rows: Iterable[ReleaseRow], comp: Component) -> tuple[list[ReleaseRow], Counter[str]]:
     """The component's rows by kind and language, minus what the answer-length/generator rules drop."""
     kept, dropped = [], Counter()
-    for row in rows:
-        if row.record["kind"] not in comp.kinds or row.record["language"] not in comp.languages:
-            continue
-        reason = drop_reason(row, comp.filter) if comp.filter else None
+    for row, reason in component_rows(rows, comp):
         if reason:
             dropped[reason] += 1
         else:
@@ -410,73 +421,119 @@ def model_judged(config: MixturesConfig, stage: str) -> list[str]:
     return [n for n, c in comps.items() if c.filter is not None and c.filter.model_confidence is not None]
 
 
-def score_candidates(stage: str, rows: list[ReleaseRow], config: MixturesConfig) -> list[dict[str, Any]]:
-    """The records the previous stage's model must score for `stage`: each candidate of a model-judged
-    component that survives the length rule, once, sorted by id (the input of training_jobs.score)."""
+def iter_score_candidates(
+    stage: str, rows: Iterable[ReleaseRow], config: MixturesConfig
+) -> Iterator[dict[str, Any]]:
+    """The records the previous stage's model must score for `stage`, once each, in the order of `rows`
+    (id order from the release-records table): every candidate of a model-judged component that survives
+    the length rule. One pass."""
+    comps = [config.stages[stage].components[n] for n in model_judged(config, stage)]
+    if not comps:
+        return
+    kinds = {k for c in comps for k in c.kinds}
+    languages = {lang for c in comps for lang in c.languages}
+    union = Component(kinds=tuple(sorted(kinds)), languages=tuple(sorted(languages)))
+    for row, _ in component_rows(rows, union):
+        rec = row.record
+        if any(
+            rec["kind"] in c.kinds
+            and rec["language"] in c.languages
+            and not (c.filter and drop_reason(row, c.filter))
+            for c in comps
+        ):
+            yield rec
+
+
+def score_candidates(stage: str, rows: Iterable[ReleaseRow], config: MixturesConfig) -> list[dict[str, Any]]:
+    """`iter_score_candidates` as a list sorted by id (the input of training_jobs.score)."""
     found: dict[str, dict[str, Any]] = {}
-    for name in model_judged(config, stage):
-        for row in _prefiltered(rows, config.stages[stage].components[name])[0]:
-            found.setdefault(row.record["id"], row.record)
+    for record in iter_score_candidates(stage, rows, config):
+        found.setdefault(record["id"], record)
     return [found[k] for k in sorted(found)]
+
+
+def ranking(
+    stage: str, name: str, records: Iterable[dict[str, Any]], scores: Mapping[str, dict]
+) -> dict[str, int]:
+    """Rank of each scored candidate, 1 = least confident (ties by id); an error if a candidate has no score."""
+    scored: list[tuple[float, str]] = []
+    for r in records:
+        s = scores.get(r["id"])
+        if s is None:
+            raise StaleScoresError(
+                f"{stage}/{name}: candidates have no model score (e.g. {r['id']!r}): the scores "
+                "were made for other candidates; rematerialize stage3_scores"
+            )
+        if s["status"] == "scored":
+            scored.append((s["confidence"], r["id"]))
+    scored.sort()
+    return {rid: k for k, (_, rid) in enumerate(scored, 1)}
+
+
+def verdict(
+    stage: str,
+    name: str,
+    rule: ModelConfidence,
+    record: dict[str, Any],
+    scores: Mapping[str, dict],
+    rank: Mapping[str, int],
+) -> tuple[str | None, dict[str, Any]]:
+    """(drop reason or None, SCORES_SCHEMA row) of one candidate under `rule`, given the component's ranking.
+
+    Below `min` drops; `drop_lowest_fraction` drops floor(fraction x scored) least confident (ties by id).
+    A candidate the scorer could not score (e.g. its image is missing) is kept: training reports it.
+    """
+    n_lowest = math.floor((rule.drop_lowest_fraction or 0.0) * len(rank) + 1e-9)
+    s = scores[record["id"]]
+    reason = None
+    if s["status"] == "scored":
+        if rule.min is not None and s["confidence"] < rule.min:
+            reason = "model_confidence_below_min"
+        elif rank[record["id"]] <= n_lowest:
+            reason = "model_confidence_lowest_fraction"
+    return reason, {
+        "stage": stage,
+        "component": name,
+        "id": record["id"],
+        "dataset": record.get("dataset"),
+        "kind": record.get("kind"),
+        "language": record.get("language"),
+        "status": s["status"],
+        "mean_loss": s.get("mean_loss"),
+        "confidence": s.get("confidence"),
+        "answer_tokens": s.get("answer_tokens"),
+        "rank": rank.get(record["id"]),
+        "kept": reason is None,
+        "drop_reason": reason,
+    }
 
 
 def judge(
     stage: str, name: str, rule: ModelConfidence, records: list[dict[str, Any]], scores: Mapping[str, dict]
 ) -> tuple[list[dict[str, Any]], Counter[str], list[dict[str, Any]]]:
-    """(kept records, drop counts, SCORES_SCHEMA rows) under `rule`.
-
-    Below `min` drops; `drop_lowest_fraction` drops floor(fraction x scored) least confident (ties by id).
-    A candidate the scorer could not score (e.g. its image is missing) is kept: training reports it.
-    """
+    """(kept records, drop counts, SCORES_SCHEMA rows) under `rule` (see `verdict`)."""
     missing = [r["id"] for r in records if r["id"] not in scores]
     if missing:
         raise StaleScoresError(
             f"{stage}/{name}: {len(missing)} candidates have no model score (e.g. {missing[0]!r}): the scores "
             "were made for other candidates; rematerialize stage3_scores"
         )
-    scored = sorted(
-        (r for r in records if scores[r["id"]]["status"] == "scored"),
-        key=lambda r: (scores[r["id"]]["confidence"], r["id"]),
-    )
-    n_lowest = math.floor((rule.drop_lowest_fraction or 0.0) * len(scored) + 1e-9)
-    rank = {r["id"]: k for k, r in enumerate(scored, 1)}
+    rank = ranking(stage, name, records, scores)
     kept, dropped, table = [], Counter(), []
     for r in records:
-        s = scores[r["id"]]
-        reason = None
-        if s["status"] == "scored":
-            if rule.min is not None and s["confidence"] < rule.min:
-                reason = "model_confidence_below_min"
-            elif rank[r["id"]] <= n_lowest:
-                reason = "model_confidence_lowest_fraction"
+        reason, row = verdict(stage, name, rule, r, scores, rank)
         if reason:
             dropped[reason] += 1
         else:
             kept.append(r)
-        table.append(
-            {
-                "stage": stage,
-                "component": name,
-                "id": r["id"],
-                "dataset": r.get("dataset"),
-                "kind": r.get("kind"),
-                "language": r.get("language"),
-                "status": s["status"],
-                "mean_loss": s.get("mean_loss"),
-                "confidence": s.get("confidence"),
-                "answer_tokens": s.get("answer_tokens"),
-                "rank": rank.get(r["id"]),
-                "kept": reason is None,
-                "drop_reason": reason,
-            }
-        )
-    unscored = len(records) - len(scored)
+        table.append(row)
+    unscored = len(records) - len(rank)
     return kept, Counter({**dropped, **({"unscored_kept": unscored} if unscored else {})}), table
 
 
 def build_mixture(
     stage: str,
-    rows: list[ReleaseRow],
+    rows: Iterable[ReleaseRow],
     config: MixturesConfig,
     config_path: Path,
     text_files: list[Path] | None = None,

@@ -6,16 +6,21 @@ declares the shards' configuration and features, so Hugging Face `datasets` load
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from gmai_pipeline.release.annotations import SUBSETS, subset_of
 from gmai_pipeline.release.records import ReleaseRow
 from gmai_pipeline.release.shards import image_extension
 from gmai_pipeline.storage import atomic_write_bytes, atomic_write_text
@@ -44,6 +49,8 @@ class Report:
     decontamination: dict[str, Any]
     charts: dict[str, Path] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    subset_counts: dict[str, int] = field(default_factory=dict)  # records per annotation file
+    features: list[dict[str, Any]] = field(default_factory=list)  # the card's dataset_info.features
 
 
 def dimension_value(row: ReleaseRow, dimension: str) -> str:
@@ -51,9 +58,76 @@ def dimension_value(row: ReleaseRow, dimension: str) -> str:
     return TASK_LABELS.get(value, value) if dimension == "task_type" else value
 
 
-def share_table(rows: list[ReleaseRow], dimension: str) -> pd.DataFrame:
-    """Samples and share (%) per value of one Table 3 dimension, largest first (ties by name)."""
-    counts = Counter(dimension_value(r, dimension) for r in rows)
+def _image_key(row: ReleaseRow) -> int:
+    """64 bits of the image's identity (its MD5, else its path): distinct images are counted as numbers."""
+    text = row.image_md5 or row.image_file
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class _Distinct:
+    """Distinct 64-bit keys, 8 bytes each, reduced to unique values as they come."""
+
+    def __init__(self) -> None:
+        self.unique = np.zeros(0, np.uint64)
+        self.chunk = array("Q")
+
+    def add(self, key: int) -> None:
+        self.chunk.append(key)
+        if len(self.chunk) >= 1 << 18:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        if len(self.chunk):
+            new = np.frombuffer(self.chunk, dtype=np.uint64)
+            self.unique = np.union1d(self.unique, new)
+            self.chunk = array("Q")
+
+    def __len__(self) -> int:
+        self._reduce()
+        return len(self.unique)
+
+
+class Tally:
+    """Everything the report counts, in one pass over the released rows (memory: the counts, not the rows)."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.shares = {dim: Counter() for dim in DIMENSIONS}
+        self.by_source: dict[str, Counter] = {}
+        self.images = _Distinct()
+        self.source_images: dict[str, _Distinct] = {}
+        self.generators: Counter = Counter()
+        self.subsets: Counter = Counter()
+        self.files: Counter = Counter()
+        self.record_keys: set[str] = set()
+        self.extensions: set[str] = set()
+
+    def add(self, row: ReleaseRow) -> None:
+        rec = row.record
+        self.records += 1
+        for dim, counts in self.shares.items():
+            counts[dimension_value(row, dim)] += 1
+        source = self.by_source.setdefault(rec["dataset"], Counter())
+        source["records"] += 1
+        source[f"{rec['kind']}_{rec['language']}"] += 1
+        key = _image_key(row)
+        self.images.add(key)
+        self.source_images.setdefault(rec["dataset"], _Distinct()).add(key)
+        self.generators[(rec["generator"], rec.get("prompt_version", ""), rec["kind"], rec["language"])] += 1
+        self.subsets[(rec["kind"], rec["language"])] += 1
+        self.files[subset_of(rec)] += 1
+        self.record_keys.update(rec)
+        self.extensions.add(image_extension(row.image_file))
+
+    @classmethod
+    def of(cls, rows: Iterable[ReleaseRow]) -> Tally:
+        tally = cls()
+        for row in rows:
+            tally.add(row)
+        return tally
+
+
+def _share_table(counts: Counter) -> pd.DataFrame:
     total = sum(counts.values())
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return pd.DataFrame(
@@ -62,32 +136,33 @@ def share_table(rows: list[ReleaseRow], dimension: str) -> pd.DataFrame:
     )
 
 
-def source_table(rows: list[ReleaseRow], licences: dict[str, str]) -> pd.DataFrame:
-    by: dict[str, dict[str, Any]] = {}
-    images: dict[str, set[str]] = {}
-    for r in rows:
-        d = r.record["dataset"]
-        entry = by.setdefault(
-            d, {"dataset": d, "licence": licences.get(d, "unknown (not in catalog)"), "records": 0}
-        )
-        entry["records"] += 1
-        key = f"{r.record['kind']}_{r.record['language']}"
-        entry[key] = entry.get(key, 0) + 1
-        images.setdefault(d, set()).add(r.image_md5 or str(r.image_path))
-    for d, entry in by.items():
-        entry["images"] = len(images[d])
-    df = pd.DataFrame(sorted(by.values(), key=lambda e: e["dataset"]))
+def share_table(rows: Iterable[ReleaseRow], dimension: str) -> pd.DataFrame:
+    """Samples and share (%) per value of one Table 3 dimension, largest first (ties by name)."""
+    return _share_table(Counter(dimension_value(r, dimension) for r in rows))
+
+
+def _source_table(tally: Tally, licences: dict[str, str]) -> pd.DataFrame:
+    entries = [
+        {
+            "dataset": d,
+            "licence": licences.get(d, "unknown (not in catalog)"),
+            **counts,
+            "images": len(tally.source_images[d]),
+        }
+        for d, counts in sorted(tally.by_source.items())
+    ]
+    df = pd.DataFrame(entries)
     if df.empty:
         return pd.DataFrame(columns=["dataset", "licence", "records", "images"])
     counts = sorted(c for c in df.columns if c not in ("dataset", "licence", "records", "images"))
     return df[["dataset", "licence", "records", "images", *counts]].fillna(0).astype({c: int for c in counts})
 
 
-def generator_table(rows: list[ReleaseRow]) -> pd.DataFrame:
-    counts = Counter(
-        (r.record["generator"], r.record.get("prompt_version", ""), r.record["kind"], r.record["language"])
-        for r in rows
-    )
+def source_table(rows: Iterable[ReleaseRow], licences: dict[str, str]) -> pd.DataFrame:
+    return _source_table(Tally.of(rows), licences)
+
+
+def _generator_table(counts: Counter) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {"generator": g, "prompt_version": p, "kind": k, "language": lang, "records": n}
@@ -97,12 +172,19 @@ def generator_table(rows: list[ReleaseRow]) -> pd.DataFrame:
     )
 
 
-def subset_table(rows: list[ReleaseRow]) -> pd.DataFrame:
-    counts = Counter((r.record["kind"], r.record["language"]) for r in rows)
+def generator_table(rows: Iterable[ReleaseRow]) -> pd.DataFrame:
+    return _generator_table(Tally.of(rows).generators)
+
+
+def _subset_table(counts: Counter) -> pd.DataFrame:
     return pd.DataFrame(
         [{"kind": k, "language": lang, "records": n} for (k, lang), n in sorted(counts.items())],
         columns=["kind", "language", "records"],
     )
+
+
+def subset_table(rows: Iterable[ReleaseRow]) -> pd.DataFrame:
+    return _subset_table(Tally.of(rows).subsets)
 
 
 def decontamination_summary(path: Path) -> dict[str, Any]:
@@ -145,23 +227,23 @@ def bar_chart(table: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def build_report(
-    rows: list[ReleaseRow], licences: dict[str, str], decontamination_report: Path, chart_dir: Path
+    rows: Iterable[ReleaseRow], licences: dict[str, str], decontamination_report: Path, chart_dir: Path
 ) -> Report:
-    shares = {dim: share_table(rows, dim) for dim in DIMENSIONS}
+    """The report from one pass over `rows` (a list, or `ReleaseRecords` streamed from the table)."""
+    tally = Tally.of(rows)
+    shares = {dim: _share_table(tally.shares[dim]) for dim in DIMENSIONS}
     report = Report(
         shares=shares,
-        sources=source_table(rows, licences),
-        generators=generator_table(rows),
-        subsets=subset_table(rows),
+        sources=_source_table(tally, licences),
+        generators=_generator_table(tally.generators),
+        subsets=_subset_table(tally.subsets),
         decontamination=decontamination_summary(decontamination_report),
+        subset_counts={name: tally.files.get(name, 0) for name in SUBSETS},
+        features=_features(tally.record_keys, tally.extensions),
     )
     for dim, title in DIMENSIONS.items():
         report.charts[dim] = bar_chart(shares[dim], f"{title} (share of samples)", chart_dir / f"{dim}.png")
-    report.totals = {
-        "records": len(rows),
-        "images": len({r.image_md5 or str(r.image_path) for r in rows}),
-        "sources": len(report.sources),
-    }
+    report.totals = {"records": tally.records, "images": len(tally.images), "sources": len(report.sources)}
     return report
 
 
@@ -212,22 +294,25 @@ RECORD_FEATURES: dict[str, dict[str, Any]] = {
 SHARD_GLOB = "shards/*.tar"
 
 
-def hf_features(rows: list[ReleaseRow]) -> list[dict[str, Any]]:
+def hf_features(rows: Iterable[ReleaseRow]) -> list[dict[str, Any]]:
     """The card's `dataset_info.features`: one image column per image extension in the shards (bytes kept
     as stored: the GMAI-VL-5.5M MD5 identity), the record as a struct, and WebDataset's key and URL.
 
     A record key without a declared type is an error: `datasets` would drop it without a word.
     """
-    keys = {k for r in rows for k in r.record}
+    tally = Tally.of(rows)
+    return _features(tally.record_keys, tally.extensions)
+
+
+def _features(keys: set[str], extensions: set[str]) -> list[dict[str, Any]]:
     unknown = sorted(keys - set(RECORD_FEATURES))
     if unknown:
         raise ValueError(
             f"record keys {unknown} have no Hugging Face feature type: add them to RECORD_FEATURES"
         )
-    exts = sorted({image_extension(r.image_path) for r in rows})
     record = [{"name": k, **RECORD_FEATURES[k]} for k in RECORD_FEATURES if k in keys]
     return [
-        *({"name": ext, "dtype": "image"} for ext in exts),
+        *({"name": ext, "dtype": "image"} for ext in sorted(extensions)),
         {"name": "json", "struct": record},
         {"name": "__key__", "dtype": "string"},
         {"name": "__url__", "dtype": "string"},

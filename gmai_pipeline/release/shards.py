@@ -25,11 +25,14 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from gmai_pipeline.release.records import ReleaseRow, record_json
 from gmai_pipeline.storage import atomic_write_text
@@ -60,8 +63,8 @@ def sample_key(record_id: str, max_slug: int = 96) -> str:
     return f"{slug}-{hashlib.sha256(record_id.encode('utf-8')).hexdigest()[:16]}"
 
 
-def image_extension(path: Path) -> str:
-    ext = path.suffix.lower().lstrip(".")
+def image_extension(path: Path | str) -> str:
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
     if not ext or not ext.isalnum():
         raise ValueError(f"{path}: image has no usable extension")
     return "jpg" if ext == "jpeg" else ext
@@ -99,19 +102,27 @@ class PlannedShard:
     samples: int
     plan_sha256: str  # digest of (key, image md5 and size, record JSON) of every sample: what it must hold
     contents: tuple[PlannedSample, ...] = field(default=(), repr=False, compare=False)
+    first_id: str = ""
+    last_id: str = ""
+
+
+def _key_hash(key: str) -> int:
+    """The hash part of a sample key (`sample_key`'s 16 hex digits) as a number: 8 bytes per sample to check."""
+    return int(key[-16:], 16)
 
 
 def iter_plans(
-    rows: list[ReleaseRow], target_bytes: int, prefix: str = SHARD_PREFIX, contents: bool = True
+    rows: Iterable[ReleaseRow], target_bytes: int, prefix: str = SHARD_PREFIX, contents: bool = True
 ) -> Iterator[PlannedShard]:
     """Pack the (id-sorted) rows into consecutive shards of about `target_bytes` each, yielding each as it closes.
 
     With `contents`, a shard carries its samples (key, image, record JSON) so the writer need not
     compute them again; yielding shard by shard lets writing start before planning ends and keeps
-    only the shards in flight in memory.
+    only the shards in flight in memory. Two records may not share a sample key: checked on the keys'
+    hashes (8 bytes a sample) when the plan is complete.
     """
-    keys: set[str] = set()
-    start, size, count, digest, samples = 0, 0, 0, hashlib.sha256(), []
+    hashes = array("Q")
+    start, size, count, digest, samples, first, last = 0, 0, 0, hashlib.sha256(), [], "", ""
 
     def close(end: int) -> PlannedShard:
         nonlocal start, size, count, digest, samples
@@ -122,31 +133,49 @@ def iter_plans(
             end - start,
             digest.hexdigest(),
             tuple(samples),
+            first,
+            last,
         )
         start, size, count, digest, samples = end, 0, count + 1, hashlib.sha256(), []
         return plan
 
     for i, row in enumerate(rows):
         key = sample_key(row.id)
-        if key in keys:
-            raise ValueError(f"sample key collision for id {row.id}: {key}")
-        keys.add(key)
-        ext = image_extension(row.image_path)
-        image_size = row.image_path.stat().st_size
+        hashes.append(_key_hash(key))
+        ext = image_extension(row.image_file)
+        image_size = os.stat(row.image_file).st_size
         body = record_json(row.record)
         member = _tar_member_bytes(image_size) + _tar_member_bytes(len(body))
         if size and size + member > target_bytes:
             yield close(i)
+        if start == i:
+            first = row.id
+        last = row.id
         size += member
         digest.update(f"{key}\0{ext}\0{row.image_md5}\0{image_size}\0".encode())
         digest.update(hashlib.sha256(body).digest())
         if contents:
-            samples.append(PlannedSample(key, ext, FileMember(row.image_path, image_size), body))
-    if start < len(rows):
-        yield close(len(rows))
+            samples.append(PlannedSample(key, ext, FileMember(Path(row.image_file), image_size), body))
+    n = len(hashes)
+    if start < n:
+        yield close(n)
+    _check_keys(hashes)
 
 
-def plan_shards(rows: list[ReleaseRow], target_bytes: int, prefix: str = SHARD_PREFIX) -> list[PlannedShard]:
+def _check_keys(hashes: array) -> None:
+    keys = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
+    ordered = np.sort(keys)
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(same):
+        raise ValueError(
+            f"sample key collision: two records share the key hash {int(ordered[same[0]]):016x}; "
+            "their ids differ only where sample_key cannot tell them apart"
+        )
+
+
+def plan_shards(
+    rows: Iterable[ReleaseRow], target_bytes: int, prefix: str = SHARD_PREFIX
+) -> list[PlannedShard]:
     """The whole plan, without contents."""
     return list(iter_plans(rows, target_bytes, prefix, contents=False))
 
@@ -506,7 +535,7 @@ def default_workers() -> int:
 
 
 def write_shards(
-    rows: list[ReleaseRow],
+    rows: Iterable[ReleaseRow],
     shard_dir: Path,
     target_bytes: int = DEFAULT_TARGET_BYTES,
     verify: str = "sha256",
@@ -539,9 +568,7 @@ def write_shards(
 
     def write(plan: PlannedShard) -> dict[str, Any]:
         entry = write_shard(shard_dir / plan.name, plan, fsync=fsync, direct=direct, buffers=buffers)
-        entry.update(
-            first_id=rows[plan.start].id, last_id=rows[plan.end - 1].id, plan_sha256=plan.plan_sha256
-        )
+        entry.update(first_id=plan.first_id, last_id=plan.last_id, plan_sha256=plan.plan_sha256)
         return entry
 
     def settle(plan: PlannedShard) -> tuple[bool, dict[str, Any]]:

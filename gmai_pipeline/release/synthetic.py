@@ -1,13 +1,15 @@
-"""Synthetic generated tables (GENERATED_SCHEMA) with real image files, for tests and `bench/shards.py`.
+"""Synthetic data with real image files, for tests and the benchmarks (`bench/shards.py`, `bench/scale.py`).
 
-Builds what the generation stage would leave under an output root, without running it: images under
-`images/{dim}/{task}/{modality}/{dataset}/` and `generated/{captions,vqa,translations}/<partition>.parquet`.
+Builds what a stage would leave under an output root, without running it: generated tables
+(`generated/{captions,vqa,translations}/<partition>.parquet`, GENERATED_SCHEMA) with images under
+`images/{dim}/{task}/{modality}/{dataset}/`, or normalized tables of any size (`write_scale_normalized`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from PIL import Image
 from gmai_pipeline.catalog import dim_of, task_of
 from gmai_pipeline.partitions import SHARD_KEYS, shard_of
 from gmai_pipeline.release.records import generated_table
-from gmai_pipeline.storage import OutputLayout, md5_bytes, write_table
+from gmai_pipeline.schemas import NORMALIZED_SCHEMA
+from gmai_pipeline.storage import OutputLayout, batched, md5_bytes, write_parquet, write_table
 
 
 @dataclass(frozen=True)
@@ -182,3 +185,82 @@ def write_generated(
     for kind in ("captions", "vqa", "translations"):
         for p in partitions:
             write_table(layout.generated(kind, p), generated_table(by_file.get((kind, p), [])))
+
+
+# --- normalized tables at scale (bench/scale.py) ---------------------------------------------------------
+
+# GMAI-VL-5.5M's mix, roughly: half 2D classification, a third 3D slices, the rest boxes.
+SCALE_MIX = ((SOURCES[0], 0.5), (SOURCES[1], 0.2), (SOURCES[2], 0.3))
+SLICES_PER_VOLUME = 50
+SCALE_IMAGE_SIZE = (16, 16)
+
+
+def pool_image(layout: OutputLayout, source: SynthSource, k: int) -> tuple[Path, str]:
+    """The k-th distinct image of a source's pool (written once): its path and MD5."""
+    path = layout.root / "synthetic_pool" / source.name / f"pool{k:05d}.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(*SCALE_IMAGE_SIZE, seed=zlib.crc32(f"{source.name}#pool{k}".encode())))
+    return path, md5_bytes(path.read_bytes())
+
+
+def write_scale_normalized(
+    layout: OutputLayout, n_samples: int, pool: int = 512, labels: int = 4093, batch: int = 50_000
+) -> dict[str, int]:
+    """`normalized/<dataset>.parquet` for `n_samples` samples over the three synthetic sources (SCALE_MIX).
+
+    Each sample has its own image path in the store, hard-linked to one of `pool` distinct PNGs per source
+    (a million samples cost a million directory entries, not a million files of disk), and its own
+    annotation: one of `labels` label variants and, for boxes, one of 625 boxes. So nearly every sample
+    makes its own LLM requests, as real samples (each its own image) do; identical files with identical
+    annotations would make identical requests. 3D samples are slices of volumes of SLICES_PER_VOLUME (one
+    source path each), with a box, as the 3D reader leaves them. Returns rows per dataset.
+    """
+    counts: dict[str, int] = {}
+    w, h = SCALE_IMAGE_SIZE
+    for source, share in SCALE_MIX:
+        n = round(n_samples * share) if source is not SCALE_MIX[-1][0] else n_samples - sum(counts.values())
+        counts[source.name] = n
+        pooled = [pool_image(layout, source, k) for k in range(pool)]
+        folder = f"images/{source.dim}/{source.task}/{source.modality.lower()}/{source.name}"
+
+        def rows(source: SynthSource = source, n: int = n, pooled: list = pooled, folder: str = folder):
+            made: set[Path] = set()
+            for i in range(n):
+                sub = f"{i // 1000:04d}"
+                volume = i // SLICES_PER_VOLUME if source.task_type == "3d_seg" else None
+                src_path = f"vol{volume:06d}.nii.gz" if volume is not None else f"{sub}/img{i:07d}.png"
+                rel = f"{folder}/{sub}/img{i:07d}.png"
+                target = layout.root / rel
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
+                pool_path, md5 = pooled[zlib.crc32(rel.encode()) % len(pooled)]
+                if not target.exists():
+                    os.link(pool_path, target)
+                sample_id = f"{source.dim}#{source.task}#{source.modality.lower()}#{source.name}#"
+                sample_id += src_path.replace("/", "#")
+                axis = "z" if volume is not None else None
+                index = i % SLICES_PER_VOLUME if volume is not None else None
+                box = [i % 5, (i // 5) % 5, w - 1 - (i // 25) % 5, h - 1 - (i // 125) % 5]
+                yield {
+                    "sample_id": sample_id + (f"#{axis}{index:04d}" if volume is not None else ""),
+                    "dataset": source.name,
+                    "source_path": src_path,
+                    "slice_axis": axis,
+                    "slice_index": index,
+                    "split": "train",
+                    "image": rel,
+                    "image_md5": md5,
+                    "width": w,
+                    "height": h,
+                    "modality": source.modality,
+                    "label": f"{source.label} {i % labels}",
+                    "department": source.department,
+                    "task_type": source.task_type,
+                    "clinical_task": source.clinical_task,
+                    "bbox": None if source.task == "cls" else box,
+                }
+
+        write_parquet(layout.normalized(source.name), batched(rows(), batch), NORMALIZED_SCHEMA)
+    return counts

@@ -125,8 +125,27 @@ class StageComponent:
     extra: int  # the first `extra` records get one copy more
 
     @property
+    def lines(self) -> int:
+        return len(self.records)
+
+    @property
     def samples(self) -> int:
         return self.repeats * len(self.records) + self.extra
+
+
+@dataclass(frozen=True)
+class ComponentFile:
+    """A component file already written (by the streaming writer, `gmai_pipeline.release.stage_mix`)."""
+
+    name: str
+    lines: int  # records in the file, each once; those sampled an extra copy first
+    sample_ratio: float
+    repeats: int
+    extra: int
+
+    @property
+    def samples(self) -> int:
+        return self.repeats * self.lines + self.extra
 
 
 def stage_components(mixture: Mixture) -> list[StageComponent]:
@@ -165,10 +184,12 @@ def internvl_fraction(keep: int, lines: int) -> float:
     return rt if int(lines * rt) == keep else (keep + 0.5) / lines
 
 
-def stage_internvl(stage: str, comps: list[StageComponent], files: dict[str, str]) -> dict[str, Any]:
+def stage_internvl(
+    stage: str, comps: list[StageComponent] | list[ComponentFile], files: dict[str, str]
+) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for c in comps:
-        n = len(c.records)
+        n = c.lines
         if c.repeats:
             meta[f"{stage}-{c.name}"] = internvl_entry(IMAGES_DIR, files[c.name], n, c.repeats)
         if c.extra:
@@ -177,9 +198,11 @@ def stage_internvl(stage: str, comps: list[StageComponent], files: dict[str, str
     return meta
 
 
-def stage_xtuner(stage: str, comps: list[StageComponent], files: dict[str, str]) -> dict[str, Any]:
+def stage_xtuner(
+    stage: str, comps: list[StageComponent] | list[ComponentFile], files: dict[str, str]
+) -> dict[str, Any]:
     return {
-        f"{stage}-{c.name}": xtuner_entry(IMAGES_DIR, files[c.name], len(c.records), c.sample_ratio)
+        f"{stage}-{c.name}": xtuner_entry(IMAGES_DIR, files[c.name], c.lines, c.sample_ratio)
         for c in comps
         if c.samples
     }
