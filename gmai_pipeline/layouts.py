@@ -232,6 +232,7 @@ class TableSpec(_Spec):
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
     names: tuple[str, ...] = ()  # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv)
+    header: bool = True  # false: the file has no header row, its first line is data (needs `names`)
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
@@ -239,6 +240,8 @@ class TableSpec(_Spec):
     def _mode(self) -> TableSpec:
         if (self.image is None) == (self.join is None):
             raise ValueError("give exactly one of image (the table names the images) or join (templates do)")
+        if not self.header and not self.names:
+            raise ValueError("header: false needs names: the columns of a table without a header row")
         if self.image_pattern is not None:
             check_template(self.image_pattern)
             if not {"path", "file", "stem"} & set(template_fields(self.image_pattern)):

@@ -518,3 +518,38 @@ def test_siim_covid19_boxes_as_a_list_in_one_cell(tmp_path: Path) -> None:
     assert (report.kept, reasons(qrows)) == (2, {"no_finding": 1})
     assert sorted(r["bbox"] for r in rows) == [[10, 4, 31, 34], [40, 8, 52, 28]]
     assert {r["label"] for r in rows} == {"lung opacity"}
+
+
+def test_a_table_without_a_header_row_keeps_its_first_line(tmp_path: Path) -> None:
+    """OIA-DDR ships DR_grading/{train,valid,test}.txt as `<file> <grade>` lines with no header
+    (nkicsl/DDR-dataset README); the first image of each list is data, not a header."""
+    raw = tmp_path / "raw" / "ddr"
+    lines = {
+        "train": [("007-0004-000.jpg", 0), ("007-0007-000.jpg", 2)],
+        "valid": [("20170413102628830.jpg", 4)],
+    }
+    seed = 0
+    for split, items in lines.items():
+        for file, _ in items:
+            seed += 1
+            photo(raw / "DR_grading" / split / file, seed=seed)
+        (raw / "DR_grading" / f"{split}.txt").write_text("".join(f"{f} {g}\n" for f, g in items))
+    body = """
+        reader:
+          kind: layout
+          images: "DR_grading/{split}/{file}"
+          split: "{split}"
+          table: {file: [DR_grading/train.txt, DR_grading/valid.txt], image: image, names: [image, grade],
+                  delimiter: " ", header: false}
+          label: {column: grade}
+        labels: {"0": no diabetic retinopathy, "2": moderate DR, "4": proliferative DR}
+        """
+    source = entry(tmp_path, "ddr", "2d_cls", body, modality="Fundus", department="Ophthalmology")
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert sorted((r["source_path"].split("/")[-1], r["label"]) for r in rows) == [
+        ("007-0004-000.jpg", "no diabetic retinopathy"),
+        ("007-0007-000.jpg", "moderate DR"),
+    ]
+    assert reasons(qrows) == {"split_excluded": 1}
+    with pytest.raises(ValueError, match="header: false needs names"):
+        entry(tmp_path, "ddr2", "2d_cls", body.replace("names: [image, grade],", ""))

@@ -298,6 +298,7 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
                     delimiter=spec.delimiter,
                     sheet=spec.sheet,
                     names=spec.names,
+                    header_row=spec.header,
                 )
             )
         except (TableError, ImageError) as err:  # unparsable, or changed or swapped since the scan

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -84,8 +85,12 @@ def read_table(
     delimiter: str | None = None,
     sheet: str | None = None,
     names: tuple[str, ...] = (),
+    header_row: bool = True,
 ) -> Table:
-    """The wanted columns (names or 0-based indices) of every data row; TableError naming what is missing."""
+    """The wanted columns (names or 0-based indices) of every data row; TableError naming what is missing.
+
+    `names` renames the columns of the header row; with `header_row=False` the file has none (split lists
+    such as `name grade` lines) and `names` are the columns of every line, the first included."""
     rows_iter = raw_rows(data, rel, delimiter, sheet)
     header = list(names)
     try:
@@ -93,6 +98,9 @@ def read_table(
     except StopIteration:
         raise TableError("unreadable", f"{rel}: the table is empty") from None
     header_from_file = [c.strip() for c in first]
+    if not header_row:
+        rows_iter = itertools.chain([(line, first)], rows_iter)
+        header_from_file = header
     if not header:
         header = header_from_file
     index: dict[str | int, int] = {}
