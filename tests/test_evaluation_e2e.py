@@ -200,8 +200,10 @@ def test_external_corpus_is_decontaminated_then_trained_and_evaluated(output_roo
 
 
 def test_evaluation_assets_jobs_and_what_automation_leaves_alone():
-    from gmai_pipeline.definitions import defs
-    from gmai_pipeline.jobs import gpu_selection
+    from gmai_pipeline.definitions import defs as load_defs
+    from gmai_pipeline.defs.evaluation import gpu_selection
+
+    defs = load_defs()
 
     def job(name: str) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.selected_asset_keys}

@@ -8,8 +8,7 @@ from fake_openai import FakeOpenAI, sample_ids_in, write_fixture
 from run_storage import stored_text
 
 from gmai_pipeline.defs import generation
-from gmai_pipeline.defs.generation import TEMPLATE_NOTE, LLMResource
-from gmai_pipeline.jobs import ALL_SHARDS_TAGS
+from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS, TEMPLATE_NOTE, LLMResource
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.storage import OutputLayout
 

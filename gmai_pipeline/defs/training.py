@@ -32,14 +32,18 @@ from pydantic import Field
 from gmai_pipeline import training_cluster as tc
 from gmai_pipeline import training_plan as plan
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import layout
+from gmai_pipeline.defs.common import catalog, layout
 from gmai_pipeline.profiles import MissingVariableError, load_resource_config
 from gmai_pipeline.release.mixtures import iter_score_candidates, load_mixtures, model_judged, provenance_path
 from gmai_pipeline.release.records import ReleaseError, ReleaseRecords
 from gmai_pipeline.settings import PROJECT_ROOT
 from gmai_pipeline.storage import atomic_path, atomic_write_text
 
+GROUP = "training"
 STAGES = (1, 2, 3)
+# The training group: the stages, stage III's scoring pass and stage3_mix (defs/release.py), which the stage II
+# model's scores filter, so it can only be made inside training.
+TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "stage3_scores", "stage3_mix", "gmai_vl_stage3")
 
 
 class GpuClusterResource(dg.ConfigurableResource):
@@ -312,7 +316,7 @@ def _check(what) -> object:
 
 
 def _stage_asset(
-    stage: int, retries: int, init_stage: int | None = None, name: str | None = None, group: str = "training"
+    stage: int, retries: int, init_stage: int | None = None, name: str | None = None, group: str = GROUP
 ) -> dg.AssetsDefinition:
     """Stage `stage` trained from stage `init_stage`'s export (default: the stage before it).
 
@@ -400,7 +404,7 @@ SCORES_DIR = "stage3_scores"
     name="stage3_scores",
     deps=[dg.AssetKey("gmai_vl_stage2"), dg.AssetKey("release_records")],
     pool="gpu",
-    group_name="training",
+    group_name=GROUP,
     kinds={"pytorch"},
     description="Stage III's filter input, as the paper: the stage II model's confidence (exp(-mean answer-token "
     "loss), same chat template and packing as training) on every stage III candidate of a component with a "
@@ -505,5 +509,17 @@ def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
     cluster = gpu_cluster_from_profile()
     assets = [_stage_asset(n, cluster.retries) for n in STAGES]
-    # train_job (the stages, the stage III scoring pass and mix) is defined in gmai_pipeline/jobs.py.
     return dg.Definitions(assets=[*assets, stage3_scores], resources={"gpu_cluster": cluster})
+
+
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="The three GMAI-VL training stages on the GPU cluster resource, with stage III's "
+    "scoring pass (the stage II model's confidence) and mixture between stages II and III.",
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(build_defs(catalog()), dg.Definitions(jobs=[train_job]))
