@@ -58,7 +58,7 @@ def test_llm_resource_from_profiles_keeps_the_key_out(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-appear")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
     assert LLMResource.from_profile("demo").backend == "template"
-    for profile in ("local", "slurm", "k8s"):
+    for profile in ("local", "slurm"):
         llm = LLMResource.from_profile(profile)
         assert llm.backend in ("openai", "openai_batch") and llm.model.startswith("gpt-4o-")
         assert isinstance(llm.base_url, dg.EnvVar) and llm.config().base_url == "http://127.0.0.1:8000/v1"

@@ -22,7 +22,7 @@ def model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("profile", ["slurm", "k8s", "local"])
+@pytest.mark.parametrize("profile", ["slurm", "local"])
 def test_real_profiles_train_with_the_papers_batch_per_stage(profile, model_dir, monkeypatch):
     """Paper: rows of 2048 soft-packed; stage I 32 GPUs x 8 x 2, stages II and III 32 x 4 x 4 (512 rows)."""
     monkeypatch.setenv("GMAI_MODEL_DIR", str(model_dir))
@@ -65,7 +65,7 @@ def test_effective_batch_in_samples_and_overrides():
 
 def test_non_demo_profile_without_model_folder_names_the_variable(monkeypatch, tmp_path, model_dir):
     monkeypatch.delenv("GMAI_MODEL_DIR", raising=False)
-    for profile in ("slurm", "k8s", "local"):
+    for profile in ("slurm", "local"):
         with pytest.raises(MissingVariableError, match="set GMAI_MODEL_DIR") as info:
             plan.load_training_profile(profile)
         assert info.value.variable == "GMAI_MODEL_DIR"

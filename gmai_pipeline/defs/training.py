@@ -7,8 +7,8 @@ training code (training_jobs/) runs outside this process and reports loss, lr, t
 the effective batch and checkpoint paths back as the materialization's metadata. Backends: `local` (a
 subprocess: python or torchrun; tests and the demo) and `slurm` (sbatch from
 training_jobs/launch/sbatch.template, polled, log streamed, scancel'd when the run is terminated; Pipes
-files on a shared filesystem). Kubernetes: dagster-k8s' PipesK8sClient runs the same command in a pod
-(resources/k8s/gpu_cluster.yaml); not wired here.
+files on a shared filesystem). Why not dagster-slurm, and why no Kubernetes backend: README, "Where steps
+run".
 
 Where a stage runs is the `gpu_cluster` resource (resources/<GMAI_PROFILE>/gpu_cluster.yaml); what it trains
 with is the profile's training.yaml per stage (gmai_pipeline/training_plan.py), overridable in the stage's
@@ -50,7 +50,7 @@ class GpuClusterResource(dg.ConfigurableResource):
     """Where a training job runs (backend, nodes, GPUs, container). What it trains with is not here: the
     profile's training.yaml per stage, and the stage asset's config."""
 
-    backend: str = Field(default="local", description="local | slurm (k8s: see module docstring)")
+    backend: str = Field(default="local", description="local | slurm")
     launcher: str = Field(default="python", description="local backend: python (one process) or torchrun")
     nodes: int = 1
     gpus_per_node: int = Field(default=0, description="0: CPU (gloo); torchrun starts max(1, this) processes")
