@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 import pyarrow.parquet as pq
 from fake_openai import FakeOpenAI, sample_ids_in, write_fixture
@@ -9,6 +11,7 @@ from run_storage import stored_text
 
 from gmai_pipeline.defs import generation
 from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS, TEMPLATE_NOTE, LLMResource
+from gmai_pipeline.generation.pipeline import LLMConfig
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.storage import OutputLayout
 
@@ -67,6 +70,16 @@ def test_llm_resource_from_profiles_keeps_the_key_out(monkeypatch):
     monkeypatch.setenv("GMAI_LLM_MODEL", "gpt-4o-mini-2024-07-18")
     llm = LLMResource.from_profile("local")
     assert (llm.backend, llm.model) == ("openai_batch", "gpt-4o-mini-2024-07-18")
+
+
+def test_llm_resource_fields_are_llm_config_fields():
+    """What a profile's llm.yaml sets reaches the generation code: each resource field is an LLMConfig field,
+    the default resource is the default config, and a non-default value survives `config()`."""
+    config_fields = {f.name for f in dataclasses.fields(LLMConfig)}
+    assert not set(LLMResource.model_fields) - config_fields
+    assert LLMResource().config() == LLMConfig()
+    cfg = LLMResource(backend="openai", model="gpt-4o-2024-08-06", chunk_size=7, base_url="").config()
+    assert (cfg.backend, cfg.model, cfg.chunk_size, cfg.base_url) == ("openai", "gpt-4o-2024-08-06", 7, None)
 
 
 def test_template_run_over_all_partitions(output_root):

@@ -87,23 +87,15 @@ class LLMResource(dg.ConfigurableResource):
         return cls(**{k: v for k, v in cfg.items() if v is not None})
 
     def config(self) -> LLMConfig:
-        base_url = self.base_url.get_value("") if isinstance(self.base_url, dg.EnvVar) else self.base_url
-        return LLMConfig(
-            backend=self.backend,
-            model=self.model,
-            base_url=base_url or None,
-            max_in_flight=self.max_in_flight,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            image_detail=self.image_detail or None,
-            logprobs=self.logprobs,
-            batch_poll_s=self.batch_poll_s,
-            batch_max_wait_s=self.batch_max_wait_s,
-            chunk_size=self.chunk_size,
-            translate_fraction=self.translate_fraction,
-        )
+        """The domain's LLMConfig from this resource's fields: the resource declares which LLMConfig fields a
+        profile may set (tests/test_generation_assets.py checks every one is an LLMConfig field), so a
+        field added to one is not silently dropped by a hand-written copy."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        if isinstance(self.base_url, dg.EnvVar):
+            values["base_url"] = self.base_url.get_value("")
+        values["base_url"] = values["base_url"] or None  # "": the SDK default endpoint
+        values["image_detail"] = values["image_detail"] or None
+        return LLMConfig(**values)
 
 
 def _metadata(reports: list[Report], cfg: LLMConfig) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from gmai_pipeline import training_cluster as tc
 from gmai_pipeline import training_plan as plan
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.common import catalog, layout
-from gmai_pipeline.profiles import MissingVariableError, load_resource_config
+from gmai_pipeline.profiles import MissingVariableError, load_resource_config, profile_name
 from gmai_pipeline.release.mixtures import iter_score_candidates, load_mixtures, model_judged, provenance_path
 from gmai_pipeline.release.records import ReleaseError, ReleaseRecords
 from gmai_pipeline.settings import PROJECT_ROOT
@@ -93,6 +93,7 @@ class GpuClusterResource(dg.ConfigurableResource):
         raise dg.Failure(f"gpu_cluster backend '{self.backend}' is not available here (local, slurm)")
 
     def _env(self) -> dict[str, str]:
+        # Not configuration read by an asset: the variables the launched training process inherits.
         keep = ("GMAI_OUTPUT_ROOT", "GMAI_PEAK_FLOPS", "HF_HOME", "CUDA_VISIBLE_DEVICES")
         env = {k: os.environ[k] for k in keep if k in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(
@@ -219,7 +220,8 @@ def _free_port() -> int:
 
 
 def _launch_environ() -> dict[str, str]:
-    """This process's environment minus torch.distributed variables a previous in-process run may have left."""
+    """This process's environment minus torch.distributed variables a previous in-process run may have left:
+    what a local launch hands its subprocess (not configuration read by the asset)."""
     return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
 
 
@@ -294,7 +296,7 @@ def _profile() -> plan.TrainingProfile:
         return plan.load_training_profile()
     except MissingVariableError as exc:
         raise _refuse(
-            f"{exc.variable} is not set: the {os.environ.get('GMAI_PROFILE', 'demo')!r} profile trains for "
+            f"{exc.variable} is not set: the {profile_name()!r} profile trains for "
             f"real and needs a model folder ({exc.hint}; {exc.path}). Nothing was submitted."
         ) from None
     except plan.TrainingPlanError as exc:
