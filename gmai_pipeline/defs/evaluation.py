@@ -182,9 +182,7 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
         "by default with exact matching (no LLM judge); VLMEvalKit result files in "
         f"evaluation/vlmevalkit/{model}/; per-benchmark scores and the paper's breakdowns (Tables 4-8).",
     )
-    def _asset(
-        context: dg.AssetExecutionContext, config: EvalConfig, gpu_cluster: training.GpuClusterResource
-    ):
+    def _asset(context: dg.AssetExecutionContext, config: EvalConfig, gpu_cluster: training.GpuCluster):
         export = layout().training / folder / "export"
         if not (export / "llm").is_dir():
             raise dg.Failure(f"{trained} has no export at {export}: materialize {trained} first")

@@ -46,37 +46,26 @@ STAGES = (1, 2, 3)
 TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "stage3_scores", "stage3_mix", "gmai_vl_stage3")
 
 
-class GpuClusterResource(dg.ConfigurableResource):
-    """Where a training job runs (backend, nodes, GPUs, container). What it trains with is not here: the
-    profile's training.yaml per stage, and the stage asset's config."""
+class GpuCluster(dg.ConfigurableResource):
+    """Where a training job runs; one subclass per backend, chosen by the profile's gpu_cluster.yaml
+    (`backend: local | slurm`). What it trains with is not here: the profile's training.yaml per stage, and
+    the stage asset's config."""
 
-    backend: str = Field(default="local", description="local | slurm")
-    launcher: str = Field(default="python", description="local backend: python (one process) or torchrun")
-    nodes: int = 1
     gpus_per_node: int = Field(default=0, description="0: CPU (gloo); torchrun starts max(1, this) processes")
-    cpus_per_task: int = 2
-    partition: str = ""
-    time_limit: str = "24:00:00"
-    setup: str = Field(default="", description="shell lines before launch on the node (module load, venv)")
-    container: str = Field(default="", description="launch prefix, e.g. 'apptainer exec --nv gmai.sif'")
-    shared_dir: str = Field(
-        default="", description="shared filesystem for Pipes files and logs (default: output)"
-    )
     python: str = Field(default="", description="interpreter on the nodes (default: this one)")
     workdir: str = Field(default="", description="repository root on the nodes (default: this checkout)")
-    poll_seconds: float = 2.0
     retries: int = Field(
         default=0, description=">0: retry a failed stage, always resuming from its last checkpoint"
     )
 
+    @property
+    def backend(self) -> str:
+        """The profile's name for this backend, reported in each stage's metadata."""
+        raise NotImplementedError
+
     def world_size(self) -> int:
         """Processes a launch starts: the effective batch is computed from it before submitting."""
-        if self.backend == "local":
-            return 1 if self.launcher == "python" else max(self.gpus_per_node, 1)
-        return self.nodes * max(self.gpus_per_node, 1)
-
-    def _python(self) -> str:
-        return self.python or sys.executable
+        raise NotImplementedError
 
     def run_stage(
         self,
@@ -86,11 +75,10 @@ class GpuClusterResource(dg.ConfigurableResource):
         module: str = "training_jobs.train",
     ) -> dg.MaterializeResult:
         """Run `python -m <module> <args>` where this resource says, reporting through Pipes."""
-        if self.backend == "local":
-            return self._run_local(context, args, module)
-        if self.backend == "slurm":
-            return self._run_slurm(context, args, out_dir, module)
-        raise dg.Failure(f"gpu_cluster backend '{self.backend}' is not available here (local, slurm)")
+        raise NotImplementedError
+
+    def _python(self) -> str:
+        return self.python or sys.executable
 
     def _env(self) -> dict[str, str]:
         # Not configuration read by an asset: the variables the launched training process inherits.
@@ -101,6 +89,28 @@ class GpuClusterResource(dg.ConfigurableResource):
         )
         env["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded at run time
         return env
+
+
+class LocalGpuCluster(GpuCluster):
+    """This machine: a subprocess (tests, the demo, one GPU box), through Dagster Pipes."""
+
+    launcher: str = Field(default="python", description="python (one process) or torchrun")
+
+    @property
+    def backend(self) -> str:
+        return "local"
+
+    def world_size(self) -> int:
+        return 1 if self.launcher == "python" else max(self.gpus_per_node, 1)
+
+    def run_stage(
+        self,
+        context: dg.AssetExecutionContext,
+        args: list[str],
+        out_dir: Path,
+        module: str = "training_jobs.train",
+    ) -> dg.MaterializeResult:
+        return self._run_local(context, args, module)
 
     def _run_local(
         self, context: dg.AssetExecutionContext, args: list[str], module: str
@@ -126,6 +136,38 @@ class GpuClusterResource(dg.ConfigurableResource):
         return client.run(
             context=context, command=cmd, env={**self._env(), **single}
         ).get_materialize_result()
+
+
+class SlurmGpuCluster(GpuCluster):
+    """A Slurm cluster whose login node runs Dagster: sbatch, polled, log streamed, scancel'd on termination;
+    Pipes files on a shared filesystem."""
+
+    nodes: int = 1
+    cpus_per_task: int = 2
+    partition: str = ""
+    time_limit: str = "24:00:00"
+    setup: str = Field(default="", description="shell lines before launch on the node (module load, venv)")
+    container: str = Field(default="", description="launch prefix, e.g. 'apptainer exec --nv gmai.sif'")
+    shared_dir: str = Field(
+        default="", description="shared filesystem for Pipes files and logs (default: output)"
+    )
+    poll_seconds: float = 2.0
+
+    @property
+    def backend(self) -> str:
+        return "slurm"
+
+    def world_size(self) -> int:
+        return self.nodes * max(self.gpus_per_node, 1)
+
+    def run_stage(
+        self,
+        context: dg.AssetExecutionContext,
+        args: list[str],
+        out_dir: Path,
+        module: str = "training_jobs.train",
+    ) -> dg.MaterializeResult:
+        return self._run_slurm(context, args, out_dir, module)
 
     def _run_slurm(
         self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path, module: str
@@ -350,7 +392,7 @@ def _stage_asset(
         f"training/{folder}/export (hand-off) and checkpoints/ (resume). Knobs: the profile's "
         "training.yaml, overridable here.",
     )
-    def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuClusterResource):
+    def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuCluster):
         profile = _profile()
         if config.base_model is not None:
             profile = profile.model_copy(update={"base_model": config.base_model})
@@ -414,7 +456,7 @@ SCORES_DIR = "stage3_scores"
     "the rule and keeps the table beside the mix.",
 )
 def stage3_scores(
-    context: dg.AssetExecutionContext, config: ScoreConfig, gpu_cluster: GpuClusterResource
+    context: dg.AssetExecutionContext, config: ScoreConfig, gpu_cluster: GpuCluster
 ) -> dg.MaterializeResult:
     out = layout()
     folder = out.training / SCORES_DIR
@@ -493,19 +535,31 @@ def stage3_scores(
 stage_asset = _stage_asset  # defs/evaluation.py builds the Table 7 ablation's stage 1+3 with it
 
 
-def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
-    """The profile's gpu_cluster.yaml; numbers that came through ${VAR:-default} strings become numbers."""
+GPU_CLUSTERS: dict[str, type[GpuCluster]] = {"local": LocalGpuCluster, "slurm": SlurmGpuCluster}
+
+
+def gpu_cluster_from_profile(profile: str | None = None) -> GpuCluster:
+    """The profile's gpu_cluster.yaml as the class of its `backend`; numbers that came through
+    ${VAR:-default} strings become numbers. A key the backend does not have is refused, not ignored."""
     cfg = load_resource_config("gpu_cluster", profile)
+    where = f"gpu_cluster.yaml of profile {profile or profile_name()!r}"
     moved = sorted(set(cfg) & {*plan.StageKnobs.model_fields, "base_model", "trust_remote_code"})
     if moved:
         raise ValueError(
-            f"gpu_cluster.yaml of profile {profile or 'from GMAI_PROFILE'!r} sets {moved}: what a stage trains "
-            "with moved to training.yaml beside it (per stage; see resources/slurm/training.yaml)"
+            f"{where} sets {moved}: what a stage trains with moved to training.yaml beside it (per stage; see "
+            "resources/slurm/training.yaml)"
         )
-    for key, field in GpuClusterResource.model_fields.items():
+    backend = cfg.pop("backend", "local")
+    if backend not in GPU_CLUSTERS:
+        raise ValueError(f"{where}: backend {backend!r} is not one of {', '.join(GPU_CLUSTERS)}")
+    cls = GPU_CLUSTERS[backend]
+    unknown = sorted(set(cfg) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: the {backend} backend has no setting {unknown}")
+    for key, field in cls.model_fields.items():
         if key in cfg and field.annotation in (int, float) and isinstance(cfg[key], str):
             cfg[key] = field.annotation(cfg[key])
-    return GpuClusterResource(**cfg)
+    return cls(**cfg)
 
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
