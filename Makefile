@@ -21,13 +21,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.sqlite.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster job execute -m gmai_pipeline -j demo_job
+	$(VENV)/bin/dagster job execute -m gmai_pipeline.definitions -j demo_job
 	@$(PY) -m gmai_pipeline.summary
 
 # Tests make their own instances and output roots: never the demo's DAGSTER_HOME.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	env -u DAGSTER_HOME $(VENV)/bin/dagster definitions validate -m gmai_pipeline
+	# Loads the code location as Dagster tooling does ([tool.dg] in pyproject.toml): every asset, job, schedule, sensor.
+	env -u DAGSTER_HOME $(VENV)/bin/dg check defs
 	env -u DAGSTER_HOME $(VENV)/bin/pytest -q -n 2 --durations=20
 
 test-fast: $(STAMP)
@@ -39,7 +40,7 @@ lint: $(STAMP)
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.sqlite.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -m gmai_pipeline -h 127.0.0.1 -p 3000
+	$(VENV)/bin/dagster dev -m gmai_pipeline.definitions -h 127.0.0.1 -p 3000
 
 bench: $(STAMP)
 	$(PY) bench/normalize.py && $(PY) bench/decontaminate.py && $(PY) bench/generate.py && $(PY) bench/shards.py && $(PY) bench/train_step.py

@@ -38,9 +38,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DAGSTER = Path(sys.executable).parent / "dagster"
 RUNS = {
-    "build_dataset_job": ["job", "execute", "-m", "gmai_pipeline", "-j", "build_dataset_job"],
-    "annotations": ["asset", "materialize", "-m", "gmai_pipeline", "--select", "*annotations"],
-    "demo_job": ["job", "execute", "-m", "gmai_pipeline", "-j", "demo_job"],
+    "build_dataset_job": ["job", "execute", "-m", "gmai_pipeline.definitions", "-j", "build_dataset_job"],
+    "annotations": ["asset", "materialize", "-m", "gmai_pipeline.definitions", "--select", "*annotations"],
+    "demo_job": ["job", "execute", "-m", "gmai_pipeline.definitions", "-j", "demo_job"],
 }
 CATALOGS = {"demo_catalog": str(REPO / "assets" / "demo"), "full_catalog": None}
 

@@ -1,8 +1,6 @@
-"""gmai-pipeline: a Dagster pipeline that rebuilds GMAI-VL-5.5M and trains GMAI-VL-style models.
+"""gmai-pipeline: rebuilds GMAI-VL-5.5M and trains GMAI-VL-style models.
 
-`dagster job execute -m gmai_pipeline -j demo_job` loads `defs` from here.
+Importing the package loads no Dagster: the code location is `gmai_pipeline.definitions` (which loads
+`gmai_pipeline/defs/`), so a pure function such as `gmai_pipeline.hashing` imports in milliseconds and does
+not fail on a bad `GMAI_EXECUTOR` or `GMAI_PROFILE`.
 """
-
-from gmai_pipeline.definitions import defs
-
-__all__ = ["defs"]

@@ -17,7 +17,7 @@ from typing import Any
 from gmai_pipeline import safe_yaml
 from gmai_pipeline.settings import RESOURCES_DIR
 
-PROFILES = ("demo", "local", "slurm", "k8s")
+PROFILES = ("demo", "local", "slurm")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
 
 

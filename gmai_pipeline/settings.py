@@ -54,3 +54,17 @@ def get_settings() -> Settings:
         llm_backend=os.environ.get("GMAI_LLM_BACKEND", "template"),
         llm_model=os.environ.get("GMAI_LLM_MODEL", "template-v1"),
     )
+
+
+def nightly_cron() -> str:
+    """`GMAI_NIGHTLY_CRON`: when the nightly generation backfill runs (UTC); read when definitions load."""
+    return os.environ.get("GMAI_NIGHTLY_CRON", "0 2 * * *")
+
+
+def raw_sensor_interval_s() -> int:
+    """`GMAI_RAW_SENSOR_INTERVAL_S`: how often the raw-data sensor scans `GMAI_RAW_ROOT` (seconds)."""
+    value = os.environ.get("GMAI_RAW_SENSOR_INTERVAL_S", "300")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"GMAI_RAW_SENSOR_INTERVAL_S={value!r} is not a whole number of seconds") from None

@@ -237,7 +237,16 @@ def dagster_dev(env: dict[str, str], log: Path, timeout: float = 240) -> Iterato
     """`dagster dev` (web server + daemon) for the code location on a free loopback port; yields the base URL."""
     port = free_port()
     proc = spawn(
-        [str(VENV_BIN / "dagster"), "dev", "-m", "gmai_pipeline", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(VENV_BIN / "dagster"),
+            "dev",
+            "-m",
+            "gmai_pipeline.definitions",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         log,
         env,
     )

@@ -90,7 +90,7 @@ def test_demo_steps_spread_over_two_celery_workers(tmp_path: Path, monkeypatch: 
                 assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
 
             run = subprocess.run(
-                [str(VENV_BIN / "dagster"), "job", "execute", "-m", "gmai_pipeline", "-j", JOB],
+                [str(VENV_BIN / "dagster"), "job", "execute", "-m", "gmai_pipeline.definitions", "-j", JOB],
                 env=env,
                 cwd=REPO,
                 capture_output=True,

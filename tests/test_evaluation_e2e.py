@@ -84,7 +84,7 @@ def test_ablation_job_on_the_demo_benchmarks(output_root: Path):
     for stage in (1, 2, 3):
         write_mixture(mixtures, stage=stage, n=8, text_only=1, seed=stage)
     base = build_tiny(output_root / "tiny", iter_texts(mixtures / "stage1.jsonl"), image_size=112)
-    cluster = training.GpuClusterResource(backend="local", base_model=str(base), **FAST)
+    cluster = training.LocalGpuCluster(base_model=str(base), **FAST)
     keys = ["gmai_vl_stage1", "gmai_vl_stage2", "gmai_vl_stage3", "gmai_vl_stage1_3", "benchmark_questions",
             "eval_stage1", "eval_stage2", "eval_stage3", "eval_stage1_3", "stage_ablation"]  # fmt: skip
     smoke = {"config": {"limit": 2}}  # stage 1 answers everything; the others two questions per dataset
@@ -164,7 +164,7 @@ def test_external_corpus_is_decontaminated_then_trained_and_evaluated(output_roo
     base = build_tiny(
         output_root / "tiny", ["Describe the image. A synthetic scan of the abdomen."] * 30, image_size=112
     )
-    cluster = training.GpuClusterResource(backend="local", base_model=str(base), **FAST)
+    cluster = training.LocalGpuCluster(base_model=str(base), **FAST)
     keys = [
         "benchmark_hashes",
         "external_corpora",
@@ -200,8 +200,10 @@ def test_external_corpus_is_decontaminated_then_trained_and_evaluated(output_roo
 
 
 def test_evaluation_assets_jobs_and_what_automation_leaves_alone():
-    from gmai_pipeline.definitions import defs
-    from gmai_pipeline.jobs import gpu_selection
+    from gmai_pipeline.definitions import defs as load_defs
+    from gmai_pipeline.defs.evaluation import gpu_selection
+
+    defs = load_defs()
 
     def job(name: str) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.selected_asset_keys}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 import pyarrow.parquet as pq
 from fake_openai import FakeOpenAI, sample_ids_in, write_fixture
 from run_storage import stored_text
 
 from gmai_pipeline.defs import generation
-from gmai_pipeline.defs.generation import TEMPLATE_NOTE, LLMResource
-from gmai_pipeline.jobs import ALL_SHARDS_TAGS
+from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS, TEMPLATE_NOTE, LLMResource
+from gmai_pipeline.generation.pipeline import LLMConfig
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.storage import OutputLayout
 
@@ -59,7 +61,7 @@ def test_llm_resource_from_profiles_keeps_the_key_out(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-appear")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
     assert LLMResource.from_profile("demo").backend == "template"
-    for profile in ("local", "slurm", "k8s"):
+    for profile in ("local", "slurm"):
         llm = LLMResource.from_profile(profile)
         assert llm.backend in ("openai", "openai_batch") and llm.model.startswith("gpt-4o-")
         assert isinstance(llm.base_url, dg.EnvVar) and llm.config().base_url == "http://127.0.0.1:8000/v1"
@@ -68,6 +70,16 @@ def test_llm_resource_from_profiles_keeps_the_key_out(monkeypatch):
     monkeypatch.setenv("GMAI_LLM_MODEL", "gpt-4o-mini-2024-07-18")
     llm = LLMResource.from_profile("local")
     assert (llm.backend, llm.model) == ("openai_batch", "gpt-4o-mini-2024-07-18")
+
+
+def test_llm_resource_fields_are_llm_config_fields():
+    """What a profile's llm.yaml sets reaches the generation code: each resource field is an LLMConfig field,
+    the default resource is the default config, and a non-default value survives `config()`."""
+    config_fields = {f.name for f in dataclasses.fields(LLMConfig)}
+    assert not set(LLMResource.model_fields) - config_fields
+    assert LLMResource().config() == LLMConfig()
+    cfg = LLMResource(backend="openai", model="gpt-4o-2024-08-06", chunk_size=7, base_url="").config()
+    assert (cfg.backend, cfg.model, cfg.chunk_size, cfg.base_url) == ("openai", "gpt-4o-2024-08-06", 7, None)
 
 
 def test_template_run_over_all_partitions(output_root):

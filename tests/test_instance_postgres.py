@@ -2,7 +2,7 @@
 
 The Postgres test starts Debian's PostgreSQL in a temp folder, installs deploy/dagster.postgres.yaml
 as $DAGSTER_HOME/dagster.yaml, sets the pool limits with deploy/set-pool-limits.sh, runs
-`dagster job execute -m gmai_pipeline -j demo_ingest_job` in a subprocess, and reads the run back
+`dagster job execute -m gmai_pipeline.definitions -j demo_ingest_job` in a subprocess, and reads the run back
 from Postgres. (`demo_ingest_job` is the demo's source/* and normalized/* steps; the full demo_job
 is exercised by the end-to-end and browser tests.)
 """
@@ -78,7 +78,7 @@ def test_postgres_instance_runs_a_job(tmp_path: Path, monkeypatch: pytest.Monkey
             ["bash", str(DEPLOY / "set-pool-limits.sh")], check=True, env=env, cwd=REPO, capture_output=True
         )
         proc = subprocess.run(
-            [str(VENV_BIN / "dagster"), "job", "execute", "-m", "gmai_pipeline", "-j", JOB],
+            [str(VENV_BIN / "dagster"), "job", "execute", "-m", "gmai_pipeline.definitions", "-j", JOB],
             env=env,
             cwd=REPO,
             capture_output=True,

@@ -15,10 +15,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from gmai_pipeline import jobs as jobs_module
+from gmai_pipeline import definitions
 from gmai_pipeline.catalog import SourceDataset, load_catalog
-from gmai_pipeline.defs import ops
-from gmai_pipeline.jobs import ALL_SHARDS_TAGS, GENERATION_KEYS, RELEASE_KEYS, TRAINING_KEYS, build_jobs
+from gmai_pipeline.defs import decontam, demo_jobs, generation, release, schedules, sensors, training
+from gmai_pipeline.defs.common import group_name
+from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS, GENERATION_KEYS
+from gmai_pipeline.defs.release import RELEASE_KEYS
+from gmai_pipeline.defs.training import TRAINING_KEYS
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.progress import Progress
 from gmai_pipeline.sensing import changed_folders, decode_cursor, fingerprint_folder, scan_raw_root
@@ -70,8 +73,38 @@ def _toy_assets(catalog: list[SourceDataset]) -> list[dg.AssetsDefinition]:
     made.append(dg.AssetSpec("stage3_scores", deps=["release_records", "gmai_vl_stage2"]))
     made.append(dg.AssetSpec("stage3_mix", deps=["release_records", "release_images", "stage3_scores"]))
     made.append(dg.AssetSpec("gmai_vl_stage3", deps=["stage3_mix", "gmai_vl_stage2"]))
+    groups = {s.name: group_name(s) for s in catalog}
+    return [_one(spec.replace_attributes(group_name=_group(spec.key, groups))) for spec in made]
 
-    return [_one(spec) for spec in made]
+
+def _group(key: dg.AssetKey, per_dataset: dict[str, str]) -> str:
+    """The group the real asset with this key is in: the jobs select by group."""
+    name = key.path[-1]
+    if key.path[0] in ("source", "normalized"):
+        return per_dataset[name]
+    if name in GENERATION_KEYS:
+        return generation.GROUP
+    if name in TRAINING_KEYS:
+        return training.GROUP
+    if name in RELEASE_KEYS:
+        return release.GROUP
+    return decontam.GROUP
+
+
+def _jobs(catalog: list[SourceDataset]) -> list[dg.UnresolvedAssetJobDefinition]:
+    return [
+        *demo_jobs.build_jobs(catalog),
+        release.build_dataset_job,
+        generation.generate_job,
+        training.train_job,
+    ]
+
+
+def _automation(catalog: list[SourceDataset]) -> dg.Definitions:
+    return dg.Definitions(
+        schedules=[schedules.build_nightly_generation_schedule()],
+        sensors=[sensors.build_raw_data_sensor(catalog)],
+    )
 
 
 def _one(spec: dg.AssetSpec) -> dg.AssetsDefinition:
@@ -85,7 +118,7 @@ def _one(spec: dg.AssetSpec) -> dg.AssetsDefinition:
 
 def _toy_defs(catalog: list[SourceDataset] = CATALOG) -> dg.Definitions:
     return dg.Definitions.merge(
-        dg.Definitions(assets=_toy_assets(catalog), jobs=build_jobs(catalog)), ops.build_defs(catalog)
+        dg.Definitions(assets=_toy_assets(catalog), jobs=_jobs(catalog)), _automation(catalog)
     )
 
 
@@ -121,20 +154,20 @@ def test_jobs_select_the_right_assets_on_a_graph_of_our_shape() -> None:
 def test_unknown_executor_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GMAI_EXECUTOR", "spark")
     with pytest.raises(ValueError, match="GMAI_EXECUTOR"):
-        build_jobs(CATALOG)
+        definitions.executor_from_env()
 
 
 def test_celery_executor_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GMAI_EXECUTOR", "celery")
-    executor = jobs_module.executor_from_env()
+    executor = definitions.executor_from_env()
     assert executor is not None and executor.name == "celery"
-    defs = dg.Definitions(assets=_toy_assets(CATALOG), jobs=build_jobs(CATALOG))
+    defs = dg.Definitions(assets=_toy_assets(CATALOG), jobs=_jobs(CATALOG), executor=executor)
     assert defs.resolve_job_def("demo_ingest_job").executor_def.name == "celery"
 
 
 def test_jobs_on_the_real_graph() -> None:
     """Every job resolves on the real code location and holds the keys it is meant to (once the stages exist)."""
-    from gmai_pipeline.definitions import defs
+    defs = definitions.defs()
 
     graph_keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     missing = [
@@ -189,11 +222,13 @@ def test_nightly_schedule_runs_one_shard(tmp_path: Path) -> None:
     """A scheduled request executes: the partition key reaches the generation assets."""
     seen: list[str] = []
 
-    @dg.asset(key="captions", partitions_def=SHARDS)
+    @dg.asset(key="captions", partitions_def=SHARDS, group_name=generation.GROUP)
     def captions(context) -> None:
         seen.append(context.partition_key)
 
-    defs = dg.Definitions.merge(dg.Definitions(assets=[captions], jobs=build_jobs([])), ops.build_defs([]))
+    defs = dg.Definitions.merge(
+        dg.Definitions(assets=[captions], jobs=[generation.generate_job]), _automation([])
+    )
     request = next(
         iter(
             defs.resolve_schedule_def("nightly_generation_backfill")
@@ -384,7 +419,7 @@ def test_progress_without_total_and_iterate() -> None:
 
 def test_sensor_on_the_real_graph(raw_root: Path) -> None:
     """On the real code location: a changed demo folder requests its dataset's steps through the release."""
-    from gmai_pipeline.definitions import defs
+    defs = definitions.defs()
 
     name = next(s.name for s in load_catalog() if s.demo)
     _write(raw_root / name / "new.png", b"new")

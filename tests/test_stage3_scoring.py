@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from gmai_pipeline.defs.release import build_mix_asset, release_records
-from gmai_pipeline.defs.training import GpuClusterResource, stage3_scores
+from gmai_pipeline.defs.training import LocalGpuCluster, stage3_scores
 from gmai_pipeline.release.mixtures import (
     ModelConfidence,
     StaleScoresError,
@@ -138,7 +138,7 @@ def test_scoring_pass_drops_exactly_the_planted_low_confidence_samples(output_ro
     monkeypatch.setenv("GMAI_MIXTURES_FILE", str(mixtures))
     result = dg.materialize(
         [release_records, stage3_scores, build_mix_asset("stage3")],
-        resources={"gpu_cluster": GpuClusterResource(backend="local")},
+        resources={"gpu_cluster": LocalGpuCluster()},
     )
     assert result.success
     score_md = result.asset_materializations_for_node("stage3_scores")[0].metadata

@@ -15,7 +15,7 @@ from training_fixtures import write_mixture
 
 from gmai_pipeline import training_cluster as tc
 from gmai_pipeline.defs import training as training_defs
-from gmai_pipeline.defs.training import GpuClusterResource, build_defs, gpu_cluster_from_profile
+from gmai_pipeline.defs.training import LocalGpuCluster, SlurmGpuCluster, build_defs, gpu_cluster_from_profile
 from gmai_pipeline.storage import OutputLayout
 from training_jobs.data import iter_texts
 from training_jobs.tiny import build_tiny
@@ -63,7 +63,7 @@ def _check_metrics(meta: dict, output_root: Path) -> None:
 
 
 def test_local_backend_runs_stage1_through_pipes(output_root, stage1_inputs):
-    cluster = GpuClusterResource(backend="local")
+    cluster = LocalGpuCluster()
     result = dg.materialize(
         [_stage_assets()["gmai_vl_stage1"]],
         resources={"gpu_cluster": cluster},
@@ -177,7 +177,7 @@ def slurm(tmp_path_factory, monkeypatch):
 @pytest.mark.services
 @pytest.mark.slow
 def test_slurm_backend_round_trip(output_root, stage1_inputs, slurm):
-    cluster = GpuClusterResource(backend="slurm", cpus_per_task=1, time_limit="00:10:00", poll_seconds=1.0)
+    cluster = SlurmGpuCluster(cpus_per_task=1, time_limit="00:10:00", poll_seconds=1.0)
     result = dg.materialize(
         [_stage_assets()["gmai_vl_stage1"]],
         resources={"gpu_cluster": cluster},
@@ -202,7 +202,7 @@ def test_slurm_wait_cancels_the_job_when_the_run_is_terminated(monkeypatch, tmp_
     monkeypatch.setattr(training_defs, "time", SimpleNamespace(sleep=interrupted))
     context = dg.build_asset_context()
     with pytest.raises(dg.DagsterExecutionInterruptedError):
-        GpuClusterResource(backend="slurm")._wait(context, "77", tmp_path / "job.log")
+        SlurmGpuCluster()._wait(context, "77", tmp_path / "job.log")
     assert cancelled == ["77"]
 
 
@@ -218,7 +218,7 @@ def test_real_profile_without_model_folder_fails_before_submitting(output_root, 
     monkeypatch.setenv("GMAI_PROFILE", "slurm")
     monkeypatch.delenv("GMAI_MODEL_DIR", raising=False)
     asset = _stage_assets()["gmai_vl_stage1"]
-    cluster = GpuClusterResource(backend="slurm")
+    cluster = SlurmGpuCluster()
 
     def run(**config):
         return dg.materialize(
@@ -249,18 +249,18 @@ def test_packing_with_a_non_isolating_model_is_refused_before_launch(output_root
 
     leaky = write_leaky_model(stage1_inputs, output_root / "leaky_model")
     launched = []
-    monkeypatch.setattr(GpuClusterResource, "run_stage", lambda self, *a, **k: launched.append(a))
+    monkeypatch.setattr(LocalGpuCluster, "run_stage", lambda self, *a, **k: launched.append(a))
     profile = plan.TrainingProfile(base_model=str(leaky), trust_remote_code=True, defaults=FAST)
     monkeypatch.setattr(training_defs.plan, "load_training_profile", lambda: profile)
     asset = _stage_assets()["gmai_vl_stage1"]
-    result = dg.materialize([asset], resources={"gpu_cluster": GpuClusterResource()}, raise_on_error=False)
+    result = dg.materialize([asset], resources={"gpu_cluster": LocalGpuCluster()}, raise_on_error=False)
     message = _refusal(result, "gmai_vl_stage1")
     assert "packing is on but" in message and "runs its own modelling code" in message
     assert "packing: false" in message and launched == []
     # Packing off: the same model is accepted and launched.
     result = dg.materialize(
         [asset],
-        resources={"gpu_cluster": GpuClusterResource()},
+        resources={"gpu_cluster": LocalGpuCluster()},
         run_config=_run_config(packing=False),
         raise_on_error=False,
     )

@@ -22,7 +22,7 @@ def model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("profile", ["slurm", "k8s", "local"])
+@pytest.mark.parametrize("profile", ["slurm", "local"])
 def test_real_profiles_train_with_the_papers_batch_per_stage(profile, model_dir, monkeypatch):
     """Paper: rows of 2048 soft-packed; stage I 32 GPUs x 8 x 2, stages II and III 32 x 4 x 4 (512 rows)."""
     monkeypatch.setenv("GMAI_MODEL_DIR", str(model_dir))
@@ -65,7 +65,7 @@ def test_effective_batch_in_samples_and_overrides():
 
 def test_non_demo_profile_without_model_folder_names_the_variable(monkeypatch, tmp_path, model_dir):
     monkeypatch.delenv("GMAI_MODEL_DIR", raising=False)
-    for profile in ("slurm", "k8s", "local"):
+    for profile in ("slurm", "local"):
         with pytest.raises(MissingVariableError, match="set GMAI_MODEL_DIR") as info:
             plan.load_training_profile(profile)
         assert info.value.variable == "GMAI_MODEL_DIR"
@@ -117,3 +117,25 @@ def test_training_knobs_left_in_gpu_cluster_yaml_are_pointed_at_training_yaml(tm
     )
     with pytest.raises(ValueError, match=r"\['base_model', 'max_length'\].*moved to training.yaml"):
         gpu_cluster_from_profile("old")
+
+
+def test_gpu_cluster_yaml_picks_a_backend_class_and_refuses_what_it_lacks(tmp_path, monkeypatch):
+    from gmai_pipeline import profiles
+    from gmai_pipeline.defs import training as training_defs
+
+    monkeypatch.setattr(
+        training_defs, "load_resource_config", lambda r, p: profiles.load_resource_config(r, p, root=tmp_path)
+    )
+    for name, text in (
+        ("k8s", "backend: k8s\n"),
+        ("mixed", "backend: slurm\nlauncher: torchrun\n"),
+        ("good", "backend: slurm\nnodes: ${NODES:-2}\n"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "gpu_cluster.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"backend 'k8s' is not one of local, slurm"):
+        gpu_cluster_from_profile("k8s")
+    with pytest.raises(ValueError, match=r"the slurm backend has no setting \['launcher'\]"):
+        gpu_cluster_from_profile("mixed")
+    good = gpu_cluster_from_profile("good")
+    assert isinstance(good, training_defs.SlurmGpuCluster) and good.nodes == 2 and good.world_size() == 2

@@ -1,1 +1,1 @@
-"""Dagster definitions, one module per stage of the asset graph; `gmai_pipeline.definitions` merges them."""
+"""Dagster definitions: each module contributes its own Definitions; `gmai_pipeline.definitions` loads the folder."""

@@ -7,7 +7,7 @@ the entries still without a catalog section as metadata.
 
 import dagster as dg
 
-from gmai_pipeline.defs.common import layout
+from gmai_pipeline.defs.common import catalog, layout
 from gmai_pipeline.storage import atomic_write_text
 
 GROUP = "catalog"
@@ -56,3 +56,8 @@ def catalog_report(context: dg.AssetExecutionContext, config: CatalogReportConfi
 
 def build_defs(sources) -> dg.Definitions:
     return dg.Definitions(assets=[catalog_report])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(catalog())

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.settings import get_settings
+from gmai_pipeline.catalog import SourceDataset, load_catalog
+from gmai_pipeline.settings import catalog_dirs, get_settings
 from gmai_pipeline.storage import OutputLayout
 
 ANNOTATIONS = dg.AssetKey("annotations")
+
+
+def catalog() -> list[SourceDataset]:
+    """The catalog the code location is built from, read once per set of folders (`GMAI_CATALOG_DIR`):
+    every module in `defs/` asks for it, and parsing 219 YAML files once per module would cost seconds."""
+    return list(_catalog(catalog_dirs()))
+
+
+@functools.cache
+def _catalog(dirs: tuple[Path, ...]) -> tuple[SourceDataset, ...]:
+    return tuple(load_catalog(dirs))
 
 
 def layout() -> OutputLayout:

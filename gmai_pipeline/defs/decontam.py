@@ -13,7 +13,7 @@ from gmai_pipeline import decontaminate as dc
 from gmai_pipeline.availability import Inventory, failures_message, take_inventory
 from gmai_pipeline.benchmarks import REGISTRY
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import ANNOTATIONS, layout, md_table
+from gmai_pipeline.defs.common import ANNOTATIONS, catalog, layout, md_table
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.settings import get_settings
 
@@ -295,3 +295,8 @@ def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
         assets=[build_annotations(sources), benchmark_hashes, decontaminated],
         asset_checks=[build_release_check(sources)],
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(catalog())

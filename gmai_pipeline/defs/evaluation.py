@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import Field
 
 from gmai_pipeline.defs import training
-from gmai_pipeline.defs.common import layout
+from gmai_pipeline.defs.common import catalog, layout
 from gmai_pipeline.defs.decontam import BENCHMARK_HASHES
 from gmai_pipeline.evaluation import paper
 from gmai_pipeline.evaluation.questions import read_question_set, write_question_set
@@ -35,6 +35,8 @@ from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import atomic_write_bytes, atomic_write_text
 
 GROUP = "evaluation"
+# The paper's Table 7: stage III straight after stage I, its evaluation, and the comparison (`ablation_job`).
+ABLATION_GROUP = "ablation"
 QUESTIONS = dg.AssetKey("benchmark_questions")
 ABLATION = dg.AssetKey("stage_ablation")
 # (asset, training asset it evaluates, its training folder, model name, Table 7 row)
@@ -174,15 +176,13 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
         name=name,
         deps=[dg.AssetKey(trained), QUESTIONS],
         pool="gpu",
-        group_name=GROUP,
+        group_name=ABLATION_GROUP if name in ABLATION_KEYS else GROUP,
         kinds={"pytorch", "xlsx"},
         description=f"{trained} ({model}) on every benchmark question set, prompted and scored as VLMEvalKit does "
         "by default with exact matching (no LLM judge); VLMEvalKit result files in "
         f"evaluation/vlmevalkit/{model}/; per-benchmark scores and the paper's breakdowns (Tables 4-8).",
     )
-    def _asset(
-        context: dg.AssetExecutionContext, config: EvalConfig, gpu_cluster: training.GpuClusterResource
-    ):
+    def _asset(context: dg.AssetExecutionContext, config: EvalConfig, gpu_cluster: training.GpuCluster):
         export = layout().training / folder / "export"
         if not (export / "llm").is_dir():
             raise dg.Failure(f"{trained} has no export at {export}: materialize {trained} first")
@@ -243,7 +243,7 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
 
 @dg.asset(
     key=ABLATION,
-    group_name=GROUP,
+    group_name=ABLATION_GROUP,
     deps=[dg.AssetKey(e[0]) for e in EVALUATED],
     kinds={"csv", "png"},
     description="The paper's Table 7 (training strategy) for our models: stage1, stage1+2, stage1+3 and "
@@ -281,6 +281,32 @@ def stage_ablation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
 def build_defs(sources) -> dg.Definitions:
     cluster = training.gpu_cluster_from_profile()
-    stage1_3 = training.stage_asset(3, cluster.retries, init_stage=1, name="gmai_vl_stage1_3", group=GROUP)
+    stage1_3 = training.stage_asset(
+        3, cluster.retries, init_stage=1, name="gmai_vl_stage1_3", group=ABLATION_GROUP
+    )
     evals = [_eval_asset(*e) for e in EVALUATED]
     return dg.Definitions(assets=[benchmark_questions, stage1_3, *evals, stage_ablation])
+
+
+def gpu_selection() -> dg.AssetSelection:
+    """Training and everything that needs a trained model (evaluation, the ablation): left to a person."""
+    return dg.AssetSelection.groups(training.GROUP, ABLATION_GROUP).downstream()
+
+
+evaluate_job = dg.define_asset_job(
+    "evaluate_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="The benchmark question sets and each trained stage evaluated on them (VLMEvalKit's "
+    "prompts and exact-matching scores), on the GPU cluster resource.",
+)
+ablation_job = dg.define_asset_job(
+    "ablation_job",
+    selection=dg.AssetSelection.groups(training.GROUP, GROUP, ABLATION_GROUP),
+    description="The paper's Table 7: stage 1, 1+2, 1+3 and 1+2+3 trained from one base, each evaluated, "
+    "and the comparison with the published figures.",
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(build_defs(catalog()), dg.Definitions(jobs=[evaluate_job, ablation_job]))

@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from gmai_pipeline import decontaminate as dc
-from gmai_pipeline.defs.common import layout, md_table
+from gmai_pipeline.defs.common import catalog, layout, md_table
 from gmai_pipeline.defs.decontam import BENCHMARK_HASHES
 from gmai_pipeline.release import external
 from gmai_pipeline.release.mixtures import load_mixtures
@@ -85,3 +85,8 @@ def external_corpora(context: dg.AssetExecutionContext, config: ExternalConfig):
 
 def build_defs(sources) -> dg.Definitions:
     return dg.Definitions(assets=[external_corpora])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(catalog())

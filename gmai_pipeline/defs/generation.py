@@ -1,7 +1,9 @@
-"""Dagster layer of generation: the LLM resource and the `captions`, `vqa`, `translations` assets.
+"""Dagster layer of generation: the LLM resource, the `captions`, `vqa`, `translations` assets and `generate_job`.
 
 Thin over `gmai_pipeline.generation`: each asset loops over the partitions of its run (a backfill
 or the demo job passes a range), writes its tables under the output root and reports metadata.
+Unpartitioned jobs that include these assets are tagged with `ALL_SHARDS_TAGS` (the whole partition
+range), so one run processes every shard (assets read `context.partition_keys`).
 """
 
 import os
@@ -14,7 +16,7 @@ import pandas as pd
 
 from gmai_pipeline import partitions
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import layout, md_table
+from gmai_pipeline.defs.common import catalog, layout, md_table
 from gmai_pipeline.generation import pipeline
 from gmai_pipeline.generation.backends.openai_batch import BatchPending
 from gmai_pipeline.generation.pipeline import HELD_BACK, LLMConfig, Report
@@ -22,7 +24,13 @@ from gmai_pipeline.profiles import env_reference, expand_env, profile_name, raw_
 from gmai_pipeline.redact import has_credentials, redact_url
 from gmai_pipeline.settings import RESOURCES_DIR
 
+GROUP = "generation"
+GENERATION_KEYS = ("captions", "vqa", "translations")
 PARTITIONS = dg.StaticPartitionsDefinition(partitions.SHARD_KEYS)
+ALL_SHARDS_TAGS = {
+    "dagster/asset_partition_range_start": partitions.SHARD_KEYS[0],
+    "dagster/asset_partition_range_end": partitions.SHARD_KEYS[-1],
+}
 TEMPLATE_NOTE = "template (offline, not model output)"
 _SECRET_KEYS = ("api_key", "key", "token", "secret", "password")
 
@@ -79,23 +87,15 @@ class LLMResource(dg.ConfigurableResource):
         return cls(**{k: v for k, v in cfg.items() if v is not None})
 
     def config(self) -> LLMConfig:
-        base_url = self.base_url.get_value("") if isinstance(self.base_url, dg.EnvVar) else self.base_url
-        return LLMConfig(
-            backend=self.backend,
-            model=self.model,
-            base_url=base_url or None,
-            max_in_flight=self.max_in_flight,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            image_detail=self.image_detail or None,
-            logprobs=self.logprobs,
-            batch_poll_s=self.batch_poll_s,
-            batch_max_wait_s=self.batch_max_wait_s,
-            chunk_size=self.chunk_size,
-            translate_fraction=self.translate_fraction,
-        )
+        """The domain's LLMConfig from this resource's fields: the resource declares which LLMConfig fields a
+        profile may set (tests/test_generation_assets.py checks every one is an LLMConfig field), so a
+        field added to one is not silently dropped by a hand-written copy."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        if isinstance(self.base_url, dg.EnvVar):
+            values["base_url"] = self.base_url.get_value("")
+        values["base_url"] = values["base_url"] or None  # "": the SDK default endpoint
+        values["image_detail"] = values["image_detail"] or None
+        return LLMConfig(**values)
 
 
 def _metadata(reports: list[Report], cfg: LLMConfig) -> dict[str, Any]:
@@ -235,7 +235,7 @@ def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
 def _build_defs(sources: list[SourceDataset]) -> dg.Definitions:
     allowed = {s.name: s.external_llm_allowed for s in sources}
     common: dict[str, Any] = {
-        "group_name": "generation",
+        "group_name": GROUP,
         "partitions_def": PARTITIONS,
         "backfill_policy": dg.BackfillPolicy.single_run(),
         "pool": "llm",
@@ -285,3 +285,17 @@ def _build_defs(sources: list[SourceDataset]) -> dg.Definitions:
         return _run(context, "translations", llm, allowed)
 
     return dg.Definitions(assets=[captions, vqa, translations], resources={"llm": LLMResource.from_profile()})
+
+
+generate_job = dg.define_asset_job(
+    "generate_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="Captions, VQA and translations for one or more generation shards. Backfill it "
+    "(`dagster job backfill -m gmai_pipeline.definitions -j generate_job --all --noprompt`); cached responses "
+    "make finished shards free.",
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(build_defs(catalog()), dg.Definitions(jobs=[generate_job]))

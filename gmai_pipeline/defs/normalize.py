@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from gmai_pipeline.availability import clear_failure, record_failure
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import group_name, layout, md_table, release_in_run
+from gmai_pipeline.defs.common import catalog, group_name, layout, md_table, release_in_run
 from gmai_pipeline.manifest import MANIFEST_SCHEMA
 from gmai_pipeline.normalize import (
     NormalizeReport,
@@ -238,3 +238,8 @@ def _unusable(context: dg.AssetExecutionContext, source: SourceDataset, problem:
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
     return dg.Definitions(assets=[build_normalized_asset(s) for s in sources])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(catalog())

@@ -4,6 +4,13 @@
 rejected rows); `instruction_shards` (WebDataset shards + index), `release_annotations` (subset JSONL +
 llava.json), `release_metas` (InternVL/XTuner metas over those files), `release_images` (the release's
 `images/`), `stage{1,2,3}_mix` and `dataset_report` each write only what they declare, streaming the table.
+`stage3_mix` is in the training group: the stage II model's scores filter it, so it runs with the stages.
+
+`build_dataset_job` holds the release group and everything upstream: every catalogued source through the
+release, no training. It builds the release from whichever datasets are usable: absent ones are listed,
+failed ones left out and named by annotations' `present_datasets_in_release` check, which fails the run
+once the rest is built (README, "Partial downloads and failing datasets"). All `source/*` assets are one
+subsettable step (`sources`), so the entries a user has not downloaded cost no step launch.
 """
 
 import os
@@ -13,7 +20,9 @@ import dagster as dg
 import pandas as pd
 
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import layout, md_table
+from gmai_pipeline.defs.common import catalog, layout, md_table
+from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS, GENERATION_KEYS
+from gmai_pipeline.defs.training import GROUP as TRAINING_GROUP
 from gmai_pipeline.profiles import MissingVariableError
 from gmai_pipeline.release.annotations import ANNOTATIONS_DIR, LLAVA_JSON, SUBSETS, write_annotations
 from gmai_pipeline.release.images import IMAGES_DIR, sync_images
@@ -36,7 +45,17 @@ from gmai_pipeline.settings import get_settings
 from gmai_pipeline.training_plan import TrainingPlanError, lengths_file, load_training_profile, token_lengths
 
 GROUP = "release"
-GENERATED_DEPS = [dg.AssetKey("captions"), dg.AssetKey("vqa"), dg.AssetKey("translations")]
+GENERATED_DEPS = [dg.AssetKey(k) for k in GENERATION_KEYS]
+RELEASE_KEYS = (
+    "release_records",
+    "instruction_shards",
+    "release_annotations",
+    "release_metas",
+    "release_images",
+    "stage1_mix",
+    "stage2_mix",
+    "dataset_report",
+)
 DEMO_TARGET_BYTES = 1_000_000
 
 
@@ -301,7 +320,7 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     }[stage]
     spec = dict(
         name=f"{stage}_mix",
-        group_name=GROUP,
+        group_name=TRAINING_GROUP if stage == "stage3" else GROUP,
         deps=[
             release_records,
             release_images,
@@ -372,3 +391,18 @@ def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
         ],
         asset_checks=[shards_match_index],
     )
+
+
+build_dataset_job = dg.define_asset_job(
+    "build_dataset_job",
+    selection=dg.AssetSelection.groups(GROUP).upstream(),
+    description="Every catalogued source through the dataset release: manifests, normalized tables, "
+    "decontamination, captions/VQA/translations (all shards), instruction shards, stage I and II mixes "
+    "and the dataset report. No training (stage III's mix needs the stage II model: train_job).",
+    tags=ALL_SHARDS_TAGS,
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(build_defs(catalog()), dg.Definitions(jobs=[build_dataset_job]))

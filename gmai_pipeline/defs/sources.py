@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from gmai_pipeline.availability import clear_failure, is_present, record_failure
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import catalog_metadata, group_name, layout, md_table, release_in_run
+from gmai_pipeline.defs.common import catalog, catalog_metadata, group_name, layout, md_table, release_in_run
 from gmai_pipeline.manifest import (
     MANIFEST_SCHEMA,
     MissingDataError,
@@ -227,3 +227,8 @@ def build_source_asset(source: SourceDataset) -> dg.AssetsDefinition:
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
     return dg.Definitions(assets=[build_sources_asset(sources)] if sources else [])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(catalog())

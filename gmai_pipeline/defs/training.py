@@ -7,8 +7,8 @@ training code (training_jobs/) runs outside this process and reports loss, lr, t
 the effective batch and checkpoint paths back as the materialization's metadata. Backends: `local` (a
 subprocess: python or torchrun; tests and the demo) and `slurm` (sbatch from
 training_jobs/launch/sbatch.template, polled, log streamed, scancel'd when the run is terminated; Pipes
-files on a shared filesystem). Kubernetes: dagster-k8s' PipesK8sClient runs the same command in a pod
-(resources/k8s/gpu_cluster.yaml); not wired here.
+files on a shared filesystem). Why not dagster-slurm, and why no Kubernetes backend: README, "Where steps
+run".
 
 Where a stage runs is the `gpu_cluster` resource (resources/<GMAI_PROFILE>/gpu_cluster.yaml); what it trains
 with is the profile's training.yaml per stage (gmai_pipeline/training_plan.py), overridable in the stage's
@@ -32,47 +32,40 @@ from pydantic import Field
 from gmai_pipeline import training_cluster as tc
 from gmai_pipeline import training_plan as plan
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import layout
-from gmai_pipeline.profiles import MissingVariableError, load_resource_config
+from gmai_pipeline.defs.common import catalog, layout
+from gmai_pipeline.profiles import MissingVariableError, load_resource_config, profile_name
 from gmai_pipeline.release.mixtures import iter_score_candidates, load_mixtures, model_judged, provenance_path
 from gmai_pipeline.release.records import ReleaseError, ReleaseRecords
 from gmai_pipeline.settings import PROJECT_ROOT
 from gmai_pipeline.storage import atomic_path, atomic_write_text
 
+GROUP = "training"
 STAGES = (1, 2, 3)
+# The training group: the stages, stage III's scoring pass and stage3_mix (defs/release.py), which the stage II
+# model's scores filter, so it can only be made inside training.
+TRAINING_KEYS = ("gmai_vl_stage1", "gmai_vl_stage2", "stage3_scores", "stage3_mix", "gmai_vl_stage3")
 
 
-class GpuClusterResource(dg.ConfigurableResource):
-    """Where a training job runs (backend, nodes, GPUs, container). What it trains with is not here: the
-    profile's training.yaml per stage, and the stage asset's config."""
+class GpuCluster(dg.ConfigurableResource):
+    """Where a training job runs; one subclass per backend, chosen by the profile's gpu_cluster.yaml
+    (`backend: local | slurm`). What it trains with is not here: the profile's training.yaml per stage, and
+    the stage asset's config."""
 
-    backend: str = Field(default="local", description="local | slurm (k8s: see module docstring)")
-    launcher: str = Field(default="python", description="local backend: python (one process) or torchrun")
-    nodes: int = 1
     gpus_per_node: int = Field(default=0, description="0: CPU (gloo); torchrun starts max(1, this) processes")
-    cpus_per_task: int = 2
-    partition: str = ""
-    time_limit: str = "24:00:00"
-    setup: str = Field(default="", description="shell lines before launch on the node (module load, venv)")
-    container: str = Field(default="", description="launch prefix, e.g. 'apptainer exec --nv gmai.sif'")
-    shared_dir: str = Field(
-        default="", description="shared filesystem for Pipes files and logs (default: output)"
-    )
     python: str = Field(default="", description="interpreter on the nodes (default: this one)")
     workdir: str = Field(default="", description="repository root on the nodes (default: this checkout)")
-    poll_seconds: float = 2.0
     retries: int = Field(
         default=0, description=">0: retry a failed stage, always resuming from its last checkpoint"
     )
 
+    @property
+    def backend(self) -> str:
+        """The profile's name for this backend, reported in each stage's metadata."""
+        raise NotImplementedError
+
     def world_size(self) -> int:
         """Processes a launch starts: the effective batch is computed from it before submitting."""
-        if self.backend == "local":
-            return 1 if self.launcher == "python" else max(self.gpus_per_node, 1)
-        return self.nodes * max(self.gpus_per_node, 1)
-
-    def _python(self) -> str:
-        return self.python or sys.executable
+        raise NotImplementedError
 
     def run_stage(
         self,
@@ -82,13 +75,13 @@ class GpuClusterResource(dg.ConfigurableResource):
         module: str = "training_jobs.train",
     ) -> dg.MaterializeResult:
         """Run `python -m <module> <args>` where this resource says, reporting through Pipes."""
-        if self.backend == "local":
-            return self._run_local(context, args, module)
-        if self.backend == "slurm":
-            return self._run_slurm(context, args, out_dir, module)
-        raise dg.Failure(f"gpu_cluster backend '{self.backend}' is not available here (local, slurm)")
+        raise NotImplementedError
+
+    def _python(self) -> str:
+        return self.python or sys.executable
 
     def _env(self) -> dict[str, str]:
+        # Not configuration read by an asset: the variables the launched training process inherits.
         keep = ("GMAI_OUTPUT_ROOT", "GMAI_PEAK_FLOPS", "HF_HOME", "CUDA_VISIBLE_DEVICES")
         env = {k: os.environ[k] for k in keep if k in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(
@@ -96,6 +89,28 @@ class GpuClusterResource(dg.ConfigurableResource):
         )
         env["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded at run time
         return env
+
+
+class LocalGpuCluster(GpuCluster):
+    """This machine: a subprocess (tests, the demo, one GPU box), through Dagster Pipes."""
+
+    launcher: str = Field(default="python", description="python (one process) or torchrun")
+
+    @property
+    def backend(self) -> str:
+        return "local"
+
+    def world_size(self) -> int:
+        return 1 if self.launcher == "python" else max(self.gpus_per_node, 1)
+
+    def run_stage(
+        self,
+        context: dg.AssetExecutionContext,
+        args: list[str],
+        out_dir: Path,
+        module: str = "training_jobs.train",
+    ) -> dg.MaterializeResult:
+        return self._run_local(context, args, module)
 
     def _run_local(
         self, context: dg.AssetExecutionContext, args: list[str], module: str
@@ -121,6 +136,38 @@ class GpuClusterResource(dg.ConfigurableResource):
         return client.run(
             context=context, command=cmd, env={**self._env(), **single}
         ).get_materialize_result()
+
+
+class SlurmGpuCluster(GpuCluster):
+    """A Slurm cluster whose login node runs Dagster: sbatch, polled, log streamed, scancel'd on termination;
+    Pipes files on a shared filesystem."""
+
+    nodes: int = 1
+    cpus_per_task: int = 2
+    partition: str = ""
+    time_limit: str = "24:00:00"
+    setup: str = Field(default="", description="shell lines before launch on the node (module load, venv)")
+    container: str = Field(default="", description="launch prefix, e.g. 'apptainer exec --nv gmai.sif'")
+    shared_dir: str = Field(
+        default="", description="shared filesystem for Pipes files and logs (default: output)"
+    )
+    poll_seconds: float = 2.0
+
+    @property
+    def backend(self) -> str:
+        return "slurm"
+
+    def world_size(self) -> int:
+        return self.nodes * max(self.gpus_per_node, 1)
+
+    def run_stage(
+        self,
+        context: dg.AssetExecutionContext,
+        args: list[str],
+        out_dir: Path,
+        module: str = "training_jobs.train",
+    ) -> dg.MaterializeResult:
+        return self._run_slurm(context, args, out_dir, module)
 
     def _run_slurm(
         self, context: dg.AssetExecutionContext, args: list[str], out_dir: Path, module: str
@@ -215,7 +262,8 @@ def _free_port() -> int:
 
 
 def _launch_environ() -> dict[str, str]:
-    """This process's environment minus torch.distributed variables a previous in-process run may have left."""
+    """This process's environment minus torch.distributed variables a previous in-process run may have left:
+    what a local launch hands its subprocess (not configuration read by the asset)."""
     return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
 
 
@@ -290,7 +338,7 @@ def _profile() -> plan.TrainingProfile:
         return plan.load_training_profile()
     except MissingVariableError as exc:
         raise _refuse(
-            f"{exc.variable} is not set: the {os.environ.get('GMAI_PROFILE', 'demo')!r} profile trains for "
+            f"{exc.variable} is not set: the {profile_name()!r} profile trains for "
             f"real and needs a model folder ({exc.hint}; {exc.path}). Nothing was submitted."
         ) from None
     except plan.TrainingPlanError as exc:
@@ -312,7 +360,7 @@ def _check(what) -> object:
 
 
 def _stage_asset(
-    stage: int, retries: int, init_stage: int | None = None, name: str | None = None, group: str = "training"
+    stage: int, retries: int, init_stage: int | None = None, name: str | None = None, group: str = GROUP
 ) -> dg.AssetsDefinition:
     """Stage `stage` trained from stage `init_stage`'s export (default: the stage before it).
 
@@ -344,7 +392,7 @@ def _stage_asset(
         f"training/{folder}/export (hand-off) and checkpoints/ (resume). Knobs: the profile's "
         "training.yaml, overridable here.",
     )
-    def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuClusterResource):
+    def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuCluster):
         profile = _profile()
         if config.base_model is not None:
             profile = profile.model_copy(update={"base_model": config.base_model})
@@ -400,7 +448,7 @@ SCORES_DIR = "stage3_scores"
     name="stage3_scores",
     deps=[dg.AssetKey("gmai_vl_stage2"), dg.AssetKey("release_records")],
     pool="gpu",
-    group_name="training",
+    group_name=GROUP,
     kinds={"pytorch"},
     description="Stage III's filter input, as the paper: the stage II model's confidence (exp(-mean answer-token "
     "loss), same chat template and packing as training) on every stage III candidate of a component with a "
@@ -408,7 +456,7 @@ SCORES_DIR = "stage3_scores"
     "the rule and keeps the table beside the mix.",
 )
 def stage3_scores(
-    context: dg.AssetExecutionContext, config: ScoreConfig, gpu_cluster: GpuClusterResource
+    context: dg.AssetExecutionContext, config: ScoreConfig, gpu_cluster: GpuCluster
 ) -> dg.MaterializeResult:
     out = layout()
     folder = out.training / SCORES_DIR
@@ -487,23 +535,47 @@ def stage3_scores(
 stage_asset = _stage_asset  # defs/evaluation.py builds the Table 7 ablation's stage 1+3 with it
 
 
-def gpu_cluster_from_profile(profile: str | None = None) -> GpuClusterResource:
-    """The profile's gpu_cluster.yaml; numbers that came through ${VAR:-default} strings become numbers."""
+GPU_CLUSTERS: dict[str, type[GpuCluster]] = {"local": LocalGpuCluster, "slurm": SlurmGpuCluster}
+
+
+def gpu_cluster_from_profile(profile: str | None = None) -> GpuCluster:
+    """The profile's gpu_cluster.yaml as the class of its `backend`; numbers that came through
+    ${VAR:-default} strings become numbers. A key the backend does not have is refused, not ignored."""
     cfg = load_resource_config("gpu_cluster", profile)
+    where = f"gpu_cluster.yaml of profile {profile or profile_name()!r}"
     moved = sorted(set(cfg) & {*plan.StageKnobs.model_fields, "base_model", "trust_remote_code"})
     if moved:
         raise ValueError(
-            f"gpu_cluster.yaml of profile {profile or 'from GMAI_PROFILE'!r} sets {moved}: what a stage trains "
-            "with moved to training.yaml beside it (per stage; see resources/slurm/training.yaml)"
+            f"{where} sets {moved}: what a stage trains with moved to training.yaml beside it (per stage; see "
+            "resources/slurm/training.yaml)"
         )
-    for key, field in GpuClusterResource.model_fields.items():
+    backend = cfg.pop("backend", "local")
+    if backend not in GPU_CLUSTERS:
+        raise ValueError(f"{where}: backend {backend!r} is not one of {', '.join(GPU_CLUSTERS)}")
+    cls = GPU_CLUSTERS[backend]
+    unknown = sorted(set(cfg) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: the {backend} backend has no setting {unknown}")
+    for key, field in cls.model_fields.items():
         if key in cfg and field.annotation in (int, float) and isinstance(cfg[key], str):
             cfg[key] = field.annotation(cfg[key])
-    return GpuClusterResource(**cfg)
+    return cls(**cfg)
 
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
     cluster = gpu_cluster_from_profile()
     assets = [_stage_asset(n, cluster.retries) for n in STAGES]
-    # train_job (the stages, the stage III scoring pass and mix) is defined in gmai_pipeline/jobs.py.
     return dg.Definitions(assets=[*assets, stage3_scores], resources={"gpu_cluster": cluster})
+
+
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="The three GMAI-VL training stages on the GPU cluster resource, with stage III's "
+    "scoring pass (the stage II model's confidence) and mixture between stages II and III.",
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(build_defs(catalog()), dg.Definitions(jobs=[train_job]))

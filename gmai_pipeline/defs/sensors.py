@@ -1,19 +1,21 @@
-"""Schedules and sensors: the nightly generation backfill and the new-raw-data sensor.
+"""Sensors: the new-raw-data sensor, which requests the steps a new or changed dataset folder needs.
 
-Both are off by default (`default_status=STOPPED`); switch them on in the UI (Automation) once
-`dagster-daemon` runs beside the web server (`dagster dev` starts both).
+Off by default (`default_status=STOPPED`); switch it on in the UI (Automation) once `dagster-daemon` runs
+beside the web server (`dagster dev` starts both).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 
 import dagster as dg
 
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.jobs import ALL_SHARDS_TAGS, gpu_selection
-from gmai_pipeline.partitions import SHARD_KEYS
+from gmai_pipeline.defs.common import catalog
+from gmai_pipeline.defs.evaluation import gpu_selection
+from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS
+from gmai_pipeline.defs.normalize import normalized_key
+from gmai_pipeline.defs.sources import source_key
 from gmai_pipeline.sensing import (
     FolderState,
     changed_folders,
@@ -22,37 +24,12 @@ from gmai_pipeline.sensing import (
     scan_raw_root,
     uncatalogued_folders,
 )
-from gmai_pipeline.settings import get_settings
-
-NIGHTLY_CRON = os.environ.get("GMAI_NIGHTLY_CRON", "0 2 * * *")
-SENSOR_INTERVAL_S = int(os.environ.get("GMAI_RAW_SENSOR_INTERVAL_S", "300"))
-
-
-def build_nightly_generation_schedule() -> dg.ScheduleDefinition:
-    @dg.schedule(
-        name="nightly_generation_backfill",
-        cron_schedule=NIGHTLY_CRON,
-        job_name="generate_job",
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Every night, one generate_job run per generation shard. Shards whose inputs did not change "
-        "cost nothing: every request hits the content-addressed response cache.",
-    )
-    def nightly_generation_backfill(context: dg.ScheduleEvaluationContext):
-        day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-        for key in SHARD_KEYS:
-            yield dg.RunRequest(
-                run_key=f"{day}-{key}",
-                partition_key=key,
-                tags={"gmai/trigger": "nightly_generation_backfill", "gmai/night": day},
-            )
-
-    return nightly_generation_backfill
+from gmai_pipeline.settings import get_settings, raw_sensor_interval_s
 
 
 def _first_seen_is_current(context: dg.SensorEvaluationContext, name: str, state: FolderState) -> bool:
     """A folder the cursor has not seen yet needs no run if `source/<name>` was materialized after its newest file."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(["source", name]))
+    event = context.instance.get_latest_materialization_event(source_key(name))
     if event is None:
         return False
     return state.newest_mtime is None or event.timestamp >= state.newest_mtime
@@ -60,12 +37,7 @@ def _first_seen_is_current(context: dg.SensorEvaluationContext, name: str, state
 
 def selection_for(names: list[str], asset_graph_keys: set[dg.AssetKey]) -> list[dg.AssetKey]:
     """`source/<name>`, `normalized/<name>` and everything downstream of them, training and evaluation excluded."""
-    roots = [
-        k
-        for n in names
-        for k in (dg.AssetKey(["source", n]), dg.AssetKey(["normalized", n]))
-        if k in asset_graph_keys
-    ]
+    roots = [k for n in names for k in (source_key(n), normalized_key(n)) if k in asset_graph_keys]
     return sorted(roots, key=lambda k: k.to_user_string())  # resolved against the graph by the caller
 
 
@@ -74,7 +46,7 @@ def build_raw_data_sensor(catalog: list[SourceDataset]) -> dg.SensorDefinition:
 
     @dg.sensor(
         name="raw_data_sensor",
-        minimum_interval_seconds=SENSOR_INTERVAL_S,
+        minimum_interval_seconds=raw_sensor_interval_s(),
         default_status=dg.DefaultSensorStatus.STOPPED,
         target=dg.AssetSelection.all() - gpu_selection(),
         description="Watches $GMAI_RAW_ROOT: when a catalogued dataset's folder appears or changes (paths, sizes, "
@@ -127,8 +99,6 @@ def build_raw_data_sensor(catalog: list[SourceDataset]) -> dg.SensorDefinition:
     return raw_data_sensor
 
 
-def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
-    return dg.Definitions(
-        schedules=[build_nightly_generation_schedule()],
-        sensors=[build_raw_data_sensor(sources)],
-    )
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(sensors=[build_raw_data_sensor(catalog())])
