@@ -424,7 +424,3 @@ _CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",
 def record_json(record: dict[str, Any]) -> bytes:
     """Canonical bytes of a record: the same record always gives the same bytes (shard hashes stay stable)."""
     return _CANONICAL.encode(record).encode("utf-8")
-
-def generated_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows -> a GENERATED_SCHEMA table (tests and the benchmark build their inputs with it)."""
-    return pa.Table.from_pylist(rows, schema=GENERATED_SCHEMA)
