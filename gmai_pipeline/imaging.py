@@ -1,6 +1,6 @@
 """The image store: how a source image becomes a file under `images/{dim}/{task}/{modality}/{dataset}/`.
 
-Rules (DESIGN.md "Contracts"; the paper deduplicates on the MD5 of image bytes, so bytes matter):
+Rules (the paper deduplicates on the MD5 of image bytes, so bytes matter):
 - A PNG or JPEG that needs no change (8-bit mode, longest side within the cap) is copied byte for
   byte, so `image_md5` equals the source file's MD5. It is still validated: a PNG's chunk CRCs and
   its IEND are checked and its image data inflated (nothing kept) to the exact size IHDR

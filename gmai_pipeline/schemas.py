@@ -1,4 +1,4 @@
-"""Arrow schemas of the tables that cross stage boundaries (DESIGN.md "Contracts").
+"""Arrow schemas of the tables that cross stage boundaries: the contract between stages and with outside tools.
 
 Each stage writes exactly these columns; a reader of a table never has to guess its shape.
 """

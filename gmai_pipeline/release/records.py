@@ -1,4 +1,4 @@
-"""GENERATED_SCHEMA rows -> the release-records table -> LLaVA/XTuner training records (DESIGN.md "Training records").
+"""GENERATED_SCHEMA rows -> the release-records table -> LLaVA/XTuner training records (README, "The release folder").
 
 The release reads the generated records once. `write_release_records` checks every row of every
 generated table (conversations that parse and follow the LLaVA turn rules, an image that exists and
