@@ -172,3 +172,13 @@ def test_sample_is_the_normalized_schema_in_python() -> None:
     assert Sample.from_row(table.to_pylist()[0]) == sample
     with pytest.raises(AttributeError):
         sample.label = "other"  # type: ignore[misc]
+
+
+def test_a_catalog_fixture_declaring_an_unknown_reason_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from gmai_pipeline.catalog_records import Yields
+
+    assert Yields(labels=("a",), quarantined={"split_excluded": 1}).quarantined == {"split_excluded": 1}
+    with pytest.raises(ValidationError, match="split_exclued: not a quarantine reason"):
+        Yields(labels=("a",), quarantined={"split_exclued": 1})
