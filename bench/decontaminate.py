@@ -44,9 +44,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the brute-force reference lives with the tests
 
 import skimage  # noqa: E402
+from neardup_reference import brute_force  # noqa: E402
 
 from gmai_pipeline import neardup  # noqa: E402
 from gmai_pipeline.benchmarks.vlmevalkit_tsv import read_tsv  # noqa: E402
@@ -226,7 +227,7 @@ def bench_neardup(n_train: int, n_bench: int, n_planted: int, d: int = 6) -> dic
         print(json.dumps(out["runs"][-1]), flush=True)
     # exactness on a slice of the queries (queries that hold planted pairs plus random ones)
     sl = np.unique(np.concatenate([dst[:200], rng.choice(n_bench, 300, replace=False)]))
-    brute = neardup.brute_force(train, bench[sl], d)
+    brute = brute_force(train, bench[sl], d)
     mih = neardup.MultiIndex(train, d).query(bench[sl])
     same = set(zip(brute.query.tolist(), brute.index.tolist(), strict=True)) == set(
         zip(mih.query.tolist(), mih.index.tolist(), strict=True)

@@ -4,7 +4,7 @@
 #      sample isolation probe on flex_attention) with --liger and --compile, then the stage III scoring pass;
 #   2. bench/train_step.py at the 7B then the 1.8B shape, stages I-III: packed rows (flex_attention) and the
 #      no-mask bound as today, plus packed with liger-kernel, torch.compile and both, each in the same run.
-#      Goal (issue 19): stage I/II >= 50% MFU and stage III >= 45% at 7B; packed >= 0.95x the bound.
+#      Goal: stage I/II >= 50% MFU and stage III >= 45% at 7B; packed >= 0.95x the bound.
 # Usage: bash bench/gpu_run.sh [shapes...]   (default: 7b 1.8b); results land in $OUT.
 # Wheels the GPU image lacks travel in .whl/ (the device has no network). Before the device call, on the CPU
 # machine:  pip download --no-deps -d .whl deepspeed dagster-pipes pydantic pydantic-core 'liger-kernel>=0.8.2'

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--sizes 100000 1000000] [--work DIR] [--out bench/results/scale-cpu.json]
 
-For each size, a synthetic output root (`gmai_pipeline.release.synthetic.write_scale_normalized`: three
+For each size, a synthetic output root (`tests/release_fixtures.py`'s `write_scale_normalized`: three
 sources in GMAI-VL-5.5M's mix, each sample its own image path hard-linked to one of 512 tiny PNGs per source,
 and its own label variant and box, so nearly every sample makes its own requests) goes through the same
 domain functions the assets call, one stage per subprocess:
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # synthetic inputs: the tests' fixture builder
 SIZES = (100_000, 1_000_000)
 STAGES = (
     "imports",
@@ -109,7 +109,7 @@ def stage_imports(root: Path, n: int) -> dict:
 
 
 def stage_setup(root: Path, n: int) -> dict:
-    from gmai_pipeline.release.synthetic import SOURCES, pool_image, write_scale_normalized
+    from release_fixtures import SOURCES, pool_image, write_scale_normalized
 
     layout = _layout(root)
     counts = write_scale_normalized(layout, n)
@@ -123,8 +123,9 @@ def stage_setup(root: Path, n: int) -> dict:
 
 
 def stage_annotations(root: Path, n: int) -> dict:
+    from release_fixtures import SCALE_MIX
+
     from gmai_pipeline import decontaminate as dc
-    from gmai_pipeline.release.synthetic import SCALE_MIX
 
     counts = dc.union_normalized(_layout(root), [s.name for s, _ in SCALE_MIX])
     return {"rows": sum(counts.values())}

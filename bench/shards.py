@@ -20,16 +20,20 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gmai_pipeline.release.records import load_records
-from gmai_pipeline.release.shards import default_workers, open_for_shard, write_shards
-from gmai_pipeline.release.synthetic import SOURCES, row, write_generated, write_image
-from gmai_pipeline.storage import OutputLayout
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the synthetic release is the tests' fixture builder
+
+from release_fixtures import SOURCES, row, write_generated, write_image  # noqa: E402
+
+from gmai_pipeline.release.records import load_records  # noqa: E402
+from gmai_pipeline.release.shards import default_workers, open_for_shard, write_shards  # noqa: E402
+from gmai_pipeline.storage import OutputLayout  # noqa: E402
+
 BUFFER = 8 << 20
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gmai_pipeline import safe_yaml
+from gmai_pipeline.quarantine import NORMALIZE_REASONS
 from gmai_pipeline.settings import PROJECT_ROOT
 
 RECORDS_DIR = PROJECT_ROOT / "scripts" / "catalog_research"
@@ -314,6 +315,17 @@ class Yields(_Spec):
     splits: tuple[str, ...] = ("train",)
     modalities: tuple[str, ...] | None = None
     quarantined: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("quarantined")
+    @classmethod
+    def _known_reasons(cls, value: dict[str, int]) -> dict[str, int]:
+        """A misspelt reason would only show as a fixture mismatch after a run: refuse it when read."""
+        unknown = sorted(set(value) - NORMALIZE_REASONS)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not a quarantine reason of normalization (gmai_pipeline.quarantine.Reason)"
+            )
+        return value
 
 
 class Fixture(_Spec):

@@ -31,11 +31,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from gmai_pipeline.quarantine import Reason
+
 
 class ImageError(Exception):
     """An input that cannot become an image; `reason` is a quarantine code (re-exported by `imaging`)."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: Reason, detail: str):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -74,7 +76,7 @@ class DecodeBudget:
         """ImageError `too_large` when `nbytes` alone exceeds the whole budget."""
         if nbytes > self.limit:
             raise ImageError(
-                "too_large",
+                Reason.TOO_LARGE,
                 f"{name}: {what} would need {_mib(nbytes)} decoded, over the decode budget of "
                 f"{_mib(self.limit)} (GMAI_DECODE_BUDGET_MB)",
             )
@@ -121,20 +123,20 @@ def _open_beneath(root: Path, rel: str) -> int:
 def _open_error(exc: OSError, name: str) -> ImageError:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
         return ImageError(
-            "path_refused", f"{name}: became a symbolic link after the source scan; not followed"
+            Reason.PATH_REFUSED, f"{name}: became a symbolic link after the source scan; not followed"
         )
     if exc.errno == errno.EINVAL:
-        return ImageError("path_refused", f"{name}: no longer a regular file; not read")
+        return ImageError(Reason.PATH_REFUSED, f"{name}: no longer a regular file; not read")
     if exc.errno == errno.ENOENT:
-        return ImageError("missing_file", f"{name}: gone since the source scan")
+        return ImageError(Reason.MISSING_FILE, f"{name}: gone since the source scan")
     if exc.errno == errno.ENAMETOOLONG:
-        return ImageError("name_too_long", f"{name}: the path is longer than the filesystem allows")
-    return ImageError("unreadable", f"{name}: cannot read ({exc.strerror or type(exc).__name__})")
+        return ImageError(Reason.NAME_TOO_LONG, f"{name}: the path is longer than the filesystem allows")
+    return ImageError(Reason.UNREADABLE, f"{name}: cannot read ({exc.strerror or type(exc).__name__})")
 
 
 def _changed(name: str) -> ImageError:
     return ImageError(
-        "content_changed",
+        Reason.CONTENT_CHANGED,
         f"{name}: bytes differ from the MD5 the source scan recorded; re-materialize its source asset",
     )
 
@@ -199,13 +201,13 @@ def decoder_failure(exc: BaseException, name: str, what: str = "file") -> ImageE
     msg = str(exc).lower()
     kind = type(exc).__name__
     if isinstance(exc, MemoryError) or type(exc).__name__ == "DecompressionBombError":
-        return ImageError("too_large", f"{name}: {what} does not fit in memory ({kind})")
+        return ImageError(Reason.TOO_LARGE, f"{name}: {what} does not fit in memory ({kind})")
     if isinstance(exc, EOFError) or any(k in msg for k in ("truncat", "premature end", "end of file", "eof")):
-        return ImageError("truncated", f"{name}: truncated {what} ({kind})")
+        return ImageError(Reason.TRUNCATED, f"{name}: truncated {what} ({kind})")
     m = _CODEC.search(str(exc))
     if m or ("decoder" in msg and "not available" in msg):
         codec = f" {m.group(1)}" if m else ""
         return ImageError(
-            "unsupported_codec", f"{name}: no{codec} decoder installed for this {what} ({kind})"
+            Reason.UNSUPPORTED_CODEC, f"{name}: no{codec} decoder installed for this {what} ({kind})"
         )
-    return ImageError("unreadable", f"{name}: {what} cannot be decoded ({kind})")
+    return ImageError(Reason.UNREADABLE, f"{name}: {what} cannot be decoded ({kind})")

@@ -1,6 +1,6 @@
 """Decontamination: remove from the training annotations every sample whose image is a benchmark image.
 
-Three ways a training image can be a benchmark image (reference/NOTES.md "Hashing"):
+Three ways a training image can be a benchmark image (`hashing`; the distances are what `tests/test_hashing.py` checks):
 - `md5`: the same file bytes (the paper's method);
 - `pixel_md5`: the same decoded pixels in another container or compression level;
 - `dhash`: the same picture re-encoded (VLMEvalKit stores benchmarks as JPEG quality 75) or

@@ -6,7 +6,7 @@
 - dHash (64-bit gradient signs of a 9x8 thumbnail) survives JPEG re-encoding and resizing; it is
   the primary perceptual hash. pHash (signs of the 8x8 low-frequency DCT vs its median) is the
   second opinion: it flips many bits on left-right symmetric images, so it only vetoes far-off
-  candidates, never decides alone (reference/NOTES.md "Hashing").
+  candidates, never decides alone (`tests/test_hashing.py` holds both to these roles on scikit-image pictures).
 
 Both perceptual hashes follow ImageHash's definitions (`imagehash.dhash`, `imagehash.phash`) but
 downscale with Pillow's `reducing_gap` (a box pre-reduction before the Lanczos pass), which is

@@ -1,6 +1,6 @@
 """The image store: how a source image becomes a file under `images/{dim}/{task}/{modality}/{dataset}/`.
 
-Rules (DESIGN.md "Contracts"; the paper deduplicates on the MD5 of image bytes, so bytes matter):
+Rules (the paper deduplicates on the MD5 of image bytes, so bytes matter):
 - A PNG or JPEG that needs no change (8-bit mode, longest side within the cap) is copied byte for
   byte, so `image_md5` equals the source file's MD5. It is still validated: a PNG's chunk CRCs and
   its IEND are checked and its image data inflated (nothing kept) to the exact size IHDR
@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gmai_pipeline.decode_guard import DecodeBudget, ImageError, decoder_failure
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.storage import md5_bytes, temp_tag
 
 __all__ = ["ImageError", "ImageStore", "StoredImage", "classify_error", "sample_id", "to_uint8"]
@@ -164,7 +165,7 @@ def to_uint8(arr: np.ndarray, low: float | None = None, high: float | None = Non
             if sample.size == 0:
                 finite = np.isfinite(arr)
                 if not finite.any():
-                    raise ImageError("non_finite", "no pixel has a finite value (all NaN or infinite)")
+                    raise ImageError(Reason.NON_FINITE, "no pixel has a finite value (all NaN or infinite)")
                 sample = arr[finite].astype(np.float32)
         low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
     if high <= low:
@@ -174,7 +175,7 @@ def to_uint8(arr: np.ndarray, low: float | None = None, high: float | None = Non
     if floating and not (np.isfinite(out.min()) and np.isfinite(out.max())):  # NaN/inf propagate
         finite = np.isfinite(out)
         if not finite.any():
-            raise ImageError("non_finite", "no pixel has a finite value (all NaN or infinite)")
+            raise ImageError(Reason.NON_FINITE, "no pixel has a finite value (all NaN or infinite)")
         out[~finite] = 0.0
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8)
@@ -207,13 +208,13 @@ def decode_jpeg_strict(data: bytes, name: str, colorspace: str = "GRAY", scale: 
     except ValueError as exc:
         msg = str(exc).lower()
         if "premature end" in msg:
-            raise ImageError("truncated", f"{name}: JPEG data ends before the image does") from None
+            raise ImageError(Reason.TRUNCATED, f"{name}: JPEG data ends before the image does") from None
         if any(k in msg for k in _JPEG_DATA_LOST):
-            raise ImageError("unreadable", f"{name}: corrupt JPEG entropy-coded data") from None
+            raise ImageError(Reason.UNREADABLE, f"{name}: corrupt JPEG entropy-coded data") from None
         try:  # a warning about bytes between segments: the pixels are all there
             return simplejpeg.decode_jpeg(data, colorspace=colorspace, min_factor=scale, strict=False)
         except ValueError:
-            raise ImageError("unreadable", f"{name}: JPEG cannot be decoded") from None
+            raise ImageError(Reason.UNREADABLE, f"{name}: JPEG cannot be decoded") from None
 
 
 def check_jpeg(data: bytes, name: str, scale: int = 8) -> None:
@@ -252,13 +253,13 @@ def check_png(data: bytes, name: str) -> None:
     idat: list[memoryview] = []
     while True:
         if pos + 12 > size:
-            raise ImageError("truncated", f"{name}: PNG ends before its IEND chunk")
+            raise ImageError(Reason.TRUNCATED, f"{name}: PNG ends before its IEND chunk")
         length, ctype = struct.unpack_from(">I4s", data, pos)
         end = pos + 12 + length
         if end > size:
-            raise ImageError("truncated", f"{name}: PNG ends inside a chunk")
+            raise ImageError(Reason.TRUNCATED, f"{name}: PNG ends inside a chunk")
         if zlib.crc32(view[pos + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
-            raise ImageError("unreadable", f"{name}: a PNG chunk fails its CRC")
+            raise ImageError(Reason.UNREADABLE, f"{name}: a PNG chunk fails its CRC")
         if ctype == b"IHDR" and length >= 13:
             width, height, bits, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, pos + 8)
             expected = _png_expected(width, height, bits, PNG_CHANNELS.get(colour, 4), interlace == 1)
@@ -268,16 +269,16 @@ def check_png(data: bytes, name: str) -> None:
             break
         pos = end
     if expected is None:
-        raise ImageError("unreadable", f"{name}: PNG has no image header")
+        raise ImageError(Reason.UNREADABLE, f"{name}: PNG has no image header")
     d = zlib.decompressobj()
     try:
         inflated = len(d.decompress(idat[0] if len(idat) == 1 else b"".join(idat), expected + 1))
     except (zlib.error, IndexError):
-        raise ImageError("unreadable", f"{name}: PNG image data is not a valid zlib stream") from None
+        raise ImageError(Reason.UNREADABLE, f"{name}: PNG image data is not a valid zlib stream") from None
     if inflated > expected or d.unconsumed_tail:
-        raise ImageError("unreadable", f"{name}: PNG image data is larger than its header declares")
+        raise ImageError(Reason.UNREADABLE, f"{name}: PNG image data is larger than its header declares")
     if not d.eof or inflated != expected:
-        raise ImageError("truncated", f"{name}: PNG image data ends before the image does")
+        raise ImageError(Reason.TRUNCATED, f"{name}: PNG image data ends before the image does")
 
 
 def _validate_copy(im: Image.Image, data: bytes, name: str) -> None:
@@ -291,7 +292,7 @@ def _validate_copy(im: Image.Image, data: bytes, name: str) -> None:
 def classify_error(exc: BaseException, name: str) -> ImageError:
     """A Pillow/IO exception as a quarantine reason and a detail naming the file (never the exception text)."""
     if isinstance(exc, UnidentifiedImageError):
-        return ImageError("unreadable", f"{name}: not an image file Pillow recognises")
+        return ImageError(Reason.UNREADABLE, f"{name}: not an image file Pillow recognises")
     return decoder_failure(exc, name, "image")
 
 
@@ -418,7 +419,9 @@ class ImageStore:
                 return self.store_pil(im, rel_path)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
-                raise ImageError("name_too_long", f"{rel_path}: the stored path would be too long") from None
+                raise ImageError(
+                    Reason.NAME_TOO_LONG, f"{rel_path}: the stored path would be too long"
+                ) from None
             if exc.errno is not None:  # the bytes are in memory: an errno means writing the output failed
                 raise  # (disk full, permissions): the run stops, the input is fine
             raise classify_error(exc, rel_path) from None

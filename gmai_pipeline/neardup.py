@@ -191,24 +191,3 @@ def search(index_hashes, query_hashes, max_distance: int, bands: int | None = No
         found = MultiIndex(b, max_distance, bands).query(a)
         return Matches(found.index, found.query, found.distance)
     return MultiIndex(a, max_distance, bands).query(b)
-
-
-def brute_force(index_hashes, query_hashes, max_distance: int) -> Matches:
-    """All pairs by exhaustive comparison: the reference the index is tested against."""
-    a, b = as_uint64(index_hashes), as_uint64(query_hashes)
-    chunk = max(1, (1 << 23) // max(len(a), 1))  # ~64 MB of XORs at a time
-    qs, xs, ds = [], [], []
-    for start in range(0, len(b), chunk):
-        d = np.bitwise_count(b[start : start + chunk, None] ^ a[None, :])
-        qi, ii = np.nonzero(d <= max_distance)
-        qs.append(qi + start)
-        xs.append(ii)
-        ds.append(d[qi, ii])
-    if not qs:
-        empty = np.zeros(0, dtype=np.int64)
-        return Matches(empty, empty.copy(), np.zeros(0, dtype=np.int8))
-    return Matches(
-        np.concatenate(qs).astype(np.int64),
-        np.concatenate(xs).astype(np.int64),
-        np.concatenate(ds).astype(np.int8),
-    )

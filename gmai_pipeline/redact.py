@@ -1,6 +1,6 @@
 """Secrets out of anything shown or stored: URL credentials, API keys, values of secret variables.
 
-Secrets come from the environment (DESIGN.md); configuration that Dagster stores (run config,
+Secrets come from the environment (README, "Credentials"); configuration that Dagster stores (run config,
 resource config, the definitions snapshot the UI shows) holds only the *name* of the variable
 (`dg.EnvVar`, see `profiles.env_reference`). Text built from exceptions or URLs at run time
 goes through `redact` before it reaches a log line, a table or metadata, because an SDK or HTTP

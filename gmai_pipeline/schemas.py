@@ -1,4 +1,4 @@
-"""Arrow schemas of the tables that cross stage boundaries (DESIGN.md "Contracts").
+"""Arrow schemas of the tables that cross stage boundaries: the contract between stages and with outside tools.
 
 Each stage writes exactly these columns; a reader of a table never has to guess its shape.
 """
@@ -9,7 +9,8 @@ import pyarrow as pa
 
 BBOX = pa.list_(pa.int32(), 4)
 
-# normalized/<dataset>.parquet, annotations.parquet (and decontaminated.parquet, plus its shard column)
+# normalized/<dataset>.parquet, annotations.parquet (and decontaminated.parquet, plus its shard column);
+# a row in Python is a `sample.Sample`
 NORMALIZED_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -44,7 +45,7 @@ QUARANTINE_SCHEMA = pa.schema(
         ("dataset", pa.string()),
         ("source_path", pa.string()),
         ("step", pa.string()),  # e.g. "read", "normalize", "generate"
-        ("reason", pa.string()),  # a stable code, e.g. "unreadable", "shape_mismatch"
+        ("reason", pa.string()),  # a `quarantine.Reason` value, e.g. "unreadable", "shape_mismatch"
         ("detail", pa.string()),  # human-readable, names the file
     ]
 )

@@ -23,7 +23,7 @@ CHUNK = 1 << 20
 
 
 class OutputLayout:
-    """Paths of every table and folder the pipeline writes (DESIGN.md "Output layout")."""
+    """Paths of every table and folder the pipeline writes (the tables' columns: `schemas`)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)

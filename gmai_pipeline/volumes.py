@@ -40,6 +40,7 @@ from scipy import ndimage
 
 from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 
 AXIS_LETTERS = "xyz"
 DEFAULT_CT_WINDOW = (0.0, 2000.0)  # (level, width): -1000..1000 HU, air to dense bone
@@ -65,7 +66,7 @@ def _nifti_header(stream: BinaryIO, name: str):
     head = stream.read(4)
     stream.seek(0)
     if len(head) < 4:
-        raise ImageError("truncated", f"{name}: shorter than a NIfTI header")
+        raise ImageError(Reason.TRUNCATED, f"{name}: shorter than a NIfTI header")
     sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")}
     klass = nib.Nifti2Image if 540 in sizes else nib.Nifti1Image
     header = klass.header_class.from_fileobj(stream)
@@ -82,7 +83,7 @@ def _check_channels(shape, name: str, is_label: bool, channels: bool) -> None:
     if len(dims) == 4 and (is_label or not channels):
         what = "label volume" if is_label else "image"
         raise ImageError(
-            "unsupported_mask" if is_label else "unreadable",
+            Reason.UNSUPPORTED_MASK if is_label else Reason.UNREADABLE,
             f"{name}: {what} has {dims[-1]} channels or time points (4D); "
             + ("expected one label map" if is_label else "declare reader.channels"),
         )
@@ -107,10 +108,12 @@ def _read_nifti(
         data_bytes = voxels * dtype.itemsize
         what = f"a {'x'.join(map(str, shape))} {dtype.name} volume"
         if not gz and int(header.get_data_offset()) + data_bytes > size:
-            raise ImageError("truncated", f"{name}: {what} declared, but the file holds only {size} bytes")
+            raise ImageError(
+                Reason.TRUNCATED, f"{name}: {what} declared, but the file holds only {size} bytes"
+            )
         if gz and data_bytes > size * MAX_DEFLATE_RATIO:
             raise ImageError(
-                "truncated", f"{name}: {what} declared, more than {size} compressed bytes can hold"
+                Reason.TRUNCATED, f"{name}: {what} declared, more than {size} compressed bytes can hold"
             )
         _check_channels(shape, name, is_label, channels)
         budget.check(voxels * (dtype.itemsize + 8), name, what)  # raw + float32/label copy (+ scaling)
@@ -197,7 +200,9 @@ def _read_sitk(
     arrays = []
     for vol in _sitk_volumes(img):
         if vol.GetDimension() != 3:
-            raise ImageError("unreadable", f"{name}: a {vol.GetDimension()}D image, expected a 3D volume")
+            raise ImageError(
+                Reason.UNREADABLE, f"{name}: a {vol.GetDimension()}D image, expected a 3D volume"
+            )
         vol = sitk.DICOMOrient(vol, "RAS")
         arrays.append(sitk.GetArrayFromImage(vol).transpose(2, 1, 0))  # sitk arrays are (z, y, x)
     del img
@@ -238,7 +243,7 @@ def read_volume(
         arr = arr[..., None]
     _check_channels(arr.shape, name, is_label, channels)
     if arr.ndim not in (3, 4):
-        raise ImageError("unreadable", f"{name}: {arr.ndim}D array, expected a 3D volume")
+        raise ImageError(Reason.UNREADABLE, f"{name}: {arr.ndim}D array, expected a 3D volume")
     if is_label:
         return as_label_array(arr, name)
     return arr[..., None] if channels and arr.ndim == 3 else arr
@@ -247,15 +252,15 @@ def read_volume(
 def as_label_array(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
-            raise ImageError("non_finite", f"{name}: label volume has NaN or infinite values")
+            raise ImageError(Reason.NON_FINITE, f"{name}: label volume has NaN or infinite values")
         rounded = np.rint(arr)
         if not np.array_equal(rounded, arr):
-            raise ImageError("unreadable", f"{name}: label volume has non-integer values")
+            raise ImageError(Reason.UNREADABLE, f"{name}: label volume has non-integer values")
         arr = rounded
     if arr.dtype == np.uint8:
         return arr
     if arr.size and arr.dtype.kind != "u" and arr.min() < 0:
-        raise ImageError("unreadable", f"{name}: label volume has negative values")
+        raise ImageError(Reason.UNREADABLE, f"{name}: label volume has negative values")
     top = int(arr.max()) if arr.size else 0
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
     return arr.astype(dtype, copy=False)
@@ -301,7 +306,9 @@ def volume_to_uint8(
             if sample.size == 0:
                 sample = vol[np.isfinite(vol)]
             if sample.size == 0:
-                raise ImageError("non_finite", f"{name}: no voxel has a finite value (all NaN or infinite)")
+                raise ImageError(
+                    Reason.NON_FINITE, f"{name}: no voxel has a finite value (all NaN or infinite)"
+                )
         low, high = (float(v) for v in np.percentile(sample, PERCENTILES))
     else:
         low, high = window
@@ -320,7 +327,7 @@ def volume_to_uint8(
         np.clip(chunk, 0, 255, out=chunk)
         out[:, :, k : k + CHUNK_SLICES] = chunk
     if floating and bad == vol.size:
-        raise ImageError("non_finite", f"{name}: no voxel has a finite value (all NaN or infinite)")
+        raise ImageError(Reason.NON_FINITE, f"{name}: no voxel has a finite value (all NaN or infinite)")
     if bad and counters is not None:
         counters["voxels_non_finite"] += bad
         counters["volumes_with_non_finite"] += 1

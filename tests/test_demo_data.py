@@ -33,7 +33,7 @@ from gmai_pipeline.demo import (
 from gmai_pipeline.demo._files import MARKER
 
 csv.field_size_limit(sys.maxsize)
-DHASH_THRESHOLD = 6  # NOTES.md: JPEG re-encode moves dHash 0-1 bits; distinct images >= 20 bits apart
+DHASH_THRESHOLD = 6  # decontamination's default: re-encodes within it, distinct pictures beyond
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ its manifest is missing) is left out and named, and the release is built from th
 
 The fast tests drive the source/normalized/annotations layer on tiny image folders; the two slow
 ones run `build_dataset_job` end to end: the full catalog with only the demo present, and a small
-catalog (two demo datasets) beside one dataset of each failure kind of issue 16, point 1.
+catalog (two demo datasets) beside one dataset of each kind of failure the README lists under
+"Partial downloads and failing datasets".
 """
 
 from __future__ import annotations
@@ -280,7 +281,7 @@ def test_full_catalog_with_only_the_demo_present_builds_the_release(output_root:
 
 
 FAILING = {
-    # issue 16, point 1: a missing folder (absent: listed, not failed)
+    # a missing folder (absent: listed, not failed)
     "never_downloaded": None,
     # every input quarantined
     "all_quarantined": _all_bad,

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import dagster as dg
+from release_fixtures import demo_rows, write_generated
 
 from gmai_pipeline.defs import release
 from gmai_pipeline.release.mixtures import load_mixtures, score_candidates
 from gmai_pipeline.release.records import load_records
 from gmai_pipeline.release.shards import read_index, verify_shards
-from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.storage import OutputLayout
 
 

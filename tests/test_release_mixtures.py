@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from release_fixtures import SOURCES, demo_rows, row, write_generated, write_image
 
 from gmai_pipeline.release.mixtures import (
     answer_length,
@@ -19,7 +20,6 @@ from gmai_pipeline.release.mixtures import (
     write_mixture,
 )
 from gmai_pipeline.release.records import load_records
-from gmai_pipeline.release.synthetic import SOURCES, demo_rows, row, write_generated, write_image
 from gmai_pipeline.storage import OutputLayout
 
 

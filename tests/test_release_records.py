@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from release_fixtures import demo_rows, write_generated
 
 from gmai_pipeline.release import records as records_mod
 from gmai_pipeline.release.images import sync_images
@@ -16,7 +17,6 @@ from gmai_pipeline.release.mixtures import build_mixture, load_mixtures, score_c
 from gmai_pipeline.release.records import ReleaseError, ReleaseRecords, load_records, write_release_records
 from gmai_pipeline.release.shards import write_shards
 from gmai_pipeline.release.stage_mix import write_stage_mixture
-from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.release.trainer_metas import write_stage_metas
 from gmai_pipeline.storage import OutputLayout
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from release_fixtures import demo_rows, write_generated
 
 from gmai_pipeline.release.records import load_records
 from gmai_pipeline.release.report import (
@@ -18,7 +19,6 @@ from gmai_pipeline.release.report import (
     hf_features,
     table3_markdown,
 )
-from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.storage import OutputLayout
 
 LICENCES = {

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from release_fixtures import demo_rows, write_generated
 
 from gmai_pipeline.release import shards as shards_mod
 from gmai_pipeline.release.annotations import SUBSETS, write_annotations
@@ -28,7 +29,6 @@ from gmai_pipeline.release.shards import (
     verify_shards,
     write_shards,
 )
-from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.release.trainer_metas import write_release_metas
 from gmai_pipeline.storage import OutputLayout
 

@@ -26,6 +26,7 @@ import pytest
 import webdataset as wds
 import yaml
 from PIL import Image
+from release_fixtures import demo_rows, write_generated
 
 from gmai_pipeline.decontaminate import REPORT_SCHEMA
 from gmai_pipeline.defs import release as release_defs
@@ -34,7 +35,6 @@ from gmai_pipeline.release.images import sync_images
 from gmai_pipeline.release.loader import check_record
 from gmai_pipeline.release.records import load_records
 from gmai_pipeline.release.shards import read_index
-from gmai_pipeline.release.synthetic import demo_rows, write_generated
 from gmai_pipeline.release.trainer_metas import meta_files, relocate
 from gmai_pipeline.settings import ASSETS_DIR
 from gmai_pipeline.storage import OutputLayout

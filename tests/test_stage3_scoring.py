@@ -16,6 +16,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from release_fixtures import SOURCES, row, write_generated, write_image
 
 from gmai_pipeline.defs.release import build_mix_asset, release_records
 from gmai_pipeline.defs.training import LocalGpuCluster, stage3_scores
@@ -29,7 +30,6 @@ from gmai_pipeline.release.mixtures import (
     read_scores,
 )
 from gmai_pipeline.release.records import load_records
-from gmai_pipeline.release.synthetic import SOURCES, row, write_generated, write_image
 from gmai_pipeline.storage import OutputLayout
 from training_jobs import train
 from training_jobs.tiny import build_tiny

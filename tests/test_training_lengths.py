@@ -97,9 +97,9 @@ def test_the_mixture_asset_measures_lengths_with_the_profiles_tokenizer(
     output_root: Path, model: Path, monkeypatch
 ) -> None:
     import dagster as dg
+    from release_fixtures import demo_rows, write_generated
 
     from gmai_pipeline.defs.release import build_mix_asset, release_images, release_records
-    from gmai_pipeline.release.synthetic import demo_rows, write_generated
     from gmai_pipeline.storage import OutputLayout
 
     layout = OutputLayout(output_root)

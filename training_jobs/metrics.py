@@ -1,4 +1,4 @@
-"""Model FLOPs per step and MFU (NOTES.md "Training").
+"""Model FLOPs per step and MFU (PaLM, arXiv:2204.02311, appendix B; `karpathy/nanoGPT:model.py` `estimate_mfu`).
 
 Per real token: the LLM costs 6N when trained and 4N when frozen (forward 2N, backward to the
 activations 2N, no weight gradients); the output head is counted only on supervised tokens, the only

@@ -75,6 +75,7 @@ from pydantic import Field
 
 from gmai_pipeline.converters._masks import Options, label_dtype
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "DOC"}
@@ -240,7 +241,7 @@ def _read_header(f: DicomFile, extra_tags: Sequence[str]):
         )
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageError(
-            "unreadable", f"{f.name}: not a readable DICOM file ({type(exc).__name__})"
+            Reason.UNREADABLE, f"{f.name}: not a readable DICOM file ({type(exc).__name__})"
         ) from None
 
 
@@ -266,21 +267,21 @@ def scan(files: Iterable[DicomFile], opts: DicomSeriesOptions) -> Scan:
                 segs.append(SegObject(f, ref, str(ds.get("FrameOfReferenceUID", "") or "")))
                 continue
             if modality in NON_IMAGE_MODALITIES:
-                rejected.append((f, ImageError("not_an_image", f"{f.name}: a non-image DICOM object")))
+                rejected.append((f, ImageError(Reason.NOT_AN_IMAGE, f"{f.name}: a non-image DICOM object")))
                 continue
             uid = str(ds.get("SeriesInstanceUID", "") or "")
             position = _floats(ds.get("ImagePositionPatient") or (), 3)
             orientation = _floats(ds.get("ImageOrientationPatient") or (), 6)
             spacing = _floats(ds.get("PixelSpacing") or (), 2)
             if not uid:
-                rejected.append((f, ImageError("no_series", f"{f.name}: no SeriesInstanceUID")))
+                rejected.append((f, ImageError(Reason.NO_SERIES, f"{f.name}: no SeriesInstanceUID")))
                 continue
             if position is None or orientation is None or spacing is None:
                 rejected.append(
                     (
                         f,
                         ImageError(
-                            "no_position",
+                            Reason.NO_POSITION,
                             f"{f.name}: no usable ImagePositionPatient/ImageOrientationPatient/PixelSpacing",
                         ),
                     )
@@ -301,7 +302,8 @@ def scan(files: Iterable[DicomFile], opts: DicomSeriesOptions) -> Scan:
                     (
                         f,
                         ImageError(
-                            "unreadable", f"{f.name}: malformed Rows/Columns/NumberOfFrames/InstanceNumber"
+                            Reason.UNREADABLE,
+                            f"{f.name}: malformed Rows/Columns/NumberOfFrames/InstanceNumber",
                         ),
                     )
                 )
@@ -311,7 +313,8 @@ def scan(files: Iterable[DicomFile], opts: DicomSeriesOptions) -> Scan:
                     (
                         f,
                         ImageError(
-                            "unsupported_layout", f"{f.name}: a multi-frame object, not one slice per file"
+                            Reason.UNSUPPORTED_LAYOUT,
+                            f"{f.name}: a multi-frame object, not one slice per file",
                         ),
                     )
                 )
@@ -359,20 +362,20 @@ def check(series: Series, opts: DicomSeriesOptions, where: str) -> float:
     """
     n = len(series.slices)
     if n < opts.min_slices:
-        raise ImageError("too_few_slices", f"{where}: {n} slice(s), at least {opts.min_slices} needed")
+        raise ImageError(Reason.TOO_FEW_SLICES, f"{where}: {n} slice(s), at least {opts.min_slices} needed")
     if series.burned_in and not opts.burned_in_text_allowed:
         bad = next(h.file.name for h in series.slices if h.burned_in)
-        raise ImageError("burned_in_text_risk", f"{where}: {bad}: {series.burned_in}")
+        raise ImageError(Reason.BURNED_IN_TEXT_RISK, f"{where}: {bad}: {series.burned_in}")
     first = series.slices[0]
     for h in series.slices[1:]:
         if np.max(np.abs(h.orientation - first.orientation)) > opts.orientation_tolerance:
             raise ImageError(
-                "mixed_orientation",
+                Reason.MIXED_ORIENTATION,
                 f"{where}: {h.file.name} has another ImageOrientationPatient than {first.file.name}",
             )
         if h.grid[:2] != first.grid[:2] or not np.allclose(h.grid[2:], first.grid[2:], rtol=1e-3):
             raise ImageError(
-                "inconsistent_geometry",
+                Reason.INCONSISTENT_GEOMETRY,
                 f"{where}: {h.file.name} has other Rows/Columns/PixelSpacing than {first.file.name}",
             )
     if n == 1:
@@ -383,7 +386,7 @@ def check(series: Series, opts: DicomSeriesOptions, where: str) -> float:
     if dup.size:
         i = int(dup[0])
         raise ImageError(
-            "duplicate_position",
+            Reason.DUPLICATE_POSITION,
             f"{where}: {series.slices[i].file.name} and {series.slices[i + 1].file.name} lie at the same "
             "position (several echoes/phases in one series? declare split_by)",
         )
@@ -396,12 +399,12 @@ def check(series: Series, opts: DicomSeriesOptions, where: str) -> float:
         if whole >= 2 and abs(ratio[i] - whole) <= opts.spacing_tolerance:
             missing = int(sum(round(float(r)) - 1 for r in ratio[off] if round(float(r)) >= 2))
             raise ImageError(
-                "missing_slice",
+                Reason.MISSING_SLICE,
                 f"{where}: {missing} slice(s) missing; the gap between the {_ordinal(i)} and {_ordinal(i + 1)} "
                 f"slice by position ({a}, {b}) is {ratio[i]:.2f}x the usual spacing",
             )
         raise ImageError(
-            "uneven_spacing",
+            Reason.UNEVEN_SPACING,
             f"{where}: the gap between the {_ordinal(i)} and {_ordinal(i + 1)} slice by position ({a}, {b}) "
             f"is {ratio[i]:.2f}x the usual spacing (tolerance {opts.spacing_tolerance})",
         )
@@ -434,7 +437,7 @@ def _pixels(ds, name: str, budget=None) -> np.ndarray:
 
     arr = pixel_array(ds, name, budget)
     if arr.ndim != 2:
-        raise ImageError("unsupported_layout", f"{name}: not a single-channel single-frame image")
+        raise ImageError(Reason.UNSUPPORTED_LAYOUT, f"{name}: not a single-channel single-frame image")
     return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
 
 
@@ -446,7 +449,7 @@ def _read_full(f: DicomFile):
         return pydicom.dcmread(f.source())
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageError(
-            "unreadable", f"{f.name}: not a readable DICOM file ({type(exc).__name__})"
+            Reason.UNREADABLE, f"{f.name}: not a readable DICOM file ({type(exc).__name__})"
         ) from None
 
 
@@ -474,7 +477,7 @@ def load(series: Series, opts: DicomSeriesOptions, where: str, budget=None) -> S
             px = _pixels(ds, h.file.name, budget)
             if px.shape != (rows, cols):
                 raise ImageError(
-                    "inconsistent_geometry", f"{where}: {h.file.name} pixel array is not {rows}x{cols}"
+                    Reason.INCONSISTENT_GEOMETRY, f"{where}: {h.file.name} pixel array is not {rows}x{cols}"
                 )
             raw[:, :, k] = px.T
             del ds
@@ -503,7 +506,8 @@ def load_volume_mask(source, name: str, sv: SeriesVolume, budget=None) -> np.nda
     labels = read_volume(source, name, is_label=True, budget=budget)
     if labels.shape != sv.volume.shape:
         raise ImageError(
-            "mask_mismatch", f"{name}: label volume shape {labels.shape} != series shape {sv.volume.shape}"
+            Reason.MASK_MISMATCH,
+            f"{name}: label volume shape {labels.shape} != series shape {sv.volume.shape}",
         )
     if name.lower().endswith((".nii", ".nii.gz")):
         aff = _canonical_nifti_affine(source, name)
@@ -511,7 +515,7 @@ def load_volume_mask(source, name: str, sv: SeriesVolume, budget=None) -> np.nda
         corners = np.array([[0, 0, 0, 1], [*(s - 1 for s in labels.shape), 1]], dtype=float).T
         if np.max(np.abs(aff @ corners - sv.affine @ corners)) > tol:
             raise ImageError(
-                "mask_mismatch", f"{name}: label volume lies elsewhere in patient space than the series"
+                Reason.MASK_MISMATCH, f"{name}: label volume lies elsewhere in patient space than the series"
             )
     return labels
 
@@ -547,12 +551,12 @@ def _slice_index(
     series = sv.series
     first = series.slices[0]
     if orientation is not None and np.max(np.abs(orientation - first.orientation)) > 1e-3:
-        raise ImageError("mask_mismatch", f"{name}: mask plane orientation differs from the series")
+        raise ImageError(Reason.MASK_MISMATCH, f"{name}: mask plane orientation differs from the series")
     if grid is not None and (
         tuple(grid[:2]) != first.grid[:2] or not np.allclose(grid[2:], first.grid[2:], rtol=1e-3)
     ):
         raise ImageError(
-            "mask_mismatch", f"{name}: mask grid (rows, columns, spacing) differs from the series"
+            Reason.MASK_MISMATCH, f"{name}: mask grid (rows, columns, spacing) differs from the series"
         )
     d = float(series.normal @ position)
     spacing = float(np.median(np.diff(series.distances))) if len(series.slices) > 1 else 1.0
@@ -562,7 +566,7 @@ def _slice_index(
     if abs(series.distances[k] - d) > 0.25 * abs(spacing) or np.linalg.norm(in_plane) > 0.5 * min(
         first.grid[2:]
     ):
-        raise ImageError("mask_mismatch", f"{name}: a mask plane lies on no slice of the series")
+        raise ImageError(Reason.MASK_MISMATCH, f"{name}: a mask plane lies on no slice of the series")
     return k
 
 
@@ -575,7 +579,7 @@ def load_series_mask(mask: Series, sv: SeriesVolume, where: str, budget=None) ->
             k = _slice_index(sv, h.position, h.orientation, h.grid, h.file.name)
             px = _pixels(_read_full(h.file), h.file.name, budget)
             if px.shape != (rows, cols):
-                raise ImageError("mask_mismatch", f"{where}: {h.file.name} is not {rows}x{cols}")
+                raise ImageError(Reason.MASK_MISMATCH, f"{where}: {h.file.name} is not {rows}x{cols}")
             raw[:, :, k] = _as_labels(px, h.file.name).T
     return _as_labels(sv.canonical(raw), where)
 
@@ -594,7 +598,7 @@ def load_seg(seg: SegObject, sv: SeriesVolume, budget=None) -> np.ndarray:
         per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
         if len(per_frame) != frames.shape[0]:
             raise ImageError(
-                "unreadable", f"{name}: per-frame functional groups do not match the frame count"
+                Reason.UNREADABLE, f"{name}: per-frame functional groups do not match the frame count"
             )
         fractional = str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
         threshold = float(ds.get("MaximumFractionalValue", 255) or 255) / 2 if fractional else 0
@@ -616,7 +620,7 @@ def load_seg(seg: SegObject, sv: SeriesVolume, budget=None) -> np.ndarray:
             position = _floats(pos.get("ImagePositionPatient") if pos else (), 3)
             if position is None or seg_id is None:
                 raise ImageError(
-                    "unreadable", f"{name}: frame {i + 1} has no plane position or segment number"
+                    Reason.UNREADABLE, f"{name}: frame {i + 1} has no plane position or segment number"
                 )
             orientation = _floats(orient.get("ImageOrientationPatient") if orient else (), 6)
             spacing = _floats(measures.get("PixelSpacing") if measures else (), 2)
@@ -645,7 +649,7 @@ def load_slice_masks(masks: Sequence[tuple], sv: SeriesVolume, spec: SliceMasks,
     )
     if spec.match in ("file_order", "position_order"):
         if len(ordered) != n:
-            raise ImageError("mask_mismatch", f"{where}: {len(ordered)} mask images for {n} slices")
+            raise ImageError(Reason.MASK_MISMATCH, f"{where}: {len(ordered)} mask images for {n} slices")
         if spec.match == "position_order":
             targets = list(range(n))
         else:
@@ -658,21 +662,23 @@ def load_slice_masks(masks: Sequence[tuple], sv: SeriesVolume, spec: SliceMasks,
         for k, h in enumerate(series.slices):
             if h.instance is None:
                 raise ImageError(
-                    "mask_mismatch", f"{where}: {h.file.name} has no InstanceNumber to match masks by"
+                    Reason.MASK_MISMATCH, f"{where}: {h.file.name} has no InstanceNumber to match masks by"
                 )
             slot[h.instance + spec.index_offset] = k
         targets = []
         for _, mname, order in ordered:
             m = pattern.search(order.rsplit("/", 1)[-1])
             if m is None or int(m.group(1)) not in slot:
-                raise ImageError("mask_mismatch", f"{where}: mask {mname} matches no slice's InstanceNumber")
+                raise ImageError(
+                    Reason.MASK_MISMATCH, f"{where}: mask {mname} matches no slice's InstanceNumber"
+                )
             targets.append(slot[int(m.group(1))])
     raw = None
     for (loader, mname, _), k in zip(ordered, targets, strict=True):
         mask = loader()
         if mask.shape != (rows, cols):
             raise ImageError(
-                "mask_mismatch",
+                Reason.MASK_MISMATCH,
                 f"{mname}: mask is {mask.shape[1]}x{mask.shape[0]}, the slices are {cols}x{rows}",
             )
         mask = _as_labels(mask, mname)

@@ -41,6 +41,7 @@ from pydantic import Field
 
 from gmai_pipeline.converters._masks import Options
 from gmai_pipeline.imaging import ImageError, to_uint8
+from gmai_pipeline.quarantine import Reason
 
 GZIP_MAGIC = b"\x1f\x8b"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -80,15 +81,15 @@ def _open(path, name: str):
             with open(path, "rb") as f:
                 head = f.read(8)
         except OSError as exc:
-            raise ImageError("missing_file", f"{name}: cannot read ({exc.strerror})") from None
+            raise ImageError(Reason.MISSING_FILE, f"{name}: cannot read ({exc.strerror})") from None
     if head.startswith(GZIP_MAGIC):
         raise ImageError(
-            "packed_archive", f"{name}: gzip-compressed; unpack it first (gunzip {Path(name).name})"
+            Reason.PACKED_ARCHIVE, f"{name}: gzip-compressed; unpack it first (gunzip {Path(name).name})"
         )
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as exc:
-        reason = "truncated" if head == HDF5_MAGIC else "unreadable"
+        reason = Reason.TRUNCATED if head == HDF5_MAGIC else Reason.UNREADABLE
         raise ImageError(reason, f"{name}: not a readable HDF5 file ({type(exc).__name__})") from None
 
 
@@ -100,7 +101,7 @@ def _dataset(f, key: str, name: str):
         present = []
         f.visititems(lambda k, v: present.append(k) if isinstance(v, h5py.Dataset) else None)
         raise ImageError(
-            "missing_dataset",
+            Reason.MISSING_DATASET,
             f"{name}: no dataset '{key}' (datasets present: {', '.join(sorted(present)) or 'none'})",
         )
     return obj
@@ -144,7 +145,7 @@ def inspect(images, images_name: str, opts: Hdf5Options, labels=None, labels_nam
 def _check_images(x, name: str, opts: Hdf5Options) -> None:
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3, 4)) or x.dtype.kind not in "uif":
         raise ImageError(
-            "unsupported_layout",
+            Reason.UNSUPPORTED_LAYOUT,
             f"{name}: dataset '{opts.images}' is {x.shape} {x.dtype}; expected (N, H, W) or (N, H, W, 1|3|4) numbers",
         )
 
@@ -152,17 +153,17 @@ def _check_images(x, name: str, opts: Hdf5Options) -> None:
 def _check_labels(y, x, name: str, opts: Hdf5Options) -> None:
     if y.shape[0] != x.shape[0]:
         raise ImageError(
-            "shape_mismatch",
+            Reason.SHAPE_MISMATCH,
             f"{name}: '{opts.labels}' has {y.shape[0]} rows, '{opts.images}' has {x.shape[0]}",
         )
     per_row = int(np.prod(y.shape[1:], dtype=np.int64))
     if opts.label_kind == "scalar" and per_row != 1:
         raise ImageError(
-            "shape_mismatch", f"{name}: '{opts.labels}' rows are {y.shape[1:]}, not one value each"
+            Reason.SHAPE_MISMATCH, f"{name}: '{opts.labels}' rows are {y.shape[1:]}, not one value each"
         )
     if opts.label_kind == "mask" and tuple(y.shape[1:3]) != tuple(x.shape[1:3]):
         raise ImageError(
-            "shape_mismatch", f"{name}: '{opts.labels}' masks are {y.shape[1:]}, images {x.shape[1:3]}"
+            Reason.SHAPE_MISMATCH, f"{name}: '{opts.labels}' masks are {y.shape[1:]}, images {x.shape[1:3]}"
         )
 
 
@@ -224,7 +225,7 @@ def _record(i: int, raw: np.ndarray, lab, name: str, total: int, opts: Hdf5Optio
             yield (
                 i,
                 ImageError(
-                    "invalid_label",
+                    Reason.INVALID_LABEL,
                     f"{record_name(name, i, total)}: label is not a whole non-negative number",
                 ),
             )

@@ -57,6 +57,7 @@ from pydantic import Field
 
 from gmai_pipeline.converters._masks import Options, label_dtype
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 
 ELLIPSE_VERTICES = 64
 SMALL_FILL = 200_000  # window pixels x vertices below which skimage's per-pixel test beats the scanline
@@ -100,9 +101,9 @@ class Shape:
 @dataclass
 class Parsed:
     shapes: list[Shape] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
+    skipped: list[tuple[Reason, str]] = field(default_factory=list)  # (reason, detail)
 
-    def add(self, shape: Shape | tuple[str, str]) -> None:
+    def add(self, shape: Shape | tuple[Reason, str]) -> None:
         if isinstance(shape, Shape):
             self.shapes.append(shape)
         else:
@@ -143,7 +144,7 @@ def _simple(
         pts = _ellipse(*box[0], *box[2]) if kind == "ellipse" else box
     ring = _ring(pts)
     if ring is None:
-        return ("degenerate_polygon", f"{where}: fewer than three distinct vertices or zero area")
+        return (Reason.DEGENERATE_POLYGON, f"{where}: fewer than three distinct vertices or zero area")
     return Shape(label, ((ring, ()),), where, negative)
 
 
@@ -157,12 +158,14 @@ def _parse_xml(source: Path | bytes, name: str, fmt: str) -> ET.Element:
     try:
         root = ET.parse(_data(source)).getroot()
     except ET.ParseError as exc:
-        raise ImageError("unreadable", f"{name}: not well-formed XML ({exc})") from None
+        raise ImageError(Reason.UNREADABLE, f"{name}: not well-formed XML ({exc})") from None
     except OSError as exc:
-        raise ImageError("missing_file", f"{name}: cannot read ({exc.strerror})") from None
+        raise ImageError(Reason.MISSING_FILE, f"{name}: cannot read ({exc.strerror})") from None
     expected = {"aperio_xml": "Annotations", "asap_xml": "ASAP_Annotations"}[fmt]
     if root.tag != expected:
-        raise ImageError("unreadable", f"{name}: root element <{root.tag}>, expected <{expected}> ({fmt})")
+        raise ImageError(
+            Reason.UNREADABLE, f"{name}: root element <{root.tag}>, expected <{expected}> ({fmt})"
+        )
     return root
 
 
@@ -170,7 +173,7 @@ def _xy(el: ET.Element, where: str) -> tuple[float, float]:
     try:
         return float(el.get("X", "")), float(el.get("Y", ""))
     except ValueError:
-        raise ImageError("unreadable", f"{where}: a vertex without numeric X/Y") from None
+        raise ImageError(Reason.UNREADABLE, f"{where}: a vertex without numeric X/Y") from None
 
 
 # Aperio ImageScope Region Type codes of the drawing tools: 0 free-hand/polygon (MoNuSeg's nuclei), 1
@@ -201,13 +204,16 @@ def read_aperio_xml(
             kind = APERIO_TYPES.get(region.get("Type", "0") or "0")
             if kind is None:
                 out.add(
-                    ("not_an_area", f"{where}: region type {region.get('Type')} (a line, arrow or ruler)")
+                    (
+                        Reason.NOT_AN_AREA,
+                        f"{where}: region type {region.get('Type')} (a line, arrow or ruler)",
+                    )
                 )
                 continue
             try:  # one comprehension per region: a Camelyon outline has thousands of vertices
                 pts = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
             except (TypeError, ValueError):
-                raise ImageError("unreadable", f"{where}: a vertex without numeric X/Y") from None
+                raise ImageError(Reason.UNREADABLE, f"{where}: a vertex without numeric X/Y") from None
             negative = (region.get("NegativeROA") or "0").strip() == "1"
             out.add(_simple(label, pts, where, kind, negative))
     return out
@@ -230,12 +236,14 @@ def read_asap_xml(
         group = (ann.get("PartOfGroup") or "").strip()
         kind = ASAP_TYPES.get((ann.get("Type") or "Polygon").strip().lower())
         if kind is None:
-            out.add(("not_an_area", f"{where}: type {ann.get('Type')} has no area"))
+            out.add((Reason.NOT_AN_AREA, f"{where}: type {ann.get('Type')} has no area"))
             continue
         try:
             coords = sorted(ann.iter("Coordinate"), key=lambda c: int(c.get("Order", "0") or 0))
         except ValueError:
-            raise ImageError("unreadable", f"{where}: a Coordinate Order that is not an integer") from None
+            raise ImageError(
+                Reason.UNREADABLE, f"{where}: a Coordinate Order that is not an integer"
+            ) from None
         pts = [_xy(c, where) for c in coords]
         out.add(_simple(group or "None", pts, where, kind, group in exclusion_groups))
     return out
@@ -259,9 +267,9 @@ def read_geojson(path: Path | bytes, name: str) -> Parsed:
     try:
         data = json.loads(path if isinstance(path, bytes | bytearray) else Path(path).read_bytes())
     except OSError as exc:
-        raise ImageError("missing_file", f"{name}: cannot read ({exc.strerror})") from None
+        raise ImageError(Reason.MISSING_FILE, f"{name}: cannot read ({exc.strerror})") from None
     except ValueError as exc:
-        raise ImageError("unreadable", f"{name}: not valid JSON ({exc})") from None
+        raise ImageError(Reason.UNREADABLE, f"{name}: not valid JSON ({exc})") from None
     if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
         features = data.get("features") or []
     elif isinstance(data, list):
@@ -270,22 +278,24 @@ def read_geojson(path: Path | bytes, name: str) -> Parsed:
         features = [data]
     else:
         raise ImageError(
-            "unreadable", f"{name}: not a GeoJSON FeatureCollection, Feature or list of Features"
+            Reason.UNREADABLE, f"{name}: not a GeoJSON FeatureCollection, Feature or list of Features"
         )
     out = Parsed()
     for f_i, feat in enumerate(features, start=1):
         where = f"{name} feature {f_i}"
         if not isinstance(feat, Mapping) or not isinstance(feat.get("geometry"), Mapping):
-            out.add(("not_an_area", f"{where}: no geometry"))
+            out.add((Reason.NOT_AN_AREA, f"{where}: no geometry"))
             continue
         label = _qupath_label(feat.get("properties") or {})
         try:
             parts = list(_geometry_parts(feat["geometry"]))
         except (TypeError, ValueError):
-            raise ImageError("unreadable", f"{where}: coordinates are not numeric position arrays") from None
+            raise ImageError(
+                Reason.UNREADABLE, f"{where}: coordinates are not numeric position arrays"
+            ) from None
         if parts is None or not parts:
             gtype = feat["geometry"].get("type")
-            out.add(("not_an_area", f"{where}: {gtype} geometry has no area"))
+            out.add((Reason.NOT_AN_AREA, f"{where}: {gtype} geometry has no area"))
             continue
         polys = []
         for rings in parts:
@@ -295,7 +305,7 @@ def read_geojson(path: Path | bytes, name: str) -> Parsed:
             holes = tuple(h for h in (_ring(r) for r in rings[1:]) if h is not None)
             polys.append((exterior, holes))
         if not polys:
-            out.add(("degenerate_polygon", f"{where}: fewer than three distinct vertices or zero area"))
+            out.add((Reason.DEGENERATE_POLYGON, f"{where}: fewer than three distinct vertices or zero area"))
             continue
         out.add(Shape(label, tuple(polys), where))
     return out
@@ -322,27 +332,28 @@ def coco_mask(segmentation, height: int, width: int, where: str) -> np.ndarray:
         for poly in segmentation:
             if not isinstance(poly, list | tuple) or len(poly) < 6 or len(poly) % 2:
                 raise ImageError(
-                    "degenerate_polygon", f"{where}: a polygon needs an even list of at least 6 numbers"
+                    Reason.DEGENERATE_POLYGON, f"{where}: a polygon needs an even list of at least 6 numbers"
                 )
             try:
                 vals = [float(v) for v in poly]
             except (TypeError, ValueError):
-                raise ImageError("unreadable", f"{where}: polygon coordinates are not numbers") from None
+                raise ImageError(Reason.UNREADABLE, f"{where}: polygon coordinates are not numbers") from None
             if not all(math.isfinite(v) for v in vals):
-                raise ImageError("unreadable", f"{where}: polygon coordinates are not finite")
+                raise ImageError(Reason.UNREADABLE, f"{where}: polygon coordinates are not finite")
             polys.append(vals)
         if not polys:
-            raise ImageError("degenerate_polygon", f"{where}: empty segmentation")
+            raise ImageError(Reason.DEGENERATE_POLYGON, f"{where}: empty segmentation")
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
     elif isinstance(segmentation, Mapping) and "counts" in segmentation and "size" in segmentation:
         size = [int(v) for v in segmentation["size"]]
         if size != [height, width]:
-            raise ImageError("shape_mismatch", f"{where}: RLE size {size} != image {height}x{width}")
+            raise ImageError(Reason.SHAPE_MISMATCH, f"{where}: RLE size {size} != image {height}x{width}")
         counts = segmentation["counts"]
         if isinstance(counts, list):
             if any((not isinstance(c, int)) or c < 0 for c in counts) or sum(counts) != height * width:
                 raise ImageError(
-                    "invalid_rle", f"{where}: RLE counts must be non-negative and sum to {height * width}"
+                    Reason.INVALID_RLE,
+                    f"{where}: RLE counts must be non-negative and sum to {height * width}",
                 )
             rle = mask_utils.frPyObjects(segmentation, height, width)
         elif isinstance(counts, str | bytes):
@@ -351,13 +362,13 @@ def coco_mask(segmentation, height: int, width: int, where: str) -> np.ndarray:
             runs = compressed_counts(text)
             if runs is None or any(c < 0 for c in runs) or sum(runs) != height * width:
                 raise ImageError(
-                    "invalid_rle", f"{where}: compressed RLE is malformed or does not cover the image"
+                    Reason.INVALID_RLE, f"{where}: compressed RLE is malformed or does not cover the image"
                 )
             rle = {"size": size, "counts": text}
         else:
-            raise ImageError("invalid_rle", f"{where}: RLE counts are neither a list nor a string")
+            raise ImageError(Reason.INVALID_RLE, f"{where}: RLE counts are neither a list nor a string")
     else:
-        raise ImageError("unreadable", f"{where}: segmentation is neither polygons nor RLE")
+        raise ImageError(Reason.UNREADABLE, f"{where}: segmentation is neither polygons nor RLE")
     with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword DeprecationWarning
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(rle).astype(bool)

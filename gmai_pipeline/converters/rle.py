@@ -42,6 +42,7 @@ import numpy as np
 
 from gmai_pipeline.converters._masks import Box, Options, instance_boxes, label_dtype
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 
 EMPTY_VALUES = ("", "-1", "nan", "none")
 
@@ -84,28 +85,30 @@ def runs_of(
     try:
         nums = np.array(rle.split(), dtype=np.int64)
     except (ValueError, OverflowError):
-        raise ImageError("invalid_rle", f"{where}: run-length values are not all integers") from None
+        raise ImageError(Reason.INVALID_RLE, f"{where}: run-length values are not all integers") from None
     if nums.size % 2:
-        raise ImageError("invalid_rle", f"{where}: an odd number of values ({nums.size}); runs come in pairs")
+        raise ImageError(
+            Reason.INVALID_RLE, f"{where}: an odd number of values ({nums.size}); runs come in pairs"
+        )
     starts, lengths = nums[0::2].copy(), nums[1::2]
     if lengths.size and lengths.min() <= 0:
-        raise ImageError("invalid_rle", f"{where}: a run of length {int(lengths.min())}")
+        raise ImageError(Reason.INVALID_RLE, f"{where}: a run of length {int(lengths.min())}")
     if runs == "relative":
         if starts.size and starts.min() < 0:
-            raise ImageError("invalid_rle", f"{where}: a negative relative offset")
+            raise ImageError(Reason.INVALID_RLE, f"{where}: a negative relative offset")
         # start_k = sum of offsets and lengths before it, plus its own offset
         ends_before = np.concatenate([[0], np.cumsum(starts[:-1] + lengths[:-1])]) if starts.size else starts
         starts = ends_before + starts
     else:
         starts = starts - start
         if starts.size and starts.min() < 0:
-            raise ImageError("invalid_rle", f"{where}: a start below {start}, the first pixel")
+            raise ImageError(Reason.INVALID_RLE, f"{where}: a start below {start}, the first pixel")
     ends = starts + lengths
     if starts.size > 1 and np.any(starts[1:] < ends[:-1]):
-        raise ImageError("invalid_rle", f"{where}: runs overlap or are not in increasing order")
+        raise ImageError(Reason.INVALID_RLE, f"{where}: runs overlap or are not in increasing order")
     if ends.size and int(ends[-1]) > height * width:
         raise ImageError(
-            "rle_outside_image", f"{where}: runs reach pixel {int(ends[-1])} of a {width}x{height} image"
+            Reason.RLE_OUTSIDE_IMAGE, f"{where}: runs reach pixel {int(ends[-1])} of a {width}x{height} image"
         )
     return starts, ends
 
@@ -180,7 +183,7 @@ def merge(
         )
         if values is not None and row.label not in values:
             raise ImageError(
-                "unknown_label", f"{row.where}: label '{row.label}' is not in the catalog's labels"
+                Reason.UNKNOWN_LABEL, f"{row.where}: label '{row.label}' is not in the catalog's labels"
             )
         labels[mask] = values[row.label] if values is not None else 1
         if instance_map is not None:

@@ -61,6 +61,7 @@ from pydantic import Field, model_validator
 from gmai_pipeline.converters._masks import Box, Options, instance_boxes
 from gmai_pipeline.converters.polygons import PolygonOptions, Shape, positive_labels, rasterize
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 
 TISSUE_CHROMA = 20  # max - min over RGB, 0..255: stained tissue is coloured, glass is grey
 TISSUE_BRIGHTNESS = 230  # mean RGB above this is background glass
@@ -153,13 +154,15 @@ def open_slide(path: Path, name: str):
     import openslide
 
     if not Path(path).is_file():
-        raise ImageError("missing_file", f"{name}: slide file not found")
+        raise ImageError(Reason.MISSING_FILE, f"{name}: slide file not found")
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
-        raise ImageError("unreadable", f"{name}: not a slide format OpenSlide recognises") from None
+        raise ImageError(Reason.UNREADABLE, f"{name}: not a slide format OpenSlide recognises") from None
     except openslide.OpenSlideError as exc:
-        raise ImageError("unreadable", f"{name}: OpenSlide cannot open it ({type(exc).__name__})") from None
+        raise ImageError(
+            Reason.UNREADABLE, f"{name}: OpenSlide cannot open it ({type(exc).__name__})"
+        ) from None
 
 
 def slide_info(slide) -> SlideInfo:
@@ -184,7 +187,7 @@ def scale(info: SlideInfo, opts: WsiOptions, name: str) -> tuple[float, int]:
             base = 10.0 / info.mpp  # the usual convention: 0.25 um/px ~ 40x, 0.5 ~ 20x
         if base is None:
             raise ImageError(
-                "no_magnification",
+                Reason.NO_MAGNIFICATION,
                 f"{name}: the slide records no objective power or mpp; declare base_magnification",
             )
         factor = base / opts.magnification
@@ -192,12 +195,14 @@ def scale(info: SlideInfo, opts: WsiOptions, name: str) -> tuple[float, int]:
     else:
         if info.mpp is None:
             raise ImageError(
-                "no_magnification", f"{name}: the slide records no microns per pixel (openslide.mpp-x)"
+                Reason.NO_MAGNIFICATION, f"{name}: the slide records no microns per pixel (openslide.mpp-x)"
             )
         factor = opts.mpp / info.mpp  # type: ignore[operator]
         wanted = f"{opts.mpp:g} um/px"
     if factor < 1 - opts.tolerance:
-        raise ImageError("magnification_unavailable", f"{name}: {wanted} is finer than the slide's level 0")
+        raise ImageError(
+            Reason.MAGNIFICATION_UNAVAILABLE, f"{name}: {wanted} is finer than the slide's level 0"
+        )
     for d in info.downsamples:  # a 40.1x slide read at 20x: use level 1 as it is, no resize
         if abs(factor / d - 1) <= opts.tolerance:
             factor = d
@@ -263,7 +268,8 @@ def read_tile(slide, spec: TileSpec, info: SlideInfo, name: str) -> np.ndarray:
         region = slide.read_region((spec.x, spec.y), spec.level, (side, side))
     except Exception as exc:  # openslide.OpenSlideError, or a lower-level I/O error
         raise ImageError(
-            "unreadable", f"{name}: reading the region at {spec.position(name)} failed ({type(exc).__name__})"
+            Reason.UNREADABLE,
+            f"{name}: reading the region at {spec.position(name)} failed ({type(exc).__name__})",
         ) from None
     if region.getchannel("A").getextrema()[0] == 255:  # fully scanned: nothing to composite
         rgb = region.convert("RGB")
@@ -327,7 +333,7 @@ def iter_tiles(
         unknown = sorted({s.label for s in shapes if not s.negative} - set(values or {}))
         if unknown:
             raise ImageError(
-                "unknown_label", f"{name}: annotation labels {unknown} are not in the catalog's labels"
+                Reason.UNKNOWN_LABEL, f"{name}: annotation labels {unknown} are not in the catalog's labels"
             )
     slide = open_slide(path, name)
     try:
@@ -404,7 +410,7 @@ def iter_mask_tiles(
         info, minfo = slide_info(slide), slide_info(mslide)
         if (info.width, info.height) != (minfo.width, minfo.height):
             raise ImageError(
-                "mask_mismatch",
+                Reason.MASK_MISMATCH,
                 f"{mask_name}: mask slide is {minfo.width}x{minfo.height}, the slide {info.width}x{info.height}",
             )
         factor, level = scale(info, opts, name)
@@ -412,13 +418,13 @@ def iter_mask_tiles(
         lw, lh = mslide.level_dimensions[low]
         if lw * lh > MAX_PLAN_PIXELS:
             raise ImageError(
-                "unsupported_layout", f"{mask_name}: the mask slide has no level small enough to plan on"
+                Reason.UNSUPPORTED_LAYOUT, f"{mask_name}: the mask slide has no level small enough to plan on"
             )
         try:
             low_mask = np.asarray(mslide.read_region((0, 0), low, (lw, lh)))[..., 0]
         except Exception as exc:
             raise ImageError(
-                "unreadable", f"{mask_name}: reading the mask failed ({type(exc).__name__})"
+                Reason.UNREADABLE, f"{mask_name}: reading the mask failed ({type(exc).__name__})"
             ) from None
         span = opts.tile_size * factor
         ds_low = minfo.downsamples[low]
@@ -445,7 +451,7 @@ def iter_mask_tiles(
                 region = mslide.read_region((spec.x, spec.y), mlevel, (side, side)).getchannel("R")
             except Exception as exc:
                 raise ImageError(
-                    "unreadable", f"{mask_name}: reading the mask failed ({type(exc).__name__})"
+                    Reason.UNREADABLE, f"{mask_name}: reading the mask failed ({type(exc).__name__})"
                 ) from None
             if region.size != (spec.size, spec.size):
                 region = region.resize((spec.size, spec.size), Image.Resampling.NEAREST)

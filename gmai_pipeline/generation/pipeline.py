@@ -36,13 +36,15 @@ from gmai_pipeline.generation.cost import estimate_usd
 from gmai_pipeline.generation.requests import Completion, Failure, GenRequest, ImageRef
 from gmai_pipeline.generation.translate import DEFAULT_FRACTION, selected
 from gmai_pipeline.progress import Progress
-from gmai_pipeline.schemas import GENERATED_SCHEMA, NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
+from gmai_pipeline.quarantine import Reason
+from gmai_pipeline.sample import ANNOTATION_COLUMNS, COLUMNS, Sample
+from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, batched, iter_row_groups
 
 log = logging.getLogger(__name__)
 BACKENDS = ("template", "openai", "openai_batch")
 GROUPS = {"captions": ("caption", "region_caption"), "vqa": ("vqa",)}
-HELD_BACK = "held_back_licence"
+HELD_BACK = Reason.HELD_BACK_LICENCE
 RETRY_NOTE = (
     "\n\nYour previous answer was rejected by an automatic check ({reason}). "
     "Answer again, following every rule and the output format exactly."
@@ -165,17 +167,31 @@ class Runner:
         return out
 
 
+# An input of a generation step: a normalized sample (captions, vqa) or an English record (translations).
+Input = Sample | dict[str, Any]
+
+
+def annotation(row: Input) -> dict[str, Any]:
+    """The annotation columns a generated record copies from its input (GENERATED_SCHEMA's shared ones)."""
+    return row.annotation() if isinstance(row, Sample) else {c: row[c] for c in ANNOTATION_COLUMNS}
+
+
+def input_name(row: Input) -> str:
+    """How a quarantine row names the input: the English record's id, or the sample's id."""
+    return row.sample_id if isinstance(row, Sample) else (row.get("id") or row["sample_id"])
+
+
 @dataclass
 class Item:
     """One input row and the request made from it."""
 
-    row: dict[str, Any]
+    row: Input
     record_id: str
     request: GenRequest
 
 
 Outcome = tuple[Item, Completion, validate.Checked]
-Quarantined = tuple[Item, str, str]  # item, reason, detail
+Quarantined = tuple[Item, Reason | str, str]  # item, reason (or a family code), detail
 
 
 def with_retry_note(request: GenRequest, reason: str) -> GenRequest:
@@ -224,8 +240,8 @@ def run_items(items: list[Item], runner: Runner) -> tuple[list[Outcome], list[Qu
 # Reading inputs and building requests
 
 
-def partition_rows(layout: OutputLayout, partition: str, batch_size: int = 8192) -> Iterator[dict[str, Any]]:
-    """Rows of `decontaminated` whose sample_id hashes to `partition`, in file order.
+def partition_rows(layout: OutputLayout, partition: str, batch_size: int = 8192) -> Iterator[Sample]:
+    """Samples of `decontaminated` whose sample_id hashes to `partition`, in file order.
 
     Reads only the partition's row groups (the table's `shard` column, written once by decontamination).
     A table written before that column existed is read whole and hashed row by row, as it used to be.
@@ -233,16 +249,16 @@ def partition_rows(layout: OutputLayout, partition: str, batch_size: int = 8192)
     path = layout.decontaminated
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: materialize `decontaminated` first")
-    batches = partitions.read_shard(path, partition, NORMALIZED_SCHEMA.names, batch_size)
+    batches = partitions.read_shard(path, partition, list(COLUMNS), batch_size)
     if batches is not None:
         for batch in batches:
-            yield from batch.to_pylist()
+            yield from map(Sample.from_row, batch.to_pylist())
         return
     log.warning(f"{path} has no shard column: every partition scans it whole; rematerialize `decontaminated`")
-    for batch in iter_row_groups(path, NORMALIZED_SCHEMA.names, batch_size):
+    for batch in iter_row_groups(path, list(COLUMNS), batch_size):
         for row in batch.to_pylist():
             if partitions.shard_of(row["sample_id"]) == partition:
-                yield row
+                yield Sample.from_row(row)
 
 
 def count_partition_rows(layout: OutputLayout, partition: str) -> int:
@@ -255,41 +271,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def record_id(row: dict[str, Any], kind: str, seen: set[str]) -> str | None:
+def record_id(sample: Sample | dict[str, Any], kind: str, seen: set[str]) -> str | None:
     """`{sample_id}#{kind}`, plus `#x0_y0_x1_y1` for a box and `#label` when an image has several labels.
 
     One image can carry several annotations (one row each), so the box and label keep ids unique.
-    None for an exact duplicate annotation.
+    None for an exact duplicate annotation. `sample` may be its NORMALIZED_SCHEMA row.
     """
-    base = f"{row['sample_id']}#{kind}"
-    if row.get("bbox") is not None:
-        base += "#" + "_".join(str(int(v)) for v in row["bbox"])
-    annotation = f"{base}\x00{row['label']}"
+    if not isinstance(sample, Sample):
+        sample = Sample.from_row(sample)
+    base = f"{sample.sample_id}#{kind}"
+    if sample.bbox is not None:
+        base += "#" + "_".join(str(v) for v in sample.bbox)
+    annotation = f"{base}\x00{sample.label}"
     if annotation in seen:
         return None
     seen.add(annotation)
-    rid = base if base not in seen else f"{base}#{_slug(row['label'])}"
+    rid = base if base not in seen else f"{base}#{_slug(sample.label)}"
     seen.add(rid)
     return rid
 
 
-def annotation_fields(row: dict[str, Any]) -> dict[str, Any]:
-    bbox = list(row["bbox"]) if row.get("bbox") is not None else None
+def annotation_fields(row: Input) -> dict[str, Any]:
+    """What a prompt and its checks may use of an input (never where the file came from)."""
+    a = annotation(row)
     return {
-        "sample_id": row["sample_id"],
-        "modality": row["modality"],
-        "department": row["department"],
-        "label": row["label"],
-        "clinical_task": row["clinical_task"],
-        "bbox": bbox,
-        "width": row["width"],
-        "height": row["height"],
+        "sample_id": a["sample_id"],
+        "modality": a["modality"],
+        "department": a["department"],
+        "label": a["label"],
+        "clinical_task": a["clinical_task"],
+        "bbox": list(a["bbox"]) if a["bbox"] is not None else None,
+        "width": a["width"],
+        "height": a["height"],
     }
 
 
-def generation_request(
-    task: str, row: dict[str, Any], image: ImageRef, cfg: LLMConfig, model: str
-) -> GenRequest:
+def generation_request(task: str, row: Sample, image: ImageRef, cfg: LLMConfig, model: str) -> GenRequest:
     fields = annotation_fields(row)
     prompt_fields = {k: v for k, v in fields.items() if k != "sample_id"}  # the id names the source file
     prompt_fields["region"] = (
@@ -306,11 +323,11 @@ def conversation(turns: list[str]) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
-def english_turns(kind: str, row: dict[str, Any], checked: validate.Checked) -> list[str]:
+def english_turns(kind: str, sample: Sample, checked: validate.Checked) -> list[str]:
     if kind == "vqa":
         return checked.turns
-    bbox = list(row["bbox"]) if row.get("bbox") is not None else None
-    return [prompts.instruction(kind, row["sample_id"], bbox, "en"), checked.turns[0]]
+    bbox = list(sample.bbox) if sample.bbox is not None else None
+    return [prompts.instruction(kind, sample.sample_id, bbox, "en"), checked.turns[0]]
 
 
 def record(
@@ -322,21 +339,9 @@ def record(
     turns: list[str],
     generator: str,
 ) -> dict[str, Any]:
-    row = item.row
     return {
         "id": item.record_id,
-        "sample_id": row["sample_id"],
-        "dataset": row["dataset"],
-        "image": row["image"],
-        "image_md5": row["image_md5"],
-        "width": row["width"],
-        "height": row["height"],
-        "modality": row["modality"],
-        "label": row["label"],
-        "department": row["department"],
-        "task_type": row["task_type"],
-        "clinical_task": row["clinical_task"],
-        "bbox": row.get("bbox"),
+        **annotation(item.row),
         "kind": kind,
         "language": language,
         "conversations": conversation(turns),
@@ -345,13 +350,17 @@ def record(
         "request_sha256": item.request.key,
         "label_mentioned": checked.label_mentioned,
         "confidence": completion.mean_prob,
-        "source_record_id": row.get("id") if language == "zh" else None,
+        "source_record_id": item.row["id"] if language == "zh" else None,  # type: ignore[index]
     }
 
 
-def quarantine_row(row: dict[str, Any], source: str, step: str, reason: str, detail: str) -> dict[str, Any]:
+def dataset_of(row: Input) -> str:
+    return row.dataset if isinstance(row, Sample) else row["dataset"]
+
+
+def quarantine_row(row: Input, source: str, step: str, reason: Reason | str, detail: str) -> dict[str, Any]:
     return {
-        "dataset": row["dataset"],
+        "dataset": dataset_of(row),
         "source_path": source,
         "step": step,
         "reason": reason,
@@ -375,9 +384,9 @@ class _Writers:
             self.quar.write_table(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA))
 
 
-def _held_back(row: dict[str, Any], backend: Backend, allowed: dict[str, bool]) -> bool:
+def _held_back(row: Input, backend: Backend, allowed: dict[str, bool]) -> bool:
     """A source may go to a non-local endpoint only if its catalog entry sets external_llm_allowed."""
-    return not backend.is_local and not allowed.get(row["dataset"], False)
+    return not backend.is_local and not allowed.get(dataset_of(row), False)
 
 
 def _run_partition(
@@ -387,8 +396,8 @@ def _run_partition(
     cfg: LLMConfig,
     backend: Backend,
     allowed: dict[str, bool],
-    rows: Iterator[dict[str, Any]],
-    prepare: Callable[[dict[str, Any], set[str]], tuple[Item | None, tuple[str, str, str] | None]],
+    rows: Iterator[Input],
+    prepare: Callable[[Any, set[str]], tuple[Item | None, tuple[str, Reason, str] | None]],
     finish: Callable[[Item, Completion, validate.Checked], dict[str, Any]],
     step: str,
     max_samples: int = 3,
@@ -410,11 +419,11 @@ def _run_partition(
             bad: list[dict[str, Any]] = []
             for row in chunk:
                 report.inputs += 1
-                source = row.get("id") or row["sample_id"]
+                source = input_name(row)
                 if _held_back(row, backend, allowed):
                     report.held_back += 1
                     detail = (
-                        f"source '{row['dataset']}' does not set external_llm_allowed; endpoint is not local"
+                        f"source '{dataset_of(row)}' does not set external_llm_allowed; endpoint is not local"
                     )
                     bad.append(quarantine_row(row, source, step, HELD_BACK, detail))
                     continue
@@ -432,9 +441,7 @@ def _run_partition(
                 continue
             records = [finish(it, c, chk) for it, c, chk in accepted]
             for it, reason, detail in failed:
-                bad.append(
-                    quarantine_row(it.row, it.row.get("id") or it.row["sample_id"], step, reason, detail)
-                )
+                bad.append(quarantine_row(it.row, input_name(it.row), step, reason, detail))
             writers.write(records, bad)
             report.generated += len(records)
             report.quarantined += len(bad)
@@ -465,25 +472,24 @@ def generate_partition(
         raise ValueError(f"unknown generation asset '{asset}'")
     generator = f"{backend.name}:{backend.model}"
 
-    def prepare(row: dict[str, Any], seen: set[str]) -> tuple[Item | None, tuple[str, str, str] | None]:
-        task = "vqa" if asset == "vqa" else ("region_caption" if row.get("bbox") is not None else "caption")
-        rid = record_id(row, task, seen)
+    def prepare(sample: Sample, seen: set[str]) -> tuple[Item | None, tuple[str, Reason, str] | None]:
+        task = "vqa" if asset == "vqa" else ("region_caption" if sample.bbox is not None else "caption")
+        rid = record_id(sample, task, seen)
         if rid is None:
-            return None, (task, "duplicate_annotation", f"{row['image']}: same box and label twice")
-        path = layout.root / row["image"]
+            return None, (task, Reason.DUPLICATE_ANNOTATION, f"{sample.image}: same box and label twice")
+        path = layout.root / sample.image
         if not path.is_file():
-            return None, (task, "image_missing", f"{row['image']} not found under the output root")
+            return None, (task, Reason.IMAGE_MISSING, f"{sample.image} not found under the output root")
         try:
             image = ImageRef.from_file(path)
         except ValueError as exc:
-            return None, (task, "image_unsupported", str(exc))
-        return Item(row, rid, generation_request(task, row, image, cfg, backend.model)), None
+            return None, (task, Reason.IMAGE_UNSUPPORTED, str(exc))
+        return Item(sample, rid, generation_request(task, sample, image, cfg, backend.model)), None
 
     def finish(item: Item, completion: Completion, checked: validate.Checked) -> dict[str, Any]:
         kind = item.request.task
-        return record(
-            item, completion, checked, kind, "en", english_turns(kind, item.row, checked), generator
-        )
+        turns = english_turns(kind, item.row, checked)  # type: ignore[arg-type]
+        return record(item, completion, checked, kind, "en", turns, generator)
 
     return _run_partition(
         asset,
@@ -529,7 +535,7 @@ def translate_partition(
     """Chinese versions of a deterministic ~`translate_fraction` of this partition's English records."""
     generator = f"{backend.name}:{backend.model}"
 
-    def prepare(row: dict[str, Any], seen: set[str]) -> tuple[Item | None, tuple[str, str, str] | None]:
+    def prepare(row: dict[str, Any], seen: set[str]) -> tuple[Item | None, tuple[str, Reason, str] | None]:
         turns = [t["value"] for t in json.loads(row["conversations"])]
         turns[0] = turns[0].removeprefix("<image>\n")
         fields = annotation_fields(row) | {"kind": row["kind"], "turns": turns}

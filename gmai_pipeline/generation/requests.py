@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.storage import md5_bytes
 
 CHAT_URL = "/v1/chat/completions"
@@ -173,14 +174,12 @@ class Failure:
     asked once more, then quarantined; never cached, so a later run asks again.
     """
 
-    reason: (
-        str  # timeout | rate_limited | http_<status> | connection_error | batch_<status> | malformed_response
-    )
+    reason: Reason | str  # a `Reason`, or a code of its families (`http_<status>`, `batch_<statuses>`)
     detail: str = ""
     retry: bool = False
 
 
-MALFORMED = "malformed_response"
+MALFORMED = Reason.MALFORMED_RESPONSE
 
 
 def _malformed(detail: str) -> Failure:

@@ -37,6 +37,7 @@ from typing import IO, TYPE_CHECKING
 
 from gmai_pipeline.decode_guard import is_output_failure
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 
 if TYPE_CHECKING:
     from gmai_pipeline.readers.base import ReaderContext
@@ -52,7 +53,7 @@ MARKER = ".unpacked.json"
 
 
 class ArchiveError(Exception):
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: Reason, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
 
@@ -167,7 +168,7 @@ Members = dict[str, tuple[Path, str, str]]  # dataset path -> (cache folder, mem
 def unpack(ctx: ReaderContext, archive: Archive, cache: Path) -> Members:
     """Unpack one archive into `cache` (module docstring); ArchiveError on failure."""
     if archive.problem:
-        raise ArchiveError("unsupported_codec", archive.problem)
+        raise ArchiveError(Reason.UNSUPPORTED_CODEC, archive.problem)
     parent = str(PurePosixPath(archive.name).parent)
     parent = "" if parent == "." else parent
     key = "+".join(ctx.md5(p) or "?" for p in archive.parts)
@@ -200,7 +201,7 @@ def unpack(ctx: ReaderContext, archive: Archive, cache: Path) -> Members:
             raise  # the cache cannot be written (disk full, read-only): a fault of the run
         # The type only: messages quote member names, which can be patient folders.
         raise ArchiveError(
-            "unreadable", f"{archive.name}: cannot be unpacked ({type(exc).__name__})"
+            Reason.UNREADABLE, f"{archive.name}: cannot be unpacked ({type(exc).__name__})"
         ) from None
     return _members(parent, home, files)
 

@@ -1,7 +1,7 @@
 """What every reader shares: the events it yields, its context, and the 2D image-with-annotations flow.
 
 A reader is a generator over one dataset that yields exactly one event per *input*:
-`Kept(rows)` when the input became one or more rows, `Quarantined(...)` when it did not
+`Kept(samples)` when the input became one or more rows (typed `sample.Sample`s), `Quarantined(...)` when it did not
 (`Deferred` stands for the events of one image being stored on a worker thread). The
 driver counts events, so "inputs seen = inputs kept + inputs quarantined" holds by construction,
 and the asset check recounts both sides from the files written. What an input is, per reader, is
@@ -34,6 +34,8 @@ from gmai_pipeline.catalog import DICOM_EXTENSIONS, IMAGE_EXTENSIONS_2D, SourceD
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure, open_verified, read_verified
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
 from gmai_pipeline.manifest import PendingNames
+from gmai_pipeline.quarantine import Reason
+from gmai_pipeline.sample import Sample, as_box
 from gmai_pipeline.storage import CHUNK, md5_bytes
 
 SPLIT_ALIASES = {
@@ -115,14 +117,21 @@ def _folder_splits(folder: str) -> frozenset[str]:
 
 @dataclass
 class Kept:
-    rows: list[dict]
+    """An input that became samples (one, or several: the boxes of a mask, the slices of a volume)."""
+
+    samples: list[Sample]
+
+    @functools.cached_property
+    def rows(self) -> list[dict]:
+        """The samples as NORMALIZED_SCHEMA rows: what the driver counts and writes."""
+        return [s.to_row() for s in self.samples]
 
 
 @dataclass
 class Quarantined:
     source_path: str
     step: str
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -146,7 +155,7 @@ class Annotation:
     box: tuple[float, float, float, float] | None = None
     normalized: bool = False
     where: str = ""  # where the annotation came from, for quarantine details
-    error: tuple[str, str] | None = None  # (reason, detail) found while parsing
+    error: tuple[Reason, str] | None = None  # (reason, detail) found while parsing
 
 
 @dataclass
@@ -213,7 +222,7 @@ class ReaderContext:
         """Match a pending file by the MD5 of the bytes just read (`manifest.PendingNames`)."""
         if not self.pending.settle(rel, md5):  # type: ignore[union-attr]
             raise ImageError(
-                "content_changed",
+                Reason.CONTENT_CHANGED,
                 f"{rel}: not the bytes the source scan recorded under this name (changed or added since "
                 "the scan); re-materialize its source asset",
             )
@@ -244,7 +253,8 @@ class ReaderContext:
             return data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ImageError(
-                "unreadable", f"{rel}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+                Reason.UNREADABLE,
+                f"{rel}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
             ) from None
 
     def text_file(self, rel: str) -> io.StringIO:
@@ -340,16 +350,16 @@ class ReaderContext:
         data_md5 = self.md5(data_rel)
         return None if data_md5 is None else f"detached:{header_md5}+{data_md5}"
 
-    def label(self, candidates: Iterable[str]) -> tuple[str | None, str | None]:
+    def label(self, candidates: Iterable[str]) -> tuple[str | None, Reason | None]:
         """(label text, None) or (None, reason): through the catalog map when one is given."""
         cands = [str(c).strip() for c in candidates if c is not None and str(c).strip()]
         if not cands:
-            return None, "missing_label"
+            return None, Reason.MISSING_LABEL
         if self.source.labels:
             for c in cands:
                 if c in self.source.labels:
                     return self.source.labels[c], None
-            return None, "unknown_label"
+            return None, Reason.UNKNOWN_LABEL
         return cands[0], None
 
     def split_of(self, rel: str, explicit: str | None = None) -> str:
@@ -365,19 +375,19 @@ class ReaderContext:
         split: str | None = None,
         shown: str | Callable[[], str] | None = None,
         bytes_dedup: bool = True,
-    ) -> tuple[str, str, str] | None:
+    ) -> tuple[str, Reason, str] | None:
         """(step, reason, detail) when `rel` must not become rows: a split the catalog leaves out, or a byte duplicate."""
         split = split if split is not None else self.split_of(rel)
         if split not in self.source.splits:
             name = (shown() if callable(shown) else shown) or rel
             return (
                 "read",
-                "split_excluded",
+                Reason.SPLIT_EXCLUDED,
                 f"{name}: split '{split}' not in the catalog's splits {list(self.source.splits)}",
             )
         first = self.duplicate_of(rel) if bytes_dedup else None
         if first is not None:
-            return "dedup", "duplicate_image", f"{rel}: same bytes (MD5) as {first}"
+            return "dedup", Reason.DUPLICATE_IMAGE, f"{rel}: same bytes (MD5) as {first}"
         return None
 
     def store_for(self, modality: str | None) -> ImageStore:
@@ -435,29 +445,30 @@ class ReaderContext:
         axis: str | None = None,
         index: int | None = None,
         modality: str | None = None,
-    ) -> dict:
+    ) -> Sample:
+        """The sample of one stored image (or slice, or tile) and one annotation of it."""
         s = self.source
         modality = modality or s.modality
-        return {
-            "sample_id": sample_id(
+        return Sample(
+            sample_id=sample_id(
                 s.dim, s.task, modality_slug(modality), s.name, id_path or source_path, axis, index
             ),
-            "dataset": s.name,
-            "source_path": source_path,
-            "slice_axis": axis,
-            "slice_index": index,
-            "split": split,
-            "image": stored.image,
-            "image_md5": stored.md5,
-            "width": stored.width,
-            "height": stored.height,
-            "modality": modality,
-            "label": label,
-            "department": s.department,
-            "task_type": s.task_type,
-            "clinical_task": s.clinical_task,
-            "bbox": bbox,
-        }
+            dataset=s.name,
+            source_path=source_path,
+            slice_axis=axis,
+            slice_index=index,
+            split=split,
+            image=stored.image,
+            image_md5=stored.md5,
+            width=stored.width,
+            height=stored.height,
+            modality=modality,
+            label=label,
+            department=s.department,
+            task_type=s.task_type,
+            clinical_task=s.clinical_task,
+            bbox=as_box(bbox),
+        )
 
 
 def join(folder: str, name: str) -> str | None:
@@ -469,31 +480,31 @@ def join(folder: str, name: str) -> str | None:
 
 
 def quarantine_all(
-    annotations: list[Annotation], source_path: str, step: str, reason: str, detail: str
+    annotations: list[Annotation], source_path: str, step: str, reason: Reason, detail: str
 ) -> Iterator[Quarantined]:
     for _ in annotations or [None]:
         yield Quarantined(source_path, step, reason, detail)
 
 
-def _int_box(ann: Annotation, width: int, height: int) -> tuple[list[float] | None, str | None]:
+def _int_box(ann: Annotation, width: int, height: int) -> tuple[list[float] | None, Reason | None]:
     """Source-pixel box, or a reason: out of the image beyond tolerance, or zero area."""
     x0, y0, x1, y1 = ann.box  # type: ignore[misc]
     if ann.normalized:
         x0, x1 = x0 * width, x1 * width
         y0, y1 = y0 * height, y1 * height
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        return None, "box_outside_image"
+        return None, Reason.BOX_OUTSIDE_IMAGE
     if (
         x0 < -BOX_TOLERANCE
         or y0 < -BOX_TOLERANCE
         or x1 > width + BOX_TOLERANCE
         or y1 > height + BOX_TOLERANCE
     ):
-        return None, "box_outside_image"
+        return None, Reason.BOX_OUTSIDE_IMAGE
     x0, y0 = max(0.0, x0), max(0.0, y0)
     x1, y1 = min(float(width), x1), min(float(height), y1)
     if x1 - x0 < 0.5 or y1 - y0 < 0.5:
-        return None, "degenerate_box"
+        return None, Reason.DEGENERATE_BOX
     return [x0, y0, x1, y1], None
 
 
@@ -517,7 +528,7 @@ def image_inputs(
     if rel is None:
         shown = ctx.dicom_names.unread(ref, "refused") if dicom else ref
         yield from quarantine_all(
-            annotations, shown, "read", "path_refused", f"{shown}: path escapes the dataset folder"
+            annotations, shown, "read", Reason.PATH_REFUSED, f"{shown}: path escapes the dataset folder"
         )
         return
     shown = ctx.namer(rel)
@@ -527,14 +538,14 @@ def image_inputs(
             annotations,
             shown(),
             "read",
-            "missing_file",
+            Reason.MISSING_FILE,
             f"{shown()}: referenced{by} but not in the dataset folder",
         )
         return
     ctx.claim(rel)
     ctx.saw_image(rel)
     if not annotations:
-        yield Quarantined(shown(), "annotate", "no_annotation", f"{shown()}: image has no annotation")
+        yield Quarantined(shown(), "annotate", Reason.NO_ANNOTATION, f"{shown()}: image has no annotation")
         return
     excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
@@ -551,7 +562,7 @@ def image_inputs(
             yield Quarantined(
                 shown(),
                 "annotate",
-                reason or "unknown_label",
+                reason or Reason.UNKNOWN_LABEL,
                 f"{shown()}: label '{raw}'{' in ' + ann.where if ann.where else ''} is not in the catalog's labels",
             )
             continue
@@ -629,7 +640,7 @@ def _dicom_image(
             yield Quarantined(
                 header.shown,
                 "annotate",
-                "missing_label",
+                Reason.MISSING_LABEL,
                 f"{header.shown}: its label looks like an identifier; give the catalog entry a labels map",
             )
         pending = [p for p in pending if not names.identifying(p[1])]
@@ -654,7 +665,7 @@ def _finish_dicom(ctx: ReaderContext, split: str, pending, modality, result) -> 
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(ctx.store.output_root / stored.image)
         return [
-            Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
+            Quarantined(name, "dedup", Reason.DUPLICATE_IMAGE, f"{name}: same decoded pixels as {first}")
             for _ in pending
         ]
     ctx._first_image[pixel_md5] = stored.image
@@ -682,7 +693,7 @@ def _finish(
                     Quarantined(
                         rel,
                         "annotate",
-                        reason or "box_outside_image",
+                        reason or Reason.BOX_OUTSIDE_IMAGE,
                         f"{rel}: box {[round(v, 2) for v in ann.box]}{' (normalized)' if ann.normalized else ''}"
                         f"{' in ' + ann.where if ann.where else ''} does not fit the "
                         f"{stored.source_width}x{stored.source_height} image",
@@ -707,4 +718,6 @@ def unreferenced_file(ctx: ReaderContext, rel: str) -> Quarantined:
     ctx.claim(rel)
     ctx.saw_image(rel)
     shown = ctx.shown(rel)
-    return Quarantined(shown, "read", "unreferenced_file", f"{shown}: image file has no annotation entry")
+    return Quarantined(
+        shown, "read", Reason.UNREFERENCED_FILE, f"{shown}: image file has no annotation entry"
+    )

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from gmai_pipeline.catalog import CocoReader
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -41,7 +42,7 @@ def _box(ann: dict) -> tuple[float, float, float, float] | None:
 def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
     ann_rel, image_dir = ctx.at(opts.annotations), ctx.at(opts.image_dir)
     if ann_rel not in ctx.files:
-        yield Quarantined(ann_rel, "read", "missing_file", f"{ann_rel}: COCO annotation file not found")
+        yield Quarantined(ann_rel, "read", Reason.MISSING_FILE, f"{ann_rel}: COCO annotation file not found")
         yield from unreferenced(ctx, image_dir)
         return
     ctx.claim(ann_rel)
@@ -56,7 +57,10 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
         return
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         yield Quarantined(
-            ann_rel, "read", "unreadable", f"{ann_rel}: not valid COCO JSON ({type(exc).__name__}: {exc})"
+            ann_rel,
+            "read",
+            Reason.UNREADABLE,
+            f"{ann_rel}: not valid COCO JSON ({type(exc).__name__}: {exc})",
         )
         yield from unreferenced(ctx, image_dir)
         return
@@ -66,7 +70,7 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
         image_id = ann.get("image_id")
         if image_id not in images:
             yield Quarantined(
-                ann_rel, "read", "missing_file", f"{where}: image_id {image_id!r} is not in 'images'"
+                ann_rel, "read", Reason.MISSING_FILE, f"{where}: image_id {image_id!r} is not in 'images'"
             )
             continue
         cat = categories.get(ann.get("category_id"))
@@ -75,13 +79,13 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
                 (),
                 where=where,
                 error=(
-                    "unknown_label",
+                    Reason.UNKNOWN_LABEL,
                     f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'",
                 ),
             )
         else:
             box = _box(ann)
-            error = None if box is not None else ("missing_box", f"{where}: no [x, y, w, h] bbox")
+            error = None if box is not None else (Reason.MISSING_BOX, f"{where}: no [x, y, w, h] bbox")
             a = Annotation(
                 (str(cat.get("name", "")), str(cat["id"])), box or (0, 0, 0, 0), where=where, error=error
             )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import FIELD_TOKEN, LayoutReader
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext
 from gmai_pipeline.readers.layout import (
     Found,
@@ -119,7 +120,7 @@ def decide(
             return _split_unknown(ctx, f.rel)
         name = shown()
         return Quarantined(
-            name, "read", "split_unknown", f"{name}: in none of the split lists and no split.default"
+            name, "read", Reason.SPLIT_UNKNOWN, f"{name}: in none of the split lists and no split.default"
         )
     try:
         modality = _modality(ctx, opts.modality, values, shown or ctx.namer(f.rel))

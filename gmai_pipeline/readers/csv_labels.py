@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, CsvLabelsReader
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -42,7 +43,7 @@ def read_csv_rows(
 ) -> Iterator[Event]:
     if csv_rel not in ctx.files:
         yield Quarantined(
-            csv_rel, "read", "missing_file", f"{csv_rel}: label CSV not found in the dataset folder"
+            csv_rel, "read", Reason.MISSING_FILE, f"{csv_rel}: label CSV not found in the dataset folder"
         )
         return
     ctx.claim(csv_rel)
@@ -56,7 +57,7 @@ def read_csv_rows(
                 yield Quarantined(
                     csv_rel,
                     "read",
-                    "unreadable",
+                    Reason.UNREADABLE,
                     f"{csv_rel}: column(s) {missing} not in the header {columns}",
                 )
                 return
@@ -65,7 +66,7 @@ def read_csv_rows(
                 where = f"{csv_rel} line {line}"
                 if not ref:
                     yield Quarantined(
-                        csv_rel, "read", "missing_file", f"{where}: empty '{image_column}' cell"
+                        csv_rel, "read", Reason.MISSING_FILE, f"{where}: empty '{image_column}' cell"
                     )
                     continue
                 rel = join(image_dir, ref)
@@ -77,4 +78,4 @@ def read_csv_rows(
     except ImageError as err:  # not UTF-8, or changed or swapped since the scan
         yield Quarantined(csv_rel, "read", err.reason, err.detail)
     except csv.Error as exc:
-        yield Quarantined(csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({exc})")
+        yield Quarantined(csv_rel, "read", Reason.UNREADABLE, f"{csv_rel}: not a readable CSV ({exc})")

@@ -52,6 +52,7 @@ import numpy as np
 from gmai_pipeline.catalog import DICOM_EXTENSIONS, DicomReader, SourceDataset
 from gmai_pipeline.decode_guard import DecodeBudget, decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug, to_uint8
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, join
 from gmai_pipeline.storage import md5_bytes
 from gmai_pipeline.volumes import window_for
@@ -190,7 +191,7 @@ def pixel_array(ds, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
     from pydicom.pixels.decoders.base import get_decoder
 
     if "PixelData" not in ds:
-        raise ImageError("unreadable", f"{rel}: no pixel data")
+        raise ImageError(Reason.UNREADABLE, f"{rel}: no pixel data")
     if budget is not None:
         budget.check(declared_pixel_bytes(ds), rel, "its pixel data")
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -201,16 +202,16 @@ def pixel_array(ds, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
             available = False
         if not available:
             raise ImageError(
-                "unsupported_codec", f"{rel}: compressed transfer syntax with no installed decoder"
+                Reason.UNSUPPORTED_CODEC, f"{rel}: compressed transfer syntax with no installed decoder"
             )
     try:
         return ds.pixel_array
     except Exception as exc:
         msg = str(exc).lower()
         reason = (
-            "truncated"
+            Reason.TRUNCATED
             if any(k in msg for k in ("less than expected", "length", "truncat", "end of"))
-            else "unsupported_codec"
+            else Reason.UNSUPPORTED_CODEC
         )
         raise ImageError(reason, f"{rel}: pixel data cannot be decoded ({type(exc).__name__})") from None
 
@@ -234,7 +235,7 @@ def decode(ds, rel: str, slug: str, ct_window, budget: DecodeBudget | None = Non
     else:
         img = arr[..., :3] if arr.dtype == np.uint8 else to_uint8(arr[..., :3])
     if img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
-        raise ImageError("unreadable", f"{rel}: unexpected pixel array shape")
+        raise ImageError(Reason.UNREADABLE, f"{rel}: unexpected pixel array shape")
     return img, pixel_md5
 
 
@@ -353,7 +354,7 @@ def read_header(ctx: ReaderContext, rel: str, label: str | None = None) -> Heade
         except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, struct errors ...
             shown = names.unread(rel)
             kind = "not a DICOM file" if isinstance(exc, InvalidDicomError) else "not a readable DICOM file"
-            return Quarantined(shown, "read", "unreadable", f"{shown}: {kind} ({type(exc).__name__})")
+            return Quarantined(shown, "read", Reason.UNREADABLE, f"{shown}: {kind} ({type(exc).__name__})")
         try:
             values = header_values(ds)
         except Exception as exc:  # noqa: BLE001 - a corrupt element: its name cannot be checked
@@ -361,7 +362,7 @@ def read_header(ctx: ReaderContext, rel: str, label: str | None = None) -> Heade
             return Quarantined(
                 shown,
                 "read",
-                "unreadable",
+                Reason.UNREADABLE,
                 f"{shown}: an identifying header element cannot be decoded ({type(exc).__name__})",
             )
         shown = names.read(rel, values, f"file-{ctx.md5(rel)[:16]}")
@@ -369,7 +370,7 @@ def read_header(ctx: ReaderContext, rel: str, label: str | None = None) -> Heade
             return Quarantined(
                 shown,
                 "annotate",
-                "missing_label",
+                Reason.MISSING_LABEL,
                 f"{shown}: its label looks like an identifier; give the catalog entry a labels map",
             )
         try:
@@ -378,7 +379,7 @@ def read_header(ctx: ReaderContext, rel: str, label: str | None = None) -> Heade
             err = decoder_failure(exc, shown, "DICOM file")
             return Quarantined(shown, "read", err.reason, err.detail)
         if risk:
-            return Quarantined(shown, "privacy", "burned_in_text_risk", f"{shown}: {risk}")
+            return Quarantined(shown, "privacy", Reason.BURNED_IN_TEXT_RISK, f"{shown}: {risk}")
     return Header(rel, shown, ds, names.plan(rel, values))
 
 
@@ -437,7 +438,7 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
                 ctx.claim(rel)
                 shown = names.unread(rel)
                 yield Quarantined(
-                    shown, "annotate", "missing_label", f"{shown}: no label CSV and no class folder"
+                    shown, "annotate", Reason.MISSING_LABEL, f"{shown}: no label CSV and no class folder"
                 )
                 continue
             yield _at_boundary(ctx, opts, names, rel, parts[-2], "its class folder")
@@ -446,7 +447,9 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
             ctx.claim(rel)
             ctx.saw_image(rel)
             shown = names.unread(rel)
-            yield Quarantined(shown, "read", "unreferenced_file", f"{shown}: DICOM file has no label entry")
+            yield Quarantined(
+                shown, "read", Reason.UNREFERENCED_FILE, f"{shown}: DICOM file has no label entry"
+            )
 
 
 def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator[Event]:
@@ -458,7 +461,7 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator
             missing = [c for c in (opts.file_column, opts.label_column) if c not in (reader.fieldnames or [])]
             if missing:
                 yield Quarantined(
-                    csv_rel, "read", "unreadable", f"{csv_rel}: column(s) {missing} not in the header"
+                    csv_rel, "read", Reason.UNREADABLE, f"{csv_rel}: column(s) {missing} not in the header"
                 )
                 return
             for line, record in enumerate(reader, start=2):
@@ -467,7 +470,7 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator
                 where = f"{csv_rel} line {line}"
                 if rel is None:
                     yield Quarantined(
-                        csv_rel, "read", "path_refused", f"{where}: empty or escaping file reference"
+                        csv_rel, "read", Reason.PATH_REFUSED, f"{where}: empty or escaping file reference"
                     )
                     continue
                 yield _at_boundary(ctx, opts, names, rel, record.get(opts.label_column) or "", where)
@@ -475,7 +478,7 @@ def _csv_inputs(ctx: ReaderContext, opts: DicomReader, names: Names) -> Iterator
         yield Quarantined(csv_rel, "read", err.reason, err.detail)
     except csv.Error as exc:
         yield Quarantined(
-            csv_rel, "read", "unreadable", f"{csv_rel}: not a readable CSV ({type(exc).__name__})"
+            csv_rel, "read", Reason.UNREADABLE, f"{csv_rel}: not a readable CSV ({type(exc).__name__})"
         )
 
 
@@ -490,7 +493,7 @@ def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_lab
     if rel not in ctx.files:
         shown = names.unread(rel, f"missing-{where.rsplit(' ', 1)[-1]}" if " line " in where else None)
         return Quarantined(
-            shown, "read", "missing_file", f"{shown}: named by {where} but not in the dataset folder"
+            shown, "read", Reason.MISSING_FILE, f"{shown}: named by {where} but not in the dataset folder"
         )
     ctx.claim(rel)
     ctx.saw_image(rel)
@@ -500,14 +503,14 @@ def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_lab
         return Quarantined(
             shown,
             "annotate",
-            reason or "unknown_label",
+            reason or Reason.UNKNOWN_LABEL,
             f"{shown}: label in {where} is not in the catalog's labels",
         )
     split = ctx.split_of(rel)
     if split not in ctx.source.splits:
         shown = names.unread(rel)
         return Quarantined(
-            shown, "read", "split_excluded", f"{shown}: split '{split}' not in the catalog's splits"
+            shown, "read", Reason.SPLIT_EXCLUDED, f"{shown}: split '{split}' not in the catalog's splits"
         )
     header = read_header(ctx, rel, label)
     if isinstance(header, Quarantined):
@@ -521,7 +524,7 @@ def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_lab
     name = final_name(header, pixel_md5)
     first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
     if first is not None:
-        return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
+        return Quarantined(name, "dedup", Reason.DUPLICATE_IMAGE, f"{name}: same decoded pixels as {first}")
     target = str(PurePosixPath(name).with_suffix(".png"))
     try:
         stored = ctx.store.store_array(img, name, target)

@@ -35,6 +35,7 @@ from gmai_pipeline.converters.dicom_series import DicomFile, DicomSeriesOptions,
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug
 from gmai_pipeline.layouts import LayoutReader
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
 from gmai_pipeline.readers.converted import Decided, Inputs, decide, gather
 from gmai_pipeline.readers.dicom import looks_like_identifier
@@ -109,7 +110,7 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
             yield Quarantined(
                 seg.file.name,
                 "read",
-                "unreferenced_file",
+                Reason.UNREFERENCED_FILE,
                 f"{seg.file.name}: DICOM SEG references no series found",
             )
 
@@ -140,7 +141,7 @@ def _scan_seg_files(ctx, conv: DicomSeriesOptions, rels: list[str], segs: list) 
             yield Quarantined(
                 h.file.name,
                 "read",
-                "unsupported_mask",
+                Reason.UNSUPPORTED_MASK,
                 f"{h.file.name}: not a DICOM SEG object (convert.mask: dicom_seg)",
             )
 
@@ -177,7 +178,7 @@ def _folder(ctx, opts, conv, inputs: Inputs, folder: str, members: list, segs, u
         yield Quarantined(
             shown,
             "read",
-            "split_excluded",
+            Reason.SPLIT_EXCLUDED,
             f"{shown}: split '{unit.split}' not in the catalog's splits {list(ctx.source.splits)} "
             f"({len(rels)} files, not read)",
         )
@@ -237,7 +238,7 @@ def _series(
     try:
         sv = ds_mod.load(series, conv, sname, ctx.store.budget)
     except ImageError as err:
-        step = "privacy" if err.reason == "burned_in_text_risk" else "read"
+        step = "privacy" if err.reason == Reason.BURNED_IN_TEXT_RISK else "read"
         return Quarantined(sname, step, err.reason, err.detail)
     labels = _labels(ctx, conv, inputs, unit, series, sv, sname, values, segs, used_segs)
     if isinstance(labels, Quarantined):
@@ -248,7 +249,7 @@ def _series(
         return Quarantined(
             sname,
             "annotate",
-            "unknown_label",
+            Reason.UNKNOWN_LABEL,
             f"{sname}: label values {unknown} in {mask_name} are not in the label map",
         )
     image8 = volume_to_uint8(
@@ -264,7 +265,7 @@ def _series(
         return Quarantined(
             sname,
             "annotate",
-            "empty_mask",
+            Reason.EMPTY_MASK,
             f"{sname}: no slice of {mask_name} has a component above the size limits",
         )
     ctx.counters["series_kept"] += 1
@@ -278,7 +279,9 @@ def _labels(ctx, conv, inputs: Inputs, unit: Decided, series, sv, sname: str, va
     if kind == "dicom_seg":
         found = ds_mod.matching_seg([s for s, _ in segs], series)
         if not found:
-            return Quarantined(sname, "read", "missing_file", f"{sname}: no DICOM SEG references this series")
+            return Quarantined(
+                sname, "read", Reason.MISSING_FILE, f"{sname}: no DICOM SEG references this series"
+            )
         out = None
         for seg in found:
             used_segs.update(rel for s, rel in segs if s is seg)
@@ -291,7 +294,7 @@ def _labels(ctx, conv, inputs: Inputs, unit: Decided, series, sv, sname: str, va
     shown = [_shown_file(ctx, m.rel, values, dicom=m.rel.lower().endswith(".dcm")) for m in masks]
     expected = " or ".join(inputs.plan.opts.masks.path)  # type: ignore[union-attr]
     if not masks:
-        return Quarantined(sname, "read", "missing_file", f"{sname}: no mask file matches {expected}")
+        return Quarantined(sname, "read", Reason.MISSING_FILE, f"{sname}: no mask file matches {expected}")
     if kind == "slices":
         loaders = [
             (lambda rel=m.rel, name=n: load_mask(ctx.read(rel, lambda _: name), name, budget), n, m.rel)
@@ -305,7 +308,7 @@ def _labels(ctx, conv, inputs: Inputs, unit: Decided, series, sv, sname: str, va
             return Quarantined(
                 sname,
                 "read",
-                "mask_mismatch",
+                Reason.MASK_MISMATCH,
                 f"{sname}: {len(masks)} label volumes match ({shown[0]}, ...); expected one",
             )
         with ctx.open(masks[0].rel, lambda _: shown[0]) as fh:
@@ -326,7 +329,7 @@ def _labels(ctx, conv, inputs: Inputs, unit: Decided, series, sv, sname: str, va
         return Quarantined(
             sname,
             "read",
-            "mask_mismatch",
+            Reason.MASK_MISMATCH,
             f"{sname}: {len(candidates)} label series match {expected}; expected one",
         )
     return ds_mod.load_series_mask(

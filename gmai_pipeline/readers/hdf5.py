@@ -26,6 +26,7 @@ from gmai_pipeline.converters.hdf5 import Hdf5Record, inspect, iter_records, rec
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import Hdf5Convert, LayoutReader
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
 from gmai_pipeline.readers.converted import Decided, decide, fill, gather
 from gmai_pipeline.readers.masks import mask_rows
@@ -66,7 +67,10 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
             ctx.saw_image(f.rel)
             want = labels_rel or conv.labels_file
             yield Quarantined(
-                f.rel, "read", "missing_file", f"{f.rel}: its label file {want} is not in the dataset folder"
+                f.rel,
+                "read",
+                Reason.MISSING_FILE,
+                f"{f.rel}: its label file {want} is not in the dataset folder",
             )
             continue
         yield from _file(ctx, opts, conv, unit, labels_rel)
@@ -135,7 +139,7 @@ def _record(ctx: ReaderContext, opts, conv: Hdf5Convert, unit: Decided, rec: Hdf
             return Quarantined(
                 name,
                 "annotate",
-                reason or "unknown_label",
+                reason or Reason.UNKNOWN_LABEL,
                 f"{name}: label '{shown}' is not in the catalog's labels",
             )
         stored = store.store_array(rec.image, name, target)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gmai_pipeline.catalog import ImageFolderReader
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import (
     SPLIT_ALIASES,
     Annotation,
@@ -48,7 +49,7 @@ def read(ctx: ReaderContext, opts: ImageFolderReader) -> Iterator[Event]:
             yield Quarantined(
                 shown,
                 "annotate",
-                "missing_label",
+                Reason.MISSING_LABEL,
                 f"{shown}: not directly inside a class folder (<class>/<image> or <split>/<class>/<image>); "
                 "declare where the class is with kind: layout",
             )

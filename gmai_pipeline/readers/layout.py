@@ -30,6 +30,7 @@ from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
 from gmai_pipeline.layouts import BUILTIN_FIELDS, LayoutReader, ValueSource, WsiConvert
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -216,7 +217,7 @@ def _modality(
 def _split_unknown(ctx: ReaderContext, rel: str) -> Quarantined:
     shown = ctx.shown(rel)
     return Quarantined(
-        shown, "read", "split_unknown", f"{shown}: in none of the split lists and no split.default"
+        shown, "read", Reason.SPLIT_UNKNOWN, f"{shown}: in none of the split lists and no split.default"
     )
 
 
@@ -230,7 +231,7 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
         rel = ctx.at(path)
         if rel not in ctx.files:
             events.append(
-                Quarantined(rel, "read", "missing_file", f"{rel}: split list for '{split}' not found")
+                Quarantined(rel, "read", Reason.MISSING_FILE, f"{rel}: split list for '{split}' not found")
             )
             continue
         ctx.claim(rel)
@@ -285,7 +286,7 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
     for rel in _table_files(ctx, spec.file):  # type: ignore[union-attr]
         if rel not in ctx.files:
             events.append(
-                Quarantined(rel, "read", "missing_file", f"{rel}: table not found in the dataset folder")
+                Quarantined(rel, "read", Reason.MISSING_FILE, f"{rel}: table not found in the dataset folder")
             )
             continue
         ctx.claim(rel)
@@ -380,15 +381,15 @@ def _one_hot(spec, values: dict, where: str) -> list[Annotation]:
                 anns.append(Annotation((col,), where=where))
             elif spec.uncertain.policy == "quarantine":
                 detail = f"{where}: '{col}' is uncertain ({cell}); policy quarantine"
-                anns.append(Annotation((col,), where=where, error=("uncertain_label", detail)))
+                anns.append(Annotation((col,), where=where, error=(Reason.UNCERTAIN_LABEL, detail)))
         elif cell and cell.lower() not in ("false", "no", "nan") and _number(cell) != 0:
             detail = (
                 f"{where}: column '{col}' has {cell!r}, neither positive {list(spec.positive)} nor 0/empty"
             )
-            anns.append(Annotation((col,), where=where, error=("unknown_label", detail)))
+            anns.append(Annotation((col,), where=where, error=(Reason.UNKNOWN_LABEL, detail)))
     if not anns:
         detail = f"{where}: no column of {list(spec.columns)} is positive"
-        return [Annotation((), where=where, error=("missing_label", detail))]
+        return [Annotation((), where=where, error=(Reason.MISSING_LABEL, detail))]
     return anns
 
 
@@ -463,7 +464,9 @@ def _row_boxes(opts: LayoutReader, values: dict, label: tuple[str, ...], where: 
     """Detection annotations of one row: its boxes, a no-finding marker, or an error."""
     spec = opts.boxes
     if spec.no_finding and all_hold(spec.no_finding, values) is None:  # type: ignore[union-attr]
-        return [Annotation(label, where=where, error=("no_finding", f"{where}: the row says no finding"))]
+        return [
+            Annotation(label, where=where, error=(Reason.NO_FINDING, f"{where}: the row says no finding"))
+        ]
     if spec.columns is not None:  # type: ignore[union-attr]
         cells = [(values.get(c) or "").strip() for c in spec.columns]  # type: ignore[union-attr]
         parsed = None if not any(cells) else _box_values(cells, where)
@@ -472,10 +475,12 @@ def _row_boxes(opts: LayoutReader, values: dict, label: tuple[str, ...], where: 
         parsed = _parse_cell(cell, where) if cell and cell not in ("[]", "nan") else None
     if parsed is None:
         return [
-            Annotation(label, (0, 0, 0, 0), where=where, error=("missing_box", f"{where}: no box in the row"))
+            Annotation(
+                label, (0, 0, 0, 0), where=where, error=(Reason.MISSING_BOX, f"{where}: no box in the row")
+            )
         ]
     if isinstance(parsed, str):
-        return [Annotation(label, (0, 0, 0, 0), where=where, error=("missing_box", parsed))]
+        return [Annotation(label, (0, 0, 0, 0), where=where, error=(Reason.MISSING_BOX, parsed))]
     norm = spec.units == "normalized"  # type: ignore[union-attr]
     return [Annotation(label, _xyxy(b, spec.format), normalized=norm, where=where) for b in parsed]  # type: ignore[union-attr]
 
@@ -569,7 +574,7 @@ def _table_row(ctx, opts: LayoutReader, finder: _Finder, table_rel: str, line: i
     where = f"{table_rel} line {line}"
     cell = (row.get(opts.table.image) or "").strip()  # type: ignore[union-attr]
     if not cell:
-        yield Quarantined(table_rel, "read", "missing_file", f"{where}: empty image cell")
+        yield Quarantined(table_rel, "read", Reason.MISSING_FILE, f"{where}: empty image cell")
         return
     rel, f = finder.find(cell, table_rel)
     values = {**row, **(f.fields if f else {})}
@@ -628,8 +633,8 @@ def _merge(ctx, threshold: float, anns: list[tuple[str, Annotation]]) -> list[tu
     """Fuse same-label boxes of different annotators (IoU >= threshold) into their mean; errors pass,
     no-finding rows count once per image and not at all where someone drew a box."""
     boxes = [(a, x) for a, x in anns if x.error is None and x.box is not None]
-    others = [(a, x) for a, x in anns if x.error is not None and x.error[0] != "no_finding"]
-    no_finding = [(a, x) for a, x in anns if x.error is not None and x.error[0] == "no_finding"]
+    others = [(a, x) for a, x in anns if x.error is not None and x.error[0] != Reason.NO_FINDING]
+    no_finding = [(a, x) for a, x in anns if x.error is not None and x.error[0] == Reason.NO_FINDING]
     clusters: list[list[tuple[str, Annotation]]] = []
     for a, x in boxes:
         for c in clusters:

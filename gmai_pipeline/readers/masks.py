@@ -22,6 +22,7 @@ from PIL import Image
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS
 from gmai_pipeline.decode_guard import DecodeBudget
 from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, is_dicom
 from gmai_pipeline.volumes import mask_boxes
 
@@ -63,7 +64,7 @@ def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None) -> np.n
     if arr.ndim == 3:
         if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(3, arr.shape[2]))):
             raise ImageError(
-                "unsupported_mask", f"{rel}: colour mask (channels differ); expected label indices"
+                Reason.UNSUPPORTED_MASK, f"{rel}: colour mask (channels differ); expected label indices"
             )
         arr = arr[..., 0]
     if arr.dtype == bool:
@@ -101,7 +102,7 @@ def mask_rows(
         return Quarantined(
             rel,
             "annotate",
-            "empty_mask",
+            Reason.EMPTY_MASK,
             f"{rel}: mask {mask_rel} has no foreground component above the size limits",
         )
     labels: dict[int, str] = {}
@@ -121,7 +122,7 @@ def mask_rows(
         return Quarantined(
             rel,
             "annotate",
-            "unknown_label",
+            Reason.UNKNOWN_LABEL,
             f"{rel}: mask {what} in {mask_rel} are not in the label map",
         )
     try:
@@ -160,7 +161,9 @@ def _seg_image(ctx, opts, rel: str, masks: list[MaskFile], split: str, modality:
     # A DICOM image's masks are usually named after it: they are shown as pseudonymously as the image.
     display = ctx.dicom_names.unread if dicom else (lambda r: r)
     if not masks:
-        return Quarantined(shown(), "read", "missing_file", f"{shown()}: mask {display(expected)} not found")
+        return Quarantined(
+            shown(), "read", Reason.MISSING_FILE, f"{shown()}: mask {display(expected)} not found"
+        )
     for m in masks:
         ctx.claim(m.rel)
     return _seg_with(
@@ -204,7 +207,14 @@ def _seg_with(ctx, opts, rel: str, split: str, modality: str | None, make) -> Ev
 
 # Reasons about the annotation rather than the file (the quarantine table's `step`).
 ANNOTATE_REASONS = frozenset(
-    {"unknown_label", "empty_mask", "invalid_rle", "rle_outside_image", "degenerate_polygon", "no_finding"}
+    {
+        Reason.UNKNOWN_LABEL,
+        Reason.EMPTY_MASK,
+        Reason.INVALID_RLE,
+        Reason.RLE_OUTSIDE_IMAGE,
+        Reason.DEGENERATE_POLYGON,
+        Reason.NO_FINDING,
+    }
 )
 
 
@@ -235,7 +245,7 @@ def _open_dicom(ctx, rel: str):
     name = final_name(header, pixel_md5)
     first = ctx.duplicate_of(name, md5="pixels:" + pixel_md5)
     if first is not None:
-        return Quarantined(name, "dedup", "duplicate_image", f"{name}: same decoded pixels as {first}")
+        return Quarantined(name, "dedup", Reason.DUPLICATE_IMAGE, f"{name}: same decoded pixels as {first}")
     target = str(PurePosixPath(name).with_suffix(".png"))
     return (img.shape[1], img.shape[0]), lambda store: store.store_array(img, name, target), name
 
@@ -253,7 +263,7 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
             raise ImageError(err.reason, err.detail.replace(m.rel, display(m.rel))) from None
         if (arr.shape[1], arr.shape[0]) != size:
             raise ImageError(
-                "shape_mismatch",
+                Reason.SHAPE_MISMATCH,
                 f"{shown}: image is {size[0]}x{size[1]} but mask {display(m.rel)} is {arr.shape[1]}x{arr.shape[0]}",
             )
         if len(masks) == 1 and m.label is None and arr.dtype.kind == "u":  # one label map: as it is
@@ -290,6 +300,6 @@ def _load_mask_file(ctx, rel: str) -> np.ndarray:
                 raise
             except Exception as exc:  # noqa: BLE001 - type only: pydicom's text can quote the header
                 raise ImageError(
-                    "unreadable", f"{ctx.shown(rel)}: mask not readable ({type(exc).__name__})"
+                    Reason.UNREADABLE, f"{ctx.shown(rel)}: mask not readable ({type(exc).__name__})"
                 ) from None
     return load_mask(ctx.read(rel), rel, ctx.store.budget)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 from gmai_pipeline.catalog import MsdReader
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext, join, unreferenced_file
 from gmai_pipeline.readers.templates import all_hold
 from gmai_pipeline.readers.volume_cases import VOLUME_EXTENSIONS, MaskFile, VolumeCase, case_events, selected
@@ -153,7 +154,7 @@ def read(ctx: ReaderContext, opts: MsdReader) -> Iterator[Event]:
             yield Quarantined(json_rel, "read", err.reason, err.detail)
             meta = {}
         except (ValueError, TypeError) as exc:
-            yield Quarantined(json_rel, "read", "unreadable", f"{json_rel}: not valid JSON ({exc})")
+            yield Quarantined(json_rel, "read", Reason.UNREADABLE, f"{json_rel}: not valid JSON ({exc})")
             meta = {}
     v2 = "file_ending" in meta or "channel_names" in meta
     channel_names = _index_names(meta.get("channel_names") or meta.get("modality"))

@@ -38,6 +38,7 @@ from gmai_pipeline.converters.polygons import (
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext, unreferenced_file
 from gmai_pipeline.readers.converted import Decided, decide, gather
 from gmai_pipeline.readers.masks import Mask2D, seg_image_with
@@ -66,7 +67,9 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         files = inputs.masks_of(f)
         if not files:
             shown = ctx.shown(f.rel)
-            yield Quarantined(shown, "read", "missing_file", f"{shown}: annotation file {expected} not found")
+            yield Quarantined(
+                shown, "read", Reason.MISSING_FILE, f"{shown}: annotation file {expected} not found"
+            )
             continue
         shapes: list[Shape] = []
         failed = None
@@ -124,7 +127,7 @@ def shapes_mask(
     value_of = {label: i + 1 for i, label in enumerate(labels)}
     names = {v: label for label, v in value_of.items()}
     if not labels:
-        raise ImageError("empty_mask", f"{name}: {desc} has no area shape")
+        raise ImageError(Reason.EMPTY_MASK, f"{name}: {desc} has no area shape")
     if conv.instances:
         positives = positive_labels(shapes)
         _check_size(ctx, width, height, name, len(positives))
@@ -164,7 +167,9 @@ def _coco(ctx: ReaderContext, opts: LayoutReader, conv: PolygonOptions, inputs) 
         folder = posixpath.dirname(ctx.inner(m.rel))
         for img in data.get("images") or []:
             if not isinstance(img, dict) or not str(img.get("file_name") or "").strip():
-                yield Quarantined(m.rel, "read", "unreadable", f"{m.rel}: an images entry without file_name")
+                yield Quarantined(
+                    m.rel, "read", Reason.UNREADABLE, f"{m.rel}: an images entry without file_name"
+                )
                 continue
             name = str(img["file_name"]).replace("\\", "/").strip()
             for key in (posixpath.normpath(posixpath.join(folder, name)), posixpath.normpath(name)):
@@ -197,7 +202,7 @@ def _coco(ctx: ReaderContext, opts: LayoutReader, conv: PolygonOptions, inputs) 
             yield Quarantined(
                 json_rel,
                 "read",
-                "missing_file",
+                Reason.MISSING_FILE,
                 f"{json_rel}: image '{name}' is named but not in the dataset folder",
             )
 
@@ -208,10 +213,10 @@ def _load_json(ctx: ReaderContext, rel: str) -> dict | Quarantined:
     except ImageError as err:
         return Quarantined(rel, "read", err.reason, err.detail)
     except (ValueError, RecursionError) as exc:
-        return Quarantined(rel, "read", "unreadable", f"{rel}: not valid JSON ({type(exc).__name__})")
+        return Quarantined(rel, "read", Reason.UNREADABLE, f"{rel}: not valid JSON ({type(exc).__name__})")
     if not isinstance(data, dict):
         return Quarantined(
-            rel, "read", "unreadable", f"{rel}: not a COCO object (images, annotations, categories)"
+            rel, "read", Reason.UNREADABLE, f"{rel}: not a COCO object (images, annotations, categories)"
         )
     return data
 
@@ -226,18 +231,18 @@ def _coco_image(ctx: ReaderContext, opts: LayoutReader, conv: PolygonOptions, un
             declared = (int(img.get("width") or width), int(img.get("height") or height))
         except (TypeError, ValueError):
             raise ImageError(
-                "unreadable", f"{json_rel}: image {img.get('id')}: width/height are not numbers"
+                Reason.UNREADABLE, f"{json_rel}: image {img.get('id')}: width/height are not numbers"
             ) from None
         if declared != (width, height):
             raise ImageError(
-                "shape_mismatch",
+                Reason.SHAPE_MISMATCH,
                 f"{name}: the image is {width}x{height}, {json_rel} says {declared[0]}x{declared[1]}",
             )
         labels = [label or cats.get(a.get("category_id"), str(a.get("category_id"))) for a in anns]
         values = {lab: i + 1 for i, lab in enumerate(sorted(set(labels)))}
         names = {v: lab for lab, v in values.items()}
         if not anns:
-            raise ImageError("empty_mask", f"{name}: {json_rel} has no annotation for it")
+            raise ImageError(Reason.EMPTY_MASK, f"{name}: {json_rel} has no annotation for it")
         _check_size(ctx, width, height, name, len(anns) if conv.instances else len(values))
         out = np.zeros((height, width), np.uint32 if conv.instances else np.uint16)
         for i, (a, lab) in enumerate(zip(anns, labels, strict=True), start=1):

@@ -13,6 +13,7 @@ import fnmatch
 from pathlib import Path, PurePosixPath
 
 from gmai_pipeline.layouts import LayoutReader, ReaderBase
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.archives import ArchiveError, find_archives, unpack
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext
 from gmai_pipeline.readers.templates import Template
@@ -108,7 +109,7 @@ def unpack_archives(ctx: ReaderContext, spec: ReaderBase, cache: Path) -> tuple[
                 Quarantined(
                     pattern,
                     "read",
-                    "missing_file",
+                    Reason.MISSING_FILE,
                     f"{pattern}: reader.unpack names no archive in the dataset folder",
                 )
             )

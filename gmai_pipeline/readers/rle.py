@@ -19,6 +19,7 @@ from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D
 from gmai_pipeline.converters.rle import RleImage, RleOptions, RleRow, is_empty, merge
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext, is_dicom
 from gmai_pipeline.readers.converted import decide, gather
 from gmai_pipeline.readers.layout import _tables
@@ -58,7 +59,7 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         if not rows:
             tables_named = ", ".join(t.rel for t in tables) or "the table"
             yield Quarantined(
-                shown, "read", "unreferenced_file", f"{shown}: no row of {tables_named} names this image"
+                shown, "read", Reason.UNREFERENCED_FILE, f"{shown}: no row of {tables_named} names this image"
             )
             continue
         rle_rows = [
@@ -75,7 +76,9 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
                 if len(rle_rows) == 1
                 else f"{len(rle_rows)} rows ({rle_rows[0].where}, ...)"
             )
-            yield Quarantined(shown, "annotate", "no_finding", f"{shown}: {where}: the table says no mask")
+            yield Quarantined(
+                shown, "annotate", Reason.NO_FINDING, f"{shown}: {where}: the table says no mask"
+            )
             continue
         yield seg_image_with(
             ctx,
@@ -93,7 +96,7 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         yield Quarantined(
             rel,
             "read",
-            "missing_file",
+            Reason.MISSING_FILE,
             f"{rel} line {line}: image{named} ({len(rows)} row(s)) matches no file of the images templates",
         )
 
@@ -109,7 +112,7 @@ def _mask(ctx, opts: LayoutReader, conv: RleOptions, rows: list[RleRow], size, n
         return Mask2D(image.labels, {}, True, desc)
     labels = sorted({r.label for r in rows if not is_empty(r.rle)})
     if "" in labels:
-        raise ImageError("missing_label", f"{name}: a row of {desc} has no label")
+        raise ImageError(Reason.MISSING_LABEL, f"{name}: a row of {desc} has no label")
     values = {label: i + 1 for i, label in enumerate(labels)}
     names = {v: label for label, v in values.items()}
     image = merge(rows, height, width, conv, values)

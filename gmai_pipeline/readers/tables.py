@@ -14,11 +14,13 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from gmai_pipeline.quarantine import Reason
+
 DELIMITERS = (",", ";", "\t", "|")
 
 
 class TableError(Exception):
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: Reason, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
 
@@ -70,11 +72,15 @@ def raw_rows(data: bytes, rel: str, delimiter: str | None = None, sheet: str | N
         else:
             yield from _csv_rows(data, rel, delimiter)
     except KeyError:
-        raise TableError("unreadable", f"{rel}: no sheet named {sheet!r}") from None
+        raise TableError(Reason.UNREADABLE, f"{rel}: no sheet named {sheet!r}") from None
     except (UnicodeDecodeError, csv.Error, OSError, ValueError) as exc:
-        raise TableError("unreadable", f"{rel}: not a readable table ({type(exc).__name__}: {exc})") from None
+        raise TableError(
+            Reason.UNREADABLE, f"{rel}: not a readable table ({type(exc).__name__}: {exc})"
+        ) from None
     except Exception as exc:  # openpyxl raises its own types for a damaged workbook
-        raise TableError("unreadable", f"{rel}: not a readable workbook ({type(exc).__name__})") from None
+        raise TableError(
+            Reason.UNREADABLE, f"{rel}: not a readable workbook ({type(exc).__name__})"
+        ) from None
 
 
 def read_table(
@@ -96,7 +102,7 @@ def read_table(
     try:
         line, first = next(rows_iter)
     except StopIteration:
-        raise TableError("unreadable", f"{rel}: the table is empty") from None
+        raise TableError(Reason.UNREADABLE, f"{rel}: the table is empty") from None
     header_from_file = [c.strip() for c in first]
     if not header_row:
         rows_iter = itertools.chain([(line, first)], rows_iter)
@@ -116,7 +122,8 @@ def read_table(
             missing.append(col)
     if missing:
         raise TableError(
-            "unreadable", f"{rel}: column(s) {missing} not in the header {header} (set table.names to rename)"
+            Reason.UNREADABLE,
+            f"{rel}: column(s) {missing} not in the header {header} (set table.names to rename)",
         )
     rows = []
     for line, cells in rows_iter:
@@ -131,5 +138,7 @@ def read_list(data: bytes, rel: str) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise TableError("unreadable", f"{rel}: not a readable list file ({type(exc).__name__})") from None
+        raise TableError(
+            Reason.UNREADABLE, f"{rel}: not a readable list file ({type(exc).__name__})"
+        ) from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, VocReader
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -35,7 +36,7 @@ def _object(obj: ET.Element, where: str) -> Annotation:
             (name,),
             (0, 0, 0, 0),
             where=where,
-            error=("missing_box", f"{where}: object '{name}' has no valid bndbox"),
+            error=(Reason.MISSING_BOX, f"{where}: object '{name}' has no valid bndbox"),
         )
     return Annotation(
         (name,), (xmin - 1 if xmin >= 1 else xmin, ymin - 1 if ymin >= 1 else ymin, xmax, ymax), where=where
@@ -52,7 +53,7 @@ def read(ctx: ReaderContext, opts: VocReader) -> Iterator[Event]:
             yield Quarantined(xml_rel, "read", err.reason, err.detail)
             continue
         except (ET.ParseError, OSError) as exc:
-            yield Quarantined(xml_rel, "read", "unreadable", f"{xml_rel}: not valid XML ({exc})")
+            yield Quarantined(xml_rel, "read", Reason.UNREADABLE, f"{xml_rel}: not valid XML ({exc})")
             continue
         ref = (root.findtext("filename") or "").strip()
         rel = join(image_dir, ref) if ref else None

@@ -21,9 +21,11 @@ from gmai_pipeline.catalog import load_vocabulary
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug, strip_volume_suffix
 from gmai_pipeline.layouts import ValueSource, VolumeOptions
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
 from gmai_pipeline.readers.masks import MaskFile, mask_rows, value_label
 from gmai_pipeline.readers.values import resolve
+from gmai_pipeline.sample import Sample
 from gmai_pipeline.volumes import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
@@ -66,7 +68,9 @@ def check_modality(value: str, where: str | Callable[[], str]) -> str:
     allowed = load_vocabulary()["modalities"]
     if value not in allowed:
         where = where() if callable(where) else where
-        raise ImageError("unknown_modality", f"{where}: modality '{value}' is not in assets/vocabulary.yaml")
+        raise ImageError(
+            Reason.UNKNOWN_MODALITY, f"{where}: modality '{value}' is not in assets/vocabulary.yaml"
+        )
     return value
 
 
@@ -82,14 +86,14 @@ def case_events(
     for rel, channel in case.images:
         if rel is None:
             yield Quarantined(
-                case.ref, "read", "path_refused", f"{case.ref}: path escapes the dataset folder"
+                case.ref, "read", Reason.PATH_REFUSED, f"{case.ref}: path escapes the dataset folder"
             )
             continue
         if rel not in ctx.files:
             yield Quarantined(
                 rel,
                 "read",
-                "missing_file",
+                Reason.MISSING_FILE,
                 f"{rel}: image volume named by {case.ref or 'the layout'} not found",
             )
             continue
@@ -110,11 +114,11 @@ def case_events(
     if missing or not case.masks:
         what = ", ".join(missing) if missing else "(none declared or matched)"
         for rel, _, _ in todo:
-            yield Quarantined(rel, "read", "missing_file", f"{rel}: label volume {what} not found")
+            yield Quarantined(rel, "read", Reason.MISSING_FILE, f"{rel}: label volume {what} not found")
         return
     labels = _labels(ctx, case)
     if isinstance(labels, ImageError):
-        step = "annotate" if labels.reason == "unknown_label" else "read"
+        step = "annotate" if labels.reason == Reason.UNKNOWN_LABEL else "read"
         for rel, _, _ in todo:
             yield Quarantined(rel, step, labels.reason, labels.detail.replace("{image}", rel))
         return
@@ -150,7 +154,8 @@ def _labels(ctx: ReaderContext, case: VolumeCase):
             unknown = [v for v in label_values(labels) if v and value_label(ctx, v, case.value_names) is None]
             if unknown:
                 return ImageError(
-                    "unknown_label", f"{{image}}: label values {unknown} in {m.rel} are not in the label map"
+                    Reason.UNKNOWN_LABEL,
+                    f"{{image}}: label values {unknown} in {m.rel} are not in the label map",
                 )
             return labels, case.value_names, True, m.rel
         return _combined(ctx, case)
@@ -175,7 +180,8 @@ def _combined(ctx: ReaderContext, case: VolumeCase):
             combined = np.zeros(arr.shape, np.uint16 if len(by_label) > 254 else np.uint8)
         elif arr.shape != combined.shape:
             raise ImageError(
-                "shape_mismatch", f"{{image}}: mask {m.rel} has shape {arr.shape}, others {combined.shape}"
+                Reason.SHAPE_MISMATCH,
+                f"{{image}}: mask {m.rel} has shape {arr.shape}, others {combined.shape}",
             )
         fg = arr > 0
         overlap = int(np.count_nonzero(fg & (combined > 0)))
@@ -189,7 +195,9 @@ def _combined(ctx: ReaderContext, case: VolumeCase):
     if not numeric:
         unknown = [n for n in by_label if value_label(ctx, index[n], names, numeric=False) is None]
         if unknown:
-            raise ImageError("unknown_label", f"{{image}}: structures {unknown} are not in the label map")
+            raise ImageError(
+                Reason.UNKNOWN_LABEL, f"{{image}}: structures {unknown} are not in the label map"
+            )
     return combined, (names or case.value_names), numeric, f"{len(case.masks)} mask files"
 
 
@@ -204,11 +212,11 @@ def _image_event(
         return Quarantined(
             rel,
             "read",
-            "shape_mismatch",
+            Reason.SHAPE_MISMATCH,
             f"{rel}: image shape {volume.shape[:3]} != label shape {labels.shape} ({mask_name})",
         )
     four_d = volume.shape[3] > 1
-    rows: list[dict] = []
+    rows: list[Sample] = []
     stem = strip_volume_suffix(rel)
     for c in range(volume.shape[3]):
         name = case.channel_names.get(c) if four_d else channel
@@ -236,7 +244,7 @@ def _image_event(
         return Quarantined(
             rel,
             "annotate",
-            "empty_mask",
+            Reason.EMPTY_MASK,
             f"{rel}: no slice of {mask_name} has a component above the size limits",
         )
     ctx.counters["volumes_kept"] += 1
@@ -252,8 +260,8 @@ def _modality(ctx: ReaderContext, spec: ValueSource | None, values: dict, rel: s
 
 def _slices(
     ctx, opts, rel, mask_name, split, image8, labels, names, numeric, modality, stem, tag
-) -> list[dict] | Quarantined:
-    rows: list[dict] = []
+) -> list[Sample] | Quarantined:
+    rows: list[Sample] = []
     store = ctx.store_for(modality)
     id_path = f"{rel}/{tag}" if tag else None
     for sl in iter_slices(
@@ -282,5 +290,5 @@ def _slices(
         )
         if isinstance(event, Quarantined):  # labels were checked above; only an image write can fail here
             return event
-        rows.extend(event.rows)
+        rows.extend(event.samples)
     return rows

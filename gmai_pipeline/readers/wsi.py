@@ -38,11 +38,13 @@ from gmai_pipeline.converters.wsi import Tile, TilePlan, iter_mask_tiles, iter_t
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader, WsiConvert
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext
 from gmai_pipeline.readers.converted import Decided, decide, gather
 from gmai_pipeline.readers.masks import value_label
 from gmai_pipeline.readers.templates import all_hold
 from gmai_pipeline.readers.values import resolve
+from gmai_pipeline.sample import Sample
 
 MULTI_FILE = (".mrxs", ".vms", ".vmu")  # index files whose slide data are separate files
 
@@ -89,7 +91,7 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
             yield Quarantined(
                 f.rel,
                 "annotate",
-                "no_annotation",
+                Reason.NO_ANNOTATION,
                 f"{f.rel}: no annotation file ({expected}); slides without one by design need convert.unannotated",
             )
             continue
@@ -115,7 +117,7 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         elif masks:
             if len(masks) > 1:
                 yield Quarantined(
-                    f.rel, "read", "mask_mismatch", f"{f.rel}: {len(masks)} mask slides match {expected}"
+                    f.rel, "read", Reason.MASK_MISMATCH, f"{f.rel}: {len(masks)} mask slides match {expected}"
                 )
                 continue
             mask_rel = masks[0].rel
@@ -154,7 +156,7 @@ def _slide(
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         err = exc if isinstance(exc, ImageError) else decoder_failure(exc, rel, "slide")
-        step = "annotate" if err.reason in ("unknown_label", "missing_label") else "read"
+        step = "annotate" if err.reason in (Reason.UNKNOWN_LABEL, Reason.MISSING_LABEL) else "read"
         return [Quarantined(rel, step, err.reason, err.detail)]
 
 
@@ -171,18 +173,20 @@ def _tiles(
         unknown = [lab for lab in positives if ctx.label([lab])[0] is None]
         if unknown:
             raise ImageError(
-                "unknown_label", f"{rel}: annotation labels {unknown} are not in the catalog's labels"
+                Reason.UNKNOWN_LABEL, f"{rel}: annotation labels {unknown} are not in the catalog's labels"
             )
     fixed = {}
     for what, raw in (("slide label", slide_label), ("background_label", conv.background_label)):
         if raw is not None:
             label, _ = ctx.label([raw])
             if label is None:
-                raise ImageError("unknown_label", f"{rel}: {what} '{raw}' is not in the catalog's labels")
+                raise ImageError(
+                    Reason.UNKNOWN_LABEL, f"{rel}: {what} '{raw}' is not in the catalog's labels"
+                )
             fixed[what] = label
     store = ctx.store_for(unit.modality)
     plans: list[TilePlan] = []
-    rows: list[dict] = []
+    rows: list[Sample] = []
     tiles_kept: Counter = Counter()
     with contextlib.ExitStack() as stack:
         path = stack.enter_context(slide_path(ctx, rel))
@@ -200,7 +204,7 @@ def _tiles(
                     label = _box_label(ctx, value, names, mask_rel is not None, conv.instances)
                     if label is None:
                         raise ImageError(
-                            "unknown_label",
+                            Reason.UNKNOWN_LABEL,
                             f"{rel}: mask value {value} at {tile.position} is not in the catalog's labels",
                         )
                     rows.append(
@@ -225,7 +229,7 @@ def _tiles(
                 )
             if label is None:
                 raise ImageError(
-                    "unknown_label",
+                    Reason.UNKNOWN_LABEL,
                     f"{rel}: the label of tile {tile.position} is not in the catalog's labels",
                 )
             rows.append(ctx.row(rel, unit.split, stored, label, None, tile.position, modality=unit.modality))
@@ -237,7 +241,7 @@ def _tiles(
     if not rows:
         return [
             Quarantined(
-                rel, "annotate", "empty_mask", f"{rel}: no tile with annotated pixels or enough tissue"
+                rel, "annotate", Reason.EMPTY_MASK, f"{rel}: no tile with annotated pixels or enough tissue"
             )
         ]
     ctx.counters["slides_kept"] += 1

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D, YoloReader
 from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Annotation, Event, Quarantined, ReaderContext, image_inputs
 
 
@@ -24,17 +25,20 @@ def _line(line: str, classes: list[str], where: str) -> Annotation:
         coords = [float(v) for v in parts[1:]]
     except (ValueError, IndexError):
         return Annotation(
-            (), where=where, error=("unreadable", f"{where}: not 'class cx cy w h' ({line[:60]!r})")
+            (), where=where, error=(Reason.UNREADABLE, f"{where}: not 'class cx cy w h' ({line[:60]!r})")
         )
     if len(coords) < 4 or (len(coords) > 4 and len(coords) % 2):
         return Annotation(
-            (), where=where, error=("unreadable", f"{where}: expected 4 box numbers or polygon pairs")
+            (), where=where, error=(Reason.UNREADABLE, f"{where}: expected 4 box numbers or polygon pairs")
         )
     if classes and not 0 <= idx < len(classes):
         return Annotation(
             (),
             where=where,
-            error=("unknown_label", f"{where}: class {idx} not in the classes file ({len(classes)} classes)"),
+            error=(
+                Reason.UNKNOWN_LABEL,
+                f"{where}: class {idx} not in the classes file ({len(classes)} classes)",
+            ),
         )
     names = (classes[idx], str(idx)) if classes else (str(idx),)
     if len(coords) == 4:
@@ -86,5 +90,8 @@ def read(ctx: ReaderContext, opts: YoloReader) -> Iterator[Event]:
         if label_rel not in ctx.claimed and label_rel != classes_file:
             ctx.claim(label_rel)
             yield Quarantined(
-                label_rel, "read", "missing_file", f"{label_rel}: label file has no image in {images_dir}/"
+                label_rel,
+                "read",
+                Reason.MISSING_FILE,
+                f"{label_rel}: label file has no image in {images_dir}/",
             )

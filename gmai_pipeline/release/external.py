@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.release.loader import check_record
 from gmai_pipeline.release.records import IMAGE_TOKEN
 from gmai_pipeline.schemas import QUARANTINE_SCHEMA
@@ -146,7 +147,7 @@ def read_corpus(name: str, corpus: ExternalCorpus, config_path: Path) -> tuple[l
             records.append(rec)
         except ValueError as exc:
             rejected.append({"dataset": name, "source_path": f"{path}:{n}", "step": "external_corpus",
-                             "reason": "bad_record", "detail": str(exc)})  # fmt: skip
+                             "reason": Reason.BAD_RECORD, "detail": str(exc)})  # fmt: skip
     return records, rejected
 
 

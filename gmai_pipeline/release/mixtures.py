@@ -31,6 +31,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gmai_pipeline import safe_yaml
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.release.external import ExternalCorpus, load_clean
 from gmai_pipeline.release.loader import check_record
 from gmai_pipeline.release.records import IMAGE_TOKEN, ReleaseRecords, ReleaseRow
@@ -331,7 +332,9 @@ def read_text_dialogue(paths: list[Path]) -> tuple[list[dict[str, Any]], list[di
                 if record["id"] in first_seen:
                     raise ValueError(f"id {record['id']!r} already used at {first_seen[record['id']]}")
             except ValueError as exc:
-                rejected.append({"id": where, "reason": "bad_text_dialogue", "detail": f"{where}: {exc}"})
+                rejected.append(
+                    {"id": where, "reason": Reason.BAD_TEXT_DIALOGUE, "detail": f"{where}: {exc}"}
+                )
                 continue
             first_seen[record["id"]] = where
             records.append(record)

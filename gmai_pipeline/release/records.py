@@ -1,4 +1,4 @@
-"""GENERATED_SCHEMA rows -> the release-records table -> LLaVA/XTuner training records (DESIGN.md "Training records").
+"""GENERATED_SCHEMA rows -> the release-records table -> LLaVA/XTuner training records (README, "The release folder").
 
 The release reads the generated records once. `write_release_records` checks every row of every
 generated table (conversations that parse and follow the LLaVA turn rules, an image that exists and
@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gmai_pipeline.partitions import SHARD_KEYS
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, iter_row_groups
 
@@ -80,20 +81,20 @@ def image_relative_to_root(image: str) -> str:
     return image[len("images/") :] if image.startswith("images/") else image
 
 
-def check_conversations(conversations: Any) -> str | None:
+def check_conversations(conversations: Any) -> Reason | None:
     """None when the turns are valid LLaVA image turns, else the reason code."""
     if not isinstance(conversations, list) or len(conversations) < 2 or len(conversations) % 2:
-        return "bad_turn_count"
+        return Reason.BAD_TURN_COUNT
     for i, turn in enumerate(conversations):
         if not isinstance(turn, dict) or set(turn) != {"from", "value"} or not isinstance(turn["value"], str):
-            return "bad_turn_shape"
+            return Reason.BAD_TURN_SHAPE
         if turn["from"] != ("human" if i % 2 == 0 else "gpt"):
-            return "bad_role_order"
+            return Reason.BAD_ROLE_ORDER
         if not turn["value"].strip():
-            return "empty_turn"
+            return Reason.EMPTY_TURN
     tokens = sum(t["value"].count(IMAGE_TOKEN) for t in conversations)
     if tokens != 1 or not conversations[0]["value"].startswith(IMAGE_TOKEN):
-        return "image_token"
+        return Reason.IMAGE_TOKEN
     return None
 
 
@@ -155,7 +156,7 @@ class RecordsStats:
 Reject = Callable[[dict[str, str]], None]
 
 
-def _rejection(row: dict[str, Any], reason: str, detail: str) -> dict[str, str]:
+def _rejection(row: dict[str, Any], reason: Reason, detail: str) -> dict[str, str]:
     """A QUARANTINE_SCHEMA row: the record stays out of the release, and says why."""
     return {
         "dataset": row.get("dataset") or "unknown",
@@ -182,13 +183,13 @@ def _scan(paths: list[Path], root: Path, stats: RecordsStats, reject: Reject) ->
             ids = batch.column("id").to_pylist()
             for i, text in enumerate(batch.column("conversations").to_pylist()):
                 if ids[i] is None:
-                    reason, detail = "no_id", "a generated row without an id"
+                    reason, detail = Reason.NO_ID, "a generated row without an id"
                 else:
                     try:
                         reason = check_conversations(json.loads(text or ""))
                         detail = "conversations break the LLaVA turn rules"
                     except json.JSONDecodeError as exc:
-                        reason, detail = "conversations_not_json", str(exc)
+                        reason, detail = Reason.CONVERSATIONS_NOT_JSON, str(exc)
                 if reason:
                     keep[i] = False
                     row = batch.slice(i, 1).to_pylist()[0]
@@ -286,7 +287,7 @@ def validated_tables(
     def image_ok(image: str) -> bool:
         return image.startswith("images/") and (layout.root / image).is_file()
 
-    def rejected(batch: pa.RecordBatch, i: int, reason: str, why: str) -> None:
+    def rejected(batch: pa.RecordBatch, i: int, reason: Reason, why: str) -> None:
         row = {k: batch.column(k)[i].as_py() for k in ("id", "dataset", "image")}
         where = f"{paths[batch.column(_SRC)[i].as_py()].relative_to(layout.root)}: id {row['id']}"
         reject(_rejection(row, reason, f"{where}: {why}"))
@@ -297,16 +298,16 @@ def validated_tables(
         if rid != current:
             current, released = rid, False
         if released:
-            rejected(batch, i, "duplicate_id", "id already released")
+            rejected(batch, i, Reason.DUPLICATE_ID, "id already released")
         elif image in removed:
             rejected(
                 batch,
                 i,
-                "benchmark_match",
+                Reason.BENCHMARK_MATCH,
                 f"image {image} was removed by decontamination (regenerate this partition)",
             )
         elif not image_ok(image):
-            rejected(batch, i, "missing_image", f"no image file {image}")
+            rejected(batch, i, Reason.MISSING_IMAGE, f"no image file {image}")
         else:
             released = True
             picked.add(batch, i)
@@ -423,8 +424,3 @@ _CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",
 def record_json(record: dict[str, Any]) -> bytes:
     """Canonical bytes of a record: the same record always gives the same bytes (shard hashes stay stable)."""
     return _CANONICAL.encode(record).encode("utf-8")
-
-
-def generated_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows -> a GENERATED_SCHEMA table (tests and the benchmark build their inputs with it)."""
-    return pa.Table.from_pylist(rows, schema=GENERATED_SCHEMA)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gmai_pipeline.generation.backends import Result, is_local_url
 from gmai_pipeline.generation.requests import CHAT_URL, Failure, GenRequest, parse_completion
+from gmai_pipeline.quarantine import Reason, batch_failure, http_failure
 from gmai_pipeline.storage import atomic_write_text
 
 if TYPE_CHECKING:  # the SDK is imported on first use: it costs ~0.5 s of every Dagster code load
@@ -180,7 +181,7 @@ class OpenAIBatch:
             else:
                 error = item.get("error") or (body.get("error") if isinstance(body, dict) else None)
                 error = error if isinstance(error, dict) else {}
-                code = f"http_{status}" if isinstance(status, int) else "batch_error"
+                code = http_failure(status) if isinstance(status, int) else Reason.BATCH_ERROR
                 results[item["custom_id"]] = Failure(
                     code, str(error.get("code") or error.get("message") or "")[:200]
                 )
@@ -203,11 +204,8 @@ class OpenAIBatch:
             state["collected"] = True
             self._save(path, state)
         statuses = {b.status for b in finished.values()}
-        missing = (
-            "batch_" + "_".join(sorted(statuses - {"completed"}))
-            if statuses - {"completed"}
-            else "batch_missing"
-        )
+        ended = statuses - {"completed"}
+        missing = batch_failure(ended) if ended else Reason.BATCH_MISSING
         return {
             r.key: results.get(r.key) or Failure(missing, "no line for this custom_id in the batch output")
             for r in requests

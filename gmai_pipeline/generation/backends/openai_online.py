@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gmai_pipeline.generation.backends import Result, is_local_url
 from gmai_pipeline.generation.requests import Failure, GenRequest, parse_completion
+from gmai_pipeline.quarantine import Reason, http_failure
 from gmai_pipeline.redact import redact
 
 if TYPE_CHECKING:  # the SDK is imported on first use: it costs ~0.5 s of every Dagster code load
@@ -24,14 +25,14 @@ def failure_from_exception(exc: Exception) -> Failure:
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
-        return Failure("timeout", "no response within the timeout, after the SDK's retries")
+        return Failure(Reason.TIMEOUT, "no response within the timeout, after the SDK's retries")
     if isinstance(exc, openai.RateLimitError):
-        return Failure("rate_limited", "HTTP 429 after the SDK's retries")
+        return Failure(Reason.RATE_LIMITED, "HTTP 429 after the SDK's retries")
     if isinstance(exc, openai.APIStatusError):
-        return Failure(f"http_{exc.status_code}", type(exc).__name__)
+        return Failure(http_failure(exc.status_code), type(exc).__name__)
     if isinstance(exc, openai.APIConnectionError):
-        return Failure("connection_error", type(exc).__name__)
-    return Failure("request_error", f"{type(exc).__name__}: {redact(str(exc))[:200]}")
+        return Failure(Reason.CONNECTION_ERROR, type(exc).__name__)
+    return Failure(Reason.REQUEST_ERROR, f"{type(exc).__name__}: {redact(str(exc))[:200]}")
 
 
 class OpenAIOnline:

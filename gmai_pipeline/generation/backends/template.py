@@ -17,6 +17,7 @@ from gmai_pipeline import safe_yaml
 from gmai_pipeline.generation import prompts
 from gmai_pipeline.generation.backends import Result
 from gmai_pipeline.generation.requests import Completion, Failure, GenRequest
+from gmai_pipeline.quarantine import Reason
 
 VERSION_FILE = "template_v1.yaml"
 
@@ -154,10 +155,11 @@ class TemplateBackend:
             en, zh = turns(f["kind"], f)
             if list(f["turns"]) != en:
                 return Failure(
-                    "template_cannot_translate", "the English text was not written by the template backend"
+                    Reason.TEMPLATE_CANNOT_TRANSLATE,
+                    "the English text was not written by the template backend",
                 )
             return Completion(content=json.dumps({"turns": zh}, ensure_ascii=False), model=self.model)
-        return Failure("unknown_task", request.task)
+        return Failure(Reason.UNKNOWN_TASK, request.task)
 
     def run(self, requests: list[GenRequest]) -> dict[str, Result]:
         return {r.key: self.answer(r) for r in requests}

@@ -1,4 +1,5 @@
-"""Synthetic data with real image files, for tests and the benchmarks (`bench/shards.py`, `bench/scale.py`).
+"""Synthetic data with real image files, for tests and the benchmarks (`bench/shards.py`, `bench/scale.py`, which
+put `tests/` on their path).
 
 Builds what a stage would leave under an output root, without running it: generated tables
 (`generated/{captions,vqa,translations}/<partition>.parquet`, GENERATED_SCHEMA) with images under
@@ -17,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from gmai_pipeline.catalog import dim_of, task_of
 from gmai_pipeline.partitions import SHARD_KEYS, shard_of
-from gmai_pipeline.release.records import generated_table
-from gmai_pipeline.schemas import NORMALIZED_SCHEMA
+from gmai_pipeline.schemas import GENERATED_SCHEMA, NORMALIZED_SCHEMA
 from gmai_pipeline.storage import OutputLayout, batched, md5_bytes, write_parquet, write_table
 
 
@@ -100,6 +101,11 @@ def row(
         "confidence": confidence,
         "source_record_id": None,
     }
+
+
+def generated_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows -> a GENERATED_SCHEMA table."""
+    return pa.Table.from_pylist(rows, schema=GENERATED_SCHEMA)
 
 
 def write_image(
