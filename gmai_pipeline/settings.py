@@ -1,4 +1,4 @@
-"""Paths and switches from the environment (DESIGN.md "Contracts"), resolved once per call.
+"""Paths and switches from the environment (README "Configuration"), resolved once per call.
 
 Every default runs the embedded demo, so a fresh clone works with no configuration.
 """
