@@ -20,6 +20,7 @@ from gmai_pipeline.settings import VOCABULARY_FILE, catalog_dirs
 
 TaskType = Literal["2d_cls", "2d_det", "2d_seg", "3d_seg"]
 SLUG = re.compile(r"^[a-z0-9_]+$")
+MAX_PARTITIONS = 1000  # `partitions:` of one entry: part keys are p000..p999
 READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
     "2d_cls": ("image_folder", "csv_labels", "dicom", "layout"),
     "2d_det": ("coco", "voc", "yolo", "layout"),
@@ -190,6 +191,8 @@ class SourceDataset(BaseModel):
     burned_in_text_allowed: bool = False
     demo: bool = False
     expect: Expect | None = None
+    # Cases split over this many normalization steps (README "Partitioned normalization"); 1: one step.
+    partitions: int = Field(1, ge=1, le=MAX_PARTITIONS)
     provenance: Provenance
 
     @field_validator("name")
@@ -223,6 +226,12 @@ class SourceDataset(BaseModel):
             )
         if isinstance(self.reader, LayoutReader):
             self.reader.check_task(self.task_type)
+        if self.partitions > 1 and not partitionable(self):
+            raise ValueError(
+                f"partitions: {self.partitions} needs a reader that reads 3D volume cases (`msd`, or `layout` "
+                f"on a 3d task without `convert`); the {self.reader.kind} reader of this {self.task_type} entry "
+                "reads the dataset in one step: remove `partitions`"
+            )
         spec = getattr(self.reader, "modality", None)
         if spec is not None:
             named = [spec.value, spec.default, *spec.map.values(), *(r.value for r in spec.rules)]
@@ -240,6 +249,16 @@ class SourceDataset(BaseModel):
     @property
     def task(self) -> str:
         return task_of(self.task_type)
+
+
+def partitionable(source: SourceDataset) -> bool:
+    """Whether the reader can split the dataset by case: the 3D volume-case readers, whose cases are
+    independent (a case's files are read together, and nothing decoded in one case changes another)."""
+    if source.dim != "3d":
+        return False
+    return source.reader.kind == "msd" or (
+        source.reader.kind == "layout" and getattr(source.reader, "convert", None) is None
+    )
 
 
 def dim_of(task_type: str) -> str:

@@ -238,8 +238,13 @@ def normalize_source(
     progress: Callable[[NormalizeReport], None] | None = None,
     progress_every: float = 5.0,
     workers: int = DEFAULT_WORKERS,
+    part: int | None = None,
 ) -> NormalizeReport:
     """Run the source's reader; write normalized/<name>.parquet and quarantine/<name>.parquet.
+
+    With `part` (0 <= part < `source.partitions`), only the cases of that part are read and the
+    tables go to `OutputLayout.normalized_part` / `quarantine_part`; `normalize_parts.join_parts`
+    makes the dataset's tables from all parts, identical in rows, images and quarantine to one run.
 
     With `workers` > 1, 2D images are read, validated, hashed and written on that many threads
     (Pillow, hashlib and file I/O release the GIL) while the reader walks ahead; their events are
@@ -247,6 +252,10 @@ def normalize_source(
     is identical to a sequential run and memory stays bounded.
     """
     layout = OutputLayout(output_root)
+    if part is not None and not 0 <= part < source.partitions:
+        raise ValueError(f"{source.name}: part {part} is not one of its {source.partitions} partitions")
+    table = layout.normalized(source.name) if part is None else layout.normalized_part(source.name, part)
+    qtable = layout.quarantine(source.name) if part is None else layout.quarantine_part(source.name, part)
     shown = shown_names(source)
     matched = resolve(Path(raw_folder), manifest_rows, shown)
     files = matched.files
@@ -265,6 +274,7 @@ def normalize_source(
         executor=executor,
         real=matched.real,
         pending=matched.pending,
+        part=None if part is None else (part, source.partitions),
     )
     if stale:
         ctx.counters["stale_temp_files_removed"] += stale
@@ -277,7 +287,9 @@ def normalize_source(
         url=source.url,
         files=len(files),
     )
-    prepared, report.archives_left = prepare(ctx, source.reader, layout.root / "unpacked" / source.name)
+    cache = layout.root / "unpacked" / source.name
+    with _unpack_lock(cache) if part is not None else contextlib.nullcontext():  # parts share the cache
+        prepared, report.archives_left = prepare(ctx, source.reader, cache)
     report.layout_root = ctx.base
     reservoir = _Reservoir(PREVIEW_IMAGES, source.name)
     started = last = time.monotonic()
@@ -287,7 +299,7 @@ def normalize_source(
         quiet()
         if has_dicom
         else contextlib.nullcontext(),  # pydicom can quote header values: keep logs clean
-        atomic_path(layout.quarantine(source.name)) as qtmp,
+        atomic_path(qtable) as qtmp,
         pq.ParquetWriter(qtmp, QUARANTINE_SCHEMA) as qwriter,
     ):
         qbuf: list[dict] = []
@@ -313,6 +325,8 @@ def normalize_source(
             nonlocal last
             buf: list[dict] = []
             for event in resolved():
+                if not ctx.owns_event(event):  # another part's case
+                    continue
                 report.inputs += 1
                 if isinstance(event, Kept):
                     report.kept += 1
@@ -345,7 +359,7 @@ def normalize_source(
             yield buf
 
         try:
-            write_parquet(layout.normalized(source.name), batches(), NORMALIZED_SCHEMA)
+            write_parquet(table, batches(), NORMALIZED_SCHEMA)
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
@@ -360,6 +374,21 @@ def normalize_source(
     report.preview = reservoir.items
     report.seconds = time.monotonic() - started
     return report
+
+
+@contextlib.contextmanager
+def _unpack_lock(cache: Path) -> Iterator[None]:
+    """Parts of one dataset, running at once, unpack its archives one at a time: the first unpacks, the
+    others find the cache made (`readers.archives.unpack`) instead of replacing it while it is read."""
+    import fcntl
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f".{cache.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- checks on the written files

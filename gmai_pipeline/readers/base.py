@@ -164,6 +164,11 @@ class ReaderContext:
     cases_seen: set[str] = field(default_factory=set)  # cases found (for `expect: cases`)
     filtered: set[str] = field(default_factory=set)  # files a declared filter or channel choice left out
     ct_window: tuple[float, float] | None = None
+    # Partitioned normalization (`partitions:`): (this part, parts). Every part walks the whole layout
+    # (cheap: names, claims, splits, byte duplicates) but reads only the cases it owns; `case_of` maps
+    # the paths a case's events name to the case, so each event is kept by exactly one part.
+    part: tuple[int, int] | None = None
+    case_of: dict[str, str] = field(default_factory=dict)
     _stores: dict[str, ImageStore] = field(default_factory=dict)
     _dicom_names: Any = None
     _first_image: dict[str, str] = field(default_factory=dict)
@@ -273,6 +278,22 @@ class ReaderContext:
 
     def claim(self, rel: str) -> None:
         self.claimed.add(rel)
+
+    def owns(self, key: str) -> bool:
+        """Whether this part reads the case (or the input) `key`; always, when not partitioned."""
+        if self.part is None:
+            return True
+        from gmai_pipeline.partitions import case_partition
+
+        index, count = self.part
+        return case_partition(key, count) == index
+
+    def owns_event(self, event: Kept | Quarantined) -> bool:
+        """Whether this part reports `event`: by its case when it belongs to one, else by its own path."""
+        if self.part is None:
+            return True
+        path = event.source_path if isinstance(event, Quarantined) else event.rows[0]["source_path"]
+        return self.owns(self.case_of.get(path, path))
 
     def at(self, path: str) -> str:
         """A reader option's path (relative to the layout root) as a dataset path."""

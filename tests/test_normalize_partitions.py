@@ -1,0 +1,189 @@
+"""Partitioned normalization (`partitions:`): parts of cases, joined into the tables of one run."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from layout_fixtures import box_label, ct_volume, entry, nifti
+
+from gmai_pipeline.catalog import CatalogError, SourceDataset
+from gmai_pipeline.manifest import scan
+from gmai_pipeline.normalize import normalize_source, verify_outputs
+from gmai_pipeline.normalize_parts import (
+    PartsNotReady,
+    fingerprint,
+    join_parts,
+    write_part_report,
+)
+from gmai_pipeline.partitions import case_partition
+from gmai_pipeline.storage import OutputLayout, md5_file
+
+CASES = [f"liver_{i:02d}" for i in range(7)]
+REASONS = [("imagesTr/liver_05.nii.gz", "unreadable"), ("imagesTr/liver_06.nii.gz", "missing_file")]
+BODY = "reader: {kind: msd, axes: [2]}\nlabels: {'1': liver}\n"
+
+
+def _dataset(raw: Path) -> None:
+    """Seven MSD cases: five good, one truncated image volume, one without its label volume."""
+    for i, case in enumerate(CASES):
+        nifti(raw / "imagesTr" / f"{case}.nii.gz", ct_volume(seed=i))
+        if case != "liver_06":
+            nifti(raw / "labelsTr" / f"{case}.nii.gz", box_label(value=1))
+    broken = raw / "imagesTr" / "liver_05.nii.gz"
+    broken.write_bytes(gzip.compress(gzip.decompress(broken.read_bytes())[:400]))
+
+
+def _source(tmp_path: Path, partitions: int) -> SourceDataset:
+    return entry(tmp_path, "liver", "3d_seg", BODY, partitions=str(partitions))
+
+
+def _unpartitioned(tmp_path: Path, raw: Path) -> Path:
+    out = tmp_path / "one"
+    normalize_source(_source(tmp_path, 1), raw, scan(raw), out)
+    return out
+
+
+def _partitioned(source: SourceDataset, raw: Path, out: Path, parts=None) -> list:
+    manifest = scan(raw)
+    made_from = fingerprint(source, manifest)
+    reports = []
+    for i in parts if parts is not None else range(source.partitions):
+        report = normalize_source(source, raw, manifest, out, part=i)
+        write_part_report(OutputLayout(out), source, i, report, made_from)
+        reports.append(report)
+    return reports
+
+
+def _join(source: SourceDataset, raw: Path, out: Path):
+    return join_parts(OutputLayout(out), source, fingerprint(source, scan(raw)))
+
+
+def _table(path: Path) -> list[dict]:
+    return sorted(pq.read_table(path).to_pylist(), key=lambda r: (r["source_path"], str(r.get("sample_id"))))
+
+
+def _images(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): md5_file(p) for p in (out / "images").rglob("*.png")}
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    folder = tmp_path / "raw" / "liver"
+    _dataset(folder)
+    return folder
+
+
+def test_three_parts_join_to_the_rows_images_and_quarantine_of_one_run(tmp_path: Path, raw: Path) -> None:
+    one = _unpartitioned(tmp_path, raw)
+    source = _source(tmp_path, 3)
+    out = tmp_path / "three"
+    reports = _partitioned(source, raw, out)
+    # every part read only its own cases: the kept volumes add up, none counted twice
+    owners = {c: case_partition(c, 3) for c in CASES}
+    assert len(set(owners.values())) == 3  # the fixture's cases land in all three parts
+    for i, r in enumerate(reports):
+        assert r.inputs == sum(1 for o in owners.values() if o == i)
+        assert r.inputs == r.kept + r.quarantined
+    joined = _join(source, raw, out)
+
+    assert _table(out / "normalized" / "liver.parquet") == _table(one / "normalized" / "liver.parquet")
+    quarantine = _table(out / "quarantine" / "liver.parquet")
+    assert quarantine == _table(one / "quarantine" / "liver.parquet")
+    assert sorted((q["source_path"], q["reason"]) for q in quarantine) == REASONS
+    assert _images(out) == _images(one) and _images(one)
+    assert (joined.inputs, joined.kept, joined.quarantined) == (7, 5, 2)
+    assert joined.cases == 7 and not joined.ignored
+    checks = verify_outputs(out, source, joined)  # inputs = kept + quarantined over the union
+    assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items() if not c.passed}
+
+
+def test_the_broken_case_is_quarantined_in_its_part_and_the_others_keep_their_cases(
+    tmp_path: Path, raw: Path
+) -> None:
+    source = _source(tmp_path, 3)
+    out = tmp_path / "out"
+    reports = _partitioned(source, raw, out)
+    broken = case_partition("liver_05", 3)
+    q = pq.read_table(OutputLayout(out).quarantine_part("liver", broken)).to_pylist()
+    assert [r["source_path"] for r in q if r["source_path"].endswith("liver_05.nii.gz")] == [
+        "imagesTr/liver_05.nii.gz"
+    ]
+    for i in range(len(reports)):
+        if i != broken:
+            assert "liver_05" not in str(
+                pq.read_table(OutputLayout(out).quarantine_part("liver", i)).to_pylist()
+            )
+    assert sum(r.kept for r in reports) == 5
+
+
+def test_rerunning_one_part_rewrites_only_that_part(tmp_path: Path, raw: Path) -> None:
+    source = _source(tmp_path, 3)
+    out = tmp_path / "out"
+    lay = OutputLayout(out)
+    _partitioned(source, raw, out)
+    first = _table(lay.normalized("liver")) if _join(source, raw, out) else None
+    kept = {i: lay.normalized_part("liver", i).stat().st_mtime_ns for i in (0, 2)}
+
+    lay.normalized_part("liver", 1).unlink()
+    with pytest.raises(PartsNotReady, match="part-001.parquet of part normalized/liver/p001 is missing"):
+        _join(source, raw, out)
+    _partitioned(source, raw, out, parts=[1])
+    _join(source, raw, out)
+    assert {i: lay.normalized_part("liver", i).stat().st_mtime_ns for i in (0, 2)} == kept
+    assert _table(lay.normalized("liver")) == first
+
+
+def test_a_part_from_an_older_manifest_is_refused_by_name(tmp_path: Path, raw: Path) -> None:
+    source = _source(tmp_path, 2)
+    out = tmp_path / "out"
+    _partitioned(source, raw, out)
+    nifti(raw / "imagesTr" / "liver_07.nii.gz", ct_volume(seed=7))  # a case added since
+    with pytest.raises(PartsNotReady, match="earlier manifest"):
+        _join(source, raw, out)
+
+
+def test_partitions_are_refused_for_readers_that_read_the_dataset_in_one_step(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="partitions: 4 needs a reader that reads 3D volume cases"):
+        entry(tmp_path, "xr", "2d_cls", "reader: {kind: image_folder, root: images}", partitions="4")
+    assert _source(tmp_path, 1).partitions == 1
+    assert entry(tmp_path, "plain", "3d_seg", BODY).partitions == 1  # the default: one step, as before
+
+
+def test_definitions_run_the_parts_as_steps_and_join_them(tmp_path: Path, raw: Path, monkeypatch) -> None:
+    """A catalog with one partitioned entry: part assets, the release job resolves, a run builds the union."""
+    from gmai_pipeline.definitions import build_definitions
+    from gmai_pipeline.defs import normalize as normalize_defs
+    from gmai_pipeline.defs import sources as sources_defs
+
+    _source(tmp_path, 3)  # writes tmp_path/catalog/liver.yaml
+    out = tmp_path / "out"
+    for var, value in {
+        "GMAI_CATALOG_DIR": str(tmp_path / "catalog"),
+        "GMAI_RAW_ROOT": str(tmp_path / "raw"),
+        "GMAI_OUTPUT_ROOT": str(out),
+    }.items():
+        monkeypatch.setenv(var, value)
+    defs = build_definitions()
+    parts = [dg.AssetKey(["normalized", "liver", f"p{i:03d}"]) for i in range(3)]
+    job = defs.resolve_job_def(
+        "build_dataset_job"
+    )  # parts are unpartitioned: they sit beside generation's shards
+    assert set(parts) <= set(job.asset_layer.selected_asset_keys)
+    catalog = [_source(tmp_path, 3)]
+    assets = [*sources_defs.build_defs(catalog).assets, *normalize_defs.build_defs(catalog).assets]
+    result = dg.materialize(
+        assets, selection=[dg.AssetKey(["source", "liver"]), *parts, dg.AssetKey(["normalized", "liver"])]
+    )
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["in_release"] and checks["inputs_accounted"] and all(checks.values()), checks
+    done = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert set(parts) <= done and dg.AssetKey(["normalized", "liver"]) in done
+    rows = pq.read_table(out / "normalized" / "liver.parquet").num_rows
+    assert rows == len(_table(_unpartitioned(tmp_path, raw) / "normalized" / "liver.parquet")) and rows
+    assert not (out / "failures" / "liver.json").exists()
+    assert all(OutputLayout(out).part_report("liver", i).is_file() for i in range(3))
