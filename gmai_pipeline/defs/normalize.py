@@ -22,6 +22,7 @@ definitions, and every job that builds the release already holds generation's sh
 reader raised records why and is materialized with that failure; the join makes it the dataset's.
 """
 
+import time
 import traceback
 from collections.abc import Iterator
 
@@ -240,6 +241,7 @@ def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
     def _part(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         lay = layout()
         made_from = None
+        cpu = time.process_time()
         try:
             manifest = _manifest(source)
             made_from = fingerprint(source, manifest)
@@ -261,6 +263,9 @@ def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
                 "kept": report.kept,
                 "quarantined": report.quarantined,
                 "seconds": round(report.seconds, 2),
+                "cpu_seconds": round(
+                    time.process_time() - cpu, 2
+                ),  # this step's process: what a worker spent
                 "table": dg.MetadataValue.path(str(lay.normalized_part(source.name, part))),
             }
         )
