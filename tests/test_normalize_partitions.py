@@ -101,6 +101,38 @@ def test_three_parts_join_to_the_rows_images_and_quarantine_of_one_run(tmp_path:
     assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items() if not c.passed}
 
 
+BTCV = """
+reader:
+  kind: layout
+  images: "RawData/Training/img/img{id}.nii.gz"
+  masks: "RawData/Training/label/label{id}.nii.gz"
+  filters: {id: {max: 40}}
+  axes: [2]
+labels: {"1": spleen, "6": liver}
+"""
+
+
+def test_a_templated_layout_in_two_parts_joins_to_one_run(tmp_path: Path) -> None:
+    """`kind: layout` volumes (BTCV's RawData/Training/{img,label}); a filtered case and a byte duplicate."""
+    raw = tmp_path / "raw" / "btcv"
+    for i, case in enumerate(("0001", "0002", "0003", "0004", "0005", "0041")):
+        nifti(raw / f"RawData/Training/img/img{case}.nii.gz", ct_volume(seed=i % 5))  # 0041 = 0001's bytes
+        nifti(raw / f"RawData/Training/label/label{case}.nii.gz", box_label(value=6 if i % 2 else 1))
+    nifti(raw / "RawData/Training/img/img0006.nii.gz", ct_volume(seed=0))  # same bytes as img0001
+    nifti(raw / "RawData/Training/label/label0006.nii.gz", box_label(value=1))
+    one = entry(tmp_path, "btcv", "3d_seg", BTCV)
+    normalize_source(one, raw, scan(raw), tmp_path / "one")
+    two = entry(tmp_path, "btcv", "3d_seg", BTCV, partitions="2")
+    out = tmp_path / "two"
+    reports = _partitioned(two, raw, out)
+    assert all(r.inputs for r in reports)  # both parts had cases
+    joined = _join(two, raw, out)
+    for table in ("normalized", "quarantine"):
+        assert _table(out / table / "btcv.parquet") == _table(tmp_path / "one" / table / "btcv.parquet")
+    assert "duplicate_image" in joined.by_reason
+    assert _images(out) == _images(tmp_path / "one")
+
+
 def test_the_broken_case_is_quarantined_in_its_part_and_the_others_keep_their_cases(
     tmp_path: Path, raw: Path
 ) -> None:
