@@ -185,37 +185,66 @@ def test_partitions_are_refused_for_readers_that_read_the_dataset_in_one_step(tm
     assert entry(tmp_path, "plain", "3d_seg", BODY).partitions == 1  # the default: one step, as before
 
 
-def test_definitions_run_the_parts_as_steps_and_join_them(tmp_path: Path, raw: Path, monkeypatch) -> None:
-    """A catalog with one partitioned entry: part assets, the release job resolves, a run builds the union."""
-    from gmai_pipeline.definitions import build_definitions
+PARTS = [dg.AssetKey(["normalized", "liver", f"p{i:03d}"]) for i in range(3)]
+JOIN = dg.AssetKey(["normalized", "liver"])
+
+
+@pytest.fixture
+def dagster_env(tmp_path: Path, raw: Path, monkeypatch) -> list:
+    """A test catalog holding one entry with 3 partitions; the assets of its source and its parts."""
     from gmai_pipeline.defs import normalize as normalize_defs
     from gmai_pipeline.defs import sources as sources_defs
 
-    _source(tmp_path, 3)  # writes tmp_path/catalog/liver.yaml
-    out = tmp_path / "out"
+    catalog = [_source(tmp_path, 3)]  # writes tmp_path/catalog/liver.yaml
     for var, value in {
         "GMAI_CATALOG_DIR": str(tmp_path / "catalog"),
         "GMAI_RAW_ROOT": str(tmp_path / "raw"),
-        "GMAI_OUTPUT_ROOT": str(out),
+        "GMAI_OUTPUT_ROOT": str(tmp_path / "out"),
     }.items():
         monkeypatch.setenv(var, value)
-    defs = build_definitions()
-    parts = [dg.AssetKey(["normalized", "liver", f"p{i:03d}"]) for i in range(3)]
-    job = defs.resolve_job_def(
-        "build_dataset_job"
-    )  # parts are unpartitioned: they sit beside generation's shards
-    assert set(parts) <= set(job.asset_layer.selected_asset_keys)
-    catalog = [_source(tmp_path, 3)]
-    assets = [*sources_defs.build_defs(catalog).assets, *normalize_defs.build_defs(catalog).assets]
-    result = dg.materialize(
-        assets, selection=[dg.AssetKey(["source", "liver"]), *parts, dg.AssetKey(["normalized", "liver"])]
-    )
+    return [*sources_defs.build_defs(catalog).assets, *normalize_defs.build_defs(catalog).assets]
+
+
+def test_definitions_run_the_parts_as_steps_and_join_them(tmp_path: Path, raw: Path, dagster_env) -> None:
+    """Definitions load with a partitioned entry, the release job holds its parts, a run builds the union."""
+    from gmai_pipeline.definitions import build_definitions
+
+    out = tmp_path / "out"
+    job = build_definitions().resolve_job_def("build_dataset_job")  # beside generation's shard partitions
+    assert {*PARTS, JOIN} <= set(job.asset_layer.selected_asset_keys)
+    result = dg.materialize(dagster_env, selection=[dg.AssetKey(["source", "liver"]), *PARTS, JOIN])
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["in_release"] and checks["inputs_accounted"] and all(checks.values()), checks
-    done = {e.asset_key for e in result.get_asset_materialization_events()}
-    assert set(parts) <= done and dg.AssetKey(["normalized", "liver"]) in done
+    assert {*PARTS, JOIN} <= {e.asset_key for e in result.get_asset_materialization_events()}
     rows = pq.read_table(out / "normalized" / "liver.parquet").num_rows
     assert rows == len(_table(_unpartitioned(tmp_path, raw) / "normalized" / "liver.parquet")) and rows
     assert not (out / "failures" / "liver.json").exists()
-    assert all(OutputLayout(out).part_report("liver", i).is_file() for i in range(3))
+
+
+def test_a_part_whose_reader_raised_leaves_the_dataset_out_naming_the_reason(
+    tmp_path: Path, dagster_env, monkeypatch
+) -> None:
+    from gmai_pipeline import normalize as normalize_module
+
+    original = normalize_module.READERS["msd"]
+
+    def buggy(ctx, opts):
+        if ctx.part == (1, 3):
+            raise ValueError("reader bug in one part")
+        yield from original(ctx, opts)
+
+    monkeypatch.setitem(normalize_module.READERS, "msd", buggy)
+    source = dg.AssetKey(["source", "liver"])
+    result = dg.materialize(dagster_env, selection=[source, *PARTS, JOIN], raise_on_error=False)
+    done = {
+        e.asset_key: e.step_materialization_data.materialization
+        for e in result.get_asset_materialization_events()
+    }
+    assert "reader bug in one part" in str(done[PARTS[1]].metadata["failure"].value)
+    assert "failure" not in done[PARTS[0]].metadata and "failure" not in done[PARTS[2]].metadata
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["in_release"].passed
+    assert "normalized/liver/p001 failed" in checks["in_release"].description
+    assert "reader bug in one part" in (tmp_path / "out" / "failures" / "liver.json").read_text()
+    assert not result.success  # no annotations in this run to name it: the join's step fails

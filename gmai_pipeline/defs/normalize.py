@@ -221,8 +221,9 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
 
 
 def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
-    """One part of a partitioned dataset: its own step, never failing the run for the dataset's data
-    (the join, `normalized/<name>`, gives the verdict for the whole dataset)."""
+    """One part of a partitioned dataset: its own step. A part that cannot be made records why and, when
+    the join (`normalized/<name>`) runs later, leaves the verdict to it (the other parts still run and
+    the dataset is left out as one failure); run alone, it fails."""
     key = part_key(source.name, part)
 
     @dg.asset(
@@ -254,6 +255,8 @@ def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
             )
             context.log.error(f"{key.to_user_string()}: {traceback.format_exc()}")
             write_part_failure(lay, source, part, problem, made_from)
+            if normalized_key(source.name) not in context.job_def.asset_layer.selected_asset_keys:
+                raise dg.Failure(description=problem) from None  # no join in this run to name it
             return dg.MaterializeResult(metadata={"failure": problem})
         write_part_report(lay, source, part, report, made_from)
         return dg.MaterializeResult(
