@@ -1,6 +1,6 @@
 """A 3D dataset normalized as 1 partition and as 2 partitions on a 2-worker multiprocess executor.
 
-    .venv/bin/python bench/partitions.py [--cases 32] [--shape 512 512 64] [--workdir /dev/shm]
+    .venv/bin/python bench/partitions.py [--cases 40] [--shape 512 512 64] [--workdir /dev/shm]
 
 Generates `--cases` CT cases in MSD's layout (imagesTr/ct_NNN.nii.gz, int16 anatomy-like texture
 plus noise, and labelsTr/ct_NNN.nii.gz with two structures through every slice), writes a catalog
@@ -168,7 +168,7 @@ def _digest(out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=32)
+    ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--shape", type=int, nargs=3, default=(512, 512, 64))
     ap.add_argument("--workdir", default=None, help="where data and outputs go (e.g. /dev/shm)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "partitions-cpu.json"))
