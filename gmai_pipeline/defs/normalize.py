@@ -15,11 +15,12 @@ table could be written.
 
 A dataset with `partitions: N` (`gmai_pipeline.normalize_parts`) gets N part assets
 `normalized/<name>/p000..` (one step each, so the executor's workers share them; one part can be
-rematerialized alone, and a run re-executed from failure redoes only the parts that failed) and
+rematerialized alone, and a run re-executed from failure redoes only the part steps that died) and
 `normalized/<name>` joins them and runs the checks above on the union. The parts are plain assets
 rather than one asset's Dagster partitions because a job cannot hold assets of different partitions
 definitions, and every job that builds the release already holds generation's shards. A part whose
-reader raised records why and is materialized with that failure; the join makes it the dataset's.
+reader raised records why and, when the join runs after it, is materialized with that failure for the
+join to make it the dataset's; run without the join, it fails.
 """
 
 import time
@@ -266,9 +267,7 @@ def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
                 "kept": report.kept,
                 "quarantined": report.quarantined,
                 "seconds": round(report.seconds, 2),
-                "cpu_seconds": round(
-                    time.process_time() - cpu, 2
-                ),  # this step's process: what a worker spent
+                "cpu_seconds": round(time.process_time() - cpu, 2),  # what this step's worker spent
                 "table": dg.MetadataValue.path(str(lay.normalized_part(source.name, part))),
             }
         )
