@@ -13,7 +13,8 @@ separate steps, so the executor's workers (processes, Celery workers, Kubernetes
 tables hold the same rows, images and quarantine as one unpartitioned run (in part order), so the
 checks (inputs = kept + quarantined included) judge the union. Every part records a fingerprint of
 the manifest and the catalog entry it was made from; a part made from an older one is refused by
-name, so a dataset is never joined from parts of two different states.
+name, so a dataset is never joined from parts of two different states. The whole manifest counts, not
+only the part's cases: which copy of a byte duplicate is kept depends on every file before it.
 """
 
 from __future__ import annotations
