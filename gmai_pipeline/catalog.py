@@ -228,9 +228,10 @@ class SourceDataset(BaseModel):
             self.reader.check_task(self.task_type)
         if self.partitions > 1 and not partitionable(self):
             raise ValueError(
-                f"partitions: {self.partitions} needs a reader that reads 3D volume cases (`msd`, or `layout` "
-                f"on a 3d task without `convert`); the {self.reader.kind} reader of this {self.task_type} entry "
-                "reads the dataset in one step: remove `partitions`"
+                f"partitions: {self.partitions} needs a reader that reads cases one by one (3D: `msd`, "
+                f"`layout`; 2D: {', '.join(f'`{k}`' for k in PARTITIONABLE_2D)}, `layout` without `masks`; "
+                f"never with `convert`); the {self.reader.kind} reader of this {self.task_type} entry reads "
+                "the dataset in one step: remove `partitions`"
             )
         spec = getattr(self.reader, "modality", None)
         if spec is not None:
@@ -251,14 +252,19 @@ class SourceDataset(BaseModel):
         return task_of(self.task_type)
 
 
+PARTITIONABLE_2D = ("image_folder", "csv_labels", "coco", "voc", "yolo")
+
+
 def partitionable(source: SourceDataset) -> bool:
-    """Whether the reader can split the dataset by case: the 3D volume-case readers, whose cases are
-    independent (a case's files are read together, and nothing decoded in one case changes another)."""
-    if source.dim != "3d":
-        return False
-    return source.reader.kind == "msd" or (
-        source.reader.kind == "layout" and getattr(source.reader, "convert", None) is None
-    )
+    """Whether the reader can split the dataset into parts of cases read independently: a 3D case (its
+    image and label volumes), or a 2D image with its annotations; nothing decoded in one changes another.
+    Not the mask readers (a mask can serve several images) nor the converters (series, slides, arrays)."""
+    kind, convert = source.reader.kind, getattr(source.reader, "convert", None)
+    if source.dim == "3d":
+        return kind == "msd" or (kind == "layout" and convert is None)
+    if kind == "layout":
+        return convert is None and getattr(source.reader, "masks", None) is None
+    return kind in PARTITIONABLE_2D
 
 
 def dim_of(task_type: str) -> str:

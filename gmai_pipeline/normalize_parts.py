@@ -1,10 +1,11 @@
 """Partitioned normalization: a dataset's cases split over `partitions:` steps, then joined.
 
-A dataset whose normalization takes hours on one core (a thousand CT volumes) declares
-`partitions: N` in its catalog entry. Case `c` belongs to part `partitions.case_partition(c, N)`, a
-stable hash of its id, so a rerun puts every case where it was. Each part runs the reader over the
-whole layout (names, claims, splits and byte duplicates cost no decoding) but reads only its own
-cases' volumes (`normalize_source(part=...)`), writing `normalized/<name>/part-NNN.parquet`, its
+A dataset whose normalization takes hours on one core (a thousand CT volumes, a 200k-image X-ray
+set) declares `partitions: N` in its catalog entry (`catalog.partitionable` says which readers can).
+Case `c` (a 3D case, a 2D image) belongs to part `partitions.case_partition(c, N)`, a stable hash of
+its id, so a rerun puts every case where it was. Each part runs the reader over the whole layout
+(names, claims, splits and byte duplicates cost no decoding) but decodes only its own cases
+(`normalize_source(part=...)`, `ReaderContext.owns`), writing `normalized/<name>/part-NNN.parquet`, its
 quarantine part and a report of what it counted (`part-NNN.json`), each atomically; the parts run as
 separate steps, so the executor's workers (processes, Celery workers, Kubernetes pods) share them.
 

@@ -6,9 +6,10 @@ import gzip
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from layout_fixtures import box_label, ct_volume, entry, nifti
+from layout_fixtures import box_label, ct_volume, dicom_file, entry, nifti, photo
 
 from gmai_pipeline.catalog import CatalogError, SourceDataset
 from gmai_pipeline.manifest import scan
@@ -178,9 +179,48 @@ def test_a_part_from_an_older_manifest_is_refused_by_name(tmp_path: Path, raw: P
         _join(source, raw, out)
 
 
+XRAY = "reader: {kind: image_folder, root: images}\nlabels: {normal: normal, pneumonia: pneumonia}\n"
+
+
+def test_a_2d_image_folder_in_three_parts_joins_to_one_run(tmp_path: Path) -> None:
+    """2D: a sample is an image; a truncated PNG, a byte duplicate and an unknown class among them."""
+    raw = tmp_path / "raw" / "xr"
+    for i in range(12):
+        photo(raw / "images" / ("normal" if i % 2 else "pneumonia") / f"img{i:02d}.png", seed=i, rgb=False)
+    (raw / "images/normal/copy.png").write_bytes((raw / "images/normal/img01.png").read_bytes())
+    photo(raw / "images/other/img99.png", seed=99, rgb=False)
+    broken = raw / "images/pneumonia/img04.png"
+    broken.write_bytes(broken.read_bytes()[:200])
+    normalize_source(entry(tmp_path, "xr", "2d_cls", XRAY), raw, scan(raw), tmp_path / "one")
+    three = entry(tmp_path, "xr", "2d_cls", XRAY, partitions="3")
+    out = tmp_path / "three"
+    reports = _partitioned(three, raw, out)
+    assert all(r.inputs for r in reports) and sum(r.inputs for r in reports) == 14
+    joined = _join(three, raw, out)
+    for table in ("normalized", "quarantine"):
+        assert _table(out / table / "xr.parquet") == _table(tmp_path / "one" / table / "xr.parquet")
+    assert set(joined.by_reason) == {"duplicate_image", "unknown_label", "truncated"} and joined.kept == 11
+    assert _images(out) == _images(tmp_path / "one")
+
+
+def test_a_partitioned_2d_dataset_holding_dicom_fails_naming_why(tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / "xr"
+    photo(raw / "images/normal/a.png", seed=1, rgb=False)
+    dicom_file(raw / "images/normal/b.dcm", np.full((16, 16), 300))
+    source = entry(tmp_path, "xr", "2d_cls", XRAY, partitions="2")
+    with pytest.raises(ValueError, match="holds DICOM images.*remove `partitions`"):
+        _partitioned(source, raw, tmp_path / "out")
+
+
 def test_partitions_are_refused_for_readers_that_read_the_dataset_in_one_step(tmp_path: Path) -> None:
-    with pytest.raises(CatalogError, match="partitions: 4 needs a reader that reads 3D volume cases"):
-        entry(tmp_path, "xr", "2d_cls", "reader: {kind: image_folder, root: images}", partitions="4")
+    with pytest.raises(CatalogError, match="partitions: 4 needs a reader that reads cases one by one"):
+        entry(
+            tmp_path,
+            "skin",
+            "2d_seg",
+            "reader: {kind: mask_pairs}",
+            partitions="4",
+        )
     assert _source(tmp_path, 1).partitions == 1
     assert entry(tmp_path, "plain", "3d_seg", BODY).partitions == 1  # the default: one step, as before
 

@@ -165,8 +165,9 @@ class ReaderContext:
     filtered: set[str] = field(default_factory=set)  # files a declared filter or channel choice left out
     ct_window: tuple[float, float] | None = None
     # Partitioned normalization (`partitions:`): (this part, parts). Every part walks the whole layout
-    # (cheap: names, claims, splits, byte duplicates) but reads only the cases it owns; `case_of` maps
-    # the paths a case's events name to the case, so each event is kept by exactly one part.
+    # (cheap: names, claims, splits, byte duplicates) but decodes only the cases it owns (a 3D case in
+    # `volume_cases.case_events`, a 2D image in `image_inputs`); `case_of` maps the paths a 3D case's
+    # events name to the case, so each event is kept by exactly one part.
     part: tuple[int, int] | None = None
     case_of: dict[str, str] = field(default_factory=dict)
     _stores: dict[str, ImageStore] = field(default_factory=dict)
@@ -554,6 +555,14 @@ def image_inputs(
         pending.append((ann, label))
     if not pending:
         return
+    if ctx.part is not None:  # partitioned (`partitions:`): the cheap checks above ran in every part
+        if dicom:
+            raise ValueError(
+                f"{ctx.source.name} holds DICOM images, whose names and pixel duplicates depend on every "
+                "file read before them: it cannot be normalized in parts; remove `partitions` from its entry"
+            )
+        if not ctx.owns(rel):
+            return
     if dicom:
         yield from _dicom_image(ctx, rel, split, pending, modality)
         return
