@@ -125,6 +125,9 @@ class NormalizeReport:
     archives_left: list[str] = field(default_factory=list)  # archives in the folder, not unpacked
     images: int = 0  # image files found (for `expect: images`)
     cases: int = 0  # cases found (for `expect: cases`)
+    # A part (`partitions:`): the share of `counters` its own cases gave; the rest, the walk over the
+    # whole layout, is the same in every part, so the join counts it once.
+    case_counters: Counter = field(default_factory=Counter)
 
     def failure_message(self) -> str | None:
         """Why the whole dataset is unusable (nothing found, or nothing kept), or None."""
@@ -366,6 +369,8 @@ def normalize_source(
         flush_quarantine()
 
     report.counters.update(ctx.counters)
+    report.counters.update(ctx.case_counters)
+    report.case_counters = Counter(ctx.case_counters)
     unclaimed = sorted(set(files) - ctx.claimed)
     if shown is not None:  # real names of a DICOM dataset stay in memory: report the manifest's
         unclaimed = [shown(p, lambda p=p: ctx.md5(p)) for p in unclaimed]

@@ -35,7 +35,7 @@ from gmai_pipeline.normalize import PREVIEW_IMAGES, NormalizeReport, PreviewItem
 from gmai_pipeline.schemas import NORMALIZED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, atomic_write_text
 
-COUNTERS = ("by_reason", "labels", "counters")
+COUNTERS = ("by_reason", "labels", "counters", "case_counters")
 SAME_IN_EVERY_PART = (  # worked out from the whole layout by every part: taken from the first
     "folder",
     "layout_root",
@@ -157,8 +157,10 @@ def _summed(source: SourceDataset, reports: list[NormalizeReport]) -> NormalizeR
         joined.quarantined += r.quarantined
         joined.rows += r.rows
         joined.seconds += r.seconds  # the work of every part (the steps run side by side)
-        for name in COUNTERS:
-            getattr(joined, name).update(getattr(r, name))
+        joined.by_reason.update(r.by_reason)
+        joined.labels.update(r.labels)
+        joined.counters.update(r.case_counters)
+    joined.counters.update(first.counters - first.case_counters)  # the walk's counts, the same in every part
     items = [item for r in reports for item in r.preview]
     joined.preview = random.Random(source.name).sample(items, min(PREVIEW_IMAGES, len(items)))
     return joined

@@ -13,7 +13,7 @@ from layout_fixtures import box_label, ct_volume, dicom_file, entry, nifti, phot
 
 from gmai_pipeline.catalog import CatalogError, SourceDataset
 from gmai_pipeline.manifest import scan
-from gmai_pipeline.normalize import normalize_source, verify_outputs
+from gmai_pipeline.normalize import NormalizeReport, normalize_source, verify_outputs
 from gmai_pipeline.normalize_parts import (
     PartsNotReady,
     fingerprint,
@@ -42,10 +42,9 @@ def _source(tmp_path: Path, partitions: int) -> SourceDataset:
     return entry(tmp_path, "liver", "3d_seg", BODY, partitions=str(partitions))
 
 
-def _unpartitioned(tmp_path: Path, raw: Path) -> Path:
+def _unpartitioned(tmp_path: Path, raw: Path) -> tuple[Path, NormalizeReport]:
     out = tmp_path / "one"
-    normalize_source(_source(tmp_path, 1), raw, scan(raw), out)
-    return out
+    return out, normalize_source(_source(tmp_path, 1), raw, scan(raw), out)
 
 
 def _partitioned(source: SourceDataset, raw: Path, out: Path, parts=None) -> list:
@@ -79,7 +78,7 @@ def raw(tmp_path: Path) -> Path:
 
 
 def test_three_parts_join_to_the_rows_images_and_quarantine_of_one_run(tmp_path: Path, raw: Path) -> None:
-    one = _unpartitioned(tmp_path, raw)
+    one, one_report = _unpartitioned(tmp_path, raw)
     source = _source(tmp_path, 3)
     out = tmp_path / "three"
     reports = _partitioned(source, raw, out)
@@ -98,6 +97,9 @@ def test_three_parts_join_to_the_rows_images_and_quarantine_of_one_run(tmp_path:
     assert _images(out) == _images(one) and _images(one)
     assert (joined.inputs, joined.kept, joined.quarantined) == (7, 5, 2)
     assert joined.cases == 7 and not joined.ignored
+    assert (
+        joined.counters == one_report.counters and joined.counters["volumes_kept"] == 5
+    )  # none counted twice
     checks = verify_outputs(out, source, joined)  # inputs = kept + quarantined over the union
     assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items() if not c.passed}
 
@@ -122,7 +124,7 @@ def test_a_templated_layout_in_two_parts_joins_to_one_run(tmp_path: Path) -> Non
     nifti(raw / "RawData/Training/img/img0006.nii.gz", ct_volume(seed=0))  # same bytes as img0001
     nifti(raw / "RawData/Training/label/label0006.nii.gz", box_label(value=1))
     one = entry(tmp_path, "btcv", "3d_seg", BTCV)
-    normalize_source(one, raw, scan(raw), tmp_path / "one")
+    one_report = normalize_source(one, raw, scan(raw), tmp_path / "one")
     two = entry(tmp_path, "btcv", "3d_seg", BTCV, partitions="2")
     out = tmp_path / "two"
     reports = _partitioned(two, raw, out)
@@ -131,6 +133,9 @@ def test_a_templated_layout_in_two_parts_joins_to_one_run(tmp_path: Path) -> Non
     for table in ("normalized", "quarantine"):
         assert _table(out / table / "btcv.parquet") == _table(tmp_path / "one" / table / "btcv.parquet")
     assert "duplicate_image" in joined.by_reason
+    assert (
+        joined.counters == one_report.counters and joined.counters["filtered_by_id"] == 1
+    )  # the walk's, once
     assert _images(out) == _images(tmp_path / "one")
 
 
@@ -191,7 +196,7 @@ def test_a_2d_image_folder_in_three_parts_joins_to_one_run(tmp_path: Path) -> No
     photo(raw / "images/other/img99.png", seed=99, rgb=False)
     broken = raw / "images/pneumonia/img04.png"
     broken.write_bytes(broken.read_bytes()[:200])
-    normalize_source(entry(tmp_path, "xr", "2d_cls", XRAY), raw, scan(raw), tmp_path / "one")
+    one_report = normalize_source(entry(tmp_path, "xr", "2d_cls", XRAY), raw, scan(raw), tmp_path / "one")
     three = entry(tmp_path, "xr", "2d_cls", XRAY, partitions="3")
     out = tmp_path / "three"
     reports = _partitioned(three, raw, out)
@@ -200,7 +205,7 @@ def test_a_2d_image_folder_in_three_parts_joins_to_one_run(tmp_path: Path) -> No
     for table in ("normalized", "quarantine"):
         assert _table(out / table / "xr.parquet") == _table(tmp_path / "one" / table / "xr.parquet")
     assert set(joined.by_reason) == {"duplicate_image", "unknown_label", "truncated"} and joined.kept == 11
-    assert _images(out) == _images(tmp_path / "one")
+    assert _images(out) == _images(tmp_path / "one") and joined.counters == one_report.counters
 
 
 def test_a_partitioned_2d_dataset_holding_dicom_fails_naming_why(tmp_path: Path) -> None:
@@ -258,7 +263,7 @@ def test_definitions_run_the_parts_as_steps_and_join_them(tmp_path: Path, raw: P
     assert checks["in_release"] and checks["inputs_accounted"] and all(checks.values()), checks
     assert {*PARTS, JOIN} <= {e.asset_key for e in result.get_asset_materialization_events()}
     rows = pq.read_table(out / "normalized" / "liver.parquet").num_rows
-    assert rows == len(_table(_unpartitioned(tmp_path, raw) / "normalized" / "liver.parquet")) and rows
+    assert rows == len(_table(_unpartitioned(tmp_path, raw)[0] / "normalized" / "liver.parquet")) and rows
     assert not (out / "failures" / "liver.json").exists()
 
 

@@ -170,6 +170,7 @@ class ReaderContext:
     # events name to the case, so each event is kept by exactly one part.
     part: tuple[int, int] | None = None
     case_of: dict[str, str] = field(default_factory=dict)
+    case_counters: Counter = field(default_factory=Counter)  # counted reading the part's own 3D cases
     _stores: dict[str, ImageStore] = field(default_factory=dict)
     _dicom_names: Any = None
     _first_image: dict[str, str] = field(default_factory=dict)

@@ -112,6 +112,20 @@ def case_events(
             ctx.claim(m.rel)
     if not todo or not ctx.owns(case.case):
         return
+    if ctx.part is None:
+        yield from _read_case(ctx, opts, case, todo, modality, channels)
+        return
+    walk, ctx.counters = ctx.counters, ctx.case_counters  # a part's own counts, apart from the walk's
+    try:
+        yield from _read_case(ctx, opts, case, todo, modality, channels)
+    finally:
+        ctx.counters = walk
+
+
+def _read_case(
+    ctx: ReaderContext, opts: VolumeOptions, case: VolumeCase, todo: list, modality, channels
+) -> Iterator[Event]:
+    """The volumes of one case: labels read once, then each image file at the sample boundary."""
     missing = [m.rel for m in case.masks if m.rel not in ctx.files]
     if missing or not case.masks:
         what = ", ".join(missing) if missing else "(none declared or matched)"
