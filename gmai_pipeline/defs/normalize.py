@@ -143,6 +143,12 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
                     f"`{source.title}` read with the `{source.reader.kind}` reader into <image, modality, label, "
                     f"department, bbox> rows (normalized/{source.name}.parquet), images under "
                     f"images/{source.dim}/{source.task}/..., rejected inputs in quarantine/{source.name}.parquet."
+                    + (
+                        f" Joined from its {source.partitions} parts normalized/{source.name}/p000...; the checks "
+                        "judge the union."
+                        if source.partitions > 1
+                        else ""
+                    )
                 ),
                 tags={"dataset": source.name, "demo": str(source.demo).lower()},
                 skippable=True,  # no table could be written: nothing to materialize
