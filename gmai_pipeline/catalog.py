@@ -20,6 +20,7 @@ from gmai_pipeline.settings import VOCABULARY_FILE, catalog_dirs
 
 TaskType = Literal["2d_cls", "2d_det", "2d_seg", "3d_seg"]
 SLUG = re.compile(r"^[a-z0-9_]+$")
+MAX_PARTITIONS = 1000  # `partitions:` of one entry: part keys are p000..p999
 READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
     "2d_cls": ("image_folder", "csv_labels", "dicom", "layout"),
     "2d_det": ("coco", "voc", "yolo", "layout"),
@@ -190,6 +191,8 @@ class SourceDataset(BaseModel):
     burned_in_text_allowed: bool = False
     demo: bool = False
     expect: Expect | None = None
+    # Cases split over this many normalization steps (README "Partitioned normalization"); 1: one step.
+    partitions: int = Field(1, ge=1, le=MAX_PARTITIONS)
     provenance: Provenance
 
     @field_validator("name")
@@ -223,6 +226,13 @@ class SourceDataset(BaseModel):
             )
         if isinstance(self.reader, LayoutReader):
             self.reader.check_task(self.task_type)
+        if self.partitions > 1 and not partitionable(self):
+            raise ValueError(
+                f"partitions: {self.partitions} needs a reader that reads cases one by one (3D: `msd`, "
+                f"`layout`; 2D: {', '.join(f'`{k}`' for k in PARTITIONABLE_2D)}, `layout` without `masks`; "
+                f"never with `convert`); the {self.reader.kind} reader of this {self.task_type} entry reads "
+                "the dataset in one step: remove `partitions`"
+            )
         spec = getattr(self.reader, "modality", None)
         if spec is not None:
             named = [spec.value, spec.default, *spec.map.values(), *(r.value for r in spec.rules)]
@@ -240,6 +250,21 @@ class SourceDataset(BaseModel):
     @property
     def task(self) -> str:
         return task_of(self.task_type)
+
+
+PARTITIONABLE_2D = ("image_folder", "csv_labels", "coco", "voc", "yolo")
+
+
+def partitionable(source: SourceDataset) -> bool:
+    """Whether the reader can split the dataset into parts of cases read independently: a 3D case (its
+    image and label volumes), or a 2D image with its annotations; nothing decoded in one changes another.
+    Not the mask readers (a mask can serve several images) nor the converters (series, slides, arrays)."""
+    kind, convert = source.reader.kind, getattr(source.reader, "convert", None)
+    if source.dim == "3d":
+        return kind == "msd" or (kind == "layout" and convert is None)
+    if kind == "layout":
+        return convert is None and getattr(source.reader, "masks", None) is None
+    return kind in PARTITIONABLE_2D
 
 
 def dim_of(task_type: str) -> str:

@@ -4,7 +4,7 @@
 (`storage.write_parquet`) and quarantine rows to their own Parquet writer, so memory holds one
 image (or one volume) and one batch at a time, plus per-file bookkeeping (paths, MD5s).
 
-Accounting (DESIGN.md): inputs seen = inputs kept + inputs quarantined, per dataset. A refused
+Accounting: inputs seen = inputs kept + inputs quarantined, per dataset. A refused
 manifest row (a link leading outside, a pipe, an unreadable file) is an input quarantined
 `path_refused`; a manifest row whose file is gone is one quarantined `missing_file`; hidden files
 and aliases are listed with the ignored files; what else is an input is defined per reader
@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 from gmai_pipeline.catalog import SourceDataset, load_vocabulary
 from gmai_pipeline.imaging import DEFAULT_MAX_SIDE, ImageStore, modality_slug
 from gmai_pipeline.manifest import Resolved, ShownName, resolve
+from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers import READERS, describe
 from gmai_pipeline.readers.base import Deferred, Event, Kept, Quarantined, ReaderContext, is_dicom
 from gmai_pipeline.readers.dicom import manifest_namer, quiet
@@ -76,6 +77,9 @@ class NormalizeReport:
     archives_left: list[str] = field(default_factory=list)  # archives in the folder, not unpacked
     images: int = 0  # image files found (for `expect: images`)
     cases: int = 0  # cases found (for `expect: cases`)
+    # A part (`partitions:`): the share of `counters` its own cases gave; the rest, the walk over the
+    # whole layout, is the same in every part, so the join counts it once.
+    case_counters: Counter = field(default_factory=Counter)
 
     def failure_message(self) -> str | None:
         """Why the whole dataset is unusable (nothing found, or nothing kept), or None."""
@@ -133,10 +137,10 @@ def _events(
     source: SourceDataset, ctx: ReaderContext, resolved: Resolved, prepared: list[Event]
 ) -> Iterator[Event]:
     for r in resolved.refused:  # manifest names: already masked for DICOM datasets
-        yield Quarantined(r["path"], "manifest", "path_refused", f"{r['path']}: {r['refused']}")
+        yield Quarantined(r["path"], "manifest", Reason.PATH_REFUSED, f"{r['path']}: {r['refused']}")
     for name, why in resolved.swapped.items():
         yield Quarantined(
-            name, "read", "path_refused", f"{name}: a regular file at the source scan; now {why}"
+            name, "read", Reason.PATH_REFUSED, f"{name}: a regular file at the source scan; now {why}"
         )
     yield from _vanished(source, resolved.vanished)
     yield from prepared
@@ -150,7 +154,7 @@ def _vanished(source: SourceDataset, names: list[str]) -> Iterator[Quarantined]:
         yield Quarantined(
             name,
             "manifest",
-            "missing_file",
+            Reason.MISSING_FILE,
             f"{name}: listed by the source scan but no longer in the dataset folder; re-materialize "
             f"source/{source.name}",
         )
@@ -189,8 +193,13 @@ def normalize_source(
     progress: Callable[[NormalizeReport], None] | None = None,
     progress_every: float = 5.0,
     workers: int = DEFAULT_WORKERS,
+    part: int | None = None,
 ) -> NormalizeReport:
     """Run the source's reader; write normalized/<name>.parquet and quarantine/<name>.parquet.
+
+    With `part` (0 <= part < `source.partitions`), only the cases of that part are read and the
+    tables go to `OutputLayout.normalized_part` / `quarantine_part`; `normalize_parts.join_parts`
+    makes the dataset's tables from all parts, identical in rows, images and quarantine to one run.
 
     With `workers` > 1, 2D images are read, validated, hashed and written on that many threads
     (Pillow, hashlib and file I/O release the GIL) while the reader walks ahead; their events are
@@ -198,6 +207,10 @@ def normalize_source(
     is identical to a sequential run and memory stays bounded.
     """
     layout = OutputLayout(output_root)
+    if part is not None and not 0 <= part < source.partitions:
+        raise ValueError(f"{source.name}: part {part} is not one of its {source.partitions} partitions")
+    table = layout.normalized(source.name) if part is None else layout.normalized_part(source.name, part)
+    qtable = layout.quarantine(source.name) if part is None else layout.quarantine_part(source.name, part)
     shown = shown_names(source)
     matched = resolve(Path(raw_folder), manifest_rows, shown)
     files = matched.files
@@ -216,6 +229,7 @@ def normalize_source(
         executor=executor,
         real=matched.real,
         pending=matched.pending,
+        part=None if part is None else (part, source.partitions),
     )
     if stale:
         ctx.counters["stale_temp_files_removed"] += stale
@@ -228,7 +242,9 @@ def normalize_source(
         url=source.url,
         files=len(files),
     )
-    prepared, report.archives_left = prepare(ctx, source.reader, layout.root / "unpacked" / source.name)
+    cache = layout.root / "unpacked" / source.name
+    with _unpack_lock(cache) if part is not None else contextlib.nullcontext():  # parts share the cache
+        prepared, report.archives_left = prepare(ctx, source.reader, cache)
     report.layout_root = ctx.base
     reservoir = _Reservoir(PREVIEW_IMAGES, source.name)
     started = last = time.monotonic()
@@ -238,7 +254,7 @@ def normalize_source(
         quiet()
         if has_dicom
         else contextlib.nullcontext(),  # pydicom can quote header values: keep logs clean
-        atomic_path(layout.quarantine(source.name)) as qtmp,
+        atomic_path(qtable) as qtmp,
         pq.ParquetWriter(qtmp, QUARANTINE_SCHEMA) as qwriter,
     ):
         qbuf: list[dict] = []
@@ -264,6 +280,8 @@ def normalize_source(
             nonlocal last
             buf: list[dict] = []
             for event in resolved():
+                if not ctx.owns_event(event):  # another part's case
+                    continue
                 report.inputs += 1
                 if isinstance(event, Kept):
                     report.kept += 1
@@ -296,13 +314,15 @@ def normalize_source(
             yield buf
 
         try:
-            write_parquet(layout.normalized(source.name), batches(), NORMALIZED_SCHEMA)
+            write_parquet(table, batches(), NORMALIZED_SCHEMA)
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
         flush_quarantine()
 
     report.counters.update(ctx.counters)
+    report.counters.update(ctx.case_counters)
+    report.case_counters = Counter(ctx.case_counters)
     unclaimed = sorted(set(files) - ctx.claimed)
     if shown is not None:  # real names of a DICOM dataset stay in memory: report the manifest's
         unclaimed = [shown(p, lambda p=p: ctx.md5(p)) for p in unclaimed]
@@ -311,6 +331,21 @@ def normalize_source(
     report.preview = reservoir.items
     report.seconds = time.monotonic() - started
     return report
+
+
+@contextlib.contextmanager
+def _unpack_lock(cache: Path) -> Iterator[None]:
+    """Parts of one dataset, running at once, unpack its archives one at a time: the first unpacks, the
+    others find the cache made (`readers.archives.unpack`) instead of replacing it while it is read."""
+    import fcntl
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f".{cache.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- checks on the written files

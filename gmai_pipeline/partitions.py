@@ -33,6 +33,13 @@ class StaleShardsError(ValueError):
     """A table's shard column was made for another number of shards than generation uses now."""
 
 
+def case_partition(case: str, n_partitions: int) -> int:
+    """The normalization partition of a case (`partitions:` in a catalog entry): a stable hash of its id,
+    so a rerun puts every case where it was and redoes one partition without touching the others."""
+    digest = hashlib.sha256(case.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n_partitions
+
+
 def shard_of(sample_id: str, n_shards: int = N_SHARDS) -> str:
     digest = hashlib.sha256(sample_id.encode("utf-8")).digest()
     return f"{int.from_bytes(digest[:8], 'big') % n_shards:03d}"

@@ -37,6 +37,17 @@ class OutputLayout:
     def quarantine(self, dataset: str) -> Path:
         return self.root / "quarantine" / f"{dataset}.parquet"
 
+    def normalized_part(self, dataset: str, part: int) -> Path:
+        """One part of a partitioned dataset (`partitions:`), concatenated into `normalized(dataset)`."""
+        return self.root / "normalized" / dataset / f"part-{part:03d}.parquet"
+
+    def quarantine_part(self, dataset: str, part: int) -> Path:
+        return self.root / "quarantine" / dataset / f"part-{part:03d}.parquet"
+
+    def part_report(self, dataset: str, part: int) -> Path:
+        """What a part counted (inputs, reasons, labels, ...), for the step that joins the parts."""
+        return self.root / "normalized" / dataset / f"part-{part:03d}.json"
+
     @property
     def images(self) -> Path:
         return self.root / "images"

@@ -12,8 +12,18 @@ therefore not Dagster-blocking (a failed blocking check fails the step, which wo
 `annotations` for every dataset): what they block is this dataset's rows. Tables that were written are
 materialized (they are what was read, and the checks judge them); nothing is materialized when no
 table could be written.
+
+A dataset with `partitions: N` (`gmai_pipeline.normalize_parts`) gets N part assets
+`normalized/<name>/p000..` (one step each, so the executor's workers share them; one part can be
+rematerialized alone, and a run re-executed from failure redoes only the part steps that died) and
+`normalized/<name>` joins them and runs the checks above on the union. The parts are plain assets
+rather than one asset's Dagster partitions because a job cannot hold assets of different partitions
+definitions, and every job that builds the release already holds generation's shards. A part whose
+reader raised records why and, when the join runs after it, is materialized with that failure for the
+join to make it the dataset's; run without the join, it fails.
 """
 
+import time
 import traceback
 from collections.abc import Iterator
 
@@ -31,6 +41,14 @@ from gmai_pipeline.normalize import (
     preview_path,
     render_preview,
     verify_outputs,
+)
+from gmai_pipeline.normalize_parts import (
+    PartsNotReady,
+    fingerprint,
+    join_parts,
+    part_name,
+    write_part_failure,
+    write_part_report,
 )
 from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import atomic_path
@@ -65,6 +83,16 @@ def normalized_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["normalized", name])
 
 
+def part_key(name: str, part: int) -> dg.AssetKey:
+    return dg.AssetKey(["normalized", name, part_name(part)])
+
+
+def _upstream(source: SourceDataset) -> list[dg.AssetKey]:
+    if source.partitions > 1:
+        return [part_key(source.name, i) for i in range(source.partitions)]
+    return [dg.AssetKey(["source", source.name])]
+
+
 def _counter_table(counter, key: str) -> dg.MetadataValue:
     df = pd.DataFrame(counter.most_common(), columns=[key, "count"])
     return md_table(df, 50)
@@ -95,6 +123,8 @@ def _metadata(report: NormalizeReport, source: SourceDataset) -> dict[str, objec
         meta["archives_not_unpacked"] = ", ".join(report.archives_left[:20])
     if source.expect is not None:
         meta["images_found"], meta["cases_found"] = report.images, report.cases
+    if source.partitions > 1:
+        meta["partitions"] = source.partitions
     return meta
 
 
@@ -106,13 +136,19 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
         specs=[
             dg.AssetSpec(
                 key,
-                deps=[dg.AssetKey(["source", source.name])],
+                deps=_upstream(source),
                 group_name=group_name(source),
                 kinds={"parquet"},
                 description=(
                     f"`{source.title}` read with the `{source.reader.kind}` reader into <image, modality, label, "
                     f"department, bbox> rows (normalized/{source.name}.parquet), images under "
                     f"images/{source.dim}/{source.task}/..., rejected inputs in quarantine/{source.name}.parquet."
+                    + (
+                        f" Joined from its {source.partitions} parts normalized/{source.name}/p000...; the checks "
+                        "judge the union."
+                        if source.partitions > 1
+                        else ""
+                    )
                 ),
                 tags={"dataset": source.name, "demo": str(source.demo).lower()},
                 skippable=True,  # no table could be written: nothing to materialize
@@ -137,14 +173,14 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
             )
         lay = layout()
         try:
-            report = _normalize(context, source)
+            report = _join(source) if source.partitions > 1 else _normalize(context, source)
         except Exception as exc:  # one dataset's crash must not take the release down
             problem = (
                 str(exc)
-                if isinstance(exc, DatasetUnusable)
+                if isinstance(exc, DatasetUnusable | PartsNotReady)
                 else f"{source.name}: the {source.reader.kind} reader raised {type(exc).__name__}: {exc}"
             )
-            if not isinstance(exc, DatasetUnusable):
+            if not isinstance(exc, DatasetUnusable | PartsNotReady):
                 context.log.error(f"{source.name}: {traceback.format_exc()}")
             yield _in_release(problem)
             _unusable(context, source, problem)
@@ -191,25 +227,95 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
     return _normalized
 
 
-def _normalize(context: dg.AssetExecutionContext, source: SourceDataset) -> NormalizeReport:
+def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
+    """One part of a partitioned dataset: its own step. A part that cannot be made records why and, when
+    the join (`normalized/<name>`) runs later, leaves the verdict to it (the other parts still run and
+    the dataset is left out as one failure); run alone, it fails."""
+    key = part_key(source.name, part)
+
+    @dg.asset(
+        key=key,
+        deps=[dg.AssetKey(["source", source.name])],
+        group_name=group_name(source),
+        kinds={"parquet"},
+        description=(
+            f"Part {part + 1} of {source.partitions} of `{source.title}`: the cases whose id hashes to "
+            f"{part_name(part)}, read with the `{source.reader.kind}` reader into "
+            f"normalized/{source.name}/part-{part:03d}.parquet (and its quarantine part); "
+            f"normalized/{source.name} joins the parts."
+        ),
+        tags={"dataset": source.name, "demo": str(source.demo).lower()},
+    )
+    def _part(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        lay = layout()
+        made_from = None
+        cpu = time.process_time()
+        try:
+            manifest = _manifest(source)
+            made_from = fingerprint(source, manifest)
+            report = _normalize(context, source, part, manifest)
+        except Exception as exc:  # recorded for the join, which leaves the dataset out and says why
+            problem = (
+                str(exc)
+                if isinstance(exc, DatasetUnusable)
+                else f"{source.name}: the {source.reader.kind} reader raised {type(exc).__name__}: {exc}"
+            )
+            context.log.error(f"{key.to_user_string()}: {traceback.format_exc()}")
+            write_part_failure(lay, source, part, problem, made_from)
+            if normalized_key(source.name) not in context.job_def.asset_layer.selected_asset_keys:
+                raise dg.Failure(description=problem) from None  # no join in this run to name it
+            return dg.MaterializeResult(metadata={"failure": problem})
+        write_part_report(lay, source, part, report, made_from)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": report.rows,
+                "inputs": report.inputs,
+                "kept": report.kept,
+                "quarantined": report.quarantined,
+                "seconds": round(report.seconds, 2),
+                "cpu_seconds": round(time.process_time() - cpu, 2),  # what this step's worker spent
+                "table": dg.MetadataValue.path(str(lay.normalized_part(source.name, part))),
+            }
+        )
+
+    return _part
+
+
+def _manifest(source: SourceDataset) -> list[dict]:
+    manifest_path = layout().manifest(source.name)
+    if not manifest_path.exists():
+        raise DatasetUnusable(f"{manifest_path} is missing: materialize source/{source.name} first")
+    return pq.read_table(manifest_path, schema=MANIFEST_SCHEMA).to_pylist()
+
+
+def _join(source: SourceDataset) -> NormalizeReport:
+    return join_parts(layout(), source, fingerprint(source, _manifest(source)))
+
+
+def _normalize(
+    context: dg.AssetExecutionContext,
+    source: SourceDataset,
+    part: int | None = None,
+    manifest: list[dict] | None = None,
+) -> NormalizeReport:
     from gmai_pipeline.normalize import normalize_source
 
     settings = get_settings()
     lay = layout()
-    manifest_path = lay.manifest(source.name)
-    if not manifest_path.exists():
-        raise DatasetUnusable(f"{manifest_path} is missing: materialize source/{source.name} first")
-    manifest = pq.read_table(manifest_path, schema=MANIFEST_SCHEMA).to_pylist()
+    manifest = manifest if manifest is not None else _manifest(source)
+    name = source.name if part is None else f"{source.name}/{part_name(part)}"
 
     def progress(r: NormalizeReport) -> None:
         context.log.info(
-            f"{source.name}: {r.inputs} inputs ({r.kept} kept, {r.quarantined} quarantined), {r.rows} rows, "
+            f"{name}: {r.inputs} inputs ({r.kept} kept, {r.quarantined} quarantined), {r.rows} rows, "
             f"{r.inputs / max(r.seconds, 1e-9):.1f} inputs/s"
         )
 
-    report = normalize_source(source, settings.raw_root / source.name, manifest, lay.root, progress=progress)
+    report = normalize_source(
+        source, settings.raw_root / source.name, manifest, lay.root, progress=progress, part=part
+    )
     context.log.info(
-        f"{source.name}: done in {report.seconds:.1f}s: {report.inputs} inputs, {report.kept} kept, "
+        f"{name}: done in {report.seconds:.1f}s: {report.inputs} inputs, {report.kept} kept, "
         f"{report.quarantined} quarantined, {report.rows} rows"
     )
     return report
@@ -237,7 +343,8 @@ def _unusable(context: dg.AssetExecutionContext, source: SourceDataset, problem:
 
 
 def build_defs(sources: list[SourceDataset]) -> dg.Definitions:
-    return dg.Definitions(assets=[build_normalized_asset(s) for s in sources])
+    parts = [build_part_asset(s, i) for s in sources if s.partitions > 1 for i in range(s.partitions)]
+    return dg.Definitions(assets=[*(build_normalized_asset(s) for s in sources), *parts])
 
 
 @dg.definitions

@@ -177,6 +177,13 @@ class ReaderContext:
     cases_seen: set[str] = field(default_factory=set)  # cases found (for `expect: cases`)
     filtered: set[str] = field(default_factory=set)  # files a declared filter or channel choice left out
     ct_window: tuple[float, float] | None = None
+    # Partitioned normalization (`partitions:`): (this part, parts). Every part walks the whole layout
+    # (cheap: names, claims, splits, byte duplicates) but decodes only the cases it owns (a 3D case in
+    # `volume_cases.case_events`, a 2D image in `image_inputs`); `case_of` maps the paths a 3D case's
+    # events name to the case, so each event is kept by exactly one part.
+    part: tuple[int, int] | None = None
+    case_of: dict[str, str] = field(default_factory=dict)
+    case_counters: Counter = field(default_factory=Counter)  # counted reading the part's own 3D cases
     _stores: dict[str, ImageStore] = field(default_factory=dict)
     _dicom_names: Any = None
     _first_image: dict[str, str] = field(default_factory=dict)
@@ -287,6 +294,22 @@ class ReaderContext:
 
     def claim(self, rel: str) -> None:
         self.claimed.add(rel)
+
+    def owns(self, key: str) -> bool:
+        """Whether this part reads the case (or the input) `key`; always, when not partitioned."""
+        if self.part is None:
+            return True
+        from gmai_pipeline.partitions import case_partition
+
+        index, count = self.part
+        return case_partition(key, count) == index
+
+    def owns_event(self, event: Kept | Quarantined) -> bool:
+        """Whether this part reports `event`: by its case when it belongs to one, else by its own path."""
+        if self.part is None:
+            return True
+        path = event.source_path if isinstance(event, Quarantined) else event.rows[0]["source_path"]
+        return self.owns(self.case_of.get(path, path))
 
     def at(self, path: str) -> str:
         """A reader option's path (relative to the layout root) as a dataset path."""
@@ -569,6 +592,14 @@ def image_inputs(
         pending.append((ann, label))
     if not pending:
         return
+    if ctx.part is not None:  # partitioned (`partitions:`): the cheap checks above ran in every part
+        if dicom:
+            raise ValueError(
+                f"{ctx.source.name} holds DICOM images, whose names and pixel duplicates depend on every "
+                "file read before them: it cannot be normalized in parts; remove `partitions` from its entry"
+            )
+        if not ctx.owns(rel):
+            return
     if dicom:
         yield from _dicom_image(ctx, rel, split, pending, modality)
         return

@@ -81,7 +81,13 @@ def case_events(
     modality: ValueSource | None = None,
     channels=None,
 ) -> Iterator[Event]:
-    """One event per image file of the case (see the module docstring); cheap checks first."""
+    """One event per image file of the case (see the module docstring); cheap checks first. A part of a
+    partitioned run makes the cheap checks for every case (claims and byte duplicates depend on them) and
+    reads only the volumes of the cases it owns."""
+    if ctx.part is not None:
+        for rel in (case.ref, *(r for r, _ in case.images)):
+            if rel:
+                ctx.case_of[rel] = case.case
     todo = []
     for rel, channel in case.images:
         if rel is None:
@@ -108,8 +114,22 @@ def case_events(
     for m in case.masks:
         if m.rel in ctx.files:
             ctx.claim(m.rel)
-    if not todo:
+    if not todo or not ctx.owns(case.case):
         return
+    if ctx.part is None:
+        yield from _read_case(ctx, opts, case, todo, modality, channels)
+        return
+    walk, ctx.counters = ctx.counters, ctx.case_counters  # a part's own counts, apart from the walk's
+    try:
+        yield from _read_case(ctx, opts, case, todo, modality, channels)
+    finally:
+        ctx.counters = walk
+
+
+def _read_case(
+    ctx: ReaderContext, opts: VolumeOptions, case: VolumeCase, todo: list, modality, channels
+) -> Iterator[Event]:
+    """The volumes of one case: labels read once, then each image file at the sample boundary."""
     missing = [m.rel for m in case.masks if m.rel not in ctx.files]
     if missing or not case.masks:
         what = ", ".join(missing) if missing else "(none declared or matched)"
