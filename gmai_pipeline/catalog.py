@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gmai_pipeline import safe_yaml
-from gmai_pipeline.layouts import Conditions, Expect, LayoutReader, ReaderBase, ValueSource, VolumeOptions
+from gmai_pipeline.layouts import (
+    Conditions,
+    Expect,
+    LayoutReader,
+    MaskEncoding,
+    ReaderBase,
+    ValueSource,
+    VolumeOptions,
+)
 from gmai_pipeline.settings import VOCABULARY_FILE, catalog_dirs
 
 TaskType = Literal["2d_cls", "2d_det", "2d_seg", "3d_seg"]
@@ -101,8 +109,9 @@ class YoloReader(_Options):
         return (self.images_dir + "/",)
 
 
-class MaskPairsReader(_Options):
-    """2D image + label-mask pairs: `images/x.png` with `masks/x<mask_suffix>.png`."""
+class MaskPairsReader(_Options, MaskEncoding):
+    """2D image + label-mask pairs: `images/x.png` with `masks/x<mask_suffix>.png`; `background` /
+    `threshold` say how mask values are encoded (`layouts.MaskEncoding`)."""
 
     kind: Literal["mask_pairs"]
     images_dir: str = "images"

@@ -64,9 +64,11 @@ def _picture(shape: tuple[int, ...], path: str, high: int = 255) -> np.ndarray:
     return rng.integers(16, high, size=shape, endpoint=True)
 
 
-def _blocks_2d(shape: tuple[int, int], values: tuple[int, ...], start: int) -> np.ndarray:
-    dtype = np.uint16 if max(values, default=0) > 255 else np.uint8
-    mask = np.zeros(shape, dtype)
+def _blocks_2d(
+    shape: tuple[int, int], values: tuple[int, ...], start: int, background: int = 0
+) -> np.ndarray:
+    dtype = np.uint16 if max((*values, background), default=0) > 255 else np.uint8
+    mask = np.full(shape, background, dtype)
     cols = shape[1] // BLOCK
     for i, v in enumerate(values, start=start):
         r, c = divmod(i, cols)
@@ -170,7 +172,7 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
                 _save_volume(path, _blocks_3d(shapes.volume, f.mask, start3))
                 start3 += len(f.mask)
             else:
-                _save_picture(path, _blocks_2d(shapes.plane, f.mask, start2))
+                _save_picture(path, _blocks_2d(shapes.plane, f.mask, start2, f.background or 0))
                 start2 += len(f.mask)
         elif f.volume is not None:
             shape = shapes.volume if f.volume == 1 else (*shapes.volume, f.volume)

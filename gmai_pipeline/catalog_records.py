@@ -91,7 +91,8 @@ class FixtureFile(_Spec):
     """One file of a fixture: its real relative path and what it holds (exactly one kind).
 
     image: a 2D picture, `L` or `RGB` (format by extension: PNG, JPEG, BMP, TIFF);
-    mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each;
+    mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each,
+    on `background` (default 0; 255 for masks whose 0 is a structure, iChallenge-AMD's disc BMPs);
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
     table: a header and rows; text: content as is; json: content dumped as JSON.
@@ -100,6 +101,7 @@ class FixtureFile(_Spec):
     path: str
     image: Literal["L", "RGB"] | None = None
     mask: tuple[int, ...] | None = None
+    background: int | None = Field(None, ge=0, le=65535)  # a 2D mask's pixels outside its blocks
     volume: int | None = Field(None, ge=1)
     dicom: str | None = None
     table: TableContent | None = None
@@ -113,6 +115,8 @@ class FixtureFile(_Spec):
             raise ValueError(f"{self.path}: give exactly one of {', '.join(KINDS)} (got {given or 'none'})")
         if self.path.startswith("/") or ".." in self.path.split("/"):
             raise ValueError(f"{self.path}: a fixture path is relative and stays inside the dataset")
+        if self.background is not None and self.mask is None:
+            raise ValueError(f"{self.path}: background applies to a mask")
         return self
 
     @property

@@ -324,6 +324,36 @@ class FileSet(_Spec):
         return out
 
 
+class MaskEncoding(_Spec):
+    """How a 2D mask file's pixel values become label values, where 0 is not simply background.
+
+    background: the value that means "no structure" (default 0). iChallenge-AMD, PALM and GAMMA ship
+    BMP/PNG masks with 255 = background and 0 = the optic disc; every other value is a structure and
+    keeps its raw value for the label map (`'0': optic disc`).
+    threshold: lossy or soft masks (Kvasir-SEG's JPEG masks, Drishti-GS's averaged expert maps): values
+    >= threshold are the structure (label value 1, or the file's label when a field names it), the rest
+    background; a colour mask is read as grey first. The threshold is stated per dataset, never guessed.
+    """
+
+    background: int = Field(0, ge=0, le=65535)
+    threshold: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> MaskEncoding:
+        if self.threshold is not None and self.background != 0:
+            raise ValueError("give background or threshold, not both (a threshold's background is below it)")
+        return self
+
+    @property
+    def plain(self) -> bool:
+        """Whether the mask is read as it is (0 = background, every other value a label)."""
+        return self.threshold is None and self.background == 0
+
+
+class MaskFiles(FileSet, MaskEncoding):
+    """The mask files' templates, with how their values are encoded (`MaskEncoding`)."""
+
+
 def check_template(t: str) -> None:
     """Raise ValueError naming the template when its braces or a field pattern are wrong."""
     if t.startswith("/") or ".." in t.split("/"):
@@ -433,7 +463,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     images: FileSet
     fields: dict[str, str] = Field(default_factory=dict)  # field -> regex it must match
     exclude: tuple[str, ...] = ()  # globs (under the layout root) of matched files that are not images
-    masks: FileSet | None = None
+    masks: MaskFiles | None = None
     table: TableSpec | None = None
     label: LabelSpec | None = None
     split: SplitSpec | None = None
@@ -532,6 +562,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 )
         if task_type != "3d_seg" and self.channels is not None:
             raise ValueError("channels apply to 3d_seg volumes")
+        if task_type == "3d_seg" and self.masks is not None and not self.masks.plain:
+            raise ValueError("masks.background and masks.threshold apply to 2D masks")
 
     def _check_convert(self, task_type: str) -> None:
         """What each converter needs (`convert.kind`), as one sentence naming the field."""

@@ -680,7 +680,7 @@ def _masks_of(ctx, opts: LayoutReader, values: dict, found: list[Found]) -> list
         if failed is not None:
             ctx.counters[f"masks_filtered_by_{failed}"] += 1
             continue
-        out.append(MaskFile(m.rel, _mask_label(opts, both)))
+        out.append(MaskFile(m.rel, _mask_label(opts, both), opts.masks))
     return out
 
 
