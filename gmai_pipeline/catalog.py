@@ -21,6 +21,7 @@ from gmai_pipeline.layouts import (
     LayoutReader,
     MaskEncoding,
     ReaderBase,
+    SplitSpec,
     ValueSource,
     VolumeOptions,
 )
@@ -75,23 +76,46 @@ class CsvLabelsReader(_Options):
         return (self.csv,)
 
 
+def _lists_only(spec: SplitSpec | None) -> SplitSpec | None:
+    """The detection kinds take the split from list files (or one fixed value): they have no fields or columns."""
+    if spec is not None and (spec.field is not None or spec.column is not None or spec.rules):
+        raise ValueError(
+            "split: this kind takes split lists (split.lists, with default / list_column) or a fixed value"
+        )
+    return spec
+
+
 class CocoReader(_Options):
-    """COCO detection JSON (`annotations.json`) with images relative to `image_dir`."""
+    """COCO detection JSON (`annotations.json`) with images relative to `image_dir`.
+
+    `image_dir` may list several folders, searched in order (FracAtlas: `images/Fractured`,
+    `images/Non_fractured`); `split.lists` gives the split per image (`layouts.SplitSpec`).
+    """
 
     kind: Literal["coco"]
     annotations: str = "annotations.json"
-    image_dir: str = ""
+    image_dir: str | tuple[str, ...] = ""
+    split: SplitSpec | None = None
+
+    _split = field_validator("split")(_lists_only)
+
+    @property
+    def image_dirs(self) -> tuple[str, ...]:
+        return (self.image_dir,) if isinstance(self.image_dir, str) else self.image_dir
 
     def anchors(self) -> tuple[str, ...]:
         return (self.annotations,)
 
 
 class VocReader(_Options):
-    """Pascal VOC: one XML per image."""
+    """Pascal VOC: one XML per image; `split.lists` reads `ImageSets/Main/{train,val,test}.txt`."""
 
     kind: Literal["voc"]
     annotations_dir: str = "Annotations"
     image_dir: str = "JPEGImages"
+    split: SplitSpec | None = None
+
+    _split = field_validator("split")(_lists_only)
 
     def anchors(self) -> tuple[str, ...]:
         return (self.annotations_dir + "/",)

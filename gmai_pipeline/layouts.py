@@ -195,15 +195,24 @@ class SplitSpec(ValueSource):
     NIH's `train_val_list.txt` / `test_list.txt`).
 
     Values go through `map`, then the usual aliases (training -> train, validation/valid -> val, ...).
-    A list entry matches an image by file name, stem, path under the layout root, or case. An image in
-    no list takes `default`, or is quarantined `split_unknown` without one. Without any `split`, the
+    A list entry matches an image by file name, stem, path under the layout root, or case; a list that
+    is a table (CSV/TSV/XLSX) gives its entries in `list_column`. An image in no list takes `default`, or
+    is quarantined `split_unknown` without one. Without any `split`, the
     split comes from the path (see `ReaderContext.split_of`).
     """
 
     lists: dict[str, str] = Field(default_factory=dict)
+    # list files that are tables (FracAtlas's `Utilities/Fracture Split/train.csv`): the column of image names
+    list_column: str | int | None = None
 
     def _sources(self) -> list[str]:
         return super()._sources() + (["lists"] if self.lists else [])
+
+    @model_validator(mode="after")
+    def _list_column(self) -> SplitSpec:
+        if self.list_column is not None and not self.lists:
+            raise ValueError("split.list_column names the image column of split.lists: give lists")
+        return self
 
     def _extra_sources(self) -> str:
         return ", lists"

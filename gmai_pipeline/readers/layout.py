@@ -233,7 +233,7 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
             continue
         ctx.claim(rel)
         try:
-            names = read_list(ctx.read(rel), rel)
+            names = _list_entries(ctx.read(rel), rel, opts.split.list_column)
         except (TableError, ImageError) as err:
             events.append(Quarantined(rel, "read", err.reason, err.detail))
             continue
@@ -241,6 +241,14 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
         for name in names:
             out.setdefault(name, value)
     return out, events
+
+
+def _list_entries(data: bytes, rel: str, column: str | int | None) -> list[str]:
+    """A split list's image names: one per line, or one per row of a table's `column`."""
+    if column is None:
+        return read_list(data, rel)
+    table = read_table(data, rel, [column])
+    return [str(row[column]).strip() for _, row in table.rows if str(row.get(column) or "").strip()]
 
 
 def _saw_case(ctx: ReaderContext, opts: LayoutReader, f: Found | None) -> None:
