@@ -35,7 +35,8 @@ READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
     "2d_seg": ("mask_pairs", "layout"),
     "3d_seg": ("msd", "layout"),
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Pillow decodes all of these; `.pgm` (Netpbm grey maps, 8 or 16 bit: mini-MIAS) is stored as PNG.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 # Every 2D reader reads DICOM too (pixels only, under the `dicom` reader's privacy rules).
 IMAGE_EXTENSIONS_2D = IMAGE_EXTENSIONS + DICOM_EXTENSIONS

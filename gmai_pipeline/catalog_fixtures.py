@@ -99,7 +99,14 @@ def _save_volume(path: Path, arr: np.ndarray) -> None:
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
 
 
+def _save_netpbm(path: Path, arr: np.ndarray) -> None:
+    """A binary PGM (P5, 8-bit), as mini-MIAS ships its films."""
+    Image.fromarray(arr.astype(np.uint8)).convert("L").save(path, "PPM")
+
+
 def _save_picture(path: Path, arr: np.ndarray) -> None:
+    if path.suffix.lower() == ".pgm":
+        return _save_netpbm(path, arr)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
     ext = path.suffix.lower()
     if ext not in fmt:
