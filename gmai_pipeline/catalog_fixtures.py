@@ -132,6 +132,17 @@ def _dicom(path: Path, shape: tuple[int, int], modality: str) -> None:
     ds.save_as(path)
 
 
+def _raw(path: Path, spec) -> None:
+    """Headerless pixels as `spec` (`layouts.RawPixels`) declares them: size, sample type, byte order,
+    header bytes; values within `bits` and textured, different for every path."""
+    top = (1 << spec.bits) - 1 if spec.bits is not None else (255 if spec.itemsize == 1 else 4000)
+    rng = np.random.default_rng(_seed(path.as_posix()))
+    y, x = np.mgrid[0 : spec.height, 0 : spec.width]
+    smooth = (np.sin(x / 37.0 + rng.uniform(0, 6)) * np.cos(y / 53.0) + 1) / 2
+    arr = np.clip(smooth * top * 0.9 + rng.integers(0, max(2, top // 20), (spec.height, spec.width)), 0, top)
+    path.write_bytes(b"\0" * spec.offset + arr.astype(spec.numpy_dtype).tobytes())
+
+
 def _table(path: Path, spec) -> None:
     rows = [list(spec.header)] if spec.header is not None else []
     rows += [list(r) for r in spec.rows]
@@ -186,6 +197,8 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             _save_volume(path, _picture(shape, f.path, high=900).astype(np.float32))
         elif f.dicom is not None:
             _dicom(path, shapes.plane, f.dicom)
+        elif f.raw is not None:
+            _raw(path, f.raw)
         elif f.table is not None:
             _table(path, f.table)
         elif f.text is not None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gmai_pipeline import safe_yaml
+from gmai_pipeline.layouts import RawPixels
 from gmai_pipeline.settings import PROJECT_ROOT
 
 RECORDS_DIR = PROJECT_ROOT / "scripts" / "catalog_research"
@@ -95,6 +96,7 @@ class FixtureFile(_Spec):
     on `background` (default 0; 255 for masks whose 0 is a structure, iChallenge-AMD's disc BMPs);
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
+    raw: headerless pixels in this format (`layouts.RawPixels`, the entry's own `images.raw`), textured;
     table: a header and rows; text: content as is; json: content dumped as JSON.
     """
 
@@ -104,6 +106,7 @@ class FixtureFile(_Spec):
     background: int | None = Field(None, ge=0, le=65535)  # a 2D mask's pixels outside its blocks
     volume: int | None = Field(None, ge=1)
     dicom: str | None = None
+    raw: RawPixels | None = None
     table: TableContent | None = None
     text: str | None = None
     json_: Any = Field(None, alias="json")
@@ -124,7 +127,7 @@ class FixtureFile(_Spec):
         return next(k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None)
 
 
-KINDS = ("image", "mask", "volume", "dicom", "table", "text", "json")
+KINDS = ("image", "mask", "volume", "dicom", "raw", "table", "text", "json")
 
 
 class Yields(_Spec):

@@ -333,6 +333,68 @@ class FileSet(_Spec):
         return out
 
 
+class RawPixels(_Spec):
+    """Headerless raw pixels (JSRT's `.IMG`: 2048x2048 samples of 12 bits in big-endian uint16).
+
+    The declaration is the file's only header, so nothing that could be silently wrong has a default:
+    a file whose size is not `offset + width x height x bytes per sample` is quarantined naming both
+    sizes, and one with samples above `bits` (a wrong byte order, usually) is refused, not windowed.
+    bits: the stored bits, also the display window (0 .. 2**bits - 1); omitted, the 0.5/99.5 percentiles.
+    invert: high values are dark (DICOM's MONOCHROME1), flipped before storing.
+    """
+
+    width: int = Field(ge=1, le=65535)
+    height: int = Field(ge=1, le=65535)
+    dtype: Literal["uint8", "uint16", "int16", "uint32", "int32", "float32"]
+    byte_order: Literal["big", "little"] | None = None  # required when a sample has more than one byte
+    bits: int | None = Field(None, ge=1, le=32)
+    offset: int = Field(0, ge=0)  # bytes of a header to skip
+    invert: bool = False
+    extensions: tuple[str, ...] = (".img", ".raw")
+
+    _exts = field_validator("extensions", mode="before")(_as_tuple)
+
+    @model_validator(mode="after")
+    def _complete(self) -> RawPixels:
+        size = RAW_TYPES[self.dtype][1]
+        if size > 1 and self.byte_order is None:
+            raise ValueError(
+                f"raw {self.dtype} samples need byte_order (big or little): it is not in the file"
+            )
+        if self.bits is not None and (self.dtype == "float32" or self.bits > 8 * size):
+            raise ValueError(f"raw bits {self.bits} does not fit {self.dtype} samples")
+        if not all(e.startswith(".") for e in self.extensions):
+            raise ValueError("raw extensions start with a dot (.img)")
+        return self
+
+    @property
+    def numpy_dtype(self) -> str:
+        order = ">" if self.byte_order == "big" else "<"
+        return order + RAW_TYPES[self.dtype][0]
+
+    @property
+    def itemsize(self) -> int:
+        return RAW_TYPES[self.dtype][1]
+
+
+# raw dtype -> (NumPy type code without byte order, bytes per sample)
+RAW_TYPES = {
+    "uint8": ("u1", 1),
+    "uint16": ("u2", 2),
+    "int16": ("i2", 2),
+    "uint32": ("u4", 4),
+    "int32": ("i4", 4),
+    "float32": ("f4", 4),
+}
+
+
+class ImageFiles(FileSet):
+    """The image files' templates; `raw` declares headerless pixels (`RawPixels`) for the files with its
+    extensions (the others are decoded by their extension as usual)."""
+
+    raw: RawPixels | None = None
+
+
 class MaskEncoding(_Spec):
     """How a 2D mask file's pixel values become label values, where 0 is not simply background.
 
@@ -469,7 +531,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     """The generic reader: templates, tables, masks, boxes, channels, filters (module docstring)."""
 
     kind: Literal["layout"]
-    images: FileSet
+    images: ImageFiles
     fields: dict[str, str] = Field(default_factory=dict)  # field -> regex it must match
     exclude: tuple[str, ...] = ()  # globs (under the layout root) of matched files that are not images
     masks: MaskFiles | None = None
@@ -573,6 +635,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
             raise ValueError("channels apply to 3d_seg volumes")
         if task_type == "3d_seg" and self.masks is not None and not self.masks.plain:
             raise ValueError("masks.background and masks.threshold apply to 2D masks")
+        if task_type == "3d_seg" and self.images.raw is not None:
+            raise ValueError("images.raw applies to 2D images")
 
     def _check_convert(self, task_type: str) -> None:
         """What each converter needs (`convert.kind`), as one sentence naming the field."""

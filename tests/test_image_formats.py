@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from layout_fixtures import entry
 from normalize_fixtures import reasons, run
 from PIL import Image
+
+from gmai_pipeline.catalog import CatalogError
 
 MAMMO = {"modality": "X-Ray", "department": "Oncology"}
 
@@ -67,3 +70,62 @@ def test_mini_mias_pgm_films_labelled_from_info_txt(tmp_path: Path) -> None:
     assert (deep.format, deep.mode, deep.size) == ("PNG", "L", (64, 48))
     values = np.asarray(deep)
     assert values.max() == 255 and values.min() == 0 and len(np.unique(values)) > 100  # the whole range kept
+
+
+def test_jsrt_headerless_raw_films_declared_size_type_and_byte_order(tmp_path: Path) -> None:
+    """JSRT All247images/JPCLN001.IMG ... JPCNN093.IMG: headerless 12-bit samples in big-endian uint16
+    (public loaders: numpy.fromfile(dtype '>u2').reshape(2048, 2048); here the declared size is smaller).
+    A file of the wrong size is quarantined with both sizes; little-endian bytes read as big-endian give
+    samples above 12 bits and are refused, naming the byte order; the label is the file prefix."""
+    raw = tmp_path / "raw" / "jsrt"
+    top = raw / "All247images"
+    top.mkdir(parents=True)
+    film = _ramp(48, 64, 4095, 1)
+    film[0, 0], film[0, 1] = 0, 4095
+    (top / "JPCLN001.IMG").write_bytes(film.astype(">u2").tobytes())
+    (top / "JPCNN001.IMG").write_bytes(_ramp(48, 64, 4095, 2).astype(">u2").tobytes())
+    (top / "JPCNN002.IMG").write_bytes(_ramp(48, 64, 4095, 3).astype(">u2").tobytes()[:-2])  # truncated
+    (top / "JPCLN002.IMG").write_bytes(
+        (_ramp(48, 64, 3000, 4) + 300).astype("<u2").tobytes()
+    )  # little-endian
+    (top / "CLNDAT_EN.txt").write_text("JPCLN001.IMG, 5, 15, 53, male, 1634 692, malignant\n")
+    source = entry(
+        tmp_path,
+        "jsrt",
+        "2d_cls",
+        r"""
+        reader:
+          kind: layout
+          images:
+            path: '{group:JPCLN|JPCNN}{n:\d{3}}.IMG'
+            raw: {width: 64, height: 48, dtype: uint16, byte_order: big, bits: 12}
+          label: '{group}'
+        labels: {JPCLN: lung nodule, JPCNN: no lung nodule}
+        """,
+        modality="X-Ray",
+        department="Pulmonary Medicine",
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert (report.inputs, report.kept) == (4, 2)
+    assert sorted(r["label"] for r in rows) == ["lung nodule", "no lung nodule"]
+    details = {q["source_path"].rsplit("/", 1)[-1]: (q["reason"], q["detail"]) for q in qrows}
+    assert details["JPCNN002.IMG"][0] == "truncated" and "6142 bytes" in details["JPCNN002.IMG"][1]
+    assert details["JPCNN002.IMG"][1].endswith("needs 6144")
+    assert details["JPCLN002.IMG"][0] == "unreadable" and "byte_order big" in details["JPCLN002.IMG"][1]
+    first = next(r for r in rows if r["source_path"].endswith("JPCLN001.IMG"))
+    png = np.asarray(Image.open(tmp_path / "out" / first["image"]))
+    assert png.shape == (48, 64) and (int(png[0, 0]), int(png[0, 1])) == (0, 255)  # the 12-bit window
+
+
+def test_raw_declaration_states_what_the_file_cannot(tmp_path: Path) -> None:
+    for body, message in (
+        ("raw: {width: 8, height: 8, dtype: uint16}", "need byte_order"),
+        ("raw: {width: 8, height: 8, dtype: uint8, bits: 12}", "does not fit uint8"),
+    ):
+        with pytest.raises(CatalogError, match=message):
+            entry(
+                tmp_path,
+                "r",
+                "2d_cls",
+                f"reader: {{kind: layout, images: {{path: '{{g}}.img', {body}}}, label: '{{g}}'}}",
+            )

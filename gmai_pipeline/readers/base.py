@@ -164,6 +164,7 @@ class ReaderContext:
     cases_seen: set[str] = field(default_factory=set)  # cases found (for `expect: cases`)
     filtered: set[str] = field(default_factory=set)  # files a declared filter or channel choice left out
     ct_window: tuple[float, float] | None = None
+    raw: Any = None  # `images.raw` (layouts.RawPixels): how headerless image files are decoded
     _stores: dict[str, ImageStore] = field(default_factory=dict)
     _dicom_names: Any = None
     _first_image: dict[str, str] = field(default_factory=dict)
@@ -577,6 +578,11 @@ def boundary_events(
 def _store(ctx: ReaderContext, store: ImageStore, rel: str) -> StoredImage | ImageError:
     """Read (verified), decode, store: on a worker thread, so every failure is returned, not raised."""
     try:
+        if ctx.raw is not None:
+            from gmai_pipeline.readers.raw_pixels import is_raw, store_raw
+
+            if is_raw(ctx.raw, rel):
+                return store_raw(ctx, store, rel, ctx.raw)
         return store.store_bytes(ctx.read(rel), rel, md5=ctx.md5(rel))  # read() checked the MD5
     except ImageError as err:
         return err

@@ -152,12 +152,17 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         return
     plan = compile_plan(opts)
     ctx.ct_window = opts.ct_window
+    ctx.raw = opts.images.raw
     three_d = ctx.source.task_type == "3d_seg"
     mask_found = (
         match(ctx, plan.masks, VOLUME_EXTENSIONS if three_d else MASK_EXTENSIONS_2D) if plan.masks else []
     )
     mask_rels = {m.rel for m in mask_found}
-    image_exts = VOLUME_EXTENSIONS if three_d else IMAGE_EXTENSIONS_2D
+    image_exts = (
+        VOLUME_EXTENSIONS
+        if three_d
+        else IMAGE_EXTENSIONS_2D + (opts.images.raw.extensions if opts.images.raw else ())
+    )
     found = [
         f
         for f in match(ctx, plan.images, image_exts)

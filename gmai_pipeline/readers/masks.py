@@ -221,6 +221,10 @@ ANNOTATE_REASONS = frozenset(
 
 def _open_2d(ctx, rel: str):
     """((width, height), store(store) -> StoredImage, name) for a Pillow image, decoded lazily."""
+    from gmai_pipeline.readers.raw_pixels import is_raw, store_raw
+
+    if is_raw(ctx.raw, rel):  # headerless: the declaration gives the size; decoded when stored
+        return (ctx.raw.width, ctx.raw.height), lambda store: store_raw(ctx, store, rel, ctx.raw), rel
     try:
         data = ctx.read(rel)
         im = Image.open(io.BytesIO(data))  # lazy: the size without decoding; reused by the store
