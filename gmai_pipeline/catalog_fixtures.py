@@ -143,6 +143,11 @@ def _raw(path: Path, spec) -> None:
     path.write_bytes(b"\0" * spec.offset + arr.astype(spec.numpy_dtype).tobytes())
 
 
+def _npy(path: Path, shape: tuple[int, ...]) -> None:
+    """A `.npy` uint8 array (no pickle), textured and different for every path."""
+    np.save(path, _picture(shape, path.as_posix()).astype(np.uint8), allow_pickle=False)
+
+
 def _table(path: Path, spec) -> None:
     rows = [list(spec.header)] if spec.header is not None else []
     rows += [list(r) for r in spec.rows]
@@ -199,6 +204,8 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             _dicom(path, shapes.plane, f.dicom)
         elif f.raw is not None:
             _raw(path, f.raw)
+        elif f.array is not None:
+            _npy(path, f.array)
         elif f.table is not None:
             _table(path, f.table)
         elif f.text is not None:

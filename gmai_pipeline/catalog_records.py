@@ -97,6 +97,7 @@ class FixtureFile(_Spec):
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
     raw: headerless pixels in this format (`layouts.RawPixels`, the entry's own `images.raw`), textured;
+    array: a NumPy `.npy` uint8 array of this shape (MRNet's slices x H x W stacks), textured;
     table: a header and rows; text: content as is; json: content dumped as JSON.
     """
 
@@ -107,6 +108,7 @@ class FixtureFile(_Spec):
     volume: int | None = Field(None, ge=1)
     dicom: str | None = None
     raw: RawPixels | None = None
+    array: tuple[int, ...] | None = Field(None, min_length=2, max_length=4)
     table: TableContent | None = None
     text: str | None = None
     json_: Any = Field(None, alias="json")
@@ -127,7 +129,7 @@ class FixtureFile(_Spec):
         return next(k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None)
 
 
-KINDS = ("image", "mask", "volume", "dicom", "raw", "table", "text", "json")
+KINDS = ("image", "mask", "volume", "dicom", "raw", "array", "table", "text", "json")
 
 
 class Yields(_Spec):

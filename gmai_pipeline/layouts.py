@@ -241,6 +241,7 @@ class TableSpec(_Spec):
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
     names: tuple[str, ...] = ()  # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv)
+    header: bool = True  # False: no header row, every line is data (MRNet's `0000,0`): columns by names or index
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
@@ -388,11 +389,39 @@ RAW_TYPES = {
 }
 
 
+class ArrayImages(_Spec):
+    """Image files that hold NumPy arrays (`.npy`), one image per file: a 2D array (H x W, or H x W x 3)
+    as it is; a 3D stack (MRNet's `train/sagittal/0000.npy`, slices x 256 x 256 uint8) as one slice
+    along `axis`, chosen by `slice` (`middle`, or an index), which a stack needs: there is no default.
+
+    Read with `allow_pickle=False` (an object array is refused, never unpickled); the header's shape and
+    type are checked against the file's size and the decode budget before the array is loaded.
+    """
+
+    slice: Literal["middle"] | int | None = None
+    axis: int = Field(0, ge=0, le=2)
+    extensions: tuple[str, ...] = (".npy",)
+
+    _exts = field_validator("extensions", mode="before")(_as_tuple)
+
+
 class ImageFiles(FileSet):
-    """The image files' templates; `raw` declares headerless pixels (`RawPixels`) for the files with its
-    extensions (the others are decoded by their extension as usual)."""
+    """The image files' templates; `raw` declares headerless pixels (`RawPixels`) and `array` NumPy
+    arrays (`ArrayImages`) for the files with their extensions (the others are decoded by extension)."""
 
     raw: RawPixels | None = None
+    array: ArrayImages | None = None
+
+    @model_validator(mode="after")
+    def _one_decoder(self) -> ImageFiles:
+        if self.raw is not None and self.array is not None:
+            raise ValueError("give images.raw or images.array, not both")
+        return self
+
+    def declared_extensions(self) -> tuple[str, ...]:
+        """Extensions the declared decoder reads, besides the 2D image formats."""
+        spec = self.raw or self.array
+        return spec.extensions if spec is not None else ()
 
 
 class MaskEncoding(_Spec):
@@ -635,8 +664,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
             raise ValueError("channels apply to 3d_seg volumes")
         if task_type == "3d_seg" and self.masks is not None and not self.masks.plain:
             raise ValueError("masks.background and masks.threshold apply to 2D masks")
-        if task_type == "3d_seg" and self.images.raw is not None:
-            raise ValueError("images.raw applies to 2D images")
+        if task_type == "3d_seg" and (self.images.raw is not None or self.images.array is not None):
+            raise ValueError("images.raw and images.array apply to 2D images")
 
     def _check_convert(self, task_type: str) -> None:
         """What each converter needs (`convert.kind`), as one sentence naming the field."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from layout_fixtures import entry
 from normalize_fixtures import reasons, run
 from PIL import Image
 
 from gmai_pipeline.catalog import CatalogError
+from gmai_pipeline.manifest import scan
+from gmai_pipeline.normalize import normalize_source, shown_names
 
 MAMMO = {"modality": "X-Ray", "department": "Oncology"}
 
@@ -129,3 +132,66 @@ def test_raw_declaration_states_what_the_file_cannot(tmp_path: Path) -> None:
                 "2d_cls",
                 f"reader: {{kind: layout, images: {{path: '{{g}}.img', {body}}}, label: '{{g}}'}}",
             )
+
+
+def test_mrnet_npy_stacks_middle_slice_and_headerless_label_table(tmp_path: Path) -> None:
+    """MRNet-v1.0: train/{axial,coronal,sagittal}/0000.npy (slices x 256 x 256 uint8, one stack per exam
+    and plane; here 5 x 32 x 32), valid/... for the official validation exams (1130-1249), label tables
+    without a header (`train-acl.csv`: `0000,0`). One image per stack: the declared middle slice. An
+    object array is refused without being unpickled; a 3D stack without `slice` is not guessed."""
+    raw = tmp_path / "raw" / "mrnet"
+    top = raw / "MRNet-v1.0"
+    stacks = {}
+    for exam, split in (("0000", "train"), ("0001", "train"), ("1130", "valid")):
+        stacks[exam] = np.stack([_ramp(32, 32, 255, 10 * int(exam) + k) for k in range(5)]).astype(np.uint8)
+        for plane in ("sagittal", "coronal"):
+            (top / split / plane).mkdir(parents=True, exist_ok=True)
+            np.save(top / split / plane / f"{exam}.npy", stacks[exam])
+    np.save(top / "train" / "sagittal" / "0002.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    (top / "train-acl.csv").write_text("0000,0\n0001,1\n0002,1\n")
+    (top / "valid-acl.csv").write_text("1130,1\n")
+    source = entry(
+        tmp_path,
+        "mrnet",
+        "2d_cls",
+        """
+        reader:
+          kind: layout
+          images: {path: '{split}/{plane}/{exam}.npy', array: {slice: middle}}
+          table: {file: [train-acl.csv, valid-acl.csv], join: {column: 0, field: exam}, header: false}
+          label: {column: 1}
+          split: '{split}'
+          filters: {plane: sagittal}
+        labels: {'0': no ACL tear, '1': ACL tear}
+        """,
+        modality="MR",
+        department="Sports Medicine",
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert (report.inputs, report.kept) == (4, 2)
+    assert sorted((r["source_path"].rsplit("/", 1)[-1], r["label"]) for r in rows) == [
+        ("0000.npy", "no ACL tear"),
+        ("0001.npy", "ACL tear"),
+    ]
+    assert reasons(qrows) == {"split_excluded": 1, "unsupported_codec": 1}
+    assert any("object array" in q["detail"] for q in qrows)
+    first = next(r for r in rows if r["source_path"].endswith("0000.npy"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / first["image"])), stacks["0000"][2])
+    plain = entry(
+        tmp_path,
+        "mrnet",
+        "2d_cls",
+        """
+        reader:
+          kind: layout
+          images: {path: 'train/sagittal/{exam}.npy', array: {}}
+          label: ACL
+        labels: {ACL: ACL}
+        """,
+        modality="MR",
+        department="Sports Medicine",
+    )
+    report = normalize_source(plain, raw, scan(raw, shown=shown_names(plain)), tmp_path / "plain")
+    qrows = pq.read_table(tmp_path / "plain" / "quarantine" / "mrnet.parquet").to_pylist()
+    assert report.kept == 0 and len(qrows) == 3
+    assert sum("declare images.array.slice" in q["detail"] for q in qrows) == 2

@@ -152,17 +152,13 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         return
     plan = compile_plan(opts)
     ctx.ct_window = opts.ct_window
-    ctx.raw = opts.images.raw
+    ctx.raw, ctx.array = opts.images.raw, opts.images.array
     three_d = ctx.source.task_type == "3d_seg"
     mask_found = (
         match(ctx, plan.masks, VOLUME_EXTENSIONS if three_d else MASK_EXTENSIONS_2D) if plan.masks else []
     )
     mask_rels = {m.rel for m in mask_found}
-    image_exts = (
-        VOLUME_EXTENSIONS
-        if three_d
-        else IMAGE_EXTENSIONS_2D + (opts.images.raw.extensions if opts.images.raw else ())
-    )
+    image_exts = VOLUME_EXTENSIONS if three_d else IMAGE_EXTENSIONS_2D + opts.images.declared_extensions()
     found = [
         f
         for f in match(ctx, plan.images, image_exts)
@@ -309,6 +305,7 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
                     delimiter=spec.delimiter,
                     sheet=spec.sheet,
                     names=spec.names,
+                    header_row=spec.header,
                 )
             )
         except (TableError, ImageError) as err:  # unparsable, or changed or swapped since the scan

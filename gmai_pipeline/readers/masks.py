@@ -221,10 +221,15 @@ ANNOTATE_REASONS = frozenset(
 
 def _open_2d(ctx, rel: str):
     """((width, height), store(store) -> StoredImage, name) for a Pillow image, decoded lazily."""
-    from gmai_pipeline.readers.raw_pixels import is_raw, store_raw
+    from gmai_pipeline.readers.raw_pixels import declared_picture
 
-    if is_raw(ctx.raw, rel):  # headerless: the declaration gives the size; decoded when stored
-        return (ctx.raw.width, ctx.raw.height), lambda store: store_raw(ctx, store, rel, ctx.raw), rel
+    decode = declared_picture(ctx, rel, ctx.store.budget)
+    if decode is not None:  # raw pixels or a NumPy array: decoded now, for the size the mask must have
+        try:
+            arr = decode()
+        except ImageError as err:
+            return Quarantined(rel, "read", err.reason, err.detail)
+        return (arr.shape[1], arr.shape[0]), lambda store: store.store_array(arr, rel), rel
     try:
         data = ctx.read(rel)
         im = Image.open(io.BytesIO(data))  # lazy: the size without decoding; reused by the store

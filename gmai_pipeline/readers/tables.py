@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -84,15 +85,21 @@ def read_table(
     delimiter: str | None = None,
     sheet: str | None = None,
     names: tuple[str, ...] = (),
+    header_row: bool = True,
 ) -> Table:
-    """The wanted columns (names or 0-based indices) of every data row; TableError naming what is missing."""
+    """The wanted columns (names or 0-based indices) of every data row; TableError naming what is missing.
+
+    `header_row=False`: the first line is data too (MRNet's `train-acl.csv`: `0000,0`); columns are
+    `names` or indices."""
     rows_iter = raw_rows(data, rel, delimiter, sheet)
     header = list(names)
     try:
         line, first = next(rows_iter)
     except StopIteration:
         raise TableError("unreadable", f"{rel}: the table is empty") from None
-    header_from_file = [c.strip() for c in first]
+    header_from_file = [c.strip() for c in first] if header_row else [str(i) for i in range(len(first))]
+    if not header_row:
+        rows_iter = itertools.chain([(line, first)], rows_iter)
     if not header:
         header = header_from_file
     index: dict[str | int, int] = {}
