@@ -241,7 +241,7 @@ class TableSpec(_Spec):
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
     names: tuple[str, ...] = ()  # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv)
-    header: bool = True  # False: no header row, every line is data (MRNet's `0000,0`): columns by names or index
+    header: bool = True  # False: every line is data (MRNet's `0000,0`); columns by names or index
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
