@@ -148,6 +148,14 @@ def _npy(path: Path, shape: tuple[int, ...]) -> None:
     np.save(path, _picture(shape, path.as_posix()).astype(np.uint8), allow_pickle=False)
 
 
+def _pickled(path: Path, shape: tuple[int, ...]) -> None:
+    """A pickled uint16 ndarray (protocol 2, as Python 2 era datasets wrote them), textured."""
+    import pickle
+
+    arr = _picture(shape, path.as_posix(), high=4000).astype(np.uint16)
+    path.write_bytes(pickle.dumps(arr, protocol=2))
+
+
 def _table(path: Path, spec) -> None:
     rows = [list(spec.header)] if spec.header is not None else []
     rows += [list(r) for r in spec.rows]
@@ -206,6 +214,8 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             _raw(path, f.raw)
         elif f.array is not None:
             _npy(path, f.array)
+        elif f.pickled_array is not None:
+            _pickled(path, f.pickled_array)
         elif f.table is not None:
             _table(path, f.table)
         elif f.text is not None:

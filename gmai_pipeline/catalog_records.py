@@ -98,6 +98,7 @@ class FixtureFile(_Spec):
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
     raw: headerless pixels in this format (`layouts.RawPixels`, the entry's own `images.raw`), textured;
     array: a NumPy `.npy` uint8 array of this shape (MRNet's slices x H x W stacks), textured;
+    pickled_array: a pickled uint16 ndarray of this shape (KneeMRI's `.pck` volumes), textured;
     table: a header and rows; text: content as is; json: content dumped as JSON.
     """
 
@@ -109,6 +110,7 @@ class FixtureFile(_Spec):
     dicom: str | None = None
     raw: RawPixels | None = None
     array: tuple[int, ...] | None = Field(None, min_length=2, max_length=4)
+    pickled_array: tuple[int, ...] | None = Field(None, min_length=2, max_length=4)
     table: TableContent | None = None
     text: str | None = None
     json_: Any = Field(None, alias="json")
@@ -129,7 +131,7 @@ class FixtureFile(_Spec):
         return next(k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None)
 
 
-KINDS = ("image", "mask", "volume", "dicom", "raw", "array", "table", "text", "json")
+KINDS = ("image", "mask", "volume", "dicom", "raw", "array", "pickled_array", "table", "text", "json")
 
 
 class Yields(_Spec):

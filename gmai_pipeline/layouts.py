@@ -390,19 +390,30 @@ RAW_TYPES = {
 
 
 class ArrayImages(_Spec):
-    """Image files that hold NumPy arrays (`.npy`), one image per file: a 2D array (H x W, or H x W x 3)
-    as it is; a 3D stack (MRNet's `train/sagittal/0000.npy`, slices x 256 x 256 uint8) as one slice
-    along `axis`, chosen by `slice` (`middle`, or an index), which a stack needs: there is no default.
+    """Image files that hold NumPy arrays, one image per file: a 2D array (H x W, or H x W x 3) as it
+    is; a 3D stack (MRNet's `train/sagittal/0000.npy`, slices x 256 x 256 uint8) as one slice along
+    `axis`, chosen by `slice` (`middle`, or an index), which a stack needs: there is no default.
 
-    Read with `allow_pickle=False` (an object array is refused, never unpickled); the header's shape and
-    type are checked against the file's size and the decode budget before the array is loaded.
+    format npy: `.npy`, read with `allow_pickle=False` (an object array is refused, never unpickled);
+    the header's shape and type are checked against the file's size and the decode budget first.
+    format pickle: a pickled ndarray (KneeMRI's `.pck`), read by a restricted unpickler that admits
+    the numpy array constructors alone (`readers.raw_pixels.load_pickled_array`): any other object,
+    class or callable in the file is refused before it is built.
     """
 
+    format: Literal["npy", "pickle"] = "npy"
     slice: Literal["middle"] | int | None = None
     axis: int = Field(0, ge=0, le=2)
-    extensions: tuple[str, ...] = (".npy",)
+    extensions: tuple[str, ...] = ()  # default: .npy, or .pck / .pkl / .pickle
 
     _exts = field_validator("extensions", mode="before")(_as_tuple)
+
+    @model_validator(mode="after")
+    def _default_extensions(self) -> ArrayImages:
+        if not self.extensions:
+            default = (".npy",) if self.format == "npy" else (".pck", ".pkl", ".pickle")
+            object.__setattr__(self, "extensions", default)
+        return self
 
 
 class ImageFiles(FileSet):

@@ -195,3 +195,66 @@ def test_mrnet_npy_stacks_middle_slice_and_headerless_label_table(tmp_path: Path
     qrows = pq.read_table(tmp_path / "plain" / "quarantine" / "mrnet.parquet").to_pylist()
     assert report.kept == 0 and len(qrows) == 3
     assert sum("declare images.array.slice" in q["detail"] for q in qrows) == 2
+
+
+class _Callable:
+    """Pickles as a call to `print`: harmless if a broken unpickler ran it, refused by a correct one."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_kneemri_pickled_volumes_through_a_restricted_unpickler(tmp_path: Path) -> None:
+    """KneeMRI: metadata.csv (header; aclDiagnosis in column 2, volumeFilename in column 10, per
+    nicholasbien/MRNet:loader.py) beside vol01/ ... vol10/ holding `<exam>-<series>.pck`, each a pickled
+    numpy volume (slices first). Only numpy arrays are unpickled: a pickle that calls anything else, or
+    holds another object, is quarantined naming the file and what it refers to."""
+    import pickle
+
+    raw = tmp_path / "raw" / "kneemri"
+    vols = {}
+    for i, name in enumerate(("329637-8.pck", "390116-9.pck")):
+        vols[name] = _ramp(4 * 5, 32, 4000, i).reshape(5, 4, 32).repeat(8, axis=1).astype(np.uint16)
+        (raw / "vol01").mkdir(parents=True, exist_ok=True)
+        (raw / "vol01" / name).write_bytes(pickle.dumps(vols[name], protocol=2))
+    (raw / "vol08").mkdir()
+    (raw / "vol08" / "404663-8.pck").write_bytes(pickle.dumps(_Callable(), protocol=2))
+    (raw / "vol08" / "404664-8.pck").write_bytes(pickle.dumps({"volume": [1, 2, 3]}, protocol=2))
+    header = "examId,seriesNo,aclDiagnosis,kneeLR,roiX,roiY,roiZ,roiHeight,roiWidth,roiDepth,volumeFilename\n"
+    (raw / "metadata.csv").write_text(
+        header
+        + "329637,8,0,1,139,177,11,104,92,3,329637-8.pck\n390116,9,2,0,113,110,10,77,95,4,390116-9.pck\n"
+        + "404663,8,1,1,110,136,11,79,92,4,404663-8.pck\n404664,8,1,1,110,136,11,79,92,4,404664-8.pck\n"
+    )
+    source = entry(
+        tmp_path,
+        "kneemri",
+        "2d_cls",
+        """
+        reader:
+          kind: layout
+          images: {path: '**/{name}.pck', array: {format: pickle, slice: middle}}
+          table: {file: metadata.csv, image: volumeFilename}
+          label: {column: aclDiagnosis}
+        labels: {'0': healthy ACL, '1': partially injured ACL, '2': completely ruptured ACL}
+        """,
+        modality="MR",
+        department="Sports Medicine",
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert (report.inputs, report.kept) == (4, 2)
+    assert sorted(r["label"] for r in rows) == ["completely ruptured ACL", "healthy ACL"]
+    first = next(r for r in rows if r["source_path"].endswith("329637-8.pck"))
+    stored = np.asarray(Image.open(tmp_path / "out" / first["image"]))
+    assert (
+        stored.shape == (32, 32) and np.corrcoef(stored.ravel(), vols["329637-8.pck"][2].ravel())[0, 1] > 0.99
+    )
+    details = {q["source_path"].rsplit("/", 1)[-1]: (q["reason"], q["detail"]) for q in qrows}
+    assert (
+        details["404663-8.pck"][0] == "unsupported_codec"
+        and "print; only numpy arrays" in details["404663-8.pck"][1]
+    )
+    assert details["404664-8.pck"] == (
+        "unsupported_codec",
+        "vol08/404664-8.pck: the pickle holds a dict, not a numpy array",
+    )
