@@ -85,6 +85,14 @@ def _blocks_3d(shape: tuple[int, int, int], values: tuple[int, ...], start: int)
     return mask
 
 
+def _frames_4d(mask: np.ndarray, time: int, labelled: tuple[int, ...] | None) -> np.ndarray:
+    """A 3D mask as a 4D (x, y, z, time) label volume, the blocks only in the `labelled` frames."""
+    out = np.zeros((*mask.shape, time), mask.dtype)
+    for t in labelled if labelled is not None else range(time):
+        out[..., t] = mask
+    return out
+
+
 def _save_volume(path: Path, arr: np.ndarray) -> None:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -199,7 +207,10 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             shape = (*shapes.plane, 3) if f.image == "RGB" else shapes.plane
             _save_picture(path, _picture(shape, f.path).astype(np.uint8))
         elif f.mask is not None:
-            if is_volume(f.path):
+            if is_volume(f.path) and f.time is not None:
+                _save_volume(path, _frames_4d(_blocks_3d(shapes.volume, f.mask, start3), f.time, f.labelled))
+                start3 += len(f.mask)
+            elif is_volume(f.path):
                 _save_volume(path, _blocks_3d(shapes.volume, f.mask, start3))
                 start3 += len(f.mask)
             else:

@@ -93,7 +93,8 @@ class FixtureFile(_Spec):
 
     image: a 2D picture, `L` or `RGB` (format by extension: PNG, JPEG, BMP, TIFF);
     mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each,
-    on `background` (default 0; 255 for masks whose 0 is a structure, iChallenge-AMD's disc BMPs);
+    on `background` (default 0; 255 for masks whose 0 is a structure, iChallenge-AMD's disc BMPs); with
+    `time`, a 4D label volume whose `labelled` frames hold the blocks (M&Ms' ED/ES labels);
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
     raw: headerless pixels in this format (`layouts.RawPixels`, the entry's own `images.raw`), textured;
@@ -106,6 +107,8 @@ class FixtureFile(_Spec):
     image: Literal["L", "RGB"] | None = None
     mask: tuple[int, ...] | None = None
     background: int | None = Field(None, ge=0, le=65535)  # a 2D mask's pixels outside its blocks
+    time: int | None = Field(None, ge=2)  # a 3D mask as 4D (x, y, z, time): M&Ms' _sa_gt.nii.gz
+    labelled: tuple[int, ...] | None = None  # with time: the frames holding the blocks (default all)
     volume: int | None = Field(None, ge=1)
     dicom: str | None = None
     raw: RawPixels | None = None
@@ -124,6 +127,8 @@ class FixtureFile(_Spec):
             raise ValueError(f"{self.path}: a fixture path is relative and stays inside the dataset")
         if self.background is not None and self.mask is None:
             raise ValueError(f"{self.path}: background applies to a mask")
+        if (self.time is not None or self.labelled is not None) and (self.mask is None or self.time is None):
+            raise ValueError(f"{self.path}: time (and labelled) apply to a 3D mask")
         return self
 
     @property

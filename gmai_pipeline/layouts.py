@@ -567,6 +567,18 @@ CONVERT_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
+class Frames(_Spec):
+    """4D cine cases labelled at a few time points: the frames to read, per case, from columns of the
+    joined table or template fields (M&Ms: `ED` and `ES` in the dataset's information CSV, as nnU-Net's
+    Dataset114_MNMs reads them). The image and its label volume are both 4D (x, y, z, time); each named
+    frame of the pair is read as one 3D volume, tagged with its column name. `base`: the index origin
+    of the numbers (0: the first time point is 0, as in M&Ms). An empty or non-integer cell, or a frame
+    past the last time point, quarantines the case's image naming the column."""
+
+    columns: tuple[str | int, ...] = Field(min_length=1)
+    base: Literal[0, 1] = 0
+
+
 class LayoutReader(ReaderBase, VolumeOptions):
     """The generic reader: templates, tables, masks, boxes, channels, filters (module docstring)."""
 
@@ -583,6 +595,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     boxes: BoxSpec | None = None
     channels: tuple[str | int, ...] | None = None  # None: every channel, each its own image
     filters: Conditions = Field(default_factory=dict)
+    frames: Frames | None = None  # 4D image + 4D labels: which time points, per case (3d_seg)
     convert: Convert | None = None  # how files are decoded when extensions cannot say (converters)
 
     _excl = field_validator("exclude", mode="before")(_as_tuple)
@@ -677,6 +690,12 @@ class LayoutReader(ReaderBase, VolumeOptions):
             raise ValueError("masks.background and masks.threshold apply to 2D masks")
         if task_type == "3d_seg" and (self.images.raw is not None or self.images.array is not None):
             raise ValueError("images.raw and images.array apply to 2D images")
+        if self.frames is not None:
+            if task_type != "3d_seg" or self.channels is not None:
+                raise ValueError("frames apply to 3d_seg 4D cases, instead of channels")
+            known = self.template_fields() | set(BUILTIN_FIELDS)
+            if self.table is None and any(c not in known for c in self.frames.columns):
+                raise ValueError("frames.columns: a column needs a table (reader.table with join)")
 
     def _check_convert(self, task_type: str) -> None:
         """What each converter needs (`convert.kind`), as one sentence naming the field."""

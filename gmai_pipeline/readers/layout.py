@@ -116,6 +116,8 @@ def _columns(opts: LayoutReader, fields: set[str]) -> list[str | int]:
         cols += list(opts.boxes.columns or (opts.boxes.column,))
         cols += [k for k in opts.boxes.no_finding if k not in fields]
     cols += [k for k in opts.filters if k not in fields]
+    if opts.frames is not None:
+        cols += [c for c in opts.frames.columns if c not in fields]
     return list(dict.fromkeys(cols))
 
 
