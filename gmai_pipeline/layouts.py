@@ -175,7 +175,9 @@ class LabelSpec(ValueSource):
 
     Every label is mapped through the catalog's `labels` when it has one. In `columns`, a cell is
     positive when it is one of `positive` (default 1, 1.0, true, yes), absent when empty or 0, uncertain
-    when it is one of `uncertain.values`; anything else is an error on that row.
+    when it is one of `uncertain.values`; anything else is an error on that row. With `default`, an
+    input whose every column has a cell and none is positive takes that label (MRNet's normal exams);
+    without it, or with a cell missing, it is `missing_label`.
     """
 
     columns: tuple[str, ...] = ()
@@ -240,7 +242,9 @@ class TableSpec(_Spec):
     join: Join | None = None
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
-    names: tuple[str, ...] = ()  # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv)
+    # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv); `{stem}` in a name is the
+    # table file's stem, so a family of one-label tables (MRNet's train-acl.csv ...) gives one column each
+    names: tuple[str, ...] = ()
     header: bool = True  # False: every line is data (MRNet's `0000,0`); columns by names or index
 
     _files = field_validator("file", mode="before")(_as_tuple)

@@ -134,11 +134,13 @@ def test_raw_declaration_states_what_the_file_cannot(tmp_path: Path) -> None:
             )
 
 
-def test_mrnet_npy_stacks_middle_slice_and_headerless_label_table(tmp_path: Path) -> None:
+def test_mrnet_npy_stacks_middle_slice_and_headerless_label_tables(tmp_path: Path) -> None:
     """MRNet-v1.0: train/{axial,coronal,sagittal}/0000.npy (slices x 256 x 256 uint8, one stack per exam
-    and plane; here 5 x 32 x 32), valid/... for the official validation exams (1130-1249), label tables
-    without a header (`train-acl.csv`: `0000,0`). One image per stack: the declared middle slice. An
-    object array is refused without being unpickled; a 3D stack without `slice` is not guessed."""
+    and plane; here 5 x 32 x 32), valid/... for the official validation exams (1130-1249), and one
+    headerless table per label (`train-acl.csv`: `0000,0`; also -abnormal and -meniscus). One image per
+    stack: the declared middle slice. The three tables merge into one multi-label per exam, columns named
+    after each file (`{stem}`); an exam no table marks is normal. An object array is refused without
+    being unpickled; a 3D stack without `slice` is not guessed."""
     raw = tmp_path / "raw" / "mrnet"
     top = raw / "MRNet-v1.0"
     stacks = {}
@@ -148,8 +150,10 @@ def test_mrnet_npy_stacks_middle_slice_and_headerless_label_table(tmp_path: Path
             (top / split / plane).mkdir(parents=True, exist_ok=True)
             np.save(top / split / plane / f"{exam}.npy", stacks[exam])
     np.save(top / "train" / "sagittal" / "0002.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
-    (top / "train-acl.csv").write_text("0000,0\n0001,1\n0002,1\n")
-    (top / "valid-acl.csv").write_text("1130,1\n")
+    for task, values in (("abnormal", "1,0,1"), ("acl", "0,0,1"), ("meniscus", "1,0,0")):
+        rows = [f"{e},{v}" for e, v in zip(("0000", "0001", "0002"), values.split(","), strict=True)]
+        (top / f"train-{task}.csv").write_text("\n".join(rows) + "\n")
+        (top / f"valid-{task}.csv").write_text("1130,1\n")
     source = entry(
         tmp_path,
         "mrnet",
@@ -158,22 +162,28 @@ def test_mrnet_npy_stacks_middle_slice_and_headerless_label_table(tmp_path: Path
         reader:
           kind: layout
           images: {path: '{split}/{plane}/{exam}.npy', array: {slice: middle}}
-          table: {file: [train-acl.csv, valid-acl.csv], join: {column: 0, field: exam}, header: false}
-          label: {column: 1}
+          table:
+            file: [train-abnormal.csv, train-acl.csv, train-meniscus.csv, valid-abnormal.csv, valid-acl.csv,
+                   valid-meniscus.csv]
+            join: {column: exam, field: exam}
+            header: false
+            names: [exam, '{stem}']
+          label: {columns: [train-abnormal, train-acl, train-meniscus], default: normal}
           split: '{split}'
           filters: {plane: sagittal}
-        labels: {'0': no ACL tear, '1': ACL tear}
+        labels: {train-abnormal: abnormal knee, train-acl: ACL tear, train-meniscus: meniscal tear, normal: normal knee}
         """,
         modality="MR",
         department="Sports Medicine",
     )
     report, rows, qrows = run(source, raw, tmp_path / "out")
-    assert (report.inputs, report.kept) == (4, 2)
+    assert (report.inputs, report.kept) == (6, 3)  # one input per label: 0002 has two, both refused
     assert sorted((r["source_path"].rsplit("/", 1)[-1], r["label"]) for r in rows) == [
-        ("0000.npy", "no ACL tear"),
-        ("0001.npy", "ACL tear"),
+        ("0000.npy", "abnormal knee"),
+        ("0000.npy", "meniscal tear"),
+        ("0001.npy", "normal knee"),
     ]
-    assert reasons(qrows) == {"split_excluded": 1, "unsupported_codec": 1}
+    assert reasons(qrows) == {"split_excluded": 1, "unsupported_codec": 2}
     assert any("object array" in q["detail"] for q in qrows)
     first = next(r for r in rows if r["source_path"].endswith("0000.npy"))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / first["image"])), stacks["0000"][2])

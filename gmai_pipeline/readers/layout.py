@@ -288,6 +288,20 @@ def _table_files(ctx: ReaderContext, patterns: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _per_file_names(
+    names: tuple[str, ...], rel: str, columns: list[str | int]
+) -> tuple[tuple[str, ...], list[str | int]]:
+    """`names` with `{stem}` replaced by the table file's stem (MRNet: `train-acl.csv` -> column
+    `train-acl`), and the wanted columns this file can hold: a family of such tables gives one column
+    each, so a column named after another file of the family is not required here."""
+    if not any("{stem}" in n for n in names):
+        return names, columns
+    stem = _stem(rel.rsplit("/", 1)[-1])
+    own = tuple(n.replace("{stem}", stem) for n in names)
+    templated = {n for n in names if "{stem}" in n}
+    return own, [c for c in columns if isinstance(c, int) or c in own or not templated]
+
+
 def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
     tables, events = [], []
     spec = plan.opts.table
@@ -298,15 +312,16 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
             )
             continue
         ctx.claim(rel)
+        names, wanted = _per_file_names(spec.names, rel, plan.columns)
         try:
             tables.append(
                 read_table(
                     ctx.read(rel),
                     rel,
-                    plan.columns,
+                    wanted,
                     delimiter=spec.delimiter,
                     sheet=spec.sheet,
-                    names=spec.names,
+                    names=names,
                     header_row=spec.header,
                 )
             )
@@ -322,9 +337,11 @@ def _joined_rows(ctx: ReaderContext, plan: Plan, found: list[Found]) -> tuple[di
     tables, events = _tables(ctx, plan)
     join_spec = plan.opts.table.join
     by_key: dict[str, dict] = {}
-    for t in tables:
+    for t in tables:  # rows of several tables that join one input are merged: first value per column wins
         for _, row in t.rows:
-            by_key.setdefault(row[join_spec.column], row)  # type: ignore[union-attr]
+            merged = by_key.setdefault(row[join_spec.column], {})  # type: ignore[union-attr]
+            for k, v in row.items():
+                merged.setdefault(k, v)
     rows = {
         f.rel: by_key[f.fields[join_spec.field]] for f in found if f.fields.get(join_spec.field) in by_key
     }  # type: ignore[union-attr]
@@ -396,6 +413,8 @@ def _one_hot(spec, values: dict, where: str) -> list[Annotation]:
             )
             anns.append(Annotation((col,), where=where, error=("unknown_label", detail)))
     if not anns:
+        if spec.default is not None and all((values.get(c) or "").strip() for c in spec.columns):
+            return [Annotation((spec.default,), where=where)]  # every column says no: e.g. a normal exam
         detail = f"{where}: no column of {list(spec.columns)} is positive"
         return [Annotation((), where=where, error=("missing_label", detail))]
     return anns
