@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from layout_fixtures import entry, nifti
 from normalize_fixtures import reasons, run
+
+from gmai_pipeline.catalog import CatalogError
 
 CARDIAC = {"modality": "MR", "department": "Cardiovascular Surgery"}
 CSV = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
@@ -79,3 +82,11 @@ def test_mnms_ed_and_es_frames_from_the_information_csv(tmp_path: Path) -> None:
         ("ES", "right ventricle"),
     }
     assert {r["slice_axis"] for r in rows} == {"z"} and report.counters["frames_read"] == 2
+
+
+def test_frames_are_validated(tmp_path: Path) -> None:
+    base = "reader: {kind: layout, images: 'a/{code}_sa.nii.gz', masks: 'a/{code}_gt.nii.gz', "
+    with pytest.raises(CatalogError, match="a column needs a table"):
+        entry(tmp_path, "f1", "3d_seg", base + "frames: {columns: [ED]}}")
+    with pytest.raises(CatalogError, match="instead of channels"):
+        entry(tmp_path, "f2", "3d_seg", base + "frames: {columns: [code]}, channels: [0]}")
