@@ -15,7 +15,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gmai_pipeline import safe_yaml
-from gmai_pipeline.layouts import Conditions, Expect, LayoutReader, ReaderBase, ValueSource, VolumeOptions
+from gmai_pipeline.layouts import (
+    Conditions,
+    Expect,
+    LayoutReader,
+    MaskEncoding,
+    ReaderBase,
+    SplitSpec,
+    ValueSource,
+    VolumeOptions,
+)
 from gmai_pipeline.settings import VOCABULARY_FILE, catalog_dirs
 
 TaskType = Literal["2d_cls", "2d_det", "2d_seg", "3d_seg"]
@@ -27,7 +36,8 @@ READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
     "2d_seg": ("mask_pairs", "layout"),
     "3d_seg": ("msd", "layout"),
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Pillow decodes all of these; `.pgm` (Netpbm grey maps, 8 or 16 bit: mini-MIAS) is stored as PNG.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 # Every 2D reader reads DICOM too (pixels only, under the `dicom` reader's privacy rules).
 IMAGE_EXTENSIONS_2D = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
@@ -68,23 +78,46 @@ class CsvLabelsReader(_Options):
         return (self.csv,)
 
 
+def _lists_only(spec: SplitSpec | None) -> SplitSpec | None:
+    """The detection kinds take the split from list files (or one fixed value): they have no fields or columns."""
+    if spec is not None and (spec.field is not None or spec.column is not None or spec.rules):
+        raise ValueError(
+            "split: this kind takes split lists (split.lists, with default / list_column) or a fixed value"
+        )
+    return spec
+
+
 class CocoReader(_Options):
-    """COCO detection JSON (`annotations.json`) with images relative to `image_dir`."""
+    """COCO detection JSON (`annotations.json`) with images relative to `image_dir`.
+
+    `image_dir` may list several folders, searched in order (FracAtlas: `images/Fractured`,
+    `images/Non_fractured`); `split.lists` gives the split per image (`layouts.SplitSpec`).
+    """
 
     kind: Literal["coco"]
     annotations: str = "annotations.json"
-    image_dir: str = ""
+    image_dir: str | tuple[str, ...] = ""
+    split: SplitSpec | None = None
+
+    _split = field_validator("split")(_lists_only)
+
+    @property
+    def image_dirs(self) -> tuple[str, ...]:
+        return (self.image_dir,) if isinstance(self.image_dir, str) else self.image_dir
 
     def anchors(self) -> tuple[str, ...]:
         return (self.annotations,)
 
 
 class VocReader(_Options):
-    """Pascal VOC: one XML per image."""
+    """Pascal VOC: one XML per image; `split.lists` reads `ImageSets/Main/{train,val,test}.txt`."""
 
     kind: Literal["voc"]
     annotations_dir: str = "Annotations"
     image_dir: str = "JPEGImages"
+    split: SplitSpec | None = None
+
+    _split = field_validator("split")(_lists_only)
 
     def anchors(self) -> tuple[str, ...]:
         return (self.annotations_dir + "/",)
@@ -102,8 +135,9 @@ class YoloReader(_Options):
         return (self.images_dir + "/",)
 
 
-class MaskPairsReader(_Options):
-    """2D image + label-mask pairs: `images/x.png` with `masks/x<mask_suffix>.png`."""
+class MaskPairsReader(_Options, MaskEncoding):
+    """2D image + label-mask pairs: `images/x.png` with `masks/x<mask_suffix>.png`; `background` /
+    `threshold` say how mask values are encoded (`layouts.MaskEncoding`)."""
 
     kind: Literal["mask_pairs"]
     images_dir: str = "images"

@@ -65,9 +65,11 @@ def _picture(shape: tuple[int, ...], path: str, high: int = 255) -> np.ndarray:
     return rng.integers(16, high, size=shape, endpoint=True)
 
 
-def _blocks_2d(shape: tuple[int, int], values: tuple[int, ...], start: int) -> np.ndarray:
-    dtype = np.uint16 if max(values, default=0) > 255 else np.uint8
-    mask = np.zeros(shape, dtype)
+def _blocks_2d(
+    shape: tuple[int, int], values: tuple[int, ...], start: int, background: int = 0
+) -> np.ndarray:
+    dtype = np.uint16 if max((*values, background), default=0) > 255 else np.uint8
+    mask = np.full(shape, background, dtype)
     cols = shape[1] // BLOCK
     for i, v in enumerate(values, start=start):
         r, c = divmod(i, cols)
@@ -84,6 +86,14 @@ def _blocks_3d(shape: tuple[int, int, int], values: tuple[int, ...], start: int)
     return mask
 
 
+def _frames_4d(mask: np.ndarray, time: int, labelled: tuple[int, ...] | None) -> np.ndarray:
+    """A 3D mask as a 4D (x, y, z, time) label volume, the blocks only in the `labelled` frames."""
+    out = np.zeros((*mask.shape, time), mask.dtype)
+    for t in labelled if labelled is not None else range(time):
+        out[..., t] = mask
+    return out
+
+
 def _save_volume(path: Path, arr: np.ndarray) -> None:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -98,7 +108,14 @@ def _save_volume(path: Path, arr: np.ndarray) -> None:
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
 
 
+def _save_netpbm(path: Path, arr: np.ndarray) -> None:
+    """A binary PGM (P5, 8-bit), as mini-MIAS ships its films."""
+    Image.fromarray(arr.astype(np.uint8)).convert("L").save(path, "PPM")
+
+
 def _save_picture(path: Path, arr: np.ndarray) -> None:
+    if path.suffix.lower() == ".pgm":
+        return _save_netpbm(path, arr)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
     ext = path.suffix.lower()
     if ext not in fmt:
@@ -122,6 +139,30 @@ def _dicom(path: Path, shape: tuple[int, int], modality: str) -> None:
     ds.PatientID = "ANON"
     ds.BurnedInAnnotation = "NO"
     ds.save_as(path)
+
+
+def _raw(path: Path, spec) -> None:
+    """Headerless pixels as `spec` (`layouts.RawPixels`) declares them: size, sample type, byte order,
+    header bytes; values within `bits` and textured, different for every path."""
+    top = (1 << spec.bits) - 1 if spec.bits is not None else (255 if spec.itemsize == 1 else 4000)
+    rng = np.random.default_rng(_seed(path.as_posix()))
+    y, x = np.mgrid[0 : spec.height, 0 : spec.width]
+    smooth = (np.sin(x / 37.0 + rng.uniform(0, 6)) * np.cos(y / 53.0) + 1) / 2
+    arr = np.clip(smooth * top * 0.9 + rng.integers(0, max(2, top // 20), (spec.height, spec.width)), 0, top)
+    path.write_bytes(b"\0" * spec.offset + arr.astype(spec.numpy_dtype).tobytes())
+
+
+def _npy(path: Path, shape: tuple[int, ...]) -> None:
+    """A `.npy` uint8 array (no pickle), textured and different for every path."""
+    np.save(path, _picture(shape, path.as_posix()).astype(np.uint8), allow_pickle=False)
+
+
+def _pickled(path: Path, shape: tuple[int, ...]) -> None:
+    """A pickled uint16 ndarray (protocol 2, as Python 2 era datasets wrote them), textured."""
+    import pickle
+
+    arr = _picture(shape, path.as_posix(), high=4000).astype(np.uint16)
+    path.write_bytes(pickle.dumps(arr, protocol=2))
 
 
 def _table(path: Path, spec) -> None:
@@ -171,17 +212,26 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             shape = (*shapes.plane, 3) if f.image == "RGB" else shapes.plane
             _save_picture(path, _picture(shape, f.path).astype(np.uint8))
         elif f.mask is not None:
-            if is_volume(f.path):
+            if is_volume(f.path) and f.time is not None:
+                _save_volume(path, _frames_4d(_blocks_3d(shapes.volume, f.mask, start3), f.time, f.labelled))
+                start3 += len(f.mask)
+            elif is_volume(f.path):
                 _save_volume(path, _blocks_3d(shapes.volume, f.mask, start3))
                 start3 += len(f.mask)
             else:
-                _save_picture(path, _blocks_2d(shapes.plane, f.mask, start2))
+                _save_picture(path, _blocks_2d(shapes.plane, f.mask, start2, f.background or 0))
                 start2 += len(f.mask)
         elif f.volume is not None:
             shape = shapes.volume if f.volume == 1 else (*shapes.volume, f.volume)
             _save_volume(path, _picture(shape, f.path, high=900).astype(np.float32))
         elif f.dicom is not None:
             _dicom(path, shapes.plane, f.dicom)
+        elif f.raw is not None:
+            _raw(path, f.raw)
+        elif f.array is not None:
+            _npy(path, f.array)
+        elif f.pickled_array is not None:
+            _pickled(path, f.pickled_array)
         elif f.table is not None:
             _table(path, f.table)
         elif f.text is not None:

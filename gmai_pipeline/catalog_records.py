@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gmai_pipeline import safe_yaml
+from gmai_pipeline.layouts import RawPixels
 from gmai_pipeline.quarantine import NORMALIZE_REASONS
 from gmai_pipeline.settings import PROJECT_ROOT
 
@@ -250,9 +251,14 @@ class FixtureFile(_Spec):
     """One file of a fixture: its real relative path and what it holds (exactly one kind).
 
     image: a 2D picture, `L` or `RGB` (format by extension: PNG, JPEG, BMP, TIFF);
-    mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each;
+    mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each,
+    on `background` (default 0; 255 for masks whose 0 is a structure, iChallenge-AMD's disc BMPs); with
+    `time`, a 4D label volume whose `labelled` frames hold the blocks (M&Ms' ED/ES labels);
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
+    raw: headerless pixels in this format (`layouts.RawPixels`, the entry's own `images.raw`), textured;
+    array: a NumPy `.npy` uint8 array of this shape (MRNet's slices x H x W stacks), textured;
+    pickled_array: a pickled uint16 ndarray of this shape (KneeMRI's `.pck` volumes), textured;
     table: a header and rows; text: content as is; json: content dumped as JSON;
     format + holds: a file in a converter's format (`HOLDS`: DICOM series, polygon XML/GeoJSON, RLE
     tables, HDF5, pyramidal TIFF slides and mask slides), `holds` validated by that format's model.
@@ -261,8 +267,14 @@ class FixtureFile(_Spec):
     path: str
     image: Literal["L", "RGB"] | None = None
     mask: tuple[int, ...] | None = None
+    background: int | None = Field(None, ge=0, le=65535)  # a 2D mask's pixels outside its blocks
+    time: int | None = Field(None, ge=2)  # a 3D mask as 4D (x, y, z, time): M&Ms' _sa_gt.nii.gz
+    labelled: tuple[int, ...] | None = None  # with time: the frames holding the blocks (default all)
     volume: int | None = Field(None, ge=1)
     dicom: str | None = None
+    raw: RawPixels | None = None
+    array: tuple[int, ...] | None = Field(None, min_length=2, max_length=4)
+    pickled_array: tuple[int, ...] | None = Field(None, min_length=2, max_length=4)
     table: TableContent | None = None
     text: str | None = None
     json_: Any = Field(None, alias="json")
@@ -296,6 +308,10 @@ class FixtureFile(_Spec):
             raise ValueError(f"{self.path}: give exactly one of {', '.join(KINDS)} (got {given or 'none'})")
         if self.path.startswith("/") or ".." in self.path.split("/"):
             raise ValueError(f"{self.path}: a fixture path is relative and stays inside the dataset")
+        if self.background is not None and self.mask is None:
+            raise ValueError(f"{self.path}: background applies to a mask")
+        if (self.time is not None or self.labelled is not None) and (self.mask is None or self.time is None):
+            raise ValueError(f"{self.path}: time (and labelled) apply to a 3D mask")
         return self
 
     @property
@@ -303,7 +319,19 @@ class FixtureFile(_Spec):
         return next(k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None)
 
 
-KINDS = ("image", "mask", "volume", "dicom", "table", "text", "json", "format")
+KINDS = (
+    "image",
+    "mask",
+    "volume",
+    "dicom",
+    "raw",
+    "array",
+    "pickled_array",
+    "table",
+    "text",
+    "json",
+    "format",
+)
 
 
 class Yields(_Spec):

@@ -175,7 +175,9 @@ class LabelSpec(ValueSource):
 
     Every label is mapped through the catalog's `labels` when it has one. In `columns`, a cell is
     positive when it is one of `positive` (default 1, 1.0, true, yes), absent when empty or 0, uncertain
-    when it is one of `uncertain.values`; anything else is an error on that row.
+    when it is one of `uncertain.values`; anything else is an error on that row. With `default`, an
+    input whose every column has a cell and none is positive takes that label (MRNet's normal exams);
+    without it, or with a cell missing, it is `missing_label`.
     """
 
     columns: tuple[str, ...] = ()
@@ -195,15 +197,24 @@ class SplitSpec(ValueSource):
     NIH's `train_val_list.txt` / `test_list.txt`).
 
     Values go through `map`, then the usual aliases (training -> train, validation/valid -> val, ...).
-    A list entry matches an image by file name, stem, path under the layout root, or case. An image in
-    no list takes `default`, or is quarantined `split_unknown` without one. Without any `split`, the
+    A list entry matches an image by file name, stem, path under the layout root, or case; a list that
+    is a table (CSV/TSV/XLSX) gives its entries in `list_column`. An image in no list takes `default`, or
+    is quarantined `split_unknown` without one. Without any `split`, the
     split comes from the path (see `ReaderContext.split_of`).
     """
 
     lists: dict[str, str] = Field(default_factory=dict)
+    # list files that are tables (FracAtlas's `Utilities/Fracture Split/train.csv`): the column of image names
+    list_column: str | int | None = None
 
     def _sources(self) -> list[str]:
         return super()._sources() + (["lists"] if self.lists else [])
+
+    @model_validator(mode="after")
+    def _list_column(self) -> SplitSpec:
+        if self.list_column is not None and not self.lists:
+            raise ValueError("split.list_column names the image column of split.lists: give lists")
+        return self
 
     def _extra_sources(self) -> str:
         return ", lists"
@@ -231,8 +242,10 @@ class TableSpec(_Spec):
     join: Join | None = None
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
-    names: tuple[str, ...] = ()  # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv)
-    header: bool = True  # false: the file has no header row, its first line is data (needs `names`)
+    # column names to use instead of the header row (e.g. NIH BBox_List_2017.csv); `{stem}` in a name is the
+    # table file's stem, so a family of one-label tables (MRNet's train-acl.csv ...) gives one column each
+    names: tuple[str, ...] = ()
+    header: bool = True  # False: every line is data (MRNet's `0000,0`); columns by names or index
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
@@ -240,8 +253,6 @@ class TableSpec(_Spec):
     def _mode(self) -> TableSpec:
         if (self.image is None) == (self.join is None):
             raise ValueError("give exactly one of image (the table names the images) or join (templates do)")
-        if not self.header and not self.names:
-            raise ValueError("header: false needs names: the columns of a table without a header row")
         if self.image_pattern is not None:
             check_template(self.image_pattern)
             if not {"path", "file", "stem"} & set(template_fields(self.image_pattern)):
@@ -325,6 +336,137 @@ class FileSet(_Spec):
         for t in self.path:
             out.extend(f for f in template_fields(t) if f not in out)
         return out
+
+
+class RawPixels(_Spec):
+    """Headerless raw pixels (JSRT's `.IMG`: 2048x2048 samples of 12 bits in big-endian uint16).
+
+    The declaration is the file's only header, so nothing that could be silently wrong has a default:
+    a file whose size is not `offset + width x height x bytes per sample` is quarantined naming both
+    sizes, and one with samples above `bits` (a wrong byte order, usually) is refused, not windowed.
+    bits: the stored bits, also the display window (0 .. 2**bits - 1); omitted, the 0.5/99.5 percentiles.
+    invert: high values are dark (DICOM's MONOCHROME1), flipped before storing.
+    """
+
+    width: int = Field(ge=1, le=65535)
+    height: int = Field(ge=1, le=65535)
+    dtype: Literal["uint8", "uint16", "int16", "uint32", "int32", "float32"]
+    byte_order: Literal["big", "little"] | None = None  # required when a sample has more than one byte
+    bits: int | None = Field(None, ge=1, le=32)
+    offset: int = Field(0, ge=0)  # bytes of a header to skip
+    invert: bool = False
+    extensions: tuple[str, ...] = (".img", ".raw")
+
+    _exts = field_validator("extensions", mode="before")(_as_tuple)
+
+    @model_validator(mode="after")
+    def _complete(self) -> RawPixels:
+        size = RAW_TYPES[self.dtype][1]
+        if size > 1 and self.byte_order is None:
+            raise ValueError(
+                f"raw {self.dtype} samples need byte_order (big or little): it is not in the file"
+            )
+        if self.bits is not None and (self.dtype == "float32" or self.bits > 8 * size):
+            raise ValueError(f"raw bits {self.bits} does not fit {self.dtype} samples")
+        if not all(e.startswith(".") for e in self.extensions):
+            raise ValueError("raw extensions start with a dot (.img)")
+        return self
+
+    @property
+    def numpy_dtype(self) -> str:
+        order = ">" if self.byte_order == "big" else "<"
+        return order + RAW_TYPES[self.dtype][0]
+
+    @property
+    def itemsize(self) -> int:
+        return RAW_TYPES[self.dtype][1]
+
+
+# raw dtype -> (NumPy type code without byte order, bytes per sample)
+RAW_TYPES = {
+    "uint8": ("u1", 1),
+    "uint16": ("u2", 2),
+    "int16": ("i2", 2),
+    "uint32": ("u4", 4),
+    "int32": ("i4", 4),
+    "float32": ("f4", 4),
+}
+
+
+class ArrayImages(_Spec):
+    """Image files that hold NumPy arrays, one image per file: a 2D array (H x W, or H x W x 3) as it
+    is; a 3D stack (MRNet's `train/sagittal/0000.npy`, slices x 256 x 256 uint8) as one slice along
+    `axis`, chosen by `slice` (`middle`, or an index), which a stack needs: there is no default.
+
+    format npy: `.npy`, read with `allow_pickle=False` (an object array is refused, never unpickled);
+    the header's shape and type are checked against the file's size and the decode budget first.
+    format pickle: a pickled ndarray (KneeMRI's `.pck`), read by a restricted unpickler that admits
+    the numpy array constructors alone (`readers.raw_pixels.load_pickled_array`): any other object,
+    class or callable in the file is refused before it is built.
+    """
+
+    format: Literal["npy", "pickle"] = "npy"
+    slice: Literal["middle"] | int | None = None
+    axis: int = Field(0, ge=0, le=2)
+    extensions: tuple[str, ...] = ()  # default: .npy, or .pck / .pkl / .pickle
+
+    _exts = field_validator("extensions", mode="before")(_as_tuple)
+
+    @model_validator(mode="after")
+    def _default_extensions(self) -> ArrayImages:
+        if not self.extensions:
+            default = (".npy",) if self.format == "npy" else (".pck", ".pkl", ".pickle")
+            object.__setattr__(self, "extensions", default)
+        return self
+
+
+class ImageFiles(FileSet):
+    """The image files' templates; `raw` declares headerless pixels (`RawPixels`) and `array` NumPy
+    arrays (`ArrayImages`) for the files with their extensions (the others are decoded by extension)."""
+
+    raw: RawPixels | None = None
+    array: ArrayImages | None = None
+
+    @model_validator(mode="after")
+    def _one_decoder(self) -> ImageFiles:
+        if self.raw is not None and self.array is not None:
+            raise ValueError("give images.raw or images.array, not both")
+        return self
+
+    def declared_extensions(self) -> tuple[str, ...]:
+        """Extensions the declared decoder reads, besides the 2D image formats."""
+        spec = self.raw or self.array
+        return spec.extensions if spec is not None else ()
+
+
+class MaskEncoding(_Spec):
+    """How a 2D mask file's pixel values become label values, where 0 is not simply background.
+
+    background: the value that means "no structure" (default 0). iChallenge-AMD, PALM and GAMMA ship
+    BMP/PNG masks with 255 = background and 0 = the optic disc; every other value is a structure and
+    keeps its raw value for the label map (`'0': optic disc`).
+    threshold: lossy or soft masks (Kvasir-SEG's JPEG masks, Drishti-GS's averaged expert maps): values
+    >= threshold are the structure (label value 1, or the file's label when a field names it), the rest
+    background; a colour mask is read as grey first. The threshold is stated per dataset, never guessed.
+    """
+
+    background: int = Field(0, ge=0, le=65535)
+    threshold: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> MaskEncoding:
+        if self.threshold is not None and self.background != 0:
+            raise ValueError("give background or threshold, not both (a threshold's background is below it)")
+        return self
+
+    @property
+    def plain(self) -> bool:
+        """Whether the mask is read as it is (0 = background, every other value a label)."""
+        return self.threshold is None and self.background == 0
+
+
+class MaskFiles(FileSet, MaskEncoding):
+    """The mask files' templates, with how their values are encoded (`MaskEncoding`)."""
 
 
 def check_template(t: str) -> None:
@@ -429,14 +571,26 @@ CONVERT_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
+class Frames(_Spec):
+    """4D cine cases labelled at a few time points: the frames to read, per case, from columns of the
+    joined table or template fields (M&Ms: `ED` and `ES` in the dataset's information CSV, as nnU-Net's
+    Dataset114_MNMs reads them). The image and its label volume are both 4D (x, y, z, time); each named
+    frame of the pair is read as one 3D volume, tagged with its column name. `base`: the index origin
+    of the numbers (0: the first time point is 0, as in M&Ms). An empty or non-integer cell, or a frame
+    past the last time point, quarantines the case's image naming the column."""
+
+    columns: tuple[str | int, ...] = Field(min_length=1)
+    base: Literal[0, 1] = 0
+
+
 class LayoutReader(ReaderBase, VolumeOptions):
     """The generic reader: templates, tables, masks, boxes, channels, filters (module docstring)."""
 
     kind: Literal["layout"]
-    images: FileSet
+    images: ImageFiles
     fields: dict[str, str] = Field(default_factory=dict)  # field -> regex it must match
     exclude: tuple[str, ...] = ()  # globs (under the layout root) of matched files that are not images
-    masks: FileSet | None = None
+    masks: MaskFiles | None = None
     table: TableSpec | None = None
     label: LabelSpec | None = None
     split: SplitSpec | None = None
@@ -445,6 +599,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     boxes: BoxSpec | None = None
     channels: tuple[str | int, ...] | None = None  # None: every channel, each its own image
     filters: Conditions = Field(default_factory=dict)
+    frames: Frames | None = None  # 4D image + 4D labels: which time points, per case (3d_seg)
     convert: Convert | None = None  # how files are decoded when extensions cannot say (converters)
 
     _excl = field_validator("exclude", mode="before")(_as_tuple)
@@ -535,6 +690,16 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 )
         if task_type != "3d_seg" and self.channels is not None:
             raise ValueError("channels apply to 3d_seg volumes")
+        if task_type == "3d_seg" and self.masks is not None and not self.masks.plain:
+            raise ValueError("masks.background and masks.threshold apply to 2D masks")
+        if task_type == "3d_seg" and (self.images.raw is not None or self.images.array is not None):
+            raise ValueError("images.raw and images.array apply to 2D images")
+        if self.frames is not None:
+            if task_type != "3d_seg" or self.channels is not None:
+                raise ValueError("frames apply to 3d_seg 4D cases, instead of channels")
+            known = self.template_fields() | set(BUILTIN_FIELDS)
+            if self.table is None and any(c not in known for c in self.frames.columns):
+                raise ValueError("frames.columns: a column needs a table (reader.table with join)")
 
     def _check_convert(self, task_type: str) -> None:
         """What each converter needs (`convert.kind`), as one sentence naming the field."""

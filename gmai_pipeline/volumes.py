@@ -80,12 +80,14 @@ def _check_channels(shape, name: str, is_label: bool, channels: bool) -> None:
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
-    if len(dims) == 4 and (is_label or not channels):
+    if len(dims) == 4 and not channels:
         what = "label volume" if is_label else "image"
         raise ImageError(
             Reason.UNSUPPORTED_MASK if is_label else Reason.UNREADABLE,
             f"{name}: {what} has {dims[-1]} channels or time points (4D); "
-            + ("expected one label map" if is_label else "declare reader.channels"),
+            + (
+                "expected one label map (or declare reader.frames)" if is_label else "declare reader.channels"
+            ),
         )
 
 

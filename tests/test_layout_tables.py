@@ -551,5 +551,3 @@ def test_a_table_without_a_header_row_keeps_its_first_line(tmp_path: Path) -> No
         ("007-0007-000.jpg", "moderate DR"),
     ]
     assert reasons(qrows) == {"split_excluded": 1}
-    with pytest.raises(ValueError, match="header: false needs names"):
-        entry(tmp_path, "ddr2", "2d_cls", body.replace("names: [image, grade],", ""))

@@ -184,6 +184,8 @@ class ReaderContext:
     part: tuple[int, int] | None = None
     case_of: dict[str, str] = field(default_factory=dict)
     case_counters: Counter = field(default_factory=Counter)  # counted reading the part's own 3D cases
+    raw: Any = None  # `images.raw` (layouts.RawPixels): how headerless image files are decoded
+    array: Any = None  # `images.array` (layouts.ArrayImages): how NumPy array files become images
     _stores: dict[str, ImageStore] = field(default_factory=dict)
     _dicom_names: Any = None
     _first_image: dict[str, str] = field(default_factory=dict)
@@ -644,6 +646,12 @@ def boundary_events(
 def _store(ctx: ReaderContext, store: ImageStore, rel: str) -> StoredImage | ImageError:
     """Read (verified), decode, store: on a worker thread, so every failure is returned, not raised."""
     try:
+        if ctx.raw is not None or ctx.array is not None:
+            from gmai_pipeline.readers.raw_pixels import declared_picture
+
+            decode = declared_picture(ctx, rel, store.budget)
+            if decode is not None:
+                return store.store_array(decode(), rel)
         return store.store_bytes(ctx.read(rel), rel, md5=ctx.md5(rel))  # read() checked the MD5
     except ImageError as err:
         return err

@@ -5,7 +5,8 @@ Input = each entry of `annotations`, plus each entry of `images` that has no ann
 An annotation whose `image_id` is not in `images` is `missing_file`; one whose `category_id` is
 not in `categories` is `unknown_label`; one without a 4-number `bbox` is `missing_box`. Label
 candidates, in order: the category name, then its id (so a catalog map may key on either).
-A JSON that cannot be parsed is one input, quarantined `unreadable`.
+A JSON that cannot be parsed is one input, quarantined `unreadable`. `image_dir` may name several
+folders (searched in order); `split.lists` gives the split per image (`voc.split_inputs`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from gmai_pipeline.readers.base import (
     Event,
     Quarantined,
     ReaderContext,
-    image_inputs,
     join,
     unreferenced,
 )
+from gmai_pipeline.readers.layout import _split_lists
+from gmai_pipeline.readers.voc import split_inputs
 
 
 def _box(ann: dict) -> tuple[float, float, float, float] | None:
@@ -39,11 +41,25 @@ def _box(ann: dict) -> tuple[float, float, float, float] | None:
     return x, y, x + w, y + h
 
 
+def _unreferenced(ctx: ReaderContext, dirs: list[str]) -> Iterator[Event]:
+    for d in dirs:
+        yield from unreferenced(ctx, d)
+
+
+def _image_rel(ctx: ReaderContext, dirs: list[str], ref: str) -> str | None:
+    """The image a `file_name` names: the first folder of `image_dir` that holds it (else the first's path)."""
+    rels = [join(d, ref) for d in dirs]
+    return next((r for r in rels if r is not None and r in ctx.files), rels[0])
+
+
 def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
-    ann_rel, image_dir = ctx.at(opts.annotations), ctx.at(opts.image_dir)
+    ann_rel = ctx.at(opts.annotations)
+    dirs = [ctx.at(d) for d in opts.image_dirs]
+    lists, events = _split_lists(ctx, opts)
+    yield from events
     if ann_rel not in ctx.files:
         yield Quarantined(ann_rel, "read", Reason.MISSING_FILE, f"{ann_rel}: COCO annotation file not found")
-        yield from unreferenced(ctx, image_dir)
+        yield from _unreferenced(ctx, dirs)
         return
     ctx.claim(ann_rel)
     try:
@@ -53,7 +69,7 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
         annotations = data.get("annotations", [])
     except ImageError as err:  # changed or swapped since the scan
         yield Quarantined(ann_rel, "read", err.reason, err.detail)
-        yield from unreferenced(ctx, opts.image_dir)
+        yield from _unreferenced(ctx, dirs)
         return
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         yield Quarantined(
@@ -62,7 +78,7 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
             Reason.UNREADABLE,
             f"{ann_rel}: not valid COCO JSON ({type(exc).__name__}: {exc})",
         )
-        yield from unreferenced(ctx, image_dir)
+        yield from _unreferenced(ctx, dirs)
         return
     by_image: dict = defaultdict(list)
     for i, ann in enumerate(annotations):
@@ -93,6 +109,6 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
     del annotations
     for image_id, img in images.items():
         ref = str(img.get("file_name", ""))
-        rel = join(image_dir, ref)
-        yield from image_inputs(ctx, rel, ref, ctx.split_of(rel or ref), by_image.pop(image_id, []))
-    yield from unreferenced(ctx, image_dir)
+        rel = _image_rel(ctx, dirs, ref)
+        yield from split_inputs(ctx, opts, rel, ref, ref, by_image.pop(image_id, []), lists)
+    yield from _unreferenced(ctx, dirs)

@@ -119,6 +119,8 @@ def _columns(opts: LayoutReader, fields: set[str]) -> list[str | int]:
     cols += [k for k in opts.filters if k not in fields]
     if isinstance(opts.convert, WsiConvert):  # CAMELYON17: unannotated: {stage: negative}, a joined column
         cols += [k for k in opts.convert.unannotated if k not in fields]
+    if opts.frames is not None:
+        cols += [c for c in opts.frames.columns if c not in fields]
     return list(dict.fromkeys(cols))
 
 
@@ -155,12 +157,13 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         return
     plan = compile_plan(opts)
     ctx.ct_window = opts.ct_window
+    ctx.raw, ctx.array = opts.images.raw, opts.images.array
     three_d = ctx.source.task_type == "3d_seg"
     mask_found = (
         match(ctx, plan.masks, VOLUME_EXTENSIONS if three_d else MASK_EXTENSIONS_2D) if plan.masks else []
     )
     mask_rels = {m.rel for m in mask_found}
-    image_exts = VOLUME_EXTENSIONS if three_d else IMAGE_EXTENSIONS_2D
+    image_exts = VOLUME_EXTENSIONS if three_d else IMAGE_EXTENSIONS_2D + opts.images.declared_extensions()
     found = [
         f
         for f in match(ctx, plan.images, image_exts)
@@ -236,7 +239,7 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
             continue
         ctx.claim(rel)
         try:
-            names = read_list(ctx.read(rel), rel)
+            names = _list_entries(ctx.read(rel), rel, opts.split.list_column)
         except (TableError, ImageError) as err:
             events.append(Quarantined(rel, "read", err.reason, err.detail))
             continue
@@ -244,6 +247,14 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
         for name in names:
             out.setdefault(name, value)
     return out, events
+
+
+def _list_entries(data: bytes, rel: str, column: str | int | None) -> list[str]:
+    """A split list's image names: one per line, or one per row of a table's `column`."""
+    if column is None:
+        return read_list(data, rel)
+    table = read_table(data, rel, [column])
+    return [str(row[column]).strip() for _, row in table.rows if str(row.get(column) or "").strip()]
 
 
 def _saw_case(ctx: ReaderContext, opts: LayoutReader, f: Found | None) -> None:
@@ -280,6 +291,20 @@ def _table_files(ctx: ReaderContext, patterns: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _per_file_names(
+    names: tuple[str, ...], rel: str, columns: list[str | int]
+) -> tuple[tuple[str, ...], list[str | int]]:
+    """`names` with `{stem}` replaced by the table file's stem (MRNet: `train-acl.csv` -> column
+    `train-acl`), and the wanted columns this file can hold: a family of such tables gives one column
+    each, so a column named after another file of the family is not required here."""
+    if not any("{stem}" in n for n in names):
+        return names, columns
+    stem = _stem(rel.rsplit("/", 1)[-1])
+    own = tuple(n.replace("{stem}", stem) for n in names)
+    templated = {n for n in names if "{stem}" in n}
+    return own, [c for c in columns if isinstance(c, int) or c in own or not templated]
+
+
 def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
     tables, events = [], []
     spec = plan.opts.table
@@ -290,15 +315,16 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
             )
             continue
         ctx.claim(rel)
+        names, wanted = _per_file_names(spec.names, rel, plan.columns)
         try:
             tables.append(
                 read_table(
                     ctx.read(rel),
                     rel,
-                    plan.columns,
+                    wanted,
                     delimiter=spec.delimiter,
                     sheet=spec.sheet,
-                    names=spec.names,
+                    names=names,
                     header_row=spec.header,
                 )
             )
@@ -314,9 +340,11 @@ def _joined_rows(ctx: ReaderContext, plan: Plan, found: list[Found]) -> tuple[di
     tables, events = _tables(ctx, plan)
     join_spec = plan.opts.table.join
     by_key: dict[str, dict] = {}
-    for t in tables:
+    for t in tables:  # rows of several tables that join one input are merged: first value per column wins
         for _, row in t.rows:
-            by_key.setdefault(row[join_spec.column], row)  # type: ignore[union-attr]
+            merged = by_key.setdefault(row[join_spec.column], {})  # type: ignore[union-attr]
+            for k, v in row.items():
+                merged.setdefault(k, v)
     rows = {
         f.rel: by_key[f.fields[join_spec.field]] for f in found if f.fields.get(join_spec.field) in by_key
     }  # type: ignore[union-attr]
@@ -388,6 +416,8 @@ def _one_hot(spec, values: dict, where: str) -> list[Annotation]:
             )
             anns.append(Annotation((col,), where=where, error=(Reason.UNKNOWN_LABEL, detail)))
     if not anns:
+        if spec.default is not None and all((values.get(c) or "").strip() for c in spec.columns):
+            return [Annotation((spec.default,), where=where)]  # every column says no: e.g. a normal exam
         detail = f"{where}: no column of {list(spec.columns)} is positive"
         return [Annotation((), where=where, error=(Reason.MISSING_LABEL, detail))]
     return anns
@@ -688,7 +718,7 @@ def _masks_of(ctx, opts: LayoutReader, values: dict, found: list[Found]) -> list
         if failed is not None:
             ctx.counters[f"masks_filtered_by_{failed}"] += 1
             continue
-        out.append(MaskFile(m.rel, _mask_label(opts, both)))
+        out.append(MaskFile(m.rel, _mask_label(opts, both), opts.masks))
     return out
 
 

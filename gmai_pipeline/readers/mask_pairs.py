@@ -7,7 +7,8 @@ connected component of each label value (same mask-to-box code as the 3D path,
 image size (`shape_mismatch`), no component left after the area filters (`empty_mask`), a mask
 value the label map does not know (`unknown_label`; the raw label is the value as text, e.g. "1"
 or "255"), a colour mask whose channels differ (`unsupported_mask`). Masks are read as label
-indices: palette PNGs give their indices, grey PNGs their values. Images may be DICOM (`readers.masks`).
+indices: palette PNGs give their indices, grey PNGs their values; `background` / `threshold` declare
+other encodings (`layouts.MaskEncoding`). Images may be DICOM (`readers.masks`).
 A mask without an image is not an input; it is listed among the ignored files (asset metadata).
 """
 
@@ -33,5 +34,5 @@ def read(ctx: ReaderContext, opts: MaskPairsReader) -> Iterator[Event]:
         )
         ctx.claim(rel)
         ctx.saw_image(rel)
-        masks = [MaskFile(mask_rel)] if mask_rel in ctx.files else []
+        masks = [MaskFile(mask_rel, encoding=opts)] if mask_rel in ctx.files else []
         yield seg_image(ctx, opts, rel, masks, ctx.split_of(rel), None, mask_rel)

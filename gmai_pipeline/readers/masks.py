@@ -7,7 +7,9 @@ label indices: palette PNGs give their indices, grey PNGs their values; a colour
 differ is `unsupported_mask`. Several mask files of one image are combined into one label map: a
 file that carries its own label (a template field: BUSI's class folder, JSRT's structure folder) is
 binary (every non-zero pixel is that label, value i+1 for the i-th label in name order, later files
-winning where two overlap); a file without one contributes its values.
+winning where two overlap); a file without one contributes its values. A declared encoding
+(`layouts.MaskEncoding`) is applied to each file first: `background: 255` (0 is a structure, looked up by
+its raw value) or `threshold: t` (values >= t are the structure).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS
 from gmai_pipeline.decode_guard import DecodeBudget
 from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes
+from gmai_pipeline.layouts import MaskEncoding
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, is_dicom
 from gmai_pipeline.volumes import mask_boxes
@@ -33,6 +36,7 @@ MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom")
 class MaskFile:
     rel: str
     label: str | None = None  # a binary mask of this label; None: a label map (values -> labels)
+    encoding: MaskEncoding | None = None  # how values are encoded; None: 0 = background, values as they are
 
 
 @dataclass
@@ -48,14 +52,21 @@ class Mask2D:
     boxes: list[tuple[int, tuple[int, int, int, int]]] | None = None
 
 
-def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None) -> np.ndarray:
-    """Label indices of an encoded mask; its declared size is checked against `budget` before decoding."""
+def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None, grey: bool = False) -> np.ndarray:
+    """Label indices of an encoded mask; its declared size is checked against `budget` before decoding.
+
+    `grey`: a colour mask is read as its luminance (lossy JPEG masks, whose channels differ a little,
+    are thresholded afterwards); otherwise a colour mask whose channels differ is refused.
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
             if budget is not None:
                 budget.check(declared_bytes(im), rel, f"a {im.width}x{im.height} {im.mode} mask")
             im.load()
-            arr = np.asarray(im)
+            if grey and im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "P"):
+                arr = np.asarray(im.convert("L"))
+            else:
+                arr = np.asarray(im)
     except ImageError:
         raise
     except Exception as exc:
@@ -114,11 +125,11 @@ def mask_rows(
         else:
             labels[value] = label
     if unknown:
-        what = (
-            f"labels {[value_names[v] for v in unknown]}"
-            if not numeric and value_names
-            else f"values {unknown}"
-        )
+        named = [value_names[v] for v in unknown] if not numeric and value_names else []
+        if named and all(n.isdigit() for n in named):  # raw values kept as names (`background: 255`)
+            what = f"values {[int(n) for n in named]}"
+        else:
+            what = f"labels {named}" if named else f"values {unknown}"
         return Quarantined(
             rel,
             "annotate",
@@ -220,6 +231,15 @@ ANNOTATE_REASONS = frozenset(
 
 def _open_2d(ctx, rel: str):
     """((width, height), store(store) -> StoredImage, name) for a Pillow image, decoded lazily."""
+    from gmai_pipeline.readers.raw_pixels import declared_picture
+
+    decode = declared_picture(ctx, rel, ctx.store.budget)
+    if decode is not None:  # raw pixels or a NumPy array: decoded now, for the size the mask must have
+        try:
+            arr = decode()
+        except ImageError as err:
+            return Quarantined(rel, "read", err.reason, err.detail)
+        return (arr.shape[1], arr.shape[0]), lambda store: store.store_array(arr, rel), rel
     try:
         data = ctx.read(rel)
         im = Image.open(io.BytesIO(data))  # lazy: the size without decoding; reused by the store
@@ -258,7 +278,8 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
     combined = None
     for m in sorted(masks, key=lambda m: (m.label or "", m.rel)):
         try:
-            arr = _load_mask_file(ctx, m.rel)
+            grey = m.encoding is not None and m.encoding.threshold is not None
+            arr = _load_mask_file(ctx, m.rel, grey)
         except ImageError as err:
             raise ImageError(err.reason, err.detail.replace(m.rel, display(m.rel))) from None
         if (arr.shape[1], arr.shape[0]) != size:
@@ -266,24 +287,46 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
                 Reason.SHAPE_MISMATCH,
                 f"{shown}: image is {size[0]}x{size[1]} but mask {display(m.rel)} is {arr.shape[1]}x{arr.shape[0]}",
             )
-        if len(masks) == 1 and m.label is None and arr.dtype.kind == "u":  # one label map: as it is
-            return arr, names, True, display(m.rel)
+        fg, values, raw_names = decode_values(arr, m.encoding)
+        if raw_names is not None and m.label is None:
+            names.update(raw_names)
+        if len(masks) == 1 and m.label is None and values.dtype.kind == "u":  # one label map: as it is
+            return values, names, raw_names is None, display(m.rel)
         if combined is None:
             combined = np.zeros((size[1], size[0]), np.uint16 if len(labels) > 254 else np.uint8)
-        fg = arr > 0
         if m.label is not None:
             combined[fg] = index[m.label]
             names[index[m.label]] = m.label
         else:
-            if combined.dtype == np.uint8 and arr.max(initial=0) > 255:
+            if combined.dtype == np.uint8 and values.max(initial=0) > 255:
                 combined = combined.astype(np.uint16)
-            combined[fg] = arr[fg]
+            combined[fg] = values[fg]
     first = display(masks[0].rel)
     desc = first if len(masks) == 1 else f"{len(masks)} mask files ({first}, ...)"
-    return combined, names, not labels, desc
+    return combined, names, not labels and not names, desc
 
 
-def _load_mask_file(ctx, rel: str) -> np.ndarray:
+def decode_values(
+    arr: np.ndarray, encoding: MaskEncoding | None
+) -> tuple[np.ndarray, np.ndarray, dict[int, str] | None]:
+    """(foreground, label values, value -> raw name or None) of one mask file under its encoding.
+
+    With `background` other than 0, a raw value v becomes index v + 1 (background 0) and keeps its raw
+    text as its name, so `'0': optic disc` in the label map still finds it.
+    """
+    if encoding is None or encoding.plain:
+        return arr > 0, arr, None
+    if encoding.threshold is not None:
+        fg = arr >= encoding.threshold
+        return fg, fg.astype(np.uint8), None
+    fg = arr != encoding.background
+    values = np.zeros(arr.shape, np.uint32 if arr.max(initial=0) >= 65535 else np.uint16)
+    values[fg] = arr[fg].astype(values.dtype) + 1
+    present = np.unique(arr[fg])
+    return fg, values, {int(v) + 1: str(int(v)) for v in present}
+
+
+def _load_mask_file(ctx, rel: str, grey: bool = False) -> np.ndarray:
     """A mask file's label indices, read verified and within the decode budget (DICOM masks too)."""
     if is_dicom(rel):
         import pydicom
@@ -302,4 +345,4 @@ def _load_mask_file(ctx, rel: str) -> np.ndarray:
                 raise ImageError(
                     Reason.UNREADABLE, f"{ctx.shown(rel)}: mask not readable ({type(exc).__name__})"
                 ) from None
-    return load_mask(ctx.read(rel), rel, ctx.store.budget)
+    return load_mask(ctx.read(rel), rel, ctx.store.budget, grey)

@@ -95,18 +95,17 @@ def read_table(
 ) -> Table:
     """The wanted columns (names or 0-based indices) of every data row; TableError naming what is missing.
 
-    `names` renames the columns of the header row; with `header_row=False` the file has none (split lists
-    such as `name grade` lines) and `names` are the columns of every line, the first included."""
+    `header_row=False`: the first line is data too (MRNet's `train-acl.csv`: `0000,0`); columns are
+    `names` or indices."""
     rows_iter = raw_rows(data, rel, delimiter, sheet)
     header = list(names)
     try:
         line, first = next(rows_iter)
     except StopIteration:
         raise TableError(Reason.UNREADABLE, f"{rel}: the table is empty") from None
-    header_from_file = [c.strip() for c in first]
+    header_from_file = [c.strip() for c in first] if header_row else [str(i) for i in range(len(first))]
     if not header_row:
         rows_iter = itertools.chain([(line, first)], rows_iter)
-        header_from_file = header
     if not header:
         header = header_from_file
     index: dict[str | int, int] = {}

@@ -136,6 +136,15 @@ def _read_case(
         for rel, _, _ in todo:
             yield Quarantined(rel, "read", Reason.MISSING_FILE, f"{rel}: label volume {what} not found")
         return
+    frames = getattr(opts, "frames", None)
+    if frames is not None:  # 4D image + 4D labels, read at the declared time points
+        for rel, _, split in todo:
+            yield at_boundary(
+                rel,
+                lambda rel=rel, split=split: _frames_event(ctx, opts, case, rel, split, frames, modality),
+                "volume",
+            )
+        return
     labels = _labels(ctx, case)
     if isinstance(labels, ImageError):
         step = "annotate" if labels.reason == Reason.UNKNOWN_LABEL else "read"
@@ -266,6 +275,97 @@ def _image_event(
             "annotate",
             Reason.EMPTY_MASK,
             f"{rel}: no slice of {mask_name} has a component above the size limits",
+        )
+    ctx.counters["volumes_kept"] += 1
+    return Kept(rows)
+
+
+def _frame_indices(case: VolumeCase, frames, rel: str) -> list[tuple[str, int]] | ImageError:
+    """(column name, 0-based frame) for each declared frame column of the case."""
+    out = []
+    for col in frames.columns:
+        cell = str(case.values.get(col) or "").strip()
+        try:
+            index = int(float(cell)) - frames.base
+        except ValueError:
+            return ImageError(
+                "missing_label",
+                f"{rel}: frame column '{col}' is {repr(cell) if cell else 'empty'} for case {case.case}",
+            )
+        out.append((str(col), index))
+    return out
+
+
+def _frames_event(ctx, opts, case: VolumeCase, rel: str, split: str, frames, modality) -> Event:
+    """One 4D image and its 4D label volume at the declared time points (`layouts.Frames`) -> rows."""
+    picked = _frame_indices(case, frames, rel)
+    if isinstance(picked, ImageError):
+        return Quarantined(rel, "annotate", picked.reason, picked.detail)
+    if len(case.masks) != 1 or case.masks[0].label is not None:
+        return Quarantined(
+            rel, "read", "unsupported_mask", f"{rel}: frames need one 4D label volume per image"
+        )
+    mask_rel = case.masks[0].rel
+    labels = ctx.volume(mask_rel, is_label=True, channels=True)
+    volume = ctx.volume(rel, channels=True)
+    if labels.ndim != 4 or volume.shape != labels.shape:
+        return Quarantined(
+            rel,
+            "read",
+            "shape_mismatch",
+            f"{rel}: image shape {volume.shape} and label shape {labels.shape} ({mask_rel}) are not one 4D pair",
+        )
+    unknown = [v for v in label_values(labels) if v and value_label(ctx, v, case.value_names) is None]
+    if unknown:
+        return Quarantined(
+            rel,
+            "annotate",
+            "unknown_label",
+            f"{rel}: label values {unknown} in {mask_rel} are not in the label map",
+        )
+    late = [(c, i) for c, i in picked if not 0 <= i < volume.shape[3]]
+    if late:
+        return Quarantined(
+            rel,
+            "annotate",
+            "missing_label",
+            f"{rel}: frame {late[0][1] + frames.base} ('{late[0][0]}') is outside its {volume.shape[3]} time points",
+        )
+    mod = _modality(ctx, modality, case.values, rel)
+    stem = strip_volume_suffix(rel)
+    rows: list[dict] = []
+    for tag, index in picked:
+        ctx.counters["frames_read"] += 1
+        image8 = volume_to_uint8(
+            volume[..., index],
+            window_for(modality_slug(mod), getattr(opts, "ct_window", None)),
+            ctx.counters,
+            rel,
+        )
+        event = _slices(
+            ctx,
+            opts,
+            rel,
+            mask_rel,
+            split,
+            image8,
+            labels[..., index],
+            case.value_names,
+            True,
+            mod,
+            stem,
+            tag,
+        )
+        if isinstance(event, Quarantined):
+            return event
+        rows.extend(event)
+    del volume, labels
+    if not rows:
+        return Quarantined(
+            rel,
+            "annotate",
+            "empty_mask",
+            f"{rel}: no slice of {mask_rel} at the declared frames has a component above the size limits",
         )
     ctx.counters["volumes_kept"] += 1
     return Kept(rows)
