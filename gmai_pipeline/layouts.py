@@ -170,7 +170,8 @@ class Uncertain(_Spec):
 
 
 class LabelSpec(ValueSource):
-    """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`), one-hot
+    """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`, or a Python
+    list literal with `format: list_literal`, PadChest `['pleural effusion', 'cardiomegaly']`), one-hot
     or multi-hot `columns` (ISIC 2019, CheXpert: the label is the column name), a fixed value, or rules.
 
     Every label is mapped through the catalog's `labels` when it has one. In `columns`, a cell is
@@ -180,6 +181,7 @@ class LabelSpec(ValueSource):
 
     columns: tuple[str, ...] = ()
     delimiter: str | None = None
+    format: Literal["list_literal"] | None = None  # list_literal: a cell `['a', 'b']` (PadChest's Labels)
     positive: tuple[str, ...] = ("1", "1.0", "true", "True", "TRUE", "yes", "Yes")
     uncertain: Uncertain | None = None
 
@@ -188,6 +190,14 @@ class LabelSpec(ValueSource):
 
     def _extra_sources(self) -> str:
         return ", columns"
+
+    @model_validator(mode="after")
+    def _format(self) -> LabelSpec:
+        if self.format is not None and (
+            self.delimiter is not None or self.field is None and self.column is None
+        ):
+            raise ValueError(f"label.format {self.format} reads one field or column, without a delimiter")
+        return self
 
 
 class SplitSpec(ValueSource):

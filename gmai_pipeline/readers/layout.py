@@ -43,7 +43,7 @@ from gmai_pipeline.readers.base import (
 from gmai_pipeline.readers.masks import MASK_EXTENSIONS_2D, MaskFile, seg_image
 from gmai_pipeline.readers.tables import Table, TableError, read_list, read_table
 from gmai_pipeline.readers.templates import Template, all_hold, matches_any
-from gmai_pipeline.readers.values import resolve
+from gmai_pipeline.readers.values import list_literal, resolve
 from gmai_pipeline.readers.volume_cases import (
     VOLUME_EXTENSIONS,
     VolumeCase,
@@ -363,7 +363,12 @@ def _labels(opts: LayoutReader, values: dict, where: str) -> list[Annotation]:
     raw = resolve(spec, values)
     if raw is None:
         return [Annotation((), where=where)]
-    parts = [p.strip() for p in raw.split(spec.delimiter)] if spec.delimiter else [raw]
+    if spec.format == "list_literal":
+        parts = list_literal(raw, where)
+        if isinstance(parts, str):
+            return [Annotation((), where=where, error=("invalid_label", parts))]
+    else:
+        parts = [p.strip() for p in raw.split(spec.delimiter)] if spec.delimiter else [raw]
     return [Annotation((spec.map.get(p, p),), where=where) for p in parts if p] or [
         Annotation((), where=where)
     ]
