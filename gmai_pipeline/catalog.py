@@ -28,8 +28,10 @@ READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-# Every 2D reader reads DICOM too (pixels only, under the `dicom` reader's privacy rules).
-IMAGE_EXTENSIONS_2D = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
+# 2D MetaImage (CRASS's `.mhd` + `.raw` radiographs), read with SimpleITK (`readers/metaimage.py`).
+METAIMAGE_EXTENSIONS = (".mhd", ".mha")
+# Every 2D reader reads DICOM too (pixels only, under the `dicom` reader's privacy rules), and MetaImage.
+IMAGE_EXTENSIONS_2D = IMAGE_EXTENSIONS + DICOM_EXTENSIONS + METAIMAGE_EXTENSIONS
 
 
 class CatalogError(ValueError):

@@ -38,6 +38,13 @@ def is_volume(path: str) -> bool:
     return path.lower().endswith(VOLUME_SUFFIXES)
 
 
+def _mask_3d(fixture: Fixture, path: str) -> bool:
+    """A mask in a volume format is 3D, unless the fixture's images are pictures (`image:`, CRASS's 2D
+    MetaImage radiographs): then it is a 2D MetaImage mask."""
+    planar = any(f.image is not None for f in fixture.files) and not any(f.volume for f in fixture.files)
+    return is_volume(path) and not planar
+
+
 @dataclass(frozen=True)
 class Shapes:
     """One 2D size and one 3D shape for the whole fixture, so images and their masks always agree."""
@@ -47,9 +54,9 @@ class Shapes:
 
     @classmethod
     def of(cls, fixture: Fixture) -> Shapes:
-        n2 = sum(len(f.mask) for f in fixture.files if f.mask is not None and not is_volume(f.path))
+        n2 = sum(len(f.mask) for f in fixture.files if f.mask is not None and not _mask_3d(fixture, f.path))
         n2 += sum(_plane_blocks(f) for f in fixture.files)
-        n3 = sum(len(f.mask) for f in fixture.files if f.mask is not None and is_volume(f.path))
+        n3 = sum(len(f.mask) for f in fixture.files if f.mask is not None and _mask_3d(fixture, f.path))
         rows = max(2, math.ceil(n2 / 2))
         depth = max(2, math.ceil(n3 / 4))
         return cls((BLOCK * rows, 2 * BLOCK), (2 * BLOCK, 2 * BLOCK, BLOCK * depth))
@@ -99,6 +106,11 @@ def _save_volume(path: Path, arr: np.ndarray) -> None:
 
 
 def _save_picture(path: Path, arr: np.ndarray) -> None:
+    if is_volume(path.name):  # a 2D MetaImage (CRASS): SimpleITK writes x.mhd + x.raw, or x.mha
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=arr.ndim == 3), str(path))
+        return
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
     ext = path.suffix.lower()
     if ext not in fmt:
@@ -171,7 +183,7 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             shape = (*shapes.plane, 3) if f.image == "RGB" else shapes.plane
             _save_picture(path, _picture(shape, f.path).astype(np.uint8))
         elif f.mask is not None:
-            if is_volume(f.path):
+            if _mask_3d(fixture, f.path):
                 _save_volume(path, _blocks_3d(shapes.volume, f.mask, start3))
                 start3 += len(f.mask)
             else:

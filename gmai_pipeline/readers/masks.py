@@ -19,13 +19,14 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS, METAIMAGE_EXTENSIONS
 from gmai_pipeline.decode_guard import DecodeBudget
-from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes
+from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes, to_uint8
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, is_dicom
+from gmai_pipeline.readers.metaimage import is_metaimage, read_plane
 from gmai_pipeline.volumes import mask_boxes
 
-MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom")
+MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom") + METAIMAGE_EXTENSIONS
 
 
 @dataclass
@@ -174,7 +175,9 @@ def _seg_with(ctx, opts, rel: str, split: str, modality: str | None, make) -> Ev
     excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
         return Quarantined(shown(), *excluded)
-    image = _open_2d(ctx, rel) if not dicom else _open_dicom(ctx, rel)
+    image = (
+        _open_dicom(ctx, rel) if dicom else _open_meta(ctx, rel) if is_metaimage(rel) else _open_2d(ctx, rel)
+    )
     if isinstance(image, Quarantined):
         return image
     size, store, name = image
@@ -219,6 +222,18 @@ def _open_2d(ctx, rel: str):
         err = classify_error(exc, rel)
         return Quarantined(rel, "read", err.reason, err.detail)
     return im.size, lambda store: store.store_bytes(data, rel, im, ctx.md5(rel)), rel
+
+
+def _open_meta(ctx, rel: str):
+    """Like `_open_2d` for a 2D MetaImage (`readers/metaimage.py`): decoded now, its size is the array's."""
+    try:
+        arr = read_plane(ctx, rel)
+        pixels = to_uint8(arr)
+    except ImageError as err:
+        return Quarantined(
+            rel, "read", err.reason, err.detail if rel in err.detail else f"{rel}: {err.detail}"
+        )
+    return (arr.shape[1], arr.shape[0]), lambda store: store.store_array(pixels, rel), rel
 
 
 def _open_dicom(ctx, rel: str):
@@ -292,4 +307,6 @@ def _load_mask_file(ctx, rel: str) -> np.ndarray:
                 raise ImageError(
                     "unreadable", f"{ctx.shown(rel)}: mask not readable ({type(exc).__name__})"
                 ) from None
+    if is_metaimage(rel):
+        return read_plane(ctx, rel, is_label=True)
     return load_mask(ctx.read(rel), rel, ctx.store.budget)
