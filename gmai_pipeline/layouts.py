@@ -238,6 +238,9 @@ class TableSpec(_Spec):
     file: tuple[str, ...]
     image: str | int | None = None
     image_pattern: str | None = None  # how the cell names the image, e.g. "{stem}_image" (SIIM-COVID19 ids)
+    # the image's path rebuilt from image_pattern's fields (DeepLesion: cell `{series}_{slice:\d+}.png`
+    # -> `Images_png/{series}/{slice}.png`); under any folders when not found from the layout root
+    image_path: str | None = None
     join: Join | None = None
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
@@ -254,11 +257,30 @@ class TableSpec(_Spec):
             raise ValueError("header: false needs names: the columns of a table without a header row")
         if self.image_pattern is not None:
             check_template(self.image_pattern)
-            if not {"path", "file", "stem"} & set(template_fields(self.image_pattern)):
+            if self.image_path is None and not {"path", "file", "stem"} & set(
+                template_fields(self.image_pattern)
+            ):
                 raise ValueError(
                     "image_pattern needs a {path}, {file} or {stem} field: the part that names the image"
+                    " (or image_path: a path built from its fields)"
                 )
+        self._check_image_path()
         return self
+
+    def _check_image_path(self) -> None:
+        if self.image_path is None:
+            return
+        if self.image_pattern is None:
+            raise ValueError("image_path is built from image_pattern's fields: declare table.image_pattern")
+        check_template(self.image_path)
+        if any(c in FIELD_TOKEN.sub("", self.image_path) for c in "*?"):
+            raise ValueError(f"image_path {self.image_path!r} names one file: no wildcards")
+        unknown = set(template_fields(self.image_path)) - set(template_fields(self.image_pattern))
+        if unknown or any(m.group(2) for m in FIELD_TOKEN.finditer(self.image_path)):
+            raise ValueError(
+                f"image_path {self.image_path!r}: use only image_pattern's fields, without patterns"
+                f"{' (not in image_pattern: ' + ', '.join(sorted(unknown)) + ')' if unknown else ''}"
+            )
 
 
 class BoxSpec(_Spec):

@@ -8,8 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from layout_fixtures import entry, photo
 from normalize_fixtures import reasons, run
+
+from gmai_pipeline.catalog import CatalogError
 
 PADCHEST = """
 reader:
@@ -96,3 +99,49 @@ def test_crass_2d_metaimage_radiographs_and_masks(tmp_path: Path) -> None:
     assert "2D image or one slice" in by["CRASS/data_train/chn0003.mhd"]
     assert by["CRASS/data_train/chn0004.mhd"].startswith("CRASS/data_train/chn0004.mhd")
 
+
+DEEPLESION = """
+reader:
+  kind: layout
+  images: '**/Images_png/{series}/{slice}.png'
+  table: {file: DL_info.csv, image: File_name, image_pattern: '{series}_{slice:\\d+}.png',
+          image_path: 'Images_png/{series}/{slice}.png'}
+  label: {column: Coarse_lesion_type}
+  split: {column: Train_Val_Test, map: {"1": train, "2": val, "3": test}}
+  boxes: {column: Bounding_boxes, format: xyxy}
+labels: {"4": liver lesion, "5": lung lesion, "-1": lesion (type not labelled)}
+"""
+
+
+def test_deeplesion_image_path_rebuilt_from_cell_fields(tmp_path: Path) -> None:
+    """DeepLesion's DL_info.csv names the key slice `000001_01_01_103.png` while the file is
+    `Images_png/000001_01_01/103.png`, in one folder per zip (`Images_png_01/Images_png/...`)
+    (neuro-ml/amid:amid/deeplesion.py splits File_name on `_` for patient/study/series;
+    Bounding_boxes 'x1, y1, x2, y2'; Train_Val_Test 1/2/3)."""
+    raw = tmp_path / "raw" / "deeplesion"
+    photo(raw / "Images_png_01/Images_png/000001_01_01/103.png", seed=1, rgb=False)
+    photo(raw / "Images_png_01/Images_png/000001_01_01/104.png", seed=2, rgb=False)
+    photo(raw / "Images_png_02/Images_png/000047_08_01/011.png", seed=3, rgb=False)
+    head = "File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Bounding_boxes,Coarse_lesion_type,Train_Val_Test"
+    rows = [
+        '000001_01_01_103.png,1,1,1,103,"4.5, 6.0, 20.5, 18.0",4,1',
+        '000001_01_01_103.png,1,1,1,103,"2.0, 30.0, 12.0, 40.0",5,1',
+        '000047_08_01_011.png,47,8,1,11,"3.0, 3.0, 9.0, 9.0",-1,3',
+        '000002_01_01_162.png,2,1,1,162,"3.0, 3.0, 9.0, 9.0",5,2',  # its zip not downloaded: missing
+    ]
+    (raw / "DL_info.csv").write_text("\n".join([head, *rows]) + "\n")
+    source = entry(tmp_path, "deeplesion", "2d_det", DEEPLESION, modality="CT")
+    report, rows_out, qrows = run(source, raw, tmp_path / "out")
+    assert sorted((r["source_path"], r["label"], r["bbox"]) for r in rows_out) == [
+        ("Images_png_01/Images_png/000001_01_01/103.png", "liver lesion", [4, 6, 21, 18]),
+        ("Images_png_01/Images_png/000001_01_01/103.png", "lung lesion", [2, 30, 12, 40]),
+    ]
+    assert reasons(qrows) == {"split_excluded": 1, "missing_file": 1, "unreferenced_file": 1}
+    missing = next(q for q in qrows if q["reason"] == "missing_file")
+    assert missing["source_path"] == "Images_png/000002_01_01/162.png" and "line 5" in missing["detail"]
+
+
+def test_image_path_uses_only_the_pattern_fields(tmp_path: Path) -> None:
+    bad = DEEPLESION.replace("Images_png/{series}/{slice}.png'", "Images_png/{series}/{key}.png'")
+    with pytest.raises(CatalogError, match="not in image_pattern: key"):
+        entry(tmp_path, "deeplesion_bad", "2d_det", bad, modality="CT")

@@ -29,7 +29,7 @@ import numpy as np
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
-from gmai_pipeline.layouts import BUILTIN_FIELDS, LayoutReader, ValueSource, WsiConvert
+from gmai_pipeline.layouts import BUILTIN_FIELDS, FIELD_TOKEN, LayoutReader, ValueSource, WsiConvert
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
@@ -501,9 +501,18 @@ class _Finder:
     """A table cell -> the image file: as a path (relative to the table or the layout root, leading
     folders dropped one by one), else as an id (file name or stem of a file `images` matched)."""
 
-    def __init__(self, ctx: ReaderContext, found: list[Found], dicom: bool, pattern: str | None = None):
+    def __init__(
+        self,
+        ctx: ReaderContext,
+        found: list[Found],
+        dicom: bool,
+        pattern: str | None = None,
+        path: str | None = None,
+    ):
         self.ctx = ctx
         self.pattern = Template(pattern) if pattern else None
+        self.path = path  # `table.image_path`: the file's path rebuilt from the pattern's fields
+        self.by_tail = _tails(ctx, found, path.count("/") + 1) if path else {}
         self.dicom = dicom  # a missing file is named as DICOM (pseudonymous): the cell may be a patient id
         self.by_name: dict[str, Found] = {}
         self.by_stem: dict[str, Found] = {}
@@ -519,7 +528,12 @@ class _Finder:
             got = self.pattern.match(ref)
             if got is None:
                 return join(ctx.base, ref), None  # reported missing, with the cell as written
-            ref = got.get("path") or got.get("file") or got["stem"]
+            if self.path is not None:
+                ref = FIELD_TOKEN.sub(lambda m: got[m.group(1)], self.path)
+                if ref in self.by_tail:
+                    return self.by_tail[ref].rel, self.by_tail[ref]
+            else:
+                ref = got.get("path") or got.get("file") or got["stem"]
         parts = ref.split("/")
         for start in range(len(parts)):
             tail = "/".join(parts[start:])
@@ -537,6 +551,15 @@ class _Finder:
         return rel, None
 
 
+def _tails(ctx: ReaderContext, found: list[Found], n: int) -> dict[str, Found]:
+    """Matched files by the last `n` segments of their path: an `image_path` found under any wrapper
+    folders (DeepLesion's Images_png_01/Images_png/<series>/<slice>.png, one folder per zip)."""
+    out: dict[str, Found] = {}
+    for f in found:
+        out.setdefault("/".join(ctx.inner(f.rel).split("/")[-n:]), f)
+    return out
+
+
 def _table_driven(ctx: ReaderContext, plan: Plan, found: list[Found], lists) -> Iterator[Event]:
     opts = plan.opts
     tables, events = _tables(ctx, plan)
@@ -544,7 +567,7 @@ def _table_driven(ctx: ReaderContext, plan: Plan, found: list[Found], lists) -> 
     dicom = any(is_dicom(f.rel) for f in found) or any(
         t.lower().endswith((".dcm", ".dicom")) for t in opts.images.path
     )
-    finder = _Finder(ctx, found, dicom, opts.table.image_pattern)  # type: ignore[union-attr]
+    finder = _Finder(ctx, found, dicom, opts.table.image_pattern, opts.table.image_path)  # type: ignore[union-attr]
     images: dict[str, _Image] = {}
     for table in tables:
         for line, row in table.rows:
