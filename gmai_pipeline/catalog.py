@@ -69,12 +69,42 @@ class CsvLabelsReader(_Options):
         return (self.csv,)
 
 
+class CocoSplit(BaseModel):
+    """Each image's split from a table beside the JSON (MIDOG++'s `datasets_xvalidation.csv`:
+    `Slide;Dataset`, Slide = the image id): the row whose `key` column equals the image's `match`
+    (its `id`, `file_name` or file stem; numbers compare as numbers, so `1` = `001`) gives the split in
+    `column`, through `map` and the usual aliases. An image no row names takes `default`, or is
+    quarantined `split_unknown`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str
+    key: str | int
+    column: str | int
+    match: Literal["id", "file_name", "stem"] = "id"
+    delimiter: str | None = None  # default: sniffed, as for any table
+    map: dict[str, str] = Field(default_factory=dict)
+    default: str | None = None
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
 class CocoReader(_Options):
-    """COCO detection JSON (`annotations.json`) with images relative to `image_dir`."""
+    """COCO detection JSON (`annotations.json`) with images relative to `image_dir`.
+
+    `bbox_format`: COCO's own `xywh` (top-left + size), or `xyxy` for files that keep the COCO structure
+    but store corner pairs (MIDOG++'s `[x0, y0, x1, y1]`). `split`: a split table (`CocoSplit`); without
+    it the split comes from the path, as everywhere.
+    """
 
     kind: Literal["coco"]
     annotations: str = "annotations.json"
     image_dir: str = ""
+    bbox_format: Literal["xywh", "xyxy"] = "xywh"
+    split: CocoSplit | None = None
 
     def anchors(self) -> tuple[str, ...]:
         return (self.annotations,)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from layout_fixtures import entry, photo
-from normalize_fixtures import reasons, run
+from normalize_fixtures import reasons, run, write_json
 
 from gmai_pipeline.catalog import CatalogError
 
@@ -145,3 +145,56 @@ def test_image_path_uses_only_the_pattern_fields(tmp_path: Path) -> None:
     bad = DEEPLESION.replace("Images_png/{series}/{slice}.png'", "Images_png/{series}/{key}.png'")
     with pytest.raises(CatalogError, match="not in image_pattern: key"):
         entry(tmp_path, "deeplesion_bad", "2d_det", bad, modality="CT")
+
+
+MIDOG = """
+reader:
+  kind: coco
+  annotations: databases/MIDOG++.json
+  image_dir: images
+  bbox_format: xyxy
+  split: {file: datasets_xvalidation.csv, key: Slide, column: Dataset, delimiter: ";"}
+labels: {"1": mitotic figure, "2": non-mitotic figure}
+"""
+
+
+def _midog(raw: Path, split_rows: list[str]) -> None:
+    """MIDOG++ (DeepMicroscopy/MIDOGpp:databases/MIDOG++.json: images NNN.tiff, corner-pair boxes 50 px wide;
+    datasets_xvalidation.csv `Slide;Dataset;...`, Slide = image id)."""
+    for i in (1, 2, 3):
+        photo(raw / f"images/{i:03d}.tiff", seed=i, size=(60, 64))
+    coco = {
+        "images": [{"id": i, "file_name": f"{i:03d}.tiff", "width": 64, "height": 60} for i in (1, 2, 3)],
+        "categories": [{"id": 1, "name": "mitotic figure"}, {"id": 2, "name": "not mitotic figure"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 20, 50, 40]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [2, 2, 22, 22]},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [10, 10, 30, 30]},
+            {"id": 4, "image_id": 3, "category_id": 1, "bbox": [10, 10, 30, 30]},
+        ],
+    }
+    write_json(raw / "databases/MIDOG++.json", coco)
+    (raw / "datasets_xvalidation.csv").write_text(
+        "\n".join(["Slide;Dataset;Tumor;Species", *split_rows]) + "\n"
+    )
+
+
+def test_midog_corner_boxes_and_split_table(tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / "midogpp"
+    _midog(raw, ["1;train;human breast cancer;human", "2;test;canine lymphoma;dog"])
+    source = entry(tmp_path, "midogpp", "2d_det", MIDOG, modality="Microscopy")
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert sorted((r["source_path"], r["label"], r["bbox"]) for r in rows) == [
+        ("images/001.tiff", "mitotic figure", [30, 20, 50, 40]),  # corners, not x + width
+        ("images/001.tiff", "non-mitotic figure", [2, 2, 22, 22]),
+    ]
+    assert reasons(qrows) == {"split_excluded": 1, "split_unknown": 1}  # 003 is in no row
+
+
+def test_midog_without_its_split_table_trains_on_nothing(tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / "midogpp"
+    _midog(raw, [])
+    (raw / "datasets_xvalidation.csv").unlink()
+    source = entry(tmp_path, "midogpp", "2d_det", MIDOG, modality="Microscopy")
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert rows == [] and reasons(qrows) == {"missing_file": 1, "split_unknown": 4}
