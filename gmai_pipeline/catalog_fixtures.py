@@ -56,6 +56,7 @@ class Shapes:
     def of(cls, fixture: Fixture) -> Shapes:
         n2 = sum(len(f.mask) for f in fixture.files if f.mask is not None and not _mask_3d(fixture, f.path))
         n2 += sum(_plane_blocks(f) for f in fixture.files)
+        n2 += sum(len(f.colors) for f in fixture.files if f.colors is not None)
         n3 = sum(len(f.mask) for f in fixture.files if f.mask is not None and _mask_3d(fixture, f.path))
         rows = max(2, math.ceil(n2 / 2))
         depth = max(2, math.ceil(n3 / 4))
@@ -80,6 +81,16 @@ def _blocks_2d(shape: tuple[int, int], values: tuple[int, ...], start: int) -> n
         r, c = divmod(i, cols)
         mask[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = v
     return mask
+
+
+def _colour_blocks(shape: tuple[int, int], colours, start: int) -> np.ndarray:
+    """An RGB colour-coded mask: each colour one block, black elsewhere."""
+    out = np.zeros((*shape, 3), np.uint8)
+    cols = shape[1] // BLOCK
+    for i, rgb in enumerate(colours, start=start):
+        r, c = divmod(i, cols)
+        out[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = rgb
+    return out
 
 
 def _blocks_3d(shape: tuple[int, int, int], values: tuple[int, ...], start: int) -> np.ndarray:
@@ -189,6 +200,9 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             else:
                 _save_picture(path, _blocks_2d(shapes.plane, f.mask, start2))
                 start2 += len(f.mask)
+        elif f.colors is not None:
+            _save_picture(path, _colour_blocks(shapes.plane, f.colors, start2))
+            start2 += len(f.colors)
         elif f.volume is not None:
             shape = shapes.volume if f.volume == 1 else (*shapes.volume, f.volume)
             _save_volume(path, _picture(shape, f.path, high=900).astype(np.float32))

@@ -250,6 +250,7 @@ class FixtureFile(_Spec):
 
     image: a 2D picture, `L` or `RGB` (format by extension: PNG, JPEG, BMP, TIFF);
     mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each;
+    colors: an RGB colour-coded 2D mask holding these colours, one block each, black elsewhere;
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
     table: a header and rows; text: content as is; json: content dumped as JSON;
@@ -260,6 +261,9 @@ class FixtureFile(_Spec):
     path: str
     image: Literal["L", "RGB"] | None = None
     mask: tuple[int, ...] | None = None
+    colors: tuple[tuple[int, int, int], ...] | None = (
+        None  # a colour-coded RGB mask (GLENDA): one block per colour
+    )
     volume: int | None = Field(None, ge=1)
     dicom: str | None = None
     table: TableContent | None = None
@@ -302,7 +306,7 @@ class FixtureFile(_Spec):
         return next(k for k in KINDS if getattr(self, "json_" if k == "json" else k) is not None)
 
 
-KINDS = ("image", "mask", "volume", "dicom", "table", "text", "json", "format")
+KINDS = ("image", "mask", "colors", "volume", "dicom", "table", "text", "json", "format")
 
 
 class Yields(_Spec):

@@ -461,6 +461,56 @@ CONVERT_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
+class MaskColors(_Spec):
+    """Colour-coded 2D masks (GLENDA's annots/<id>.png): each listed RGB colour is a label value (then
+    through the catalog's `labels`, like any mask value; 0 is background). `tolerance`: the largest
+    per-channel difference still counted as that colour (JPEG-like noise; 0: exact). `unlisted`: what a
+    pixel of any other colour is, stated: `error` (the mask is `unsupported_mask`, naming the colour) or
+    `background` (anti-aliased borders, counted in `mask_pixels_unlisted_colour`).
+    Shorthand: a plain map is `values`. Keys are `R,G,B` (`190,62,204`, brackets and spaces allowed)."""
+
+    values: dict[tuple[int, int, int], int]
+    tolerance: int = Field(0, ge=0, le=255)
+    unlisted: Literal["error", "background"] = "error"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "values" not in v:
+            return {"values": v}
+        return v
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _triplets(cls, v: Any) -> Any:
+        if not isinstance(v, dict) or not v:
+            raise ValueError("colors.values: a map of R,G,B -> label value")
+        out = {}
+        for key, value in v.items():
+            parts = (
+                re.split(r"[\s,]+", str(key).strip().strip("()[]").strip())
+                if not isinstance(key, tuple)
+                else key
+            )
+            try:
+                rgb = tuple(int(p) for p in parts)
+            except ValueError:
+                rgb = ()
+            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+                raise ValueError(f"colors: {key!r} is not an R,G,B triplet of 0-255")
+            if rgb in out:
+                raise ValueError(f"colors: {key!r} is listed twice")
+            out[rgb] = value
+        return out
+
+    @field_validator("values")
+    @classmethod
+    def _label_values(cls, v: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:
+        if any(x < 0 or x > 65535 for x in v.values()):
+            raise ValueError("colors: label values are 0-65535 (0 = background)")
+        return v
+
+
 class LayoutReader(ReaderBase, VolumeOptions):
     """The generic reader: templates, tables, masks, boxes, channels, filters (module docstring)."""
 
@@ -478,6 +528,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     channels: tuple[str | int, ...] | None = None  # None: every channel, each its own image
     filters: Conditions = Field(default_factory=dict)
     convert: Convert | None = None  # how files are decoded when extensions cannot say (converters)
+    colors: MaskColors | None = None  # colour-coded 2D masks: RGB -> label value (GLENDA)
 
     _excl = field_validator("exclude", mode="before")(_as_tuple)
 
@@ -550,11 +601,13 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 raise ValueError("2d_cls needs reader.label (a template field, a column, columns or rules)")
             if self.masks is not None or self.boxes is not None:
                 raise ValueError("2d_cls takes no masks or boxes")
+        elif task_type == "2d_det" and self.masks is not None:
+            self._check_boxes_from_masks()
         elif task_type == "2d_det":
             if self.boxes is None or self.label is None:
                 raise ValueError(
-                    "2d_det with kind layout needs reader.table, reader.boxes and reader.label "
-                    "(COCO / VOC / YOLO files have their own kinds)"
+                    "2d_det with kind layout needs reader.table, reader.boxes and reader.label, or reader.masks "
+                    "(boxes from mask regions; COCO / VOC / YOLO files have their own kinds)"
                 )
         else:
             if self.masks is None:
@@ -567,6 +620,19 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 )
         if task_type != "3d_seg" and self.channels is not None:
             raise ValueError("channels apply to 3d_seg volumes")
+        if self.colors is not None and (task_type == "3d_seg" or self.masks is None):
+            raise ValueError("colors: colour-coded masks are 2D mask files (reader.masks, 2d_seg or 2d_det)")
+
+    def _check_boxes_from_masks(self) -> None:
+        """2d_det from masks (GLENDA): one box per connected region of each label, as 2d_seg rows have."""
+        if self.boxes is not None:
+            raise ValueError(
+                "2d_det: give reader.boxes (a box table) or reader.masks (mask regions), not both"
+            )
+        if self.table is not None and self.table.image is not None:
+            raise ValueError(
+                "2d_det from masks: the templates find the images; a table may only add columns (table.join)"
+            )
 
     def _check_convert(self, task_type: str) -> None:
         """What each converter needs (`convert.kind`), as one sentence naming the field."""

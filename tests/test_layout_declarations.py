@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from layout_fixtures import entry, photo
-from normalize_fixtures import reasons, run, write_json
+from normalize_fixtures import reasons, run, write_image, write_json
 
 from gmai_pipeline.catalog import CatalogError
 
@@ -198,3 +198,61 @@ def test_midog_without_its_split_table_trains_on_nothing(tmp_path: Path) -> None
     source = entry(tmp_path, "midogpp", "2d_det", MIDOG, modality="Microscopy")
     report, rows, qrows = run(source, raw, tmp_path / "out")
     assert rows == [] and reasons(qrows) == {"missing_file": 1, "split_unknown": 4}
+
+
+GLENDA = """
+reader:
+  kind: layout
+  images: 'frames/{id}.jpg'
+  masks: 'annots/**/{id}.png'
+  colors:
+    values: {'0,0,0': 0, '190,62,204': 1, '93,89,254': 2, '145,210,138': 3, '238,236,50': 4}
+    unlisted: UNLISTED
+labels: {"1": peritoneal endometriosis, "2": ovarian endometriosis, "3": deep infiltrating endometriosis,
+         "4": uterine endometriosis}
+"""
+
+
+def _glenda(raw: Path) -> None:
+    """GLENDA v1.5: Glenda_v1.5_classes/frames/<id>.jpg with RGB colour-coded annots/<id>.png, border pixels
+    anti-aliased to near-black colours (IMSY-DKFZ/mml:plugins/tasks/src/mml_tasks/creators/segmentation/glenda.py
+    class_mapping)."""
+    top = raw / "Glenda_v1.5_classes"
+    for i in (1, 2):
+        photo(top / f"frames/c_{i}_v_{i}_f_{i}.jpg", seed=i, size=(32, 40))
+    a = np.zeros((32, 40, 3), np.uint8)
+    a[2:12, 4:20] = (190, 62, 204)
+    a[20:30, 22:38] = (93, 89, 254)
+    a[12, 4:20] = (3, 1, 4)  # anti-aliased border
+    write_image(top / "annots/c_1_v_1_f_1.png", a)
+    b = np.zeros((32, 40, 3), np.uint8)
+    b[4:14, 4:14] = (238, 236, 50)
+    b[20:30, 20:30] = (255, 128, 0)  # a colour GLENDA does not define
+    write_image(top / "annots/sub/c_2_v_2_f_2.png", b)
+
+
+def test_glenda_colour_coded_masks_give_boxes(tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / "glenda"
+    _glenda(raw)
+    source = entry(tmp_path, "glenda", "2d_det", GLENDA.replace("UNLISTED", "error"), modality="Endoscopy")
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    # the near-black border is unlisted too: with `error`, both masks are refused, naming the colours
+    assert rows == [] and reasons(qrows) == {"unsupported_mask": 2}
+    assert any("(255,128,0)" in q["detail"] and "c_2_v_2_f_2.png" in q["detail"] for q in qrows)
+
+    source = entry(
+        tmp_path, "glenda", "2d_det", GLENDA.replace("UNLISTED", "background"), modality="Endoscopy"
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out2")
+    assert sorted((r["source_path"].split("/", 1)[1], r["label"], r["bbox"]) for r in rows) == [
+        ("frames/c_1_v_1_f_1.jpg", "ovarian endometriosis", [22, 20, 38, 30]),
+        ("frames/c_1_v_1_f_1.jpg", "peritoneal endometriosis", [4, 2, 20, 12]),
+        ("frames/c_2_v_2_f_2.jpg", "uterine endometriosis", [4, 4, 14, 14]),
+    ]
+    assert qrows == []
+
+
+def test_colour_keys_are_rgb_triplets(tmp_path: Path) -> None:
+    bad = GLENDA.replace("'93,89,254'", "'93,89'").replace("UNLISTED", "error")
+    with pytest.raises(CatalogError, match="not an R,G,B triplet"):
+        entry(tmp_path, "glenda_bad", "2d_det", bad, modality="Endoscopy")

@@ -9,6 +9,7 @@ What one input is:
   once), plus each matched image no row names (`unreferenced_file`), plus each row whose image is not
   found (`missing_file`); an unreadable table is one input;
 - 2D segmentation (BUSI, JSRT): each image file, with every mask file its `masks` templates give;
+  detection from masks (GLENDA's colour-coded masks): the same, each box of a kept image one input;
 - 3D segmentation (ACDC, BTCV, BraTS, autoPET, TotalSegmentator, AMOS): each image file of each case
   (`volume_cases`).
 Files a `masks` template matches are never images; `exclude` globs drop more.
@@ -33,6 +34,7 @@ from gmai_pipeline.layouts import BUILTIN_FIELDS, FIELD_TOKEN, LayoutReader, Val
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
+    Kept,
     Quarantined,
     ReaderContext,
     image_inputs,
@@ -711,7 +713,7 @@ def _masks_of(ctx, opts: LayoutReader, values: dict, found: list[Found]) -> list
         if failed is not None:
             ctx.counters[f"masks_filtered_by_{failed}"] += 1
             continue
-        out.append(MaskFile(m.rel, _mask_label(opts, both)))
+        out.append(MaskFile(m.rel, _mask_label(opts, both), opts.colors))
     return out
 
 
@@ -742,7 +744,16 @@ def _masks_2d(
         except ImageError as err:
             yield Quarantined(ctx.shown(f.rel), "annotate", err.reason, err.detail)
             continue
-        yield seg_image(ctx, opts, f.rel, masks, split, modality, " or ".join(opts.masks.path))  # type: ignore[union-attr]
+        event = seg_image(ctx, opts, f.rel, masks, split, modality, " or ".join(opts.masks.path))  # type: ignore[union-attr]
+        yield from _per_box(ctx, event)
+
+
+def _per_box(ctx: ReaderContext, event: Event) -> Iterator[Event]:
+    """Detection from masks (GLENDA): each box is one input, as a detection table's rows are."""
+    if ctx.source.task_type == "2d_det" and isinstance(event, Kept) and len(event.rows) > 1:
+        yield from (Kept([row]) for row in event.rows)
+    else:
+        yield event
 
 
 # ------------------------------------------------------------------ volumes

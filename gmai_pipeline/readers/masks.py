@@ -22,6 +22,7 @@ from PIL import Image
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS, METAIMAGE_EXTENSIONS
 from gmai_pipeline.decode_guard import DecodeBudget
 from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes, to_uint8
+from gmai_pipeline.layouts import MaskColors
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, is_dicom
 from gmai_pipeline.readers.metaimage import is_metaimage, read_plane
 from gmai_pipeline.volumes import mask_boxes
@@ -33,6 +34,7 @@ MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom") + METAIMAGE_E
 class MaskFile:
     rel: str
     label: str | None = None  # a binary mask of this label; None: a label map (values -> labels)
+    colors: MaskColors | None = None  # a colour-coded mask: RGB -> value (`layouts.MaskColors`)
 
 
 @dataclass
@@ -70,6 +72,53 @@ def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None) -> np.n
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr
+
+
+def load_color_mask(
+    data: bytes, rel: str, spec: MaskColors, budget: DecodeBudget | None = None, counters=None
+) -> np.ndarray:
+    """Label values of a colour-coded mask (`reader.colors`): each pixel's colour -> its value.
+
+    Colours are compared once per distinct colour, not per pixel. A colour within `tolerance` of two listed
+    colours takes the nearer; an unlisted colour is an error naming it, or background when declared so."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if budget is not None:  # the decoded picture, its RGB copy and the packed colours
+                budget.check(
+                    declared_bytes(im) + im.width * im.height * 7,
+                    rel,
+                    f"a {im.width}x{im.height} {im.mode} mask",
+                )
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        err = classify_error(exc, rel)
+        raise ImageError(err.reason, err.detail.replace(f"{rel}: ", f"{rel}: mask: ", 1)) from None
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(packed, return_inverse=True)
+    listed = np.array(list(spec.values), dtype=np.int32).reshape(-1, 3)
+    values = np.array(list(spec.values.values()), dtype=np.int64)
+    out = np.zeros(len(colours), np.int64)
+    unlisted = []
+    for i, c in enumerate(colours.tolist()):
+        rgb_c = np.array([(c >> 16) & 255, (c >> 8) & 255, c & 255], dtype=np.int32)
+        dist = np.abs(listed - rgb_c).max(axis=1)
+        j = int(dist.argmin())
+        if dist[j] <= spec.tolerance:
+            out[i] = values[j]
+        else:
+            unlisted.append((tuple(int(x) for x in rgb_c), i))
+    if unlisted and spec.unlisted == "error":
+        shown = ", ".join(f"({r},{g},{b})" for (r, g, b), _ in unlisted[:5])
+        raise ImageError(
+            "unsupported_mask",
+            f"{rel}: mask colours {shown}{' ...' if len(unlisted) > 5 else ''} are not in reader.colors"
+            " (list them, or set colors.unlisted: background)",
+        )
+    if unlisted and counters is not None:
+        counts = np.bincount(inverse.ravel(), minlength=len(colours))
+        counters["mask_pixels_unlisted_colour"] += int(sum(counts[i] for _, i in unlisted))
+    labels = out[inverse.reshape(packed.shape)]
+    return labels.astype(np.uint16 if values.max(initial=0) > 255 else np.uint8)
 
 
 def value_label(
@@ -263,7 +312,7 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
     combined = None
     for m in sorted(masks, key=lambda m: (m.label or "", m.rel)):
         try:
-            arr = _load_mask_file(ctx, m.rel)
+            arr = _load_mask_file(ctx, m.rel, m.colors)
         except ImageError as err:
             raise ImageError(err.reason, err.detail.replace(m.rel, display(m.rel))) from None
         if (arr.shape[1], arr.shape[0]) != size:
@@ -288,8 +337,10 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
     return combined, names, not labels, desc
 
 
-def _load_mask_file(ctx, rel: str) -> np.ndarray:
+def _load_mask_file(ctx, rel: str, colors: MaskColors | None = None) -> np.ndarray:
     """A mask file's label indices, read verified and within the decode budget (DICOM masks too)."""
+    if colors is not None:
+        return load_color_mask(ctx.read(rel), rel, colors, ctx.store.budget, ctx.counters)
     if is_dicom(rel):
         import pydicom
 
