@@ -200,23 +200,50 @@ class LabelSpec(ValueSource):
         return self
 
 
+class RowLists(_Spec):
+    """Split files that list rows of the table by position (Derm7pt's meta/train_indexes.csv, column
+    `indexes`: 0-based positions of meta/meta.csv's data rows, as pandas numbers them; blank lines are
+    not rows). `column`: the index files' column (a name, or 0-based index); `start`: the number of the
+    table's first data row. Shorthand: a plain map is `files` (split -> file)."""
+
+    files: dict[str, str]
+    column: str | int = 0
+    start: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"files": v} if isinstance(v, dict) and "files" not in v else v
+
+    @field_validator("files")
+    @classmethod
+    def _some(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("split.rows: give at least one split -> file")
+        return v
+
+
 class SplitSpec(ValueSource):
     """The split: a field, a column, rules, a fixed value, or `lists` (split -> list file of image names,
     NIH's `train_val_list.txt` / `test_list.txt`).
 
     Values go through `map`, then the usual aliases (training -> train, validation/valid -> val, ...).
-    A list entry matches an image by file name, stem, path under the layout root, or case. An image in
-    no list takes `default`, or is quarantined `split_unknown` without one. Without any `split`, the
+    A list entry matches an image by file name, stem, path under the layout root, or case. `rows` lists
+    rows of a one-file table by position instead (`RowLists`). An image (row) in no list takes `default`,
+    or is quarantined `split_unknown` without one. Without any `split`, the
     split comes from the path (see `ReaderContext.split_of`).
     """
 
     lists: dict[str, str] = Field(default_factory=dict)
+    rows: RowLists | None = (
+        None  # split files of table row positions (Derm7pt); a row in none takes `default`
+    )
 
     def _sources(self) -> list[str]:
-        return super()._sources() + (["lists"] if self.lists else [])
+        return super()._sources() + (["lists"] if self.lists else []) + (["rows"] if self.rows else [])
 
     def _extra_sources(self) -> str:
-        return ", lists"
+        return ", lists, rows"
 
 
 class Join(_Spec):
@@ -564,6 +591,14 @@ class LayoutReader(ReaderBase, VolumeOptions):
             for where, src in (("label", self.label), ("split", self.split), ("modality", self.modality)):
                 if src is not None and (src.column is not None or getattr(src, "columns", ())):
                     raise ValueError(f"{where}: a column needs a table (reader.table)")
+        if (
+            self.split is not None
+            and self.split.rows is not None
+            and (self.table is None or self.table.image is None or len(self.table.file) != 1)
+        ):
+            raise ValueError(
+                "split.rows numbers the rows of one table that names the images (table.file, table.image)"
+            )
         if self.boxes is not None and (self.table is None or self.table.image is None):
             raise ValueError("boxes come from table rows: declare reader.table with an image column")
         if self.table is not None and self.table.join is not None and self.table.join.field not in known:

@@ -256,3 +256,45 @@ def test_colour_keys_are_rgb_triplets(tmp_path: Path) -> None:
     bad = GLENDA.replace("'93,89,254'", "'93,89'").replace("UNLISTED", "error")
     with pytest.raises(CatalogError, match="not an R,G,B triplet"):
         entry(tmp_path, "glenda_bad", "2d_det", bad, modality="Endoscopy")
+
+
+DERM7PT = """
+reader:
+  kind: layout
+  images: 'images/{folder}/{file}'
+  table: {file: meta/meta.csv, image: derm, image_pattern: '{folder}/{file}', image_path: 'images/{folder}/{file}'}
+  label: {column: diagnosis}
+  split:
+    rows: {files: {train: meta/train_indexes.csv, val: meta/valid_indexes.csv, test: meta/test_indexes.csv},
+           column: indexes}
+"""
+
+
+def test_derm7pt_splits_list_table_row_positions(tmp_path: Path) -> None:
+    """Derm7pt release_v0: meta/{train,valid,test}_indexes.csv list 0-based positions of meta/meta.csv rows
+    (jeremykawahara/derm7pt:README.md minimal example reads them with pandas, column `indexes`)."""
+    raw = tmp_path / "raw" / "derm7pt" / "release_v0"
+    names = ["NEL/Nel026.jpg", "NEL/NEL025.JPG", "FAL/Fal004.jpg", "FAL/Fal009.jpg"]
+    for i, n in enumerate(names):
+        photo(raw / "images" / n, seed=i)
+    meta = ["case_num,diagnosis,seven_point_score,clinic,derm"]
+    meta += [
+        f"{i + 1},{d},0,{n.replace('.', 'c.')},{n}"
+        for i, (n, d) in enumerate(zip(names, ["blue nevus", "melanoma", "lentigo", "melanoma"], strict=True))
+    ]
+    (raw / "meta").mkdir()
+    (raw / "meta/meta.csv").write_text("\n".join(meta) + "\n\n")
+    (raw / "meta/train_indexes.csv").write_text("indexes\n0\n2\n")
+    (raw / "meta/valid_indexes.csv").write_text("indexes\n1\n")
+    (raw / "meta/test_indexes.csv").write_text("indexes\n3\n2\n")  # row 2 listed twice: test wins
+    source = entry(tmp_path, "derm7pt", "2d_cls", DERM7PT, modality="Dermoscopy")
+    report, rows, qrows = run(source, raw.parent, tmp_path / "out")
+    assert [(r["source_path"], r["label"]) for r in rows] == [
+        ("release_v0/images/NEL/Nel026.jpg", "blue nevus")
+    ]
+    assert reasons(qrows) == {"split_excluded": 3}
+    assert {q["source_path"]: q["detail"].split("split ")[1][:6] for q in qrows} == {
+        "release_v0/images/NEL/NEL025.JPG": "'val' ",
+        "release_v0/images/FAL/Fal004.jpg": "'test'",
+        "release_v0/images/FAL/Fal009.jpg": "'test'",
+    }

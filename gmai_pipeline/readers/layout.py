@@ -199,6 +199,9 @@ def _split(
     spec = opts.split
     if spec is None:
         return ctx.split_of(rel)
+    if spec.rows is not None:
+        split = lists.get(ROW_KEY + str(values.get(ROW_KEY)))
+        return ctx.split_of(rel, split or spec.default) if split or spec.default else None
     if spec.lists:
         for key in (values.get("file"), values.get("stem"), values.get("path"), values.get("case")):
             if key is not None and key in lists:
@@ -244,7 +247,50 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
         value = ctx.split_of(rel, split)
         for name in names:
             out.setdefault(name, value)
+    if opts.split.rows is not None:
+        events += _split_rows(ctx, opts.split.rows, out)
     return out, events
+
+
+ROW_KEY = "\0row:"  # a table row's position among the values, and the prefix of its key in the split lists
+
+
+def _split_rows(ctx: ReaderContext, spec, out: dict[str, str]) -> list[Event]:
+    """Add {ROW_KEY + position: split} from `split.rows`; an unreadable or missing file is one input, and a
+    row listed by two splits is evaluation-only (test, then val: never train)."""
+    events: list[Event] = []
+    for split, path in spec.files.items():
+        rel = ctx.at(path)
+        if rel not in ctx.files:
+            events.append(
+                Quarantined(rel, "read", "missing_file", f"{rel}: split rows for '{split}' not found")
+            )
+            continue
+        ctx.claim(rel)
+        try:
+            table = read_table(ctx.read(rel), rel, [spec.column])
+        except (TableError, ImageError) as err:
+            events.append(Quarantined(rel, "read", err.reason, err.detail))
+            continue
+        value = ctx.split_of(rel, split)
+        for line, row in table.rows:
+            cell = row[spec.column]
+            try:
+                pos = int(float(cell)) - spec.start
+            except ValueError:
+                events.append(
+                    Quarantined(
+                        rel, "read", "unreadable", f"{rel} line {line}: {cell[:40]!r} is not a row number"
+                    )
+                )
+                continue
+            key = ROW_KEY + str(pos)
+            if key not in out or SPLIT_RANK.get(value, 3) < SPLIT_RANK.get(out[key], 3):
+                out[key] = value
+    return events
+
+
+SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
 
 
 def _saw_case(ctx: ReaderContext, opts: LayoutReader, f: Found | None) -> None:
@@ -572,7 +618,9 @@ def _table_driven(ctx: ReaderContext, plan: Plan, found: list[Found], lists) -> 
     finder = _Finder(ctx, found, dicom, opts.table.image_pattern, opts.table.image_path)  # type: ignore[union-attr]
     images: dict[str, _Image] = {}
     for table in tables:
-        for line, row in table.rows:
+        for pos, (line, row) in enumerate(table.rows):
+            if opts.split is not None and opts.split.rows is not None:
+                row = {**row, ROW_KEY: str(pos)}
             try:
                 yield from _table_row(ctx, opts, finder, table.rel, line, row, images, lists)
             except Exception as exc:  # noqa: BLE001 - the sample boundary: one bad row, one quarantined input
