@@ -255,6 +255,16 @@ class SourceDataset(BaseModel):
             )
         if isinstance(self.reader, LayoutReader):
             self.reader.check_task(self.task_type)
+        ignore = getattr(self.reader, "ignore_values", ())
+        if ignore == "unlisted" and not any(k.isdigit() for k in self.labels):
+            raise ValueError(
+                "reader.ignore_values: unlisted keeps only the mask values labels names: give labels"
+            )
+        ignored = {str(v) for v in ignore if ignore != "unlisted"} & set(self.labels)
+        if ignored:
+            raise ValueError(
+                f"reader.ignore_values {sorted(ignored)} are also in labels: a value is a structure or ignored"
+            )
         spec = getattr(self.reader, "modality", None)
         if spec is not None:
             named = [spec.value, spec.default, *spec.map.values(), *(r.value for r in spec.rules)]

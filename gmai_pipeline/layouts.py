@@ -434,6 +434,18 @@ class VolumeOptions(_Spec):
     min_mask_fraction: float = Field(0.00153, ge=0, lt=1)
     min_component_pixels: int = Field(16, ge=1)
     slice_step: int = Field(1, ge=1)
+    # mask values that are not structures, made background and counted (`mask_pixels_ignored`): a list, or
+    # `unlisted` = every value the catalog's labels do not name (LEG-3D-US: only 100/150/200 are muscles)
+    ignore_values: tuple[int, ...] | Literal["unlisted"] = ()
+
+    @field_validator("ignore_values")
+    @classmethod
+    def _ignored(cls, v: tuple[int, ...] | str) -> tuple[int, ...] | str:
+        if isinstance(v, str):
+            return v
+        if any(x <= 0 for x in v):
+            raise ValueError("ignore_values: positive mask values (0 is background already)")
+        return tuple(sorted(set(v)))
 
     @field_validator("axes")
     @classmethod

@@ -298,3 +298,55 @@ def test_derm7pt_splits_list_table_row_positions(tmp_path: Path) -> None:
         "release_v0/images/FAL/Fal004.jpg": "'test'",
         "release_v0/images/FAL/Fal009.jpg": "'test'",
     }
+
+
+LEG = """
+reader:
+  kind: layout
+  images: '{split}/{subject}/x{n}.mha'
+  masks: '{split}/{subject}/masksX{n}.mha'
+  split: '{split}'
+  ignore_values: [1, 50]
+labels: {"100": soleus, "150": gastrocnemius medialis, "200": gastrocnemius lateralis}
+"""
+
+
+def test_leg_3d_us_ignored_mask_values(tmp_path: Path) -> None:
+    """LEG-3D-US: <split>/<subject>/x*.mha with masks named by replacing x with masksX; values other than 100,
+    150, 200 are not structures (constantinpape/torch-em:torch_em/data/datasets/medical/leg_3d_us.py zeroes them)."""
+    raw = tmp_path / "raw" / "leg_3d_us"
+    rng = np.random.default_rng(1)
+    mask = np.zeros((12, 24, 24), np.uint8)  # SimpleITK order (z, y, x)
+    mask[2:10, 2:10, 2:10] = 100
+    mask[2:10, 12:22, 12:22] = 150
+    mask[0:12, 0:2, 0:24] = 50  # a value the task does not define
+    for split in ("train", "val"):
+        _metaimage(raw / f"{split}/subject01/x1.mha", rng.integers(0, 255, mask.shape).astype(np.uint8))
+        _metaimage(raw / f"{split}/subject01/masksX1.mha", mask)
+    source = entry(tmp_path, "leg_3d_us", "3d_seg", LEG, modality="Ultrasound", department="Sports Medicine")
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert {r["label"] for r in rows} == {"soleus", "gastrocnemius medialis"}
+    assert reasons(qrows) == {"split_excluded": 1}
+    assert report.counters["mask_pixels_ignored"] == 12 * 2 * 24
+
+    source = entry(
+        tmp_path,
+        "leg_3d_us",
+        "3d_seg",
+        LEG.replace("[1, 50]", "unlisted"),
+        modality="Ultrasound",
+        department="Sports Medicine",
+    )
+    report, rows, qrows = run(source, raw, tmp_path / "out3")
+    assert {r["label"] for r in rows} == {"soleus", "gastrocnemius medialis"}
+    assert report.counters["mask_pixels_ignored"] == 12 * 2 * 24
+
+    bad = LEG.replace("[1, 50]", "[1]")
+    source = entry(tmp_path, "leg_3d_us", "3d_seg", bad, modality="Ultrasound", department="Sports Medicine")
+    report, rows, qrows = run(source, raw, tmp_path / "out2")
+    assert rows == [] and reasons(qrows) == {"unknown_label": 1, "split_excluded": 1}
+
+
+def test_an_ignored_value_cannot_also_be_a_label(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="also in labels"):
+        entry(tmp_path, "leg_bad", "3d_seg", LEG.replace("[1, 50]", "[100]"), modality="Ultrasound")

@@ -121,6 +121,24 @@ def load_color_mask(
     return labels.astype(np.uint16 if values.max(initial=0) > 255 else np.uint8)
 
 
+def ignore_values(ctx: ReaderContext, labels: np.ndarray, values: tuple[int, ...] | str) -> np.ndarray:
+    """`reader.ignore_values` as background (in place on a label array the reader owns), counted;
+    `unlisted`: every value the catalog's labels do not name."""
+    if values and labels.size:
+        if values == "unlisted":
+            keep = [int(k) for k in ctx.source.labels if k.isdigit()]
+            hit = (labels != 0) & ~np.isin(labels, keep)
+        else:
+            hit = np.isin(labels, values)
+        n = int(np.count_nonzero(hit))
+        if n:
+            if not labels.flags.writeable:
+                labels = labels.copy()
+            labels[hit] = 0
+            ctx.counters["mask_pixels_ignored"] += n
+    return labels
+
+
 def value_label(
     ctx: ReaderContext, value: int, names: dict[int, str] | None = None, numeric: bool = True
 ) -> str | None:
@@ -239,7 +257,11 @@ def _seg_with(ctx, opts, rel: str, split: str, modality: str | None, make) -> Ev
     if mask.boxes is not None:
         boxes = mask.boxes
     else:
-        boxes = mask_boxes(mask.labels, opts.min_mask_fraction, opts.min_component_pixels)
+        boxes = mask_boxes(
+            ignore_values(ctx, mask.labels, getattr(opts, "ignore_values", ()) if mask.numeric else ()),
+            opts.min_mask_fraction,
+            opts.min_component_pixels,
+        )
     store_for = ctx.store_for(modality)
     return mask_rows(
         ctx,

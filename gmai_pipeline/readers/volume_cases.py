@@ -22,7 +22,7 @@ from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug, strip_volume_suffix
 from gmai_pipeline.layouts import ValueSource, VolumeOptions
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
-from gmai_pipeline.readers.masks import MaskFile, mask_rows, value_label
+from gmai_pipeline.readers.masks import MaskFile, ignore_values, mask_rows, value_label
 from gmai_pipeline.readers.values import resolve
 from gmai_pipeline.volumes import (
     NIFTI_SUFFIXES,
@@ -112,7 +112,7 @@ def case_events(
         for rel, _, _ in todo:
             yield Quarantined(rel, "read", "missing_file", f"{rel}: label volume {what} not found")
         return
-    labels = _labels(ctx, case)
+    labels = _labels(ctx, case, opts.ignore_values)
     if isinstance(labels, ImageError):
         step = "annotate" if labels.reason == "unknown_label" else "read"
         for rel, _, _ in todo:
@@ -140,20 +140,21 @@ def case_events(
         )
 
 
-def _labels(ctx: ReaderContext, case: VolumeCase):
+def _labels(ctx: ReaderContext, case: VolumeCase, ignore: tuple[int, ...] | str = ()):
     """(label volume, value -> name, numeric values?, mask name for messages) or ImageError; read
-    once for all image files of the case, at the sample boundary (any failure is an ImageError)."""
+    once for all image files of the case, at the sample boundary (any failure is an ImageError).
+    Values in `ignore` (`reader.ignore_values`) are background before anything looks at them."""
     try:
         if len(case.masks) == 1 and case.masks[0].label is None:
             m = case.masks[0]
-            labels = ctx.volume(m.rel, is_label=True)
+            labels = ignore_values(ctx, ctx.volume(m.rel, is_label=True), ignore)
             unknown = [v for v in label_values(labels) if v and value_label(ctx, v, case.value_names) is None]
             if unknown:
                 return ImageError(
                     "unknown_label", f"{{image}}: label values {unknown} in {m.rel} are not in the label map"
                 )
             return labels, case.value_names, True, m.rel
-        return _combined(ctx, case)
+        return _combined(ctx, case, ignore)
     except ImageError as err:
         return err
     except Exception as exc:  # noqa: BLE001 - the sample boundary
@@ -162,7 +163,7 @@ def _labels(ctx: ReaderContext, case: VolumeCase):
         return decoder_failure(exc, "{image}", "label volume")
 
 
-def _combined(ctx: ReaderContext, case: VolumeCase):
+def _combined(ctx: ReaderContext, case: VolumeCase, ignore: tuple[int, ...] | str = ()):
     """Several mask files as one label map: binary files by their label, label maps by their values."""
     combined = None
     names: dict[int, str] = {}
@@ -171,6 +172,7 @@ def _combined(ctx: ReaderContext, case: VolumeCase):
     numeric = not by_label
     for m in sorted(case.masks, key=lambda m: (m.label or "", m.rel)):
         arr = ctx.volume(m.rel, is_label=True)
+        arr = ignore_values(ctx, arr, ignore) if m.label is None else arr  # a binary file is its label
         if combined is None:
             combined = np.zeros(arr.shape, np.uint16 if len(by_label) > 254 else np.uint8)
         elif arr.shape != combined.shape:
