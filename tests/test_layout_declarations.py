@@ -350,3 +350,19 @@ def test_leg_3d_us_ignored_mask_values(tmp_path: Path) -> None:
 def test_an_ignored_value_cannot_also_be_a_label(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="also in labels"):
         entry(tmp_path, "leg_bad", "3d_seg", LEG.replace("[1, 50]", "[100]"), modality="Ultrasound")
+
+
+def test_2d_metaimage_in_a_classic_kind(tmp_path: Path) -> None:
+    """The same 2D MetaImage decode in the classification path (`image_folder`: <class>/<image>), where a
+    uint16 radiograph is percentile-scaled to 8 bits and keeps its size."""
+    raw = tmp_path / "raw" / "mhd_cls"
+    rng = np.random.default_rng(2)
+    _metaimage(raw / "normal/case1.mhd", rng.integers(0, 4000, (30, 20)).astype(np.uint16))
+    _metaimage(raw / "pneumonia/case2.mha", rng.integers(0, 4000, (1, 30, 20)).astype(np.uint16))
+    source = entry(tmp_path, "mhd_cls", "2d_cls", "reader: {kind: image_folder}", modality="X-Ray")
+    report, rows, qrows = run(source, raw, tmp_path / "out")
+    assert sorted((r["source_path"], r["label"], r["width"], r["height"]) for r in rows) == [
+        ("normal/case1.mhd", "normal", 20, 30),
+        ("pneumonia/case2.mha", "pneumonia", 20, 30),
+    ]
+    assert qrows == []
