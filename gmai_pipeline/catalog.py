@@ -39,8 +39,10 @@ READERS_FOR_TASK: dict[str, tuple[str, ...]] = {
 # Pillow decodes all of these; `.pgm` (Netpbm grey maps, 8 or 16 bit: mini-MIAS) is stored as PNG.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-# Every 2D reader reads DICOM too (pixels only, under the `dicom` reader's privacy rules).
-IMAGE_EXTENSIONS_2D = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
+# 2D MetaImage (CRASS's `.mhd` + `.raw` radiographs), read with SimpleITK (`readers/metaimage.py`).
+METAIMAGE_EXTENSIONS = (".mhd", ".mha")
+# Every 2D reader reads DICOM too (pixels only, under the `dicom` reader's privacy rules), and MetaImage.
+IMAGE_EXTENSIONS_2D = IMAGE_EXTENSIONS + DICOM_EXTENSIONS + METAIMAGE_EXTENSIONS
 
 
 class CatalogError(ValueError):
@@ -87,19 +89,53 @@ def _lists_only(spec: SplitSpec | None) -> SplitSpec | None:
     return spec
 
 
+class CocoSplit(BaseModel):
+    """Each image's split from a table beside the JSON (MIDOG++'s `datasets_xvalidation.csv`:
+    `Slide;Dataset`, Slide = the image id): the row whose `key` column equals the image's `match`
+    (its `id`, `file_name` or file stem; numbers compare as numbers, so `1` = `001`) gives the split in
+    `column`, through `map` and the usual aliases. An image no row names takes `default`, or is
+    quarantined `split_unknown`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str
+    key: str | int
+    column: str | int
+    match: Literal["id", "file_name", "stem"] = "id"
+    delimiter: str | None = None  # default: sniffed, as for any table
+    map: dict[str, str] = Field(default_factory=dict)
+    default: str | None = None
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
 class CocoReader(_Options):
     """COCO detection JSON (`annotations.json`) with images relative to `image_dir`.
 
     `image_dir` may list several folders, searched in order (FracAtlas: `images/Fractured`,
     `images/Non_fractured`); `split.lists` gives the split per image (`layouts.SplitSpec`).
+    `bbox_format`: COCO's own `xywh` (top-left + size), or `xyxy` for files that keep the COCO structure
+    but store corner pairs (MIDOG++'s `[x0, y0, x1, y1]`). `split_table`: each image's split from a table
+    (`CocoSplit`); without `split` or `split_table` the split comes from the path, as everywhere.
     """
 
     kind: Literal["coco"]
     annotations: str = "annotations.json"
     image_dir: str | tuple[str, ...] = ""
+    bbox_format: Literal["xywh", "xyxy"] = "xywh"
     split: SplitSpec | None = None
+    split_table: CocoSplit | None = None
 
     _split = field_validator("split")(_lists_only)
+
+    @model_validator(mode="after")
+    def _one_split(self) -> CocoReader:
+        if self.split is not None and self.split_table is not None:
+            raise ValueError("give split (list files) or split_table (a table of image ids), not both")
+        return self
 
     @property
     def image_dirs(self) -> tuple[str, ...]:
@@ -266,6 +302,16 @@ class SourceDataset(BaseModel):
                 f"`layout`; 2D: {', '.join(f'`{k}`' for k in PARTITIONABLE_2D)}, `layout` without `masks`; "
                 f"never with `convert`); the {self.reader.kind} reader of this {self.task_type} entry reads "
                 "the dataset in one step: remove `partitions`"
+            )
+        ignore = getattr(self.reader, "ignore_values", ())
+        if ignore == "unlisted" and not any(k.isdigit() for k in self.labels):
+            raise ValueError(
+                "reader.ignore_values: unlisted keeps only the mask values labels names: give labels"
+            )
+        ignored = {str(v) for v in ignore if ignore != "unlisted"} & set(self.labels)
+        if ignored:
+            raise ValueError(
+                f"reader.ignore_values {sorted(ignored)} are also in labels: a value is a structure or ignored"
             )
         spec = getattr(self.reader, "modality", None)
         if spec is not None:

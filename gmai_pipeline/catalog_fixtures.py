@@ -38,6 +38,13 @@ def is_volume(path: str) -> bool:
     return path.lower().endswith(VOLUME_SUFFIXES)
 
 
+def _mask_3d(fixture: Fixture, path: str) -> bool:
+    """A mask in a volume format is 3D, unless the fixture's images are pictures (`image:`, CRASS's 2D
+    MetaImage radiographs): then it is a 2D MetaImage mask."""
+    planar = any(f.image is not None for f in fixture.files) and not any(f.volume for f in fixture.files)
+    return is_volume(path) and not planar
+
+
 @dataclass(frozen=True)
 class Shapes:
     """One 2D size and one 3D shape for the whole fixture, so images and their masks always agree."""
@@ -47,9 +54,10 @@ class Shapes:
 
     @classmethod
     def of(cls, fixture: Fixture) -> Shapes:
-        n2 = sum(len(f.mask) for f in fixture.files if f.mask is not None and not is_volume(f.path))
+        n2 = sum(len(f.mask) for f in fixture.files if f.mask is not None and not _mask_3d(fixture, f.path))
         n2 += sum(_plane_blocks(f) for f in fixture.files)
-        n3 = sum(len(f.mask) for f in fixture.files if f.mask is not None and is_volume(f.path))
+        n2 += sum(len(f.colors) for f in fixture.files if f.colors is not None)
+        n3 = sum(len(f.mask) for f in fixture.files if f.mask is not None and _mask_3d(fixture, f.path))
         rows = max(2, math.ceil(n2 / 2))
         depth = max(2, math.ceil(n3 / 4))
         return cls((BLOCK * rows, 2 * BLOCK), (2 * BLOCK, 2 * BLOCK, BLOCK * depth))
@@ -75,6 +83,16 @@ def _blocks_2d(
         r, c = divmod(i, cols)
         mask[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = v
     return mask
+
+
+def _colour_blocks(shape: tuple[int, int], colours, start: int) -> np.ndarray:
+    """An RGB colour-coded mask: each colour one block, black elsewhere."""
+    out = np.zeros((*shape, 3), np.uint8)
+    cols = shape[1] // BLOCK
+    for i, rgb in enumerate(colours, start=start):
+        r, c = divmod(i, cols)
+        out[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = rgb
+    return out
 
 
 def _blocks_3d(shape: tuple[int, int, int], values: tuple[int, ...], start: int) -> np.ndarray:
@@ -116,6 +134,11 @@ def _save_netpbm(path: Path, arr: np.ndarray) -> None:
 def _save_picture(path: Path, arr: np.ndarray) -> None:
     if path.suffix.lower() == ".pgm":
         return _save_netpbm(path, arr)
+    if is_volume(path.name):  # a 2D MetaImage (CRASS): SimpleITK writes x.mhd + x.raw, or x.mha
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=arr.ndim == 3), str(path))
+        return
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
     ext = path.suffix.lower()
     if ext not in fmt:
@@ -212,15 +235,18 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
             shape = (*shapes.plane, 3) if f.image == "RGB" else shapes.plane
             _save_picture(path, _picture(shape, f.path).astype(np.uint8))
         elif f.mask is not None:
-            if is_volume(f.path) and f.time is not None:
+            if _mask_3d(fixture, f.path) and f.time is not None:
                 _save_volume(path, _frames_4d(_blocks_3d(shapes.volume, f.mask, start3), f.time, f.labelled))
                 start3 += len(f.mask)
-            elif is_volume(f.path):
+            elif _mask_3d(fixture, f.path):
                 _save_volume(path, _blocks_3d(shapes.volume, f.mask, start3))
                 start3 += len(f.mask)
             else:
                 _save_picture(path, _blocks_2d(shapes.plane, f.mask, start2, f.background or 0))
                 start2 += len(f.mask)
+        elif f.colors is not None:
+            _save_picture(path, _colour_blocks(shapes.plane, f.colors, start2))
+            start2 += len(f.colors)
         elif f.volume is not None:
             shape = shapes.volume if f.volume == 1 else (*shapes.volume, f.volume)
             _save_volume(path, _picture(shape, f.path, high=900).astype(np.float32))

@@ -254,6 +254,7 @@ class FixtureFile(_Spec):
     mask: the label values it holds (2D by image extension, 3D for NIfTI/MHA/MHD/NRRD), one block each,
     on `background` (default 0; 255 for masks whose 0 is a structure, iChallenge-AMD's disc BMPs); with
     `time`, a 4D label volume whose `labelled` frames hold the blocks (M&Ms' ED/ES labels);
+    colors: an RGB colour-coded 2D mask holding these colours, one block each, black elsewhere;
     volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
     raw: headerless pixels in this format (`layouts.RawPixels`, the entry's own `images.raw`), textured;
@@ -270,6 +271,9 @@ class FixtureFile(_Spec):
     background: int | None = Field(None, ge=0, le=65535)  # a 2D mask's pixels outside its blocks
     time: int | None = Field(None, ge=2)  # a 3D mask as 4D (x, y, z, time): M&Ms' _sa_gt.nii.gz
     labelled: tuple[int, ...] | None = None  # with time: the frames holding the blocks (default all)
+    colors: tuple[tuple[int, int, int], ...] | None = (
+        None  # a colour-coded RGB mask (GLENDA): one block per colour
+    )
     volume: int | None = Field(None, ge=1)
     dicom: str | None = None
     raw: RawPixels | None = None
@@ -322,6 +326,7 @@ class FixtureFile(_Spec):
 KINDS = (
     "image",
     "mask",
+    "colors",
     "volume",
     "dicom",
     "raw",

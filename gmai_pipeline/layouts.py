@@ -170,7 +170,8 @@ class Uncertain(_Spec):
 
 
 class LabelSpec(ValueSource):
-    """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`), one-hot
+    """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`, or a Python
+    list literal with `format: list_literal`, PadChest `['pleural effusion', 'cardiomegaly']`), one-hot
     or multi-hot `columns` (ISIC 2019, CheXpert: the label is the column name), a fixed value, or rules.
 
     Every label is mapped through the catalog's `labels` when it has one. In `columns`, a cell is
@@ -182,6 +183,7 @@ class LabelSpec(ValueSource):
 
     columns: tuple[str, ...] = ()
     delimiter: str | None = None
+    format: Literal["list_literal"] | None = None  # list_literal: a cell `['a', 'b']` (PadChest's Labels)
     positive: tuple[str, ...] = ("1", "1.0", "true", "True", "TRUE", "yes", "Yes")
     uncertain: Uncertain | None = None
 
@@ -191,6 +193,37 @@ class LabelSpec(ValueSource):
     def _extra_sources(self) -> str:
         return ", columns"
 
+    @model_validator(mode="after")
+    def _format(self) -> LabelSpec:
+        if self.format is not None and (
+            self.delimiter is not None or self.field is None and self.column is None
+        ):
+            raise ValueError(f"label.format {self.format} reads one field or column, without a delimiter")
+        return self
+
+
+class RowLists(_Spec):
+    """Split files that list rows of the table by position (Derm7pt's meta/train_indexes.csv, column
+    `indexes`: 0-based positions of meta/meta.csv's data rows, as pandas numbers them; blank lines are
+    not rows). `column`: the index files' column (a name, or 0-based index); `start`: the number of the
+    table's first data row. Shorthand: a plain map is `files` (split -> file)."""
+
+    files: dict[str, str]
+    column: str | int = 0
+    start: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"files": v} if isinstance(v, dict) and "files" not in v else v
+
+    @field_validator("files")
+    @classmethod
+    def _some(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("split.rows: give at least one split -> file")
+        return v
+
 
 class SplitSpec(ValueSource):
     """The split: a field, a column, rules, a fixed value, or `lists` (split -> list file of image names,
@@ -198,17 +231,21 @@ class SplitSpec(ValueSource):
 
     Values go through `map`, then the usual aliases (training -> train, validation/valid -> val, ...).
     A list entry matches an image by file name, stem, path under the layout root, or case; a list that
-    is a table (CSV/TSV/XLSX) gives its entries in `list_column`. An image in no list takes `default`, or
-    is quarantined `split_unknown` without one. Without any `split`, the
+    is a table (CSV/TSV/XLSX) gives its entries in `list_column`. `rows` lists rows of a one-file table by
+    position instead (`RowLists`). An image (row) in no list takes `default`, or is quarantined
+    `split_unknown` without one. Without any `split`, the
     split comes from the path (see `ReaderContext.split_of`).
     """
 
     lists: dict[str, str] = Field(default_factory=dict)
     # list files that are tables (FracAtlas's `Utilities/Fracture Split/train.csv`): the column of image names
     list_column: str | int | None = None
+    rows: RowLists | None = (
+        None  # split files of table row positions (Derm7pt); a row in none takes `default`
+    )
 
     def _sources(self) -> list[str]:
-        return super()._sources() + (["lists"] if self.lists else [])
+        return super()._sources() + (["lists"] if self.lists else []) + (["rows"] if self.rows else [])
 
     @model_validator(mode="after")
     def _list_column(self) -> SplitSpec:
@@ -217,7 +254,7 @@ class SplitSpec(ValueSource):
         return self
 
     def _extra_sources(self) -> str:
-        return ", lists"
+        return ", lists, rows"
 
 
 class Join(_Spec):
@@ -239,6 +276,9 @@ class TableSpec(_Spec):
     file: tuple[str, ...]
     image: str | int | None = None
     image_pattern: str | None = None  # how the cell names the image, e.g. "{stem}_image" (SIIM-COVID19 ids)
+    # the image's path rebuilt from image_pattern's fields (DeepLesion: cell `{series}_{slice:\d+}.png`
+    # -> `Images_png/{series}/{slice}.png`); under any folders when not found from the layout root
+    image_path: str | None = None
     join: Join | None = None
     delimiter: str | None = None  # default: tab for .tsv, else sniffed among , ; tab |
     sheet: str | None = None  # XLSX sheet; default the first
@@ -255,11 +295,30 @@ class TableSpec(_Spec):
             raise ValueError("give exactly one of image (the table names the images) or join (templates do)")
         if self.image_pattern is not None:
             check_template(self.image_pattern)
-            if not {"path", "file", "stem"} & set(template_fields(self.image_pattern)):
+            if self.image_path is None and not {"path", "file", "stem"} & set(
+                template_fields(self.image_pattern)
+            ):
                 raise ValueError(
                     "image_pattern needs a {path}, {file} or {stem} field: the part that names the image"
+                    " (or image_path: a path built from its fields)"
                 )
+        self._check_image_path()
         return self
+
+    def _check_image_path(self) -> None:
+        if self.image_path is None:
+            return
+        if self.image_pattern is None:
+            raise ValueError("image_path is built from image_pattern's fields: declare table.image_pattern")
+        check_template(self.image_path)
+        if any(c in FIELD_TOKEN.sub("", self.image_path) for c in "*?"):
+            raise ValueError(f"image_path {self.image_path!r} names one file: no wildcards")
+        unknown = set(template_fields(self.image_path)) - set(template_fields(self.image_pattern))
+        if unknown or any(m.group(2) for m in FIELD_TOKEN.finditer(self.image_path)):
+            raise ValueError(
+                f"image_path {self.image_path!r}: use only image_pattern's fields, without patterns"
+                f"{' (not in image_pattern: ' + ', '.join(sorted(unknown)) + ')' if unknown else ''}"
+            )
 
 
 class BoxSpec(_Spec):
@@ -517,6 +576,18 @@ class VolumeOptions(_Spec):
     min_mask_fraction: float = Field(0.00153, ge=0, lt=1)
     min_component_pixels: int = Field(16, ge=1)
     slice_step: int = Field(1, ge=1)
+    # mask values that are not structures, made background and counted (`mask_pixels_ignored`): a list, or
+    # `unlisted` = every value the catalog's labels do not name (LEG-3D-US: only 100/150/200 are muscles)
+    ignore_values: tuple[int, ...] | Literal["unlisted"] = ()
+
+    @field_validator("ignore_values")
+    @classmethod
+    def _ignored(cls, v: tuple[int, ...] | str) -> tuple[int, ...] | str:
+        if isinstance(v, str):
+            return v
+        if any(x <= 0 for x in v):
+            raise ValueError("ignore_values: positive mask values (0 is background already)")
+        return tuple(sorted(set(v)))
 
     @field_validator("axes")
     @classmethod
@@ -583,6 +654,56 @@ class Frames(_Spec):
     base: Literal[0, 1] = 0
 
 
+class MaskColors(_Spec):
+    """Colour-coded 2D masks (GLENDA's annots/<id>.png): each listed RGB colour is a label value (then
+    through the catalog's `labels`, like any mask value; 0 is background). `tolerance`: the largest
+    per-channel difference still counted as that colour (JPEG-like noise; 0: exact). `unlisted`: what a
+    pixel of any other colour is, stated: `error` (the mask is `unsupported_mask`, naming the colour) or
+    `background` (anti-aliased borders, counted in `mask_pixels_unlisted_colour`).
+    Shorthand: a plain map is `values`. Keys are `R,G,B` (`190,62,204`, brackets and spaces allowed)."""
+
+    values: dict[tuple[int, int, int], int]
+    tolerance: int = Field(0, ge=0, le=255)
+    unlisted: Literal["error", "background"] = "error"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "values" not in v:
+            return {"values": v}
+        return v
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _triplets(cls, v: Any) -> Any:
+        if not isinstance(v, dict) or not v:
+            raise ValueError("colors.values: a map of R,G,B -> label value")
+        out = {}
+        for key, value in v.items():
+            parts = (
+                re.split(r"[\s,]+", str(key).strip().strip("()[]").strip())
+                if not isinstance(key, tuple)
+                else key
+            )
+            try:
+                rgb = tuple(int(p) for p in parts)
+            except ValueError:
+                rgb = ()
+            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+                raise ValueError(f"colors: {key!r} is not an R,G,B triplet of 0-255")
+            if rgb in out:
+                raise ValueError(f"colors: {key!r} is listed twice")
+            out[rgb] = value
+        return out
+
+    @field_validator("values")
+    @classmethod
+    def _label_values(cls, v: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:
+        if any(x < 0 or x > 65535 for x in v.values()):
+            raise ValueError("colors: label values are 0-65535 (0 = background)")
+        return v
+
+
 class LayoutReader(ReaderBase, VolumeOptions):
     """The generic reader: templates, tables, masks, boxes, channels, filters (module docstring)."""
 
@@ -601,6 +722,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     filters: Conditions = Field(default_factory=dict)
     frames: Frames | None = None  # 4D image + 4D labels: which time points, per case (3d_seg)
     convert: Convert | None = None  # how files are decoded when extensions cannot say (converters)
+    colors: MaskColors | None = None  # colour-coded 2D masks: RGB -> label value (GLENDA)
 
     _excl = field_validator("exclude", mode="before")(_as_tuple)
 
@@ -636,6 +758,14 @@ class LayoutReader(ReaderBase, VolumeOptions):
             for where, src in (("label", self.label), ("split", self.split), ("modality", self.modality)):
                 if src is not None and (src.column is not None or getattr(src, "columns", ())):
                     raise ValueError(f"{where}: a column needs a table (reader.table)")
+        if (
+            self.split is not None
+            and self.split.rows is not None
+            and (self.table is None or self.table.image is None or len(self.table.file) != 1)
+        ):
+            raise ValueError(
+                "split.rows numbers the rows of one table that names the images (table.file, table.image)"
+            )
         if self.boxes is not None and (self.table is None or self.table.image is None):
             raise ValueError("boxes come from table rows: declare reader.table with an image column")
         if self.table is not None and self.table.join is not None and self.table.join.field not in known:
@@ -673,11 +803,13 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 raise ValueError("2d_cls needs reader.label (a template field, a column, columns or rules)")
             if self.masks is not None or self.boxes is not None:
                 raise ValueError("2d_cls takes no masks or boxes")
+        elif task_type == "2d_det" and self.masks is not None:
+            self._check_boxes_from_masks()
         elif task_type == "2d_det":
             if self.boxes is None or self.label is None:
                 raise ValueError(
-                    "2d_det with kind layout needs reader.table, reader.boxes and reader.label "
-                    "(COCO / VOC / YOLO files have their own kinds)"
+                    "2d_det with kind layout needs reader.table, reader.boxes and reader.label, or reader.masks "
+                    "(boxes from mask regions; COCO / VOC / YOLO files have their own kinds)"
                 )
         else:
             if self.masks is None:
@@ -700,6 +832,19 @@ class LayoutReader(ReaderBase, VolumeOptions):
             known = self.template_fields() | set(BUILTIN_FIELDS)
             if self.table is None and any(c not in known for c in self.frames.columns):
                 raise ValueError("frames.columns: a column needs a table (reader.table with join)")
+        if self.colors is not None and (task_type == "3d_seg" or self.masks is None):
+            raise ValueError("colors: colour-coded masks are 2D mask files (reader.masks, 2d_seg or 2d_det)")
+
+    def _check_boxes_from_masks(self) -> None:
+        """2d_det from masks (GLENDA): one box per connected region of each label, as 2d_seg rows have."""
+        if self.boxes is not None:
+            raise ValueError(
+                "2d_det: give reader.boxes (a box table) or reader.masks (mask regions), not both"
+            )
+        if self.table is not None and self.table.image is not None:
+            raise ValueError(
+                "2d_det from masks: the templates find the images; a table may only add columns (table.join)"
+            )
 
     def _check_convert(self, task_type: str) -> None:
         """What each converter needs (`convert.kind`), as one sentence naming the field."""

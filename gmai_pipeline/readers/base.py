@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gmai_pipeline.catalog import DICOM_EXTENSIONS, IMAGE_EXTENSIONS_2D, SourceDataset
+from gmai_pipeline.catalog import DICOM_EXTENSIONS, IMAGE_EXTENSIONS_2D, METAIMAGE_EXTENSIONS, SourceDataset
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure, open_verified, read_verified
 from gmai_pipeline.imaging import ImageError, ImageStore, StoredImage, modality_slug, sample_id
 from gmai_pipeline.manifest import PendingNames
@@ -646,6 +646,10 @@ def boundary_events(
 def _store(ctx: ReaderContext, store: ImageStore, rel: str) -> StoredImage | ImageError:
     """Read (verified), decode, store: on a worker thread, so every failure is returned, not raised."""
     try:
+        if rel.lower().endswith(METAIMAGE_EXTENSIONS):  # 2D MetaImage: SimpleITK, not Pillow
+            from gmai_pipeline.readers.metaimage import store_plane
+
+            return store_plane(ctx, store, rel)
         if ctx.raw is not None or ctx.array is not None:
             from gmai_pipeline.readers.raw_pixels import declared_picture
 

@@ -7,6 +7,9 @@ not in `categories` is `unknown_label`; one without a 4-number `bbox` is `missin
 candidates, in order: the category name, then its id (so a catalog map may key on either).
 A JSON that cannot be parsed is one input, quarantined `unreadable`. `image_dir` may name several
 folders (searched in order); `split.lists` gives the split per image (`voc.split_inputs`).
+`bbox_format: xyxy` reads corner pairs; `split_table` takes each image's split from a table (a
+missing or unreadable table is one input, and every annotated image is then `split_unknown`: none
+defaults to training).
 """
 
 from __future__ import annotations
@@ -23,22 +26,62 @@ from gmai_pipeline.readers.base import (
     Event,
     Quarantined,
     ReaderContext,
+    image_inputs,
     join,
+    quarantine_all,
     unreferenced,
 )
 from gmai_pipeline.readers.layout import _split_lists
+from gmai_pipeline.readers.tables import TableError, read_table
 from gmai_pipeline.readers.voc import split_inputs
 
 
-def _box(ann: dict) -> tuple[float, float, float, float] | None:
+def _box(ann: dict, fmt: str = "xywh") -> tuple[float, float, float, float] | None:
     b = ann.get("bbox")
     if not isinstance(b, list | tuple) or len(b) != 4:
         return None
     try:
-        x, y, w, h = (float(v) for v in b)
+        x, y, c, d = (float(v) for v in b)
     except (TypeError, ValueError):
         return None
-    return x, y, x + w, y + h
+    return (x, y, c, d) if fmt == "xyxy" else (x, y, x + c, y + d)
+
+
+def _key(value) -> str:
+    """An image id or table cell as a join key: digits compare as numbers (`001` = `1`)."""
+    text = str(value).strip()
+    return str(int(text)) if text.isdigit() else text
+
+
+def _split_table(ctx: ReaderContext, opts: CocoReader) -> tuple[dict[str, str] | None, list[Event]]:
+    """{image key: split} from `split`; None (and the reason as one input) when the table cannot be read."""
+    spec = opts.split_table
+    rel = ctx.at(spec.file)  # type: ignore[union-attr]
+    if rel not in ctx.files:
+        return None, [Quarantined(rel, "read", Reason.MISSING_FILE, f"{rel}: split table not found")]
+    ctx.claim(rel)
+    try:
+        table = read_table(ctx.read(rel), rel, [spec.key, spec.column], delimiter=spec.delimiter)  # type: ignore[union-attr]
+    except (TableError, ImageError) as err:
+        return None, [Quarantined(rel, "read", err.reason, err.detail)]
+    out: dict[str, str] = {}
+    for _, row in table.rows:
+        value = row[spec.column]  # type: ignore[union-attr]
+        if value:
+            out.setdefault(_key(row[spec.key]), spec.map.get(value, value))  # type: ignore[union-attr]
+    return out, []
+
+
+def _image_split(ctx: ReaderContext, opts: CocoReader, splits, img: dict, rel: str | None, ref: str):
+    """The image's split: from the split table when declared (None: no row and no default), else its path."""
+    if opts.split_table is None:
+        return ctx.split_of(rel or ref)
+    if splits is None:  # the table is missing or unreadable: no image may default to training
+        return None
+    name = str(img.get("file_name", "")).rsplit("/", 1)[-1]
+    key = {"id": img.get("id"), "file_name": name, "stem": name.rsplit(".", 1)[0]}[opts.split_table.match]
+    value = splits.get(_key(key), opts.split_table.default)
+    return ctx.split_of(rel or ref, value) if value is not None else None
 
 
 def _unreferenced(ctx: ReaderContext, dirs: list[str]) -> Iterator[Event]:
@@ -100,15 +143,31 @@ def read(ctx: ReaderContext, opts: CocoReader) -> Iterator[Event]:
                 ),
             )
         else:
-            box = _box(ann)
-            error = None if box is not None else (Reason.MISSING_BOX, f"{where}: no [x, y, w, h] bbox")
+            box = _box(ann, opts.bbox_format)
+            error = None if box is not None else (Reason.MISSING_BOX, f"{where}: no 4-number bbox")
             a = Annotation(
                 (str(cat.get("name", "")), str(cat["id"])), box or (0, 0, 0, 0), where=where, error=error
             )
         by_image[image_id].append(a)
     del annotations
+    splits, events = _split_table(ctx, opts) if opts.split_table is not None else (None, [])
+    yield from events
     for image_id, img in images.items():
         ref = str(img.get("file_name", ""))
         rel = _image_rel(ctx, dirs, ref)
-        yield from split_inputs(ctx, opts, rel, ref, ref, by_image.pop(image_id, []), lists)
+        anns = by_image.pop(image_id, [])
+        if opts.split_table is None:
+            yield from split_inputs(ctx, opts, rel, ref, ref, anns, lists)
+            continue
+        split = _image_split(ctx, opts, splits, img, rel, ref)
+        if split is None and anns and rel in ctx.files:
+            ctx.claim(rel)
+            ctx.saw_image(rel)
+            detail = (
+                f"{rel}: no split from {opts.split_table.file} (no row names it, or the table is unreadable) "
+                "and no split_table.default"
+            )
+            yield from quarantine_all(anns, rel, "read", Reason.SPLIT_UNKNOWN, detail)
+            continue
+        yield from image_inputs(ctx, rel, ref, split or ctx.source.splits[0], anns)
     yield from _unreferenced(ctx, dirs)

@@ -9,6 +9,7 @@ What one input is:
   once), plus each matched image no row names (`unreferenced_file`), plus each row whose image is not
   found (`missing_file`); an unreadable table is one input;
 - 2D segmentation (BUSI, JSRT): each image file, with every mask file its `masks` templates give;
+  detection from masks (GLENDA's colour-coded masks): the same, each box of a kept image one input;
 - 3D segmentation (ACDC, BTCV, BraTS, autoPET, TotalSegmentator, AMOS): each image file of each case
   (`volume_cases`).
 Files a `masks` template matches are never images; `exclude` globs drop more.
@@ -29,11 +30,12 @@ import numpy as np
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
-from gmai_pipeline.layouts import BUILTIN_FIELDS, LayoutReader, ValueSource, WsiConvert
+from gmai_pipeline.layouts import BUILTIN_FIELDS, FIELD_TOKEN, LayoutReader, ValueSource, WsiConvert
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import (
     Annotation,
     Event,
+    Kept,
     Quarantined,
     ReaderContext,
     image_inputs,
@@ -44,7 +46,7 @@ from gmai_pipeline.readers.base import (
 from gmai_pipeline.readers.masks import MASK_EXTENSIONS_2D, MaskFile, seg_image
 from gmai_pipeline.readers.tables import Table, TableError, read_list, read_table
 from gmai_pipeline.readers.templates import Template, all_hold, matches_any
-from gmai_pipeline.readers.values import resolve
+from gmai_pipeline.readers.values import list_literal, resolve
 from gmai_pipeline.readers.volume_cases import (
     VOLUME_EXTENSIONS,
     VolumeCase,
@@ -201,6 +203,9 @@ def _split(
     spec = opts.split
     if spec is None:
         return ctx.split_of(rel)
+    if spec.rows is not None:
+        split = lists.get(ROW_KEY + str(values.get(ROW_KEY)))
+        return ctx.split_of(rel, split or spec.default) if split or spec.default else None
     if spec.lists:
         for key in (values.get("file"), values.get("stem"), values.get("path"), values.get("case")):
             if key is not None and key in lists:
@@ -246,6 +251,8 @@ def _split_lists(ctx: ReaderContext, opts: LayoutReader) -> tuple[dict[str, str]
         value = ctx.split_of(rel, split)
         for name in names:
             out.setdefault(name, value)
+    if opts.split.rows is not None:
+        events += _split_rows(ctx, opts.split.rows, out)
     return out, events
 
 
@@ -255,6 +262,50 @@ def _list_entries(data: bytes, rel: str, column: str | int | None) -> list[str]:
         return read_list(data, rel)
     table = read_table(data, rel, [column])
     return [str(row[column]).strip() for _, row in table.rows if str(row.get(column) or "").strip()]
+
+
+ROW_KEY = "\0row:"  # a table row's position among the values, and the prefix of its key in the split lists
+
+
+def _split_rows(ctx: ReaderContext, spec, out: dict[str, str]) -> list[Event]:
+    """Add {ROW_KEY + position: split} from `split.rows`; an unreadable or missing file is one input, and a
+    row listed by two splits is evaluation-only (test, then val: never train)."""
+    events: list[Event] = []
+    for split, path in spec.files.items():
+        rel = ctx.at(path)
+        if rel not in ctx.files:
+            events.append(
+                Quarantined(rel, "read", Reason.MISSING_FILE, f"{rel}: split rows for '{split}' not found")
+            )
+            continue
+        ctx.claim(rel)
+        try:
+            table = read_table(ctx.read(rel), rel, [spec.column])
+        except (TableError, ImageError) as err:
+            events.append(Quarantined(rel, "read", err.reason, err.detail))
+            continue
+        value = ctx.split_of(rel, split)
+        for line, row in table.rows:
+            cell = row[spec.column]
+            try:
+                pos = int(float(cell)) - spec.start
+            except ValueError:
+                events.append(
+                    Quarantined(
+                        rel,
+                        "read",
+                        Reason.UNREADABLE,
+                        f"{rel} line {line}: {cell[:40]!r} is not a row number",
+                    )
+                )
+                continue
+            key = ROW_KEY + str(pos)
+            if key not in out or SPLIT_RANK.get(value, 3) < SPLIT_RANK.get(out[key], 3):
+                out[key] = value
+    return events
+
+
+SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
 
 
 def _saw_case(ctx: ReaderContext, opts: LayoutReader, f: Found | None) -> None:
@@ -392,7 +443,12 @@ def _labels(opts: LayoutReader, values: dict, where: str) -> list[Annotation]:
     raw = resolve(spec, values)
     if raw is None:
         return [Annotation((), where=where)]
-    parts = [p.strip() for p in raw.split(spec.delimiter)] if spec.delimiter else [raw]
+    if spec.format == "list_literal":
+        parts = list_literal(raw, where)
+        if isinstance(parts, str):
+            return [Annotation((), where=where, error=("invalid_label", parts))]
+    else:
+        parts = [p.strip() for p in raw.split(spec.delimiter)] if spec.delimiter else [raw]
     return [Annotation((spec.map.get(p, p),), where=where) for p in parts if p] or [
         Annotation((), where=where)
     ]
@@ -531,9 +587,18 @@ class _Finder:
     """A table cell -> the image file: as a path (relative to the table or the layout root, leading
     folders dropped one by one), else as an id (file name or stem of a file `images` matched)."""
 
-    def __init__(self, ctx: ReaderContext, found: list[Found], dicom: bool, pattern: str | None = None):
+    def __init__(
+        self,
+        ctx: ReaderContext,
+        found: list[Found],
+        dicom: bool,
+        pattern: str | None = None,
+        path: str | None = None,
+    ):
         self.ctx = ctx
         self.pattern = Template(pattern) if pattern else None
+        self.path = path  # `table.image_path`: the file's path rebuilt from the pattern's fields
+        self.by_tail = _tails(ctx, found, path.count("/") + 1) if path else {}
         self.dicom = dicom  # a missing file is named as DICOM (pseudonymous): the cell may be a patient id
         self.by_name: dict[str, Found] = {}
         self.by_stem: dict[str, Found] = {}
@@ -549,7 +614,12 @@ class _Finder:
             got = self.pattern.match(ref)
             if got is None:
                 return join(ctx.base, ref), None  # reported missing, with the cell as written
-            ref = got.get("path") or got.get("file") or got["stem"]
+            if self.path is not None:
+                ref = FIELD_TOKEN.sub(lambda m: got[m.group(1)], self.path)
+                if ref in self.by_tail:
+                    return self.by_tail[ref].rel, self.by_tail[ref]
+            else:
+                ref = got.get("path") or got.get("file") or got["stem"]
         parts = ref.split("/")
         for start in range(len(parts)):
             tail = "/".join(parts[start:])
@@ -567,6 +637,15 @@ class _Finder:
         return rel, None
 
 
+def _tails(ctx: ReaderContext, found: list[Found], n: int) -> dict[str, Found]:
+    """Matched files by the last `n` segments of their path: an `image_path` found under any wrapper
+    folders (DeepLesion's Images_png_01/Images_png/<series>/<slice>.png, one folder per zip)."""
+    out: dict[str, Found] = {}
+    for f in found:
+        out.setdefault("/".join(ctx.inner(f.rel).split("/")[-n:]), f)
+    return out
+
+
 def _table_driven(ctx: ReaderContext, plan: Plan, found: list[Found], lists) -> Iterator[Event]:
     opts = plan.opts
     tables, events = _tables(ctx, plan)
@@ -574,10 +653,12 @@ def _table_driven(ctx: ReaderContext, plan: Plan, found: list[Found], lists) -> 
     dicom = any(is_dicom(f.rel) for f in found) or any(
         t.lower().endswith((".dcm", ".dicom")) for t in opts.images.path
     )
-    finder = _Finder(ctx, found, dicom, opts.table.image_pattern)  # type: ignore[union-attr]
+    finder = _Finder(ctx, found, dicom, opts.table.image_pattern, opts.table.image_path)  # type: ignore[union-attr]
     images: dict[str, _Image] = {}
     for table in tables:
-        for line, row in table.rows:
+        for pos, (line, row) in enumerate(table.rows):
+            if opts.split is not None and opts.split.rows is not None:
+                row = {**row, ROW_KEY: str(pos)}
             try:
                 yield from _table_row(ctx, opts, finder, table.rel, line, row, images, lists)
             except Exception as exc:  # noqa: BLE001 - the sample boundary: one bad row, one quarantined input
@@ -718,7 +799,7 @@ def _masks_of(ctx, opts: LayoutReader, values: dict, found: list[Found]) -> list
         if failed is not None:
             ctx.counters[f"masks_filtered_by_{failed}"] += 1
             continue
-        out.append(MaskFile(m.rel, _mask_label(opts, both), opts.masks))
+        out.append(MaskFile(m.rel, _mask_label(opts, both), opts.masks, opts.colors))
     return out
 
 
@@ -749,7 +830,16 @@ def _masks_2d(
         except ImageError as err:
             yield Quarantined(ctx.shown(f.rel), "annotate", err.reason, err.detail)
             continue
-        yield seg_image(ctx, opts, f.rel, masks, split, modality, " or ".join(opts.masks.path))  # type: ignore[union-attr]
+        event = seg_image(ctx, opts, f.rel, masks, split, modality, " or ".join(opts.masks.path))  # type: ignore[union-attr]
+        yield from _per_box(ctx, event)
+
+
+def _per_box(ctx: ReaderContext, event: Event) -> Iterator[Event]:
+    """Detection from masks (GLENDA): each box is one input, as a detection table's rows are."""
+    if ctx.source.task_type == "2d_det" and isinstance(event, Kept) and len(event.samples) > 1:
+        yield from (Kept([sample]) for sample in event.samples)
+    else:
+        yield event
 
 
 # ------------------------------------------------------------------ volumes

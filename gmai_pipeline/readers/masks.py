@@ -21,15 +21,16 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image
 
-from gmai_pipeline.catalog import IMAGE_EXTENSIONS
+from gmai_pipeline.catalog import IMAGE_EXTENSIONS, METAIMAGE_EXTENSIONS
 from gmai_pipeline.decode_guard import DecodeBudget
-from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes
-from gmai_pipeline.layouts import MaskEncoding
+from gmai_pipeline.imaging import ImageError, classify_error, declared_bytes, to_uint8
+from gmai_pipeline.layouts import MaskColors, MaskEncoding
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, is_dicom
+from gmai_pipeline.readers.metaimage import is_metaimage, read_plane
 from gmai_pipeline.volumes import mask_boxes
 
-MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom")
+MASK_EXTENSIONS_2D = IMAGE_EXTENSIONS + (".gif", ".dcm", ".dicom") + METAIMAGE_EXTENSIONS
 
 
 @dataclass
@@ -37,6 +38,7 @@ class MaskFile:
     rel: str
     label: str | None = None  # a binary mask of this label; None: a label map (values -> labels)
     encoding: MaskEncoding | None = None  # how values are encoded; None: 0 = background, values as they are
+    colors: MaskColors | None = None  # a colour-coded mask: RGB -> value (`layouts.MaskColors`)
 
 
 @dataclass
@@ -81,6 +83,71 @@ def load_mask(data: bytes, rel: str, budget: DecodeBudget | None = None, grey: b
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr
+
+
+def load_color_mask(
+    data: bytes, rel: str, spec: MaskColors, budget: DecodeBudget | None = None, counters=None
+) -> np.ndarray:
+    """Label values of a colour-coded mask (`reader.colors`): each pixel's colour -> its value.
+
+    Colours are compared once per distinct colour, not per pixel. A colour within `tolerance` of two listed
+    colours takes the nearer; an unlisted colour is an error naming it, or background when declared so."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if budget is not None:  # the decoded picture, its RGB copy and the packed colours
+                budget.check(
+                    declared_bytes(im) + im.width * im.height * 7,
+                    rel,
+                    f"a {im.width}x{im.height} {im.mode} mask",
+                )
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        err = classify_error(exc, rel)
+        raise ImageError(err.reason, err.detail.replace(f"{rel}: ", f"{rel}: mask: ", 1)) from None
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(packed, return_inverse=True)
+    listed = np.array(list(spec.values), dtype=np.int32).reshape(-1, 3)
+    values = np.array(list(spec.values.values()), dtype=np.int64)
+    out = np.zeros(len(colours), np.int64)
+    unlisted = []
+    for i, c in enumerate(colours.tolist()):
+        rgb_c = np.array([(c >> 16) & 255, (c >> 8) & 255, c & 255], dtype=np.int32)
+        dist = np.abs(listed - rgb_c).max(axis=1)
+        j = int(dist.argmin())
+        if dist[j] <= spec.tolerance:
+            out[i] = values[j]
+        else:
+            unlisted.append((tuple(int(x) for x in rgb_c), i))
+    if unlisted and spec.unlisted == "error":
+        shown = ", ".join(f"({r},{g},{b})" for (r, g, b), _ in unlisted[:5])
+        raise ImageError(
+            "unsupported_mask",
+            f"{rel}: mask colours {shown}{' ...' if len(unlisted) > 5 else ''} are not in reader.colors"
+            " (list them, or set colors.unlisted: background)",
+        )
+    if unlisted and counters is not None:
+        counts = np.bincount(inverse.ravel(), minlength=len(colours))
+        counters["mask_pixels_unlisted_colour"] += int(sum(counts[i] for _, i in unlisted))
+    labels = out[inverse.reshape(packed.shape)]
+    return labels.astype(np.uint16 if values.max(initial=0) > 255 else np.uint8)
+
+
+def ignore_values(ctx: ReaderContext, labels: np.ndarray, values: tuple[int, ...] | str) -> np.ndarray:
+    """`reader.ignore_values` as background (in place on a label array the reader owns), counted;
+    `unlisted`: every value the catalog's labels do not name."""
+    if values and labels.size:
+        if values == "unlisted":
+            keep = [int(k) for k in ctx.source.labels if k.isdigit()]
+            hit = (labels != 0) & ~np.isin(labels, keep)
+        else:
+            hit = np.isin(labels, values)
+        n = int(np.count_nonzero(hit))
+        if n:
+            if not labels.flags.writeable:
+                labels = labels.copy()
+            labels[hit] = 0
+            ctx.counters["mask_pixels_ignored"] += n
+    return labels
 
 
 def value_label(
@@ -188,7 +255,9 @@ def _seg_with(ctx, opts, rel: str, split: str, modality: str | None, make) -> Ev
     excluded = ctx.exclusion(rel, split, shown, bytes_dedup=not dicom)
     if excluded is not None:
         return Quarantined(shown(), *excluded)
-    image = _open_2d(ctx, rel) if not dicom else _open_dicom(ctx, rel)
+    image = (
+        _open_dicom(ctx, rel) if dicom else _open_meta(ctx, rel) if is_metaimage(rel) else _open_2d(ctx, rel)
+    )
     if isinstance(image, Quarantined):
         return image
     size, store, name = image
@@ -201,7 +270,11 @@ def _seg_with(ctx, opts, rel: str, split: str, modality: str | None, make) -> Ev
     if mask.boxes is not None:
         boxes = mask.boxes
     else:
-        boxes = mask_boxes(mask.labels, opts.min_mask_fraction, opts.min_component_pixels)
+        boxes = mask_boxes(
+            ignore_values(ctx, mask.labels, getattr(opts, "ignore_values", ()) if mask.numeric else ()),
+            opts.min_mask_fraction,
+            opts.min_component_pixels,
+        )
     store_for = ctx.store_for(modality)
     return mask_rows(
         ctx,
@@ -251,6 +324,18 @@ def _open_2d(ctx, rel: str):
     return im.size, lambda store: store.store_bytes(data, rel, im, ctx.md5(rel)), rel
 
 
+def _open_meta(ctx, rel: str):
+    """Like `_open_2d` for a 2D MetaImage (`readers/metaimage.py`): decoded now, its size is the array's."""
+    try:
+        arr = read_plane(ctx, rel)
+        pixels = to_uint8(arr)
+    except ImageError as err:
+        return Quarantined(
+            rel, "read", err.reason, err.detail if rel in err.detail else f"{rel}: {err.detail}"
+        )
+    return (arr.shape[1], arr.shape[0]), lambda store: store.store_array(pixels, rel), rel
+
+
 def _open_dicom(ctx, rel: str):
     """Like `_open_2d` for a DICOM image: header rules, decode, pixel deduplication (the `dicom` reader's)."""
     from gmai_pipeline.readers.dicom import decode_header, final_name, read_header
@@ -279,7 +364,7 @@ def _mask_2d(ctx, masks: list[MaskFile], size: tuple[int, int], shown: str, disp
     for m in sorted(masks, key=lambda m: (m.label or "", m.rel)):
         try:
             grey = m.encoding is not None and m.encoding.threshold is not None
-            arr = _load_mask_file(ctx, m.rel, grey)
+            arr = _load_mask_file(ctx, m.rel, grey, m.colors)
         except ImageError as err:
             raise ImageError(err.reason, err.detail.replace(m.rel, display(m.rel))) from None
         if (arr.shape[1], arr.shape[0]) != size:
@@ -326,8 +411,10 @@ def decode_values(
     return fg, values, {int(v) + 1: str(int(v)) for v in present}
 
 
-def _load_mask_file(ctx, rel: str, grey: bool = False) -> np.ndarray:
+def _load_mask_file(ctx, rel: str, grey: bool = False, colors: MaskColors | None = None) -> np.ndarray:
     """A mask file's label indices, read verified and within the decode budget (DICOM masks too)."""
+    if colors is not None:
+        return load_color_mask(ctx.read(rel), rel, colors, ctx.store.budget, ctx.counters)
     if is_dicom(rel):
         import pydicom
 
@@ -345,4 +432,6 @@ def _load_mask_file(ctx, rel: str, grey: bool = False) -> np.ndarray:
                 raise ImageError(
                     Reason.UNREADABLE, f"{ctx.shown(rel)}: mask not readable ({type(exc).__name__})"
                 ) from None
+    if is_metaimage(rel):
+        return read_plane(ctx, rel, is_label=True)
     return load_mask(ctx.read(rel), rel, ctx.store.budget, grey)

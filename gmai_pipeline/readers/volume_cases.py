@@ -23,7 +23,7 @@ from gmai_pipeline.imaging import ImageError, modality_slug, strip_volume_suffix
 from gmai_pipeline.layouts import ValueSource, VolumeOptions
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
-from gmai_pipeline.readers.masks import MaskFile, mask_rows, value_label
+from gmai_pipeline.readers.masks import MaskFile, ignore_values, mask_rows, value_label
 from gmai_pipeline.readers.values import resolve
 from gmai_pipeline.sample import Sample
 from gmai_pipeline.volumes import (
@@ -145,7 +145,7 @@ def _read_case(
                 "volume",
             )
         return
-    labels = _labels(ctx, case)
+    labels = _labels(ctx, case, opts.ignore_values)
     if isinstance(labels, ImageError):
         step = "annotate" if labels.reason == Reason.UNKNOWN_LABEL else "read"
         for rel, _, _ in todo:
@@ -173,13 +173,14 @@ def _read_case(
         )
 
 
-def _labels(ctx: ReaderContext, case: VolumeCase):
+def _labels(ctx: ReaderContext, case: VolumeCase, ignore: tuple[int, ...] | str = ()):
     """(label volume, value -> name, numeric values?, mask name for messages) or ImageError; read
-    once for all image files of the case, at the sample boundary (any failure is an ImageError)."""
+    once for all image files of the case, at the sample boundary (any failure is an ImageError).
+    Values in `ignore` (`reader.ignore_values`) are background before anything looks at them."""
     try:
         if len(case.masks) == 1 and case.masks[0].label is None:
             m = case.masks[0]
-            labels = ctx.volume(m.rel, is_label=True)
+            labels = ignore_values(ctx, ctx.volume(m.rel, is_label=True), ignore)
             unknown = [v for v in label_values(labels) if v and value_label(ctx, v, case.value_names) is None]
             if unknown:
                 return ImageError(
@@ -187,7 +188,7 @@ def _labels(ctx: ReaderContext, case: VolumeCase):
                     f"{{image}}: label values {unknown} in {m.rel} are not in the label map",
                 )
             return labels, case.value_names, True, m.rel
-        return _combined(ctx, case)
+        return _combined(ctx, case, ignore)
     except ImageError as err:
         return err
     except Exception as exc:  # noqa: BLE001 - the sample boundary
@@ -196,7 +197,7 @@ def _labels(ctx: ReaderContext, case: VolumeCase):
         return decoder_failure(exc, "{image}", "label volume")
 
 
-def _combined(ctx: ReaderContext, case: VolumeCase):
+def _combined(ctx: ReaderContext, case: VolumeCase, ignore: tuple[int, ...] | str = ()):
     """Several mask files as one label map: binary files by their label, label maps by their values."""
     combined = None
     names: dict[int, str] = {}
@@ -205,6 +206,7 @@ def _combined(ctx: ReaderContext, case: VolumeCase):
     numeric = not by_label
     for m in sorted(case.masks, key=lambda m: (m.label or "", m.rel)):
         arr = ctx.volume(m.rel, is_label=True)
+        arr = ignore_values(ctx, arr, ignore) if m.label is None else arr  # a binary file is its label
         if combined is None:
             combined = np.zeros(arr.shape, np.uint16 if len(by_label) > 254 else np.uint8)
         elif arr.shape != combined.shape:
