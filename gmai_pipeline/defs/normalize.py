@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 
 from gmai_pipeline.availability import clear_failure, record_failure
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import catalog, group_name, layout, md_table, release_in_run
+from gmai_pipeline.defs.common import catalog, group_name, md_table, release_in_run
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.manifest import MANIFEST_SCHEMA
 from gmai_pipeline.normalize import (
     NormalizeReport,
@@ -32,8 +33,7 @@ from gmai_pipeline.normalize import (
     render_preview,
     verify_outputs,
 )
-from gmai_pipeline.settings import get_settings
-from gmai_pipeline.storage import atomic_path
+from gmai_pipeline.storage import OutputLayout, atomic_path
 
 CHECKS = {
     "boxes_inside_image": "every bbox lies inside its stored image (null exactly for classification rows)",
@@ -70,8 +70,7 @@ def _counter_table(counter, key: str) -> dg.MetadataValue:
     return md_table(df, 50)
 
 
-def _metadata(report: NormalizeReport, source: SourceDataset) -> dict[str, object]:
-    lay = layout()
+def _metadata(report: NormalizeReport, source: SourceDataset, lay: OutputLayout) -> dict[str, object]:
     meta: dict[str, object] = {
         "dagster/row_count": report.rows,
         "inputs": report.inputs,
@@ -129,15 +128,15 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
         ],
     )
     def _normalized(
-        context: dg.AssetExecutionContext,
+        context: dg.AssetExecutionContext, storage: PipelineStorage
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         if key not in context.selected_asset_keys:
             raise dg.Failure(
                 f"the checks of {key.to_user_string()} run with it: materialize {key.to_user_string()}"
             )
-        lay = layout()
+        lay = storage.layout()
         try:
-            report = _normalize(context, source)
+            report = _normalize(context, source, storage)
         except Exception as exc:  # one dataset's crash must not take the release down
             problem = (
                 str(exc)
@@ -147,10 +146,10 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
             if not isinstance(exc, DatasetUnusable):
                 context.log.error(f"{source.name}: {traceback.format_exc()}")
             yield _in_release(problem)
-            _unusable(context, source, problem)
+            _unusable(context, source, problem, lay)
             return
 
-        metadata = _metadata(report, source)
+        metadata = _metadata(report, source, lay)
         failure = report.failure_message()
         checks = verify_outputs(lay.root, source, report)
         failed_checks = [name for name, c in checks.items() if not c.passed]
@@ -184,18 +183,19 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
             ],
         )
         if problem:
-            _unusable(context, source, problem)
+            _unusable(context, source, problem, lay)
         else:
             clear_failure(lay, source.name)
 
     return _normalized
 
 
-def _normalize(context: dg.AssetExecutionContext, source: SourceDataset) -> NormalizeReport:
+def _normalize(
+    context: dg.AssetExecutionContext, source: SourceDataset, storage: PipelineStorage
+) -> NormalizeReport:
     from gmai_pipeline.normalize import normalize_source
 
-    settings = get_settings()
-    lay = layout()
+    lay = storage.layout()
     manifest_path = lay.manifest(source.name)
     if not manifest_path.exists():
         raise DatasetUnusable(f"{manifest_path} is missing: materialize source/{source.name} first")
@@ -207,7 +207,7 @@ def _normalize(context: dg.AssetExecutionContext, source: SourceDataset) -> Norm
             f"{r.inputs / max(r.seconds, 1e-9):.1f} inputs/s"
         )
 
-    report = normalize_source(source, settings.raw_root / source.name, manifest, lay.root, progress=progress)
+    report = normalize_source(source, storage.raw / source.name, manifest, lay.root, progress=progress)
     context.log.info(
         f"{source.name}: done in {report.seconds:.1f}s: {report.inputs} inputs, {report.kept} kept, "
         f"{report.quarantined} quarantined, {report.rows} rows"
@@ -225,9 +225,11 @@ def _in_release(problem: str | None, metadata: dict | None = None) -> dg.AssetCh
     )
 
 
-def _unusable(context: dg.AssetExecutionContext, source: SourceDataset, problem: str) -> None:
+def _unusable(
+    context: dg.AssetExecutionContext, source: SourceDataset, problem: str, lay: OutputLayout
+) -> None:
     """Record the failure; fail this step only when no `annotations` step in this run will name it."""
-    record_failure(layout(), source.name, "normalize", problem)
+    record_failure(lay, source.name, "normalize", problem)
     if not release_in_run(context):
         raise dg.Failure(description=problem)
     context.log.error(
