@@ -1,4 +1,5 @@
-"""Paths and switches from the environment (README "Configuration"), resolved once per call.
+"""The repository's own folders, and the few switches read from the environment when definitions load
+(README "Configuration"). The roots the assets read and write come from the `storage` resource.
 
 Every default runs the embedded demo, so a fresh clone works with no configuration.
 """
@@ -6,7 +7,6 @@ Every default runs the embedded demo, so a fresh clone works with no configurati
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -17,24 +17,6 @@ SOURCES_DIR = ASSETS_DIR / "sources"
 DEMO_CATALOG_DIR = ASSETS_DIR / "demo"
 
 
-@dataclass(frozen=True)
-class Settings:
-    catalog_dirs: tuple[Path, ...]
-    raw_root: Path
-    output_root: Path
-    benchmark_root: Path
-    llm_backend: str
-    llm_model: str
-
-    @property
-    def is_demo_raw(self) -> bool:
-        return "GMAI_RAW_ROOT" not in os.environ
-
-    @property
-    def is_demo_benchmarks(self) -> bool:
-        return "GMAI_BENCHMARK_ROOT" not in os.environ
-
-
 def catalog_dirs() -> tuple[Path, ...]:
     """`GMAI_CATALOG_DIR` (one or more folders, `os.pathsep`-separated) or the 219 sources plus the demo."""
     value = os.environ.get("GMAI_CATALOG_DIR")
@@ -43,17 +25,10 @@ def catalog_dirs() -> tuple[Path, ...]:
     return tuple(Path(p).resolve() for p in value.split(os.pathsep) if p)
 
 
-def get_settings() -> Settings:
-    """Read the environment now (not at import) so tests and runs can point elsewhere."""
-    output_root = Path(os.environ.get("GMAI_OUTPUT_ROOT", "data")).resolve()
-    return Settings(
-        catalog_dirs=catalog_dirs(),
-        raw_root=Path(os.environ.get("GMAI_RAW_ROOT", output_root / "demo_raw")).resolve(),
-        output_root=output_root,
-        benchmark_root=Path(os.environ.get("GMAI_BENCHMARK_ROOT", output_root / "demo_benchmarks")).resolve(),
-        llm_backend=os.environ.get("GMAI_LLM_BACKEND", "template"),
-        llm_model=os.environ.get("GMAI_LLM_MODEL", "template-v1"),
-    )
+def output_root() -> Path:
+    """`GMAI_OUTPUT_ROOT` for command-line tools (`python -m gmai_pipeline.summary`); the code location's assets
+    get it from the `storage` resource (`gmai_pipeline/defs/resources.py`), never from here."""
+    return Path(os.environ.get("GMAI_OUTPUT_ROOT", "data")).resolve()
 
 
 def nightly_cron() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gmai_pipeline.settings import get_settings
+from gmai_pipeline.settings import output_root
 from gmai_pipeline.storage import OutputLayout
 
 
@@ -33,7 +33,7 @@ def _print_scores(folder: Path) -> None:
 
 
 def main() -> None:
-    out = OutputLayout(get_settings().output_root)
+    out = OutputLayout(output_root())
     rows = [
         ("manifests", out.root / "manifests", "*.parquet"),
         ("normalized tables", out.root / "normalized", "*.parquet"),

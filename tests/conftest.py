@@ -18,3 +18,14 @@ def output_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("GMAI_CATALOG_DIR", raising=False)
     monkeypatch.setenv("GMAI_LLM_BACKEND", "template")
     return root
+
+
+@pytest.fixture
+def storage(output_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The `storage` resource on the test's output root, as the demo profile binds it (demo inputs generated
+    under it). `$GMAI_OUTPUT_ROOT` then points at a decoy folder: an asset that read the environment
+    instead of its resource would write there, and the test's assertions on `output_root` would fail."""
+    from storage_fixtures import storage_at
+
+    monkeypatch.setenv("GMAI_OUTPUT_ROOT", str(tmp_path / "decoy_not_the_resource"))
+    return storage_at(output_root)

@@ -23,6 +23,7 @@ from PIL import Image
 from gmai_pipeline import decontaminate as dc
 from gmai_pipeline.benchmarks import locate_all, present
 from gmai_pipeline.defs import decontam
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.schemas import NORMALIZED_SCHEMA
 from gmai_pipeline.storage import OutputLayout, md5_bytes
 
@@ -192,7 +193,7 @@ def downstream_release() -> None:
     """Stands in for everything after decontamination."""
 
 
-def test_present_but_empty_benchmark_stops_the_release(output_root: Path, tmp_path: Path, monkeypatch):
+def test_present_but_empty_benchmark_stops_the_release(output_root: Path, tmp_path: Path):
     make_training(output_root)
     root = tmp_path / "LMUData"
     make_lmudata(root, moved_from=Path("/elsewhere"))
@@ -201,11 +202,15 @@ def test_present_but_empty_benchmark_stops_the_release(output_root: Path, tmp_pa
     (root / "SLAKE" / "test.json").write_text(json.dumps([{"qid": 1, "img_name": "xmlab0/source.jpg"}]))
     _tsv(root / "PMC-VQA_local.tsv", [["0", "/gone/0.jpg", "q", "a", "b", "", "", "A", "x"]],
          columns=[c if c != "image" else "image_path" for c in COLUMNS])  # fmt: skip
-    monkeypatch.setenv("GMAI_BENCHMARK_ROOT", str(root))
     assets = [decontam.build_annotations([SimpleNamespace(name="train_ds")]), decontam.benchmark_hashes,
               decontam.decontaminated, downstream_release]  # fmt: skip
     result = dg.materialize(
-        assets, raise_on_error=False, run_config={"ops": {"decontaminated": {"config": {"workers": 1}}}}
+        assets,
+        raise_on_error=False,
+        run_config={"ops": {"decontaminated": {"config": {"workers": 1}}}},
+        resources={
+            "storage": PipelineStorage(output_root=str(output_root), benchmark_root=str(root), demo=True)
+        },
     )
     assert not result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}

@@ -59,11 +59,15 @@ def test_cli_writes_the_markdown(tmp_path: Path, capsys) -> None:
     assert "## Entries" in out.read_text() and "| acdc | yes | layout |" in out.read_text()
 
 
-def test_asset_in_the_catalog_group(tmp_path: Path, monkeypatch) -> None:
+def test_asset_in_the_catalog_group(tmp_path: Path) -> None:
     from gmai_pipeline.defs.catalog_report import catalog_report
+    from gmai_pipeline.defs.resources import PipelineStorage
 
-    monkeypatch.setenv("GMAI_OUTPUT_ROOT", str(tmp_path))
-    result = dg.materialize([catalog_report], instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [catalog_report],
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"storage": PipelineStorage(output_root=str(tmp_path))},
+    )
     assert result.success
     meta = result.asset_materializations_for_node("catalog_report")[0].metadata
     assert meta["entries"].value == 219 and meta["verified"].value >= 25

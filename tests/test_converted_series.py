@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from converter_fixtures import COLS, ORIGIN_Z, SECRETS, SPACING, chaos_series
 from layout_fixtures import entry
 from normalize_fixtures import reasons, run
+from storage_fixtures import storage_at
 
 CHAOS = """
 reader:
@@ -100,9 +101,11 @@ def test_chaos_through_dagster_masks_dicom_names_in_the_manifest(
     raw_root = tmp_path / "raw"
     _chaos(raw_root / "chaos")
     source = entry(tmp_path, "chaos", "3d_seg", CHAOS + "expect: {images: 4, source: fixture}\n")
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(raw_root))
+    storage = storage_at(output_root, raw_root=raw_root)
     result = dg.materialize(
-        [build_source_asset(source), build_normalized_asset(source)], raise_on_error=False
+        [build_source_asset(source), build_normalized_asset(source)],
+        raise_on_error=False,
+        resources={"storage": storage},
     )
     assert result.success
     meta = result.asset_materializations_for_node("normalized__chaos")[0].metadata

@@ -18,6 +18,7 @@ import pytest
 import skimage
 from neardup_reference import brute_force
 from PIL import Image
+from storage_fixtures import storage_at
 
 from gmai_pipeline import decontaminate as dc
 from gmai_pipeline import neardup
@@ -293,7 +294,6 @@ def downstream_of_decontaminated() -> None:
 
 
 def _materialize(out: Path, bench: Path, monkeypatch: pytest.MonkeyPatch) -> dg.ExecuteInProcessResult:
-    monkeypatch.setenv("GMAI_BENCHMARK_ROOT", str(bench))
     sources = [SimpleNamespace(name="vol_ds"), SimpleNamespace(name="img_ds")]
     assets = [decontam.build_annotations(sources), decontam.benchmark_hashes, decontam.decontaminated,
               downstream_of_decontaminated]  # fmt: skip
@@ -301,6 +301,7 @@ def _materialize(out: Path, bench: Path, monkeypatch: pytest.MonkeyPatch) -> dg.
         assets,
         raise_on_error=False,
         run_config={"ops": {"decontaminated": {"config": {"workers": 1}}}},
+        resources={"storage": storage_at(out, benchmark_root=bench)},
     )
 
 
@@ -350,7 +351,7 @@ def test_forced_overlap_fails_the_check_and_stops_downstream(output_root: Path, 
 
 
 @pytest.mark.slow
-def test_demo_planted_duplicates_removed_and_nothing_else(output_root: Path):
+def test_demo_planted_duplicates_removed_and_nothing_else(storage, output_root: Path):
     from gmai_pipeline.catalog import load_catalog
     from gmai_pipeline.defs import normalize, sources
     from gmai_pipeline.demo import PLANTED
@@ -359,7 +360,7 @@ def test_demo_planted_duplicates_removed_and_nothing_else(output_root: Path):
     defs = dg.Definitions.merge(
         sources.build_defs(demo), normalize.build_defs(demo), decontam.build_defs(demo)
     )
-    result = dg.materialize(list(defs.assets), raise_on_error=False)
+    result = dg.materialize(list(defs.assets), raise_on_error=False, resources={"storage": storage})
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert _check(result).passed
     layout = OutputLayout(output_root)

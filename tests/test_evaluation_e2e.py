@@ -79,7 +79,7 @@ def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict:
 
 
 @pytest.mark.slow
-def test_ablation_job_on_the_demo_benchmarks(output_root: Path):
+def test_ablation_job_on_the_demo_benchmarks(output_root: Path, storage):
     mixtures = OutputLayout(output_root).mixtures
     for stage in (1, 2, 3):
         write_mixture(mixtures, stage=stage, n=8, text_only=1, seed=stage)
@@ -89,18 +89,22 @@ def test_ablation_job_on_the_demo_benchmarks(output_root: Path):
             "eval_stage1", "eval_stage2", "eval_stage3", "eval_stage1_3", "stage_ablation"]  # fmt: skip
     smoke = {"config": {"limit": 2}}  # stage 1 answers everything; the others two questions per dataset
     run_config = {"ops": {k: smoke for k in ("eval_stage2", "eval_stage3", "eval_stage1_3")}}
-    result = dg.materialize(_assets(*keys), resources={"gpu_cluster": cluster}, run_config=run_config)
+    result = dg.materialize(
+        _assets(*keys), resources={"gpu_cluster": cluster, "storage": storage}, run_config=run_config
+    )
     assert result.success
 
-    questions = evaluation.questions_dir()
+    questions = evaluation.questions_dir(storage)
     index = json.loads((questions / "index.json").read_text())["datasets"]
     assert len(index) == 7  # every demo benchmark, in its real format
-    preds = evaluation.evaluation_dir() / "GMAI-VL-stage1" / "predictions"
+    preds = evaluation.evaluation_dir(storage) / "GMAI-VL-stage1" / "predictions"
     for name, info in index.items():
         got = read_predictions(preds, name)
         asked = [json.loads(line)["index"] for line in (questions / f"{name}.jsonl").read_text().splitlines()]
         assert sorted(got) == sorted(asked) and len(asked) == info["questions"], name  # one prediction each
-        assert (evaluation.vlmevalkit_dir() / "GMAI-VL-stage1" / f"GMAI-VL-stage1_{name}.xlsx").is_file()
+        assert (
+            evaluation.vlmevalkit_dir(storage) / "GMAI-VL-stage1" / f"GMAI-VL-stage1_{name}.xlsx"
+        ).is_file()
     meta = _meta(result, "eval_stage1")
     table = meta["scores"].value
     assert {r.data["dataset"] for r in table.records} == set(index)
@@ -124,7 +128,9 @@ def test_ablation_job_on_the_demo_benchmarks(output_root: Path):
 
 
 @pytest.mark.slow
-def test_external_corpus_is_decontaminated_then_trained_and_evaluated(output_root: Path, monkeypatch):
+def test_external_corpus_is_decontaminated_then_trained_and_evaluated(
+    output_root: Path, storage, monkeypatch
+):
     bench = ensure_demo_benchmarks(output_root / "demo_benchmarks")
     corpus = output_root.parent / "corpus"
     exact = (
@@ -173,7 +179,7 @@ def test_external_corpus_is_decontaminated_then_trained_and_evaluated(output_roo
         "benchmark_questions",
         "eval_stage1",
     ]
-    result = dg.materialize(_assets(*keys), resources={"gpu_cluster": cluster})
+    result = dg.materialize(_assets(*keys), resources={"gpu_cluster": cluster, "storage": storage})
     assert result.success
     (check,) = [
         c for c in result.get_asset_check_evaluations() if c.asset_key.to_user_string() == "external_corpora"

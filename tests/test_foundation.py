@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from storage_fixtures import storage_at
 
 from gmai_pipeline.catalog import CatalogError, load_catalog, load_source
 from gmai_pipeline.defs.sources import build_source_asset
@@ -203,9 +204,9 @@ def _manifest(output_root: Path, name: str) -> list[dict]:
     return pq.read_table(OutputLayout(output_root).manifest(name)).to_pylist()
 
 
-def test_demo_source_asset_writes_a_true_manifest(output_root: Path) -> None:
+def test_demo_source_asset_writes_a_true_manifest(storage, output_root: Path) -> None:
     source = next(s for s in load_catalog((DEMO_CATALOG_DIR,)) if s.name == "demo_histology_csv")
-    result = dg.materialize([build_source_asset(source)])
+    result = dg.materialize([build_source_asset(source)], resources={"storage": storage})
     assert result.success
     folder = output_root / "demo_raw" / source.name
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -223,21 +224,21 @@ def test_demo_source_asset_writes_a_true_manifest(output_root: Path) -> None:
     assert meta["refused_count"].value == 0 and meta["skipped_count"].value == 1
 
 
-def _tmp_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A non-demo source from a temporary catalog, with GMAI_RAW_ROOT set to an empty folder."""
+def _tmp_source(tmp_path: Path):
+    """A non-demo source from a temporary catalog, and an empty raw root for it."""
     path = _write(tmp_path / "catalog", VALID)
     raw = tmp_path / "raw"
     raw.mkdir()
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(raw))
     return load_source(path), raw
 
 
 def test_missing_data_error_says_where_and_from_where(
     output_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source, raw = _tmp_source(tmp_path, monkeypatch)
+    source, raw = _tmp_source(tmp_path)
+    storage = storage_at(output_root, raw_root=raw)
     with pytest.raises(MissingDataError) as err:
-        dg.materialize([build_source_asset(source)])
+        dg.materialize([build_source_asset(source)], resources={"storage": storage})
     message = str(err.value)
     assert str(raw / source.name) in message
     assert source.url in message
@@ -247,17 +248,18 @@ def test_missing_data_error_says_where_and_from_where(
 def test_missing_data_for_a_real_catalog_source(output_root: Path, tmp_path: Path, monkeypatch) -> None:
     real = [s for s in load_catalog() if not s.demo]
     assert real, "the catalog has no non-demo sources"
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(tmp_path))
+    storage = storage_at(output_root, raw_root=tmp_path)
     source = real[0]
     with pytest.raises(MissingDataError, match=source.name) as err:
-        dg.materialize([build_source_asset(source)])
+        dg.materialize([build_source_asset(source)], resources={"storage": storage})
     assert str(tmp_path / source.name) in str(err.value)
 
 
 def test_symlinks_escaping_the_dataset_are_refused(
     output_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source, raw = _tmp_source(tmp_path, monkeypatch)
+    source, raw = _tmp_source(tmp_path)
+    storage = storage_at(output_root, raw_root=raw)
     outside = tmp_path / "elsewhere"
     (outside / "folder").mkdir(parents=True)
     (outside / "secret.png").write_bytes(b"another dataset's patient image")
@@ -270,7 +272,7 @@ def test_symlinks_escaping_the_dataset_are_refused(
     (folder / "sub" / "updir.png").symlink_to(Path("..") / ".." / ".." / "elsewhere" / "secret.png")
     (folder / "linked_folder").symlink_to(outside / "folder", target_is_directory=True)
 
-    result = dg.materialize([build_source_asset(source)])
+    result = dg.materialize([build_source_asset(source)], resources={"storage": storage})
     assert result.success
     rows = {r["path"]: r for r in _manifest(output_root, source.name)}
     assert set(rows) == {"labels.csv", "sub/ok.png", "escape.png", "sub/updir.png", "linked_folder"}

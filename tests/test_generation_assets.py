@@ -31,10 +31,12 @@ def _fixture(root) -> list[dict]:
     return write_fixture(root, spec)
 
 
-def _materialize(llm: LLMResource) -> dg.ExecuteInProcessResult:
+def _materialize(llm: LLMResource, storage) -> dg.ExecuteInProcessResult:
     assets = generation.build_defs([]).assets
     with dg.DagsterInstance.ephemeral() as instance:
-        return dg.materialize(assets, resources={"llm": llm}, tags=ALL_SHARDS_TAGS, instance=instance)
+        return dg.materialize(
+            assets, resources={"llm": llm, "storage": storage}, tags=ALL_SHARDS_TAGS, instance=instance
+        )
 
 
 def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -82,9 +84,9 @@ def test_llm_resource_fields_are_llm_config_fields():
     assert (cfg.backend, cfg.model, cfg.chunk_size, cfg.base_url) == ("openai", "gpt-4o-2024-08-06", 7, None)
 
 
-def test_template_run_over_all_partitions(output_root):
+def test_template_run_over_all_partitions(output_root, storage):
     rows = _fixture(output_root)
-    result = _materialize(LLMResource())
+    result = _materialize(LLMResource(), storage)
     assert result.success
     layout = OutputLayout(output_root)
     captions = [r for k in SHARD_KEYS for r in pq.read_table(layout.generated("captions", k)).to_pylist()]
@@ -100,14 +102,14 @@ def test_template_run_over_all_partitions(output_root):
     assert zh["generated"].value > 0 and zh["generated"].value == zh["inputs"].value
 
 
-def test_openai_materialization_twice_second_sends_nothing(output_root, monkeypatch):
+def test_openai_materialization_twice_second_sends_nothing(output_root, storage, monkeypatch):
     _fixture(output_root)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-in-metadata")
     with FakeOpenAI() as fake:
         llm = LLMResource(
             backend="openai", model="gpt-4o-mini-2024-07-18", base_url=fake.base_url, max_retries=2
         )
-        first = _materialize(llm)
+        first = _materialize(llm, storage)
         sent = fake.counts["chat"]
         assert first.success and sent > 0
         meta = _meta(first, "vqa")
@@ -119,7 +121,7 @@ def test_openai_materialization_twice_second_sends_nothing(output_root, monkeypa
         assert "sk-never-in-metadata" not in str(
             {a: _meta(first, a) for a in ("captions", "vqa", "translations")}
         )
-        second = _materialize(llm)
+        second = _materialize(llm, storage)
         assert second.success and fake.counts["chat"] == sent
         assert (
             _meta(second, "captions")["cache_hits"].value == 9
@@ -127,7 +129,7 @@ def test_openai_materialization_twice_second_sends_nothing(output_root, monkeypa
         )
 
 
-def test_endpoint_credentials_never_stored_or_shown(tmp_path, output_root, monkeypatch):
+def test_endpoint_credentials_never_stored_or_shown(tmp_path, output_root, storage, monkeypatch):
     """Hardening point 4: a password in OPENAI_BASE_URL reaches the endpoint, never the run storage."""
     import os
 
@@ -151,7 +153,7 @@ def test_endpoint_credentials_never_stored_or_shown(tmp_path, output_root, monke
         with dg.DagsterInstance.get() as instance:
             result = dg.materialize(
                 [a for a in assets if a.key == dg.AssetKey("captions")],
-                resources={"llm": llm},
+                resources={"llm": llm, "storage": storage},
                 partition_key="000",
                 instance=instance,
             )

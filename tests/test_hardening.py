@@ -31,9 +31,11 @@ from normalize_fixtures import encoded, make_source, pattern, write_image, write
 from PIL import Image
 from pydicom.data import get_testdata_file
 from run_storage import stored_text
+from storage_fixtures import storage_at
 
 from gmai_pipeline.catalog import SourceDataset
 from gmai_pipeline.defs.normalize import build_normalized_asset
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.defs.sources import build_source_asset
 from gmai_pipeline.imaging import sample_id
 from gmai_pipeline.manifest import HIDDEN
@@ -78,7 +80,9 @@ def _materialize(tmp_path: Path, monkeypatch, capfd, *sources: SourceDataset, so
     if not source_only:
         assets += [build_normalized_asset(s) for s in sources]
     with dg.DagsterInstance.get() as instance:
-        result = dg.materialize(assets, instance=instance, raise_on_error=False)
+        result = dg.materialize(
+            assets, instance=instance, raise_on_error=False, resources={"storage": _storage(tmp_path)}
+        )
         events = "\n".join(str(e) for e in instance.all_logs(result.run_id))
     meta = {
         e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
@@ -116,11 +120,15 @@ def _reasons(run: Run, name: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def raw(tmp_path: Path, output_root: Path, monkeypatch) -> Path:
+def raw(tmp_path: Path, output_root: Path) -> Path:
     root = tmp_path / "raw"
     root.mkdir()
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(root))
     return root
+
+
+def _storage(tmp_path: Path) -> PipelineStorage:
+    """The `raw` fixture's root and the test's output root, as the assets' storage resource."""
+    return storage_at(Path(os.environ["GMAI_OUTPUT_ROOT"]), raw_root=tmp_path / "raw")
 
 
 def _dicom(path: Path, shift: int = 0, **values) -> bytes:
@@ -355,6 +363,7 @@ def test_point10_file_swapped_after_the_scan_is_refused(raw, tmp_path, monkeypat
             [build_normalized_asset(source)],
             instance=instance,
             selection=[dg.AssetKey(["normalized", "swap10"])],
+            resources={"storage": _storage(tmp_path)},
         )
     assert result.success
     out = Path(os.environ["GMAI_OUTPUT_ROOT"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
 import dagster as dg
 from layout_fixtures import NIH_CLS, entry, nih, photo
+from storage_fixtures import storage_at
 
 from gmai_pipeline.defs.normalize import build_normalized_asset
 from gmai_pipeline.defs.sources import build_source_asset
@@ -23,8 +25,12 @@ PATHOLOGY = {"modality": "Pathology", "department": "Laboratory Medicine and Pat
 
 
 def _materialize(source, raw_root: Path, monkeypatch):
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(raw_root))
-    return dg.materialize([build_source_asset(source), build_normalized_asset(source)], raise_on_error=False)
+    storage = storage_at(Path(os.environ["GMAI_OUTPUT_ROOT"]), raw_root=raw_root)  # the output_root fixture's
+    return dg.materialize(
+        [build_source_asset(source), build_normalized_asset(source)],
+        raise_on_error=False,
+        resources={"storage": storage},
+    )
 
 
 def _failure(result) -> str:

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from normalize_fixtures import make_source, pattern, run, write_image
+from storage_fixtures import storage_at
 
 from gmai_pipeline.defs.common import group_name
 from gmai_pipeline.defs.normalize import CHECKS, IN_RELEASE, build_normalized_asset, normalized_key
@@ -73,14 +74,14 @@ def test_asset_materializes_with_metadata_checks_and_preview(
     raw_root = tmp_path / "raw"
     _folder_dataset(raw_root / "ds", 6)
     (raw_root / "ds" / "a" / "broken.png").write_bytes(b"nope")
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(raw_root))
+    storage = storage_at(output_root, raw_root=raw_root)
     source = make_source("ds", "2d_cls", {"kind": "image_folder"})
     asset = build_normalized_asset(source)
     assert asset.key == normalized_key("ds")
     assert dg.AssetKey(["source", "ds"]) in asset.dependency_keys
     assert asset.group_names_by_key[asset.key] == group_name(source)
     assert {c.name for c in asset.check_specs} == set(CHECKS) | {IN_RELEASE}
-    result = dg.materialize([build_source_asset(source), asset])
+    result = dg.materialize([build_source_asset(source), asset], resources={"storage": storage})
     assert result.success
     meta = result.asset_materializations_for_node("normalized__ds")[0].metadata
     assert (meta["inputs"].value, meta["kept"].value, meta["quarantined"].value) == (7, 6, 1)
@@ -97,10 +98,12 @@ def test_asset_fails_only_when_nothing_is_readable(tmp_path: Path, output_root: 
     (raw_root / "bad" / "x").mkdir(parents=True)
     for i in range(3):
         (raw_root / "bad" / "x" / f"{i}.jpg").write_bytes(b"\xff\xd8 not really" * (i + 1))
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(raw_root))
+    storage = storage_at(output_root, raw_root=raw_root)
     source = make_source("bad", "2d_cls", {"kind": "image_folder"})
     result = dg.materialize(
-        [build_source_asset(source), build_normalized_asset(source)], raise_on_error=False
+        [build_source_asset(source), build_normalized_asset(source)],
+        raise_on_error=False,
+        resources={"storage": storage},
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -112,14 +115,14 @@ def test_asset_fails_only_when_nothing_is_readable(tmp_path: Path, output_root: 
 
 
 @pytest.mark.slow
-def test_demo_sources_materialize_with_all_checks_passing(output_root: Path) -> None:
+def test_demo_sources_materialize_with_all_checks_passing(storage, output_root: Path) -> None:
     from gmai_pipeline.catalog import load_catalog
     from gmai_pipeline.settings import DEMO_CATALOG_DIR
 
     demo = [s for s in load_catalog((DEMO_CATALOG_DIR,)) if s.demo]
     assert demo
     assets = [build_source_asset(s) for s in demo] + [build_normalized_asset(s) for s in demo]
-    result = dg.materialize(assets)
+    result = dg.materialize(assets, resources={"storage": storage})
     assert result.success
     evals = result.get_asset_check_evaluations()
     assert len(evals) == len(demo) * (len(CHECKS) + 1)  # + in_release

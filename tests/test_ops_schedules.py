@@ -21,6 +21,7 @@ from gmai_pipeline.defs import decontam, demo_jobs, generation, release, schedul
 from gmai_pipeline.defs.common import group_name
 from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS, GENERATION_KEYS
 from gmai_pipeline.defs.release import RELEASE_KEYS
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.defs.training import TRAINING_KEYS
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.progress import Progress
@@ -116,9 +117,16 @@ def _one(spec: dg.AssetSpec) -> dg.AssetsDefinition:
     return _asset
 
 
-def _toy_defs(catalog: list[SourceDataset] = CATALOG) -> dg.Definitions:
+def _toy_defs(
+    catalog: list[SourceDataset] = CATALOG, storage: PipelineStorage | None = None
+) -> dg.Definitions:
     return dg.Definitions.merge(
-        dg.Definitions(assets=_toy_assets(catalog), jobs=_jobs(catalog)), _automation(catalog)
+        dg.Definitions(
+            assets=_toy_assets(catalog),
+            jobs=_jobs(catalog),
+            resources={"storage": storage or PipelineStorage()},
+        ),
+        _automation(catalog),
     )
 
 
@@ -253,23 +261,33 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None):
+def _tick(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    cursor: str | None,
+    storage: PipelineStorage | None = None,
+):
+    """One tick with the location's resources (as the daemon passes them), `storage` in place of its own."""
     sensor = defs.resolve_sensor_def("raw_data_sensor")
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    resources = {**(defs.resources or {}), **({"storage": storage} if storage else {})}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
     return sensor.evaluate_tick(context)
 
 
 @pytest.fixture
-def raw_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def raw_root(tmp_path: Path) -> Path:
     root = tmp_path / "raw"
     root.mkdir()
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(root))
-    monkeypatch.setenv("GMAI_OUTPUT_ROOT", str(tmp_path / "out"))
     return root
 
 
+def _storage(raw_root: Path) -> PipelineStorage:
+    """The sensor reads the raw root from the storage resource, as the code location binds it."""
+    return PipelineStorage(raw_root=str(raw_root), output_root=str(raw_root.parent / "out"))
+
+
 def test_sensor_fires_for_new_and_changed_folders_only(raw_root: Path) -> None:
-    defs = _toy_defs()
+    defs = _toy_defs(storage=_storage(raw_root))
     with dg.instance_for_test() as instance:
         first = _tick(defs, instance, None)
         assert not first.run_requests  # nothing under the raw root yet
@@ -312,7 +330,7 @@ def test_sensor_fires_for_new_and_changed_folders_only(raw_root: Path) -> None:
 
 
 def test_sensor_skips_a_first_seen_folder_already_materialized(raw_root: Path) -> None:
-    defs = _toy_defs()
+    defs = _toy_defs(storage=_storage(raw_root))
     _write(raw_root / "alpha" / "a.png", b"a")
     old = time.time() - 3600
     os.utime(raw_root / "alpha" / "a.png", (old, old))
@@ -325,7 +343,7 @@ def test_sensor_skips_a_first_seen_folder_already_materialized(raw_root: Path) -
 
 def test_sensor_request_executes(raw_root: Path) -> None:
     """The requested selection (mixed partitioned and unpartitioned assets, range tags) runs in one go."""
-    defs = _toy_defs()
+    defs = _toy_defs(storage=_storage(raw_root))
     _write(raw_root / "gamma" / "g.png", b"g")
     with dg.instance_for_test() as instance:
         request = _tick(defs, instance, None).run_requests[0]
@@ -424,7 +442,7 @@ def test_sensor_on_the_real_graph(raw_root: Path) -> None:
     name = next(s.name for s in load_catalog() if s.demo)
     _write(raw_root / name / "new.png", b"new")
     with dg.instance_for_test() as instance:
-        result = _tick(defs, instance, None)
+        result = _tick(defs, instance, None, storage=_storage(raw_root))
     keys = {k.to_user_string() for k in result.run_requests[0].asset_selection}
     assert {f"source/{name}", f"normalized/{name}", "annotations", "decontaminated", *RELEASE_KEYS} <= keys
     assert set(GENERATION_KEYS) <= keys and not keys & set(TRAINING_KEYS)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from normalize_fixtures import make_source, pattern, write_image
+from storage_fixtures import storage_at
 
 from gmai_pipeline import normalize as normalize_module
 from gmai_pipeline.availability import (
@@ -33,6 +34,7 @@ from gmai_pipeline.availability import (
 from gmai_pipeline.catalog import load_catalog
 from gmai_pipeline.defs import decontam
 from gmai_pipeline.defs.normalize import IN_RELEASE, build_normalized_asset
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.defs.sources import build_sources_asset
 from gmai_pipeline.settings import DEMO_CATALOG_DIR
 from gmai_pipeline.storage import OutputLayout
@@ -147,18 +149,23 @@ def test_failure_records_are_cleared_by_success_or_by_their_own_stage(tmp_path: 
 
 
 @pytest.fixture
-def raw_root(tmp_path: Path, output_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def raw_root(tmp_path: Path) -> Path:
     root = tmp_path / "raw"
     root.mkdir()
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(root))
     return root
 
 
-def test_absent_datasets_are_reported_with_their_url_and_cost_no_step(raw_root: Path) -> None:
+@pytest.fixture
+def storage(raw_root: Path, output_root: Path) -> PipelineStorage:
+    """The small graphs read `raw_root` through the storage resource (conftest's has the demo's raw root)."""
+    return storage_at(output_root, raw_root=raw_root)
+
+
+def test_absent_datasets_are_reported_with_their_url_and_cost_no_step(storage, raw_root: Path) -> None:
     _good(raw_root, "here")
     sources = [_folder_source("here"), _folder_source("not_downloaded")]
     with dg.instance_for_test() as instance:
-        result = dg.materialize(_small_graph(sources), instance=instance)
+        result = dg.materialize(_small_graph(sources), instance=instance, resources={"storage": storage})
         logs = [e.user_message for e in instance.all_logs(result.run_id) if e.dagster_event is None]
 
     assert result.success
@@ -183,12 +190,12 @@ def test_absent_datasets_are_reported_with_their_url_and_cost_no_step(raw_root: 
 
 
 def test_a_failing_dataset_is_left_out_and_named_while_the_rest_goes_on(
-    raw_root: Path, output_root: Path
+    storage, raw_root: Path, output_root: Path
 ) -> None:
     _good(raw_root, "good")
     _all_bad(raw_root, "all_bad")
     sources = [_folder_source("good"), _folder_source("all_bad")]
-    result = dg.materialize(_small_graph(sources), raise_on_error=False)
+    result = dg.materialize(_small_graph(sources), raise_on_error=False, resources={"storage": storage})
 
     assert not result.success
     failed = _failed_steps(result)
@@ -209,33 +216,39 @@ def test_a_failing_dataset_is_left_out_and_named_while_the_rest_goes_on(
     assert not gate.passed and "all_bad" in gate.description
 
 
-def test_a_failure_fails_its_own_step_when_no_annotations_follows(raw_root: Path, output_root: Path) -> None:
+def test_a_failure_fails_its_own_step_when_no_annotations_follows(
+    storage, raw_root: Path, output_root: Path
+) -> None:
     """Without `annotations` in the run nothing would name it later: the dataset's step fails, loudly."""
     _all_bad(raw_root, "all_bad")
     source = _folder_source("all_bad")
     result = dg.materialize(
-        [build_sources_asset([source]), build_normalized_asset(source)], raise_on_error=False
+        [build_sources_asset([source]), build_normalized_asset(source)],
+        raise_on_error=False,
+        resources={"storage": storage},
     )
     assert not result.success
     assert "none of 3 inputs" in _failed_steps(result)["normalized__all_bad"]
     assert read_failure(OutputLayout(output_root), "all_bad") is not None
 
 
-def test_a_missing_manifest_is_named(raw_root: Path) -> None:
+def test_a_missing_manifest_is_named(storage, raw_root: Path) -> None:
     _good(raw_root, "ds")
     source = _folder_source("ds")
-    result = dg.materialize([build_normalized_asset(source)], raise_on_error=False)
+    result = dg.materialize(
+        [build_normalized_asset(source)], raise_on_error=False, resources={"storage": storage}
+    )
     message = _failed_steps(result)["normalized__ds"]
     assert "manifests/ds.parquet is missing" in message and "materialize source/ds first" in message
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == IN_RELEASE and not evaluation.passed
 
 
-def test_an_empty_folder_is_a_failure_not_an_absence(raw_root: Path) -> None:
+def test_an_empty_folder_is_a_failure_not_an_absence(storage, raw_root: Path) -> None:
     (raw_root / "unpacked_nothing").mkdir()
     _good(raw_root, "good")
     sources = [_folder_source("good"), _folder_source("unpacked_nothing")]
-    result = dg.materialize(_small_graph(sources), raise_on_error=False)
+    result = dg.materialize(_small_graph(sources), raise_on_error=False, resources={"storage": storage})
     gate = _failed_steps(result)[f"annotations_{decontam.RELEASE_CHECK}"]
     assert "unpacked_nothing (source" in gate and "holds no file" in gate
     (obs,) = _observations(result, "source/unpacked_nothing")

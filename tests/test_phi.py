@@ -17,6 +17,7 @@ import pytest
 from normalize_fixtures import make_source
 from PIL import Image
 from pydicom.data import get_testdata_file
+from storage_fixtures import storage_at
 
 from gmai_pipeline.defs.normalize import build_normalized_asset
 from gmai_pipeline.defs.sources import build_source_asset
@@ -84,10 +85,12 @@ def _scan_text(text: str, where: str) -> None:
 def test_no_header_value_in_any_output(tmp_path: Path, output_root: Path, monkeypatch, caplog, capfd) -> None:
     raw_root = tmp_path / "raw"
     _dataset(raw_root / "phi")
-    monkeypatch.setenv("GMAI_RAW_ROOT", str(raw_root))
+    storage = storage_at(output_root, raw_root=raw_root)
     source = make_source("phi", "2d_cls", {"kind": "dicom"}, modality="CT", labels={"chest": "chest"})
     caplog.set_level(logging.DEBUG)
-    result = dg.materialize([build_source_asset(source), build_normalized_asset(source)])
+    result = dg.materialize(
+        [build_source_asset(source), build_normalized_asset(source)], resources={"storage": storage}
+    )
     assert result.success
     rows = pq.read_table(output_root / "normalized" / "phi.parquet").to_pylist()
     qrows = pq.read_table(output_root / "quarantine" / "phi.parquet").to_pylist()

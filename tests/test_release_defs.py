@@ -15,7 +15,7 @@ from gmai_pipeline.release.shards import read_index, verify_shards
 from gmai_pipeline.storage import OutputLayout
 
 
-def test_release_assets_materialize(output_root: Path) -> None:
+def test_release_assets_materialize(output_root: Path, storage) -> None:
     layout = OutputLayout(output_root)
     rows = demo_rows(layout)
     write_generated(layout, rows)
@@ -35,6 +35,7 @@ def test_release_assets_materialize(output_root: Path) -> None:
     result = dg.materialize(
         [*assets, *defs.asset_checks],
         run_config={"ops": {"instruction_shards": {"config": {"target_shard_mb": 0.01}}}},
+        resources={"storage": storage},
     )
     assert result.success
     shard_md = result.asset_materializations_for_node("instruction_shards")[0].metadata

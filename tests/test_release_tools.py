@@ -27,6 +27,7 @@ import webdataset as wds
 import yaml
 from PIL import Image
 from release_fixtures import demo_rows, write_generated
+from storage_fixtures import storage_at
 
 from gmai_pipeline.decontaminate import REPORT_SCHEMA
 from gmai_pipeline.defs import release as release_defs
@@ -89,14 +90,13 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     mixtures = base / "mixtures.yaml"
     mixtures.write_text(yaml.safe_dump(MIXTURES))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GMAI_OUTPUT_ROOT", str(root))
         mp.setenv("GMAI_MIXTURES_FILE", str(mixtures))
-        for var in ("GMAI_RAW_ROOT", "GMAI_BENCHMARK_ROOT", "GMAI_CATALOG_DIR", "GMAI_SHARD_TARGET_MB"):
-            mp.delenv(var, raising=False)
+        mp.delenv("GMAI_CATALOG_DIR", raising=False)
         defs = release_defs.build_defs([])
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],
             run_config={"ops": {"instruction_shards": {"config": {"target_shard_mb": 0.01}}}},
+            resources={"storage": storage_at(root)},
         )
     assert result.success
     released = [r for r in rows if r["image"] != planted]

@@ -124,7 +124,9 @@ def _mixtures_yaml(path: Path, dialogue: Path, rule: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_scoring_pass_drops_exactly_the_planted_low_confidence_samples(output_root, tmp_path, monkeypatch):
+def test_scoring_pass_drops_exactly_the_planted_low_confidence_samples(
+    output_root, storage, tmp_path, monkeypatch
+):
     layout = OutputLayout(output_root)
     good, planted = _release(layout, n_good=6, n_planted=2)
     _overfit_stage2_export(layout, good, tmp_path)
@@ -138,7 +140,7 @@ def test_scoring_pass_drops_exactly_the_planted_low_confidence_samples(output_ro
     monkeypatch.setenv("GMAI_MIXTURES_FILE", str(mixtures))
     result = dg.materialize(
         [release_records, stage3_scores, build_mix_asset("stage3")],
-        resources={"gpu_cluster": LocalGpuCluster()},
+        resources={"gpu_cluster": LocalGpuCluster(), "storage": storage},
     )
     assert result.success
     score_md = result.asset_materializations_for_node("stage3_scores")[0].metadata

@@ -62,11 +62,11 @@ def _check_metrics(meta: dict, output_root: Path) -> None:
     assert Path(meta["checkpoint"].value).is_dir()
 
 
-def test_local_backend_runs_stage1_through_pipes(output_root, stage1_inputs):
+def test_local_backend_runs_stage1_through_pipes(output_root, storage, stage1_inputs):
     cluster = LocalGpuCluster()
     result = dg.materialize(
         [_stage_assets()["gmai_vl_stage1"]],
-        resources={"gpu_cluster": cluster},
+        resources={"gpu_cluster": cluster, "storage": storage},
         run_config=_run_config(base_model=str(stage1_inputs)),
     )
     assert result.success
@@ -176,11 +176,11 @@ def slurm(tmp_path_factory, monkeypatch):
 
 @pytest.mark.services
 @pytest.mark.slow
-def test_slurm_backend_round_trip(output_root, stage1_inputs, slurm):
+def test_slurm_backend_round_trip(output_root, storage, stage1_inputs, slurm):
     cluster = SlurmGpuCluster(cpus_per_task=1, time_limit="00:10:00", poll_seconds=1.0)
     result = dg.materialize(
         [_stage_assets()["gmai_vl_stage1"]],
-        resources={"gpu_cluster": cluster},
+        resources={"gpu_cluster": cluster, "storage": storage},
         run_config=_run_config(base_model=str(stage1_inputs)),
     )
     assert result.success
@@ -211,7 +211,9 @@ def _refusal(result: dg.ExecuteInProcessResult, node: str) -> str:
     return result.failure_data_for_node(node).error.message
 
 
-def test_real_profile_without_model_folder_fails_before_submitting(output_root, monkeypatch, tmp_path):
+def test_real_profile_without_model_folder_fails_before_submitting(
+    output_root, storage, monkeypatch, tmp_path
+):
     """GMAI_PROFILE=slurm with GMAI_MODEL_DIR unset (or pointing at nothing) must not train the tiny model."""
     submitted = []
     monkeypatch.setattr(tc, "sbatch", lambda *a, **k: submitted.append(a) or "1")
@@ -223,7 +225,7 @@ def test_real_profile_without_model_folder_fails_before_submitting(output_root, 
     def run(**config):
         return dg.materialize(
             [asset],
-            resources={"gpu_cluster": cluster},
+            resources={"gpu_cluster": cluster, "storage": storage},
             run_config={"ops": {"gmai_vl_stage1": {"config": config}}},
             raise_on_error=False,
         )
@@ -241,7 +243,9 @@ def test_real_profile_without_model_folder_fails_before_submitting(output_root, 
     assert submitted == []
 
 
-def test_packing_with_a_non_isolating_model_is_refused_before_launch(output_root, stage1_inputs, monkeypatch):
+def test_packing_with_a_non_isolating_model_is_refused_before_launch(
+    output_root, storage, stage1_inputs, monkeypatch
+):
     """A model folder whose LLM is remote code (InternLM2 unconverted) with packing on: refused, nothing run."""
     from training_fixtures import write_leaky_model
 
@@ -253,14 +257,16 @@ def test_packing_with_a_non_isolating_model_is_refused_before_launch(output_root
     profile = plan.TrainingProfile(base_model=str(leaky), trust_remote_code=True, defaults=FAST)
     monkeypatch.setattr(training_defs.plan, "load_training_profile", lambda: profile)
     asset = _stage_assets()["gmai_vl_stage1"]
-    result = dg.materialize([asset], resources={"gpu_cluster": LocalGpuCluster()}, raise_on_error=False)
+    result = dg.materialize(
+        [asset], resources={"gpu_cluster": LocalGpuCluster(), "storage": storage}, raise_on_error=False
+    )
     message = _refusal(result, "gmai_vl_stage1")
     assert "packing is on but" in message and "runs its own modelling code" in message
     assert "packing: false" in message and launched == []
     # Packing off: the same model is accepted and launched.
     result = dg.materialize(
         [asset],
-        resources={"gpu_cluster": LocalGpuCluster()},
+        resources={"gpu_cluster": LocalGpuCluster(), "storage": storage},
         run_config=_run_config(packing=False),
         raise_on_error=False,
     )

@@ -94,7 +94,7 @@ def test_training_reads_the_lengths_beside_the_mixture(mix: Path, model: Path, t
 
 
 def test_the_mixture_asset_measures_lengths_with_the_profiles_tokenizer(
-    output_root: Path, model: Path, monkeypatch
+    output_root: Path, storage, model: Path, monkeypatch
 ) -> None:
     import dagster as dg
     from release_fixtures import demo_rows, write_generated
@@ -106,7 +106,9 @@ def test_the_mixture_asset_measures_lengths_with_the_profiles_tokenizer(
     write_generated(layout, demo_rows(layout))
     monkeypatch.setenv("GMAI_PROFILE", "local")
     monkeypatch.setenv("GMAI_MODEL_DIR", str(model))
-    result = dg.materialize([release_records, release_images, build_mix_asset("stage1")])
+    result = dg.materialize(
+        [release_records, release_images, build_mix_asset("stage1")], resources={"storage": storage}
+    )
     assert result.success
     md = result.asset_materializations_for_node("stage1_mix")[0].metadata
     assert md["token_lengths"].value == f"computed with {model / 'tokenizer'}"
@@ -118,6 +120,8 @@ def test_the_mixture_asset_measures_lengths_with_the_profiles_tokenizer(
     assert ds.lengths_source == "precomputed" and len(ds) == len(data.read_text().splitlines())
 
     monkeypatch.setenv("GMAI_PROFILE", "demo")  # the tiny model is built by stage I: nothing to measure with
-    result = dg.materialize([release_records, release_images, build_mix_asset("stage1")])
+    result = dg.materialize(
+        [release_records, release_images, build_mix_asset("stage1")], resources={"storage": storage}
+    )
     md = result.asset_materializations_for_node("stage1_mix")[0].metadata
     assert md["token_lengths"].value.startswith("not computed") and not lengths_path(data).exists()

@@ -7,7 +7,8 @@ the entries still without a catalog section as metadata.
 
 import dagster as dg
 
-from gmai_pipeline.defs.common import catalog, layout
+from gmai_pipeline.defs.common import catalog
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.storage import atomic_write_text
 
 GROUP = "catalog"
@@ -25,12 +26,14 @@ class CatalogReportConfig(dg.Config):
     "documented counts, fixture state; the mix by task, modality, department and clinical task next to the "
     "paper's Table 3. Reads assets/sources/ and the research records in scripts/catalog_research/.",
 )
-def catalog_report(context: dg.AssetExecutionContext, config: CatalogReportConfig) -> dg.MaterializeResult:
+def catalog_report(
+    context: dg.AssetExecutionContext, config: CatalogReportConfig, storage: PipelineStorage
+) -> dg.MaterializeResult:
     # imported here: `python -m gmai_pipeline.catalog_report` loads the package (and so this module) first
     from gmai_pipeline import catalog_report as cr
 
     report = cr.build_report(with_fixtures=config.fixtures)
-    path = layout().root / "reports" / "catalog_report.md"
+    path = storage.output / "reports" / "catalog_report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, report.markdown())
     failing = [e.name for e in report.entries if "FAILS" in e.fixture]

@@ -10,8 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from gmai_pipeline.catalog import SourceDataset, load_catalog
-from gmai_pipeline.settings import catalog_dirs, get_settings
-from gmai_pipeline.storage import OutputLayout
+from gmai_pipeline.settings import catalog_dirs
 
 ANNOTATIONS = dg.AssetKey("annotations")
 
@@ -25,10 +24,6 @@ def catalog() -> list[SourceDataset]:
 @functools.cache
 def _catalog(dirs: tuple[Path, ...]) -> tuple[SourceDataset, ...]:
     return tuple(load_catalog(dirs))
-
-
-def layout() -> OutputLayout:
-    return OutputLayout(get_settings().output_root)
 
 
 def group_name(source: SourceDataset) -> str:

@@ -13,9 +13,9 @@ from gmai_pipeline import decontaminate as dc
 from gmai_pipeline.availability import Inventory, failures_message, take_inventory
 from gmai_pipeline.benchmarks import REGISTRY
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import ANNOTATIONS, catalog, layout, md_table
+from gmai_pipeline.defs.common import ANNOTATIONS, catalog, md_table
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.partitions import SHARD_KEYS
-from gmai_pipeline.settings import get_settings
 
 GROUP = "decontamination"
 RELEASE_CHECK = "present_datasets_in_release"
@@ -83,9 +83,9 @@ def build_annotations(sources: list[SourceDataset]) -> dg.AssetsDefinition:
         out=dg.Out(dg.Nothing),
         description="Streams the usable normalized/<dataset> tables into annotations.parquet.",
     )
-    def union_normalized(context: dg.OpExecutionContext) -> None:
-        out = layout()
-        inv = take_inventory(sources, get_settings().raw_root, out)
+    def union_normalized(context: dg.OpExecutionContext, storage: PipelineStorage) -> None:
+        out = storage.layout()
+        inv = take_inventory(sources, storage.raw, out)
         context.log.info(f"annotations: {inv.summary()}")
         for f in inv.failed:
             context.log.error(f"left out (failed): {f.line()}")
@@ -144,8 +144,8 @@ def build_release_check(sources: list[SourceDataset]) -> dg.AssetChecksDefinitio
         "present dataset that failed (and why), once everything else is built; absent datasets are listed, "
         "never a failure.",
     )
-    def present_datasets_in_release(context: dg.AssetCheckExecutionContext):
-        inv = take_inventory(sources, get_settings().raw_root, layout())
+    def present_datasets_in_release(context: dg.AssetCheckExecutionContext, storage: PipelineStorage):
+        inv = take_inventory(sources, storage.raw, storage.layout())
         tags = {"gmai/datasets_absent": str(len(inv.absent)), "gmai/datasets_failed": str(len(inv.failed))}
         if inv.failed:
             tags["gmai/failed_datasets"] = ",".join(f.dataset for f in inv.failed)[:1000]
@@ -179,17 +179,11 @@ def build_release_check(sources: list[SourceDataset]) -> dg.AssetChecksDefinitio
         "image fails the step."
     ),
 )
-def benchmark_hashes(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    settings = get_settings()
-    root = settings.benchmark_root
-    if settings.is_demo_benchmarks and not root.exists():
-        from gmai_pipeline.demo import ensure_demo_benchmarks
-
-        ensure_demo_benchmarks(root)
-        context.log.info(f"generated demo benchmarks in {root}")
+def benchmark_hashes(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+    root = storage.ensure_benchmarks(context.log.info)
     if not root.is_dir():
         context.log.warning(f"benchmark root {root} does not exist: no benchmark is present")
-    report = dc.hash_benchmarks(root, layout())
+    report = dc.hash_benchmarks(root, storage.layout())
     for spec in report.missing:
         context.log.info(
             f"benchmark {spec.name} not present (expected {root / spec.folder}/ ({spec.layout}) or VLMEvalKit "
@@ -244,8 +238,10 @@ def benchmark_hashes(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         )
     ],
 )
-def decontaminated(context: dg.AssetExecutionContext, config: DecontaminationConfig):
-    out = layout()
+def decontaminated(
+    context: dg.AssetExecutionContext, config: DecontaminationConfig, storage: PipelineStorage
+):
+    out = storage.layout()
     run = dc.decontaminate(out, config.threshold, config.phash_veto, config.workers)
     for err in run.hash_errors:
         context.log.warning(f"training image not hashed: {err}")

@@ -18,8 +18,9 @@ import pandas as pd
 from pydantic import Field
 
 from gmai_pipeline.defs import training
-from gmai_pipeline.defs.common import catalog, layout
+from gmai_pipeline.defs.common import catalog
 from gmai_pipeline.defs.decontam import BENCHMARK_HASHES
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.evaluation import paper
 from gmai_pipeline.evaluation.questions import read_question_set, write_question_set
 from gmai_pipeline.evaluation.report import (
@@ -31,7 +32,6 @@ from gmai_pipeline.evaluation.report import (
     read_table7_row,
 )
 from gmai_pipeline.evaluation.run import SUMMARY_FILE, score_stage
-from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import atomic_write_bytes, atomic_write_text
 
 GROUP = "evaluation"
@@ -51,16 +51,16 @@ ABLATION_KEYS = ("gmai_vl_stage1_3", "eval_stage1_3", "stage_ablation")
 DEMO_MAX_NEW_TOKENS = 24
 
 
-def evaluation_dir() -> Path:
-    return layout().root / "evaluation"
+def evaluation_dir(storage: PipelineStorage) -> Path:
+    return storage.output / "evaluation"
 
 
-def questions_dir() -> Path:
-    return evaluation_dir() / "questions"
+def questions_dir(storage: PipelineStorage) -> Path:
+    return evaluation_dir(storage) / "questions"
 
 
-def vlmevalkit_dir() -> Path:
-    return evaluation_dir() / "vlmevalkit"
+def vlmevalkit_dir(storage: PipelineStorage) -> Path:
+    return evaluation_dir(storage) / "vlmevalkit"
 
 
 def _bullets(lines: list[str], limit: int = 30) -> dg.MetadataValue:
@@ -112,14 +112,9 @@ def _png_md(png: bytes, alt: str) -> dg.MetadataValue:
     "splits, VLMEvalKit's prompts, images decoded to files (evaluation/questions/). The same files "
     "benchmark_hashes checked the training data against. A present benchmark without a usable question fails.",
 )
-def benchmark_questions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    settings = get_settings()
-    root = settings.benchmark_root
-    if settings.is_demo_benchmarks and not root.exists():
-        from gmai_pipeline.demo import ensure_demo_benchmarks
-
-        ensure_demo_benchmarks(root)
-    qs = write_question_set(root, questions_dir())
+def benchmark_questions(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+    root = storage.ensure_benchmarks(context.log.info)
+    qs = write_question_set(root, questions_dir(storage))
     for p in qs.problems[:50]:
         context.log.warning(p)
     if qs.empty:
@@ -143,7 +138,7 @@ def benchmark_questions(context: dg.AssetExecutionContext) -> dg.MaterializeResu
             "benchmark_root": str(root),
             "problems": len(qs.problems),
             "problems_preview": _bullets(qs.problems),
-            "path": dg.MetadataValue.path(str(questions_dir())),
+            "path": dg.MetadataValue.path(str(questions_dir(storage))),
         }
     )
 
@@ -182,13 +177,18 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
         "by default with exact matching (no LLM judge); VLMEvalKit result files in "
         f"evaluation/vlmevalkit/{model}/; per-benchmark scores and the paper's breakdowns (Tables 4-8).",
     )
-    def _asset(context: dg.AssetExecutionContext, config: EvalConfig, gpu_cluster: training.GpuCluster):
-        export = layout().training / folder / "export"
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: EvalConfig,
+        gpu_cluster: training.GpuCluster,
+        storage: PipelineStorage,
+    ):
+        export = storage.layout().training / folder / "export"
         if not (export / "llm").is_dir():
             raise dg.Failure(f"{trained} has no export at {export}: materialize {trained} first")
-        qdir = questions_dir()
+        qdir = questions_dir(storage)
         read_question_set(qdir)  # fails with the fix when benchmark_questions was not materialized
-        out = evaluation_dir() / model
+        out = evaluation_dir(storage) / model
         preds = out / "predictions"
         stamp = _fingerprint(export, qdir / "index.json")
         if (preds / "FINGERPRINT").is_file() and (preds / "FINGERPRINT").read_text() != stamp:
@@ -198,7 +198,7 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
             shutil.rmtree(preds)
         preds.mkdir(parents=True, exist_ok=True)
         atomic_write_text(preds / "FINGERPRINT", stamp)
-        max_new = config.max_new_tokens or (DEMO_MAX_NEW_TOKENS if get_settings().is_demo_raw else 256)
+        max_new = config.max_new_tokens or (DEMO_MAX_NEW_TOKENS if storage.demo_raw else 256)
         args = ["--model", str(export), "--questions", str(qdir), "--output", str(preds),
                 "--max-new-tokens", str(max_new), "--model-name", model]  # fmt: skip
         if config.batch_size:
@@ -211,7 +211,7 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
             args += ["--device", "cpu"]
         args += config.extra_args
         launched = gpu_cluster.run_stage(context, args, out, module="training_jobs.evaluate")
-        scores, summary = score_stage(qdir, preds, vlmevalkit_dir(), model, subset=bool(config.limit))
+        scores, summary = score_stage(qdir, preds, vlmevalkit_dir(storage), model, subset=bool(config.limit))
         png = chart_png(summary)
         atomic_write_bytes(out / "scores.png", png)
         bench = summary.benchmarks
@@ -223,7 +223,7 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
             "scores": _table(bench),
             "scores_chart": _png_md(png, f"{model} scores"),
             "judge": "none: VLMEvalKit exact matching (can_infer); unparseable answers count wrong",
-            "results": dg.MetadataValue.path(str(vlmevalkit_dir() / model)),
+            "results": dg.MetadataValue.path(str(vlmevalkit_dir(storage) / model)),
         }
         for key, title in (("table4", "Table 4 (medical VQA)"), ("table5", "Table 5 (OmniMedVQA by question type)"),
                            ("table6", "Table 6 (GMAI-MMBench by clinical task)"),
@@ -249,10 +249,10 @@ def _eval_asset(name: str, trained: str, folder: str, model: str, row: str) -> d
     description="The paper's Table 7 (training strategy) for our models: stage1, stage1+2, stage1+3 and "
     f"stage1+2+3 from one base, beside the published figures ({paper.CITATION}).",
 )
-def stage_ablation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def stage_ablation(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
     rows, missing = {}, []
     for _, trained, _, model, row in EVALUATED:
-        path = vlmevalkit_dir() / model / SUMMARY_FILE
+        path = vlmevalkit_dir(storage) / model / SUMMARY_FILE
         if not path.is_file():
             missing.append(f"{row}: {path} (materialize {trained} and its evaluation)")
             continue
@@ -260,7 +260,7 @@ def stage_ablation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     if missing:
         raise dg.Failure("Table 7 needs all four evaluated models; missing:\n" + "\n".join(missing))
     table = ablation_table(rows)
-    folder = evaluation_dir() / "ablation"
+    folder = evaluation_dir(storage) / "ablation"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "table7.csv", table.to_csv(index=False))
     atomic_write_text(folder / "table7.md", markdown(table) + f"\n\nPaper: {paper.CITATION}, Table 7.\n")

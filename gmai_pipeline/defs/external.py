@@ -9,8 +9,9 @@ import dagster as dg
 import pandas as pd
 
 from gmai_pipeline import decontaminate as dc
-from gmai_pipeline.defs.common import catalog, layout, md_table
+from gmai_pipeline.defs.common import catalog, md_table
 from gmai_pipeline.defs.decontam import BENCHMARK_HASHES
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.release import external
 from gmai_pipeline.release.mixtures import load_mixtures
 
@@ -22,10 +23,6 @@ class ExternalConfig(dg.Config):
     threshold: int = dc.DEFAULT_THRESHOLD
     phash_veto: int | None = dc.DEFAULT_PHASH_VETO
     workers: int | None = None
-
-
-def external_dir():
-    return layout().root / "external"
 
 
 @dg.asset(
@@ -45,12 +42,11 @@ def external_dir():
         )
     ],
 )
-def external_corpora(context: dg.AssetExecutionContext, config: ExternalConfig):
+def external_corpora(context: dg.AssetExecutionContext, config: ExternalConfig, storage: PipelineStorage):
     mixtures, path = load_mixtures()
-    out = external_dir()
-    bench = (
-        dc.read_hashes(layout().benchmark_hashes) if layout().benchmark_hashes.exists() else pd.DataFrame()
-    )
+    lay = storage.layout()
+    out = lay.root / "external"
+    bench = dc.read_hashes(lay.benchmark_hashes) if lay.benchmark_hashes.exists() else pd.DataFrame()
     if not len(bench) and mixtures.corpora:
         context.log.warning("benchmark_hashes is empty: external images are checked against no benchmark")
     workers = dc.default_workers() if config.workers is None else config.workers

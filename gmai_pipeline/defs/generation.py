@@ -16,13 +16,15 @@ import pandas as pd
 
 from gmai_pipeline import partitions
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import catalog, layout, md_table
+from gmai_pipeline.defs.common import catalog, md_table
+from gmai_pipeline.defs.resources import PipelineStorage, bind_env
 from gmai_pipeline.generation import pipeline
 from gmai_pipeline.generation.backends.openai_batch import BatchPending
 from gmai_pipeline.generation.pipeline import HELD_BACK, LLMConfig, Report
-from gmai_pipeline.profiles import env_reference, expand_env, profile_name, raw_resource_config
+from gmai_pipeline.profiles import profile_name, raw_resource_config
 from gmai_pipeline.redact import has_credentials, redact_url
 from gmai_pipeline.settings import RESOURCES_DIR
+from gmai_pipeline.storage import OutputLayout
 
 GROUP = "generation"
 GENERATION_KEYS = ("captions", "vqa", "translations")
@@ -68,18 +70,14 @@ class LLMResource(dg.ConfigurableResource):
         for key, value in raw.items():
             if key.lower() in _SECRET_KEYS or key not in cls.model_fields:
                 continue
-            ref = env_reference(value)
-            if ref is not None and cls.model_fields[key].annotation is str:
-                name, default = ref
-                cfg[key] = dg.EnvVar(name) if os.environ.get(name) else default
-            else:
-                cfg[key] = expand_env(value)
+            cfg[key] = bind_env(value, cls.model_fields[key].annotation)
         literal = cfg.get("base_url")
         if isinstance(literal, str) and not isinstance(literal, dg.EnvVar) and has_credentials(literal):
             raise ValueError(
                 f"{root / (profile or profile_name()) / 'llm.yaml'}: base_url carries credentials "
                 f"({redact_url(literal)}); write base_url: ${{OPENAI_BASE_URL:-}} and set the variable"
             )
+        # Read when the definitions load (DESIGN "Contracts"), never in an asset: the run config shows the value.
         if os.environ.get("GMAI_LLM_BACKEND"):
             cfg["backend"] = os.environ["GMAI_LLM_BACKEND"]
         if os.environ.get("GMAI_LLM_MODEL"):
@@ -176,11 +174,11 @@ def _metadata(reports: list[Report], cfg: LLMConfig) -> dict[str, Any]:
     return meta
 
 
-def _check(asset: str, keys: list[str], cfg: LLMConfig) -> dg.AssetCheckResult:
+def _check(asset: str, keys: list[str], cfg: LLMConfig, out: OutputLayout) -> dg.AssetCheckResult:
     """generated + quarantined = inputs, recounted from the files on disk for every partition of the run."""
     rows = []
     for key in keys:
-        inputs, generated, quarantined = pipeline.accounted(layout(), asset, key, cfg)
+        inputs, generated, quarantined = pipeline.accounted(out, asset, key, cfg)
         rows.append({"partition": key, "inputs": inputs, "generated": generated, "quarantined": quarantined})
     bad = [r for r in rows if r["generated"] + r["quarantined"] != r["inputs"]]
     return dg.AssetCheckResult(
@@ -191,10 +189,14 @@ def _check(asset: str, keys: list[str], cfg: LLMConfig) -> dg.AssetCheckResult:
 
 
 def _run(
-    context: dg.AssetExecutionContext, asset: str, llm: LLMResource, allowed: dict[str, bool]
+    context: dg.AssetExecutionContext,
+    asset: str,
+    llm: LLMResource,
+    storage: PipelineStorage,
+    allowed: dict[str, bool],
 ) -> dg.MaterializeResult:
     cfg = llm.config()
-    out = layout()
+    out = storage.layout()
     backend = pipeline.make_backend(cfg, out)
     reports, pending = [], []
     for key in context.partition_keys:
@@ -221,7 +223,7 @@ def _run(
             metadata={"pending_partitions": ", ".join(pending), "finished_partitions": len(reports)},
         )
     return dg.MaterializeResult(
-        metadata=_metadata(reports, cfg), check_results=[_check(asset, context.partition_keys, cfg)]
+        metadata=_metadata(reports, cfg), check_results=[_check(asset, context.partition_keys, cfg, out)]
     )
 
 
@@ -254,8 +256,10 @@ def _build_defs(sources: list[SourceDataset]) -> dg.Definitions:
         ],
         **common,
     )
-    def captions(context: dg.AssetExecutionContext, llm: LLMResource) -> dg.MaterializeResult:
-        return _run(context, "captions", llm, allowed)
+    def captions(
+        context: dg.AssetExecutionContext, llm: LLMResource, storage: PipelineStorage
+    ) -> dg.MaterializeResult:
+        return _run(context, "captions", llm, storage, allowed)
 
     @dg.asset(
         name="vqa",
@@ -266,8 +270,10 @@ def _build_defs(sources: list[SourceDataset]) -> dg.Definitions:
         ],
         **common,
     )
-    def vqa(context: dg.AssetExecutionContext, llm: LLMResource) -> dg.MaterializeResult:
-        return _run(context, "vqa", llm, allowed)
+    def vqa(
+        context: dg.AssetExecutionContext, llm: LLMResource, storage: PipelineStorage
+    ) -> dg.MaterializeResult:
+        return _run(context, "vqa", llm, storage, allowed)
 
     @dg.asset(
         name="translations",
@@ -281,8 +287,10 @@ def _build_defs(sources: list[SourceDataset]) -> dg.Definitions:
         ],
         **common,
     )
-    def translations(context: dg.AssetExecutionContext, llm: LLMResource) -> dg.MaterializeResult:
-        return _run(context, "translations", llm, allowed)
+    def translations(
+        context: dg.AssetExecutionContext, llm: LLMResource, storage: PipelineStorage
+    ) -> dg.MaterializeResult:
+        return _run(context, "translations", llm, storage, allowed)
 
     return dg.Definitions(assets=[captions, vqa, translations], resources={"llm": LLMResource.from_profile()})
 

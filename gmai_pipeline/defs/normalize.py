@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 
 from gmai_pipeline.availability import clear_failure, record_failure
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import catalog, group_name, layout, md_table, release_in_run
+from gmai_pipeline.defs.common import catalog, group_name, md_table, release_in_run
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.manifest import MANIFEST_SCHEMA
 from gmai_pipeline.normalize import (
     NormalizeReport,
@@ -50,8 +51,7 @@ from gmai_pipeline.normalize_parts import (
     write_part_failure,
     write_part_report,
 )
-from gmai_pipeline.settings import get_settings
-from gmai_pipeline.storage import atomic_path
+from gmai_pipeline.storage import OutputLayout, atomic_path
 
 CHECKS = {
     "boxes_inside_image": "every bbox lies inside its stored image (null exactly for classification rows)",
@@ -98,8 +98,7 @@ def _counter_table(counter, key: str) -> dg.MetadataValue:
     return md_table(df, 50)
 
 
-def _metadata(report: NormalizeReport, source: SourceDataset) -> dict[str, object]:
-    lay = layout()
+def _metadata(report: NormalizeReport, source: SourceDataset, lay: OutputLayout) -> dict[str, object]:
     meta: dict[str, object] = {
         "dagster/row_count": report.rows,
         "inputs": report.inputs,
@@ -165,15 +164,15 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
         ],
     )
     def _normalized(
-        context: dg.AssetExecutionContext,
+        context: dg.AssetExecutionContext, storage: PipelineStorage
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         if key not in context.selected_asset_keys:
             raise dg.Failure(
                 f"the checks of {key.to_user_string()} run with it: materialize {key.to_user_string()}"
             )
-        lay = layout()
+        lay = storage.layout()
         try:
-            report = _join(source) if source.partitions > 1 else _normalize(context, source)
+            report = _join(source, lay) if source.partitions > 1 else _normalize(context, source, storage)
         except Exception as exc:  # one dataset's crash must not take the release down
             problem = (
                 str(exc)
@@ -183,10 +182,10 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
             if not isinstance(exc, DatasetUnusable | PartsNotReady):
                 context.log.error(f"{source.name}: {traceback.format_exc()}")
             yield _in_release(problem)
-            _unusable(context, source, problem)
+            _unusable(context, source, problem, lay)
             return
 
-        metadata = _metadata(report, source)
+        metadata = _metadata(report, source, lay)
         failure = report.failure_message()
         checks = verify_outputs(lay.root, source, report)
         failed_checks = [name for name, c in checks.items() if not c.passed]
@@ -220,7 +219,7 @@ def build_normalized_asset(source: SourceDataset) -> dg.AssetsDefinition:
             ],
         )
         if problem:
-            _unusable(context, source, problem)
+            _unusable(context, source, problem, lay)
         else:
             clear_failure(lay, source.name)
 
@@ -246,14 +245,14 @@ def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
         ),
         tags={"dataset": source.name, "demo": str(source.demo).lower()},
     )
-    def _part(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lay = layout()
+    def _part(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+        lay = storage.layout()
         made_from = None
         cpu = time.process_time()
         try:
-            manifest = _manifest(source)
+            manifest = _manifest(source, lay)
             made_from = fingerprint(source, manifest)
-            report = _normalize(context, source, part, manifest)
+            report = _normalize(context, source, storage, part, manifest)
         except Exception as exc:  # recorded for the join, which leaves the dataset out and says why
             problem = (
                 str(exc)
@@ -281,28 +280,28 @@ def build_part_asset(source: SourceDataset, part: int) -> dg.AssetsDefinition:
     return _part
 
 
-def _manifest(source: SourceDataset) -> list[dict]:
-    manifest_path = layout().manifest(source.name)
+def _manifest(source: SourceDataset, lay: OutputLayout) -> list[dict]:
+    manifest_path = lay.manifest(source.name)
     if not manifest_path.exists():
         raise DatasetUnusable(f"{manifest_path} is missing: materialize source/{source.name} first")
     return pq.read_table(manifest_path, schema=MANIFEST_SCHEMA).to_pylist()
 
 
-def _join(source: SourceDataset) -> NormalizeReport:
-    return join_parts(layout(), source, fingerprint(source, _manifest(source)))
+def _join(source: SourceDataset, lay: OutputLayout) -> NormalizeReport:
+    return join_parts(lay, source, fingerprint(source, _manifest(source, lay)))
 
 
 def _normalize(
     context: dg.AssetExecutionContext,
     source: SourceDataset,
+    storage: PipelineStorage,
     part: int | None = None,
     manifest: list[dict] | None = None,
 ) -> NormalizeReport:
     from gmai_pipeline.normalize import normalize_source
 
-    settings = get_settings()
-    lay = layout()
-    manifest = manifest if manifest is not None else _manifest(source)
+    lay = storage.layout()
+    manifest = manifest if manifest is not None else _manifest(source, lay)
     name = source.name if part is None else f"{source.name}/{part_name(part)}"
 
     def progress(r: NormalizeReport) -> None:
@@ -312,7 +311,7 @@ def _normalize(
         )
 
     report = normalize_source(
-        source, settings.raw_root / source.name, manifest, lay.root, progress=progress, part=part
+        source, storage.raw / source.name, manifest, lay.root, progress=progress, part=part
     )
     context.log.info(
         f"{name}: done in {report.seconds:.1f}s: {report.inputs} inputs, {report.kept} kept, "
@@ -331,9 +330,11 @@ def _in_release(problem: str | None, metadata: dict | None = None) -> dg.AssetCh
     )
 
 
-def _unusable(context: dg.AssetExecutionContext, source: SourceDataset, problem: str) -> None:
+def _unusable(
+    context: dg.AssetExecutionContext, source: SourceDataset, problem: str, lay: OutputLayout
+) -> None:
     """Record the failure; fail this step only when no `annotations` step in this run will name it."""
-    record_failure(layout(), source.name, "normalize", problem)
+    record_failure(lay, source.name, "normalize", problem)
     if not release_in_run(context):
         raise dg.Failure(description=problem)
     context.log.error(

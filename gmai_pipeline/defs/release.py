@@ -20,8 +20,9 @@ import dagster as dg
 import pandas as pd
 
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import catalog, layout, md_table
+from gmai_pipeline.defs.common import catalog, md_table
 from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS, GENERATION_KEYS
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.defs.training import GROUP as TRAINING_GROUP
 from gmai_pipeline.profiles import MissingVariableError
 from gmai_pipeline.release.annotations import ANNOTATIONS_DIR, LLAVA_JSON, SUBSETS, write_annotations
@@ -41,7 +42,7 @@ from gmai_pipeline.release.report import (
 from gmai_pipeline.release.shards import DEFAULT_TARGET_BYTES, read_index, verify_shards, write_shards
 from gmai_pipeline.release.stage_mix import write_stage_mixture
 from gmai_pipeline.release.trainer_metas import write_release_metas
-from gmai_pipeline.settings import get_settings
+from gmai_pipeline.storage import OutputLayout
 from gmai_pipeline.training_plan import TrainingPlanError, lengths_file, load_training_profile, token_lengths
 
 GROUP = "release"
@@ -70,17 +71,30 @@ class Stage3Config(dg.Config):
     text_dialogue_files: list[str] | None = None  # overrides the text files listed in the mixtures YAML
 
 
-def target_bytes(config: ShardConfig) -> int:
-    if config.target_shard_mb is not None:
-        return int(config.target_shard_mb * 1e6)
-    if "GMAI_SHARD_TARGET_MB" in os.environ:
-        return int(float(os.environ["GMAI_SHARD_TARGET_MB"]) * 1e6)
-    return DEMO_TARGET_BYTES if get_settings().is_demo_raw else DEFAULT_TARGET_BYTES
-
-
-def _records() -> ReleaseRecords:
+def _env_shard_mb() -> float | None:
+    """`GMAI_SHARD_TARGET_MB` (DESIGN "Contracts"), read once when the definitions load, not in the asset."""
+    value = os.environ.get("GMAI_SHARD_TARGET_MB")  # load time: the documented user setting
     try:
-        return ReleaseRecords(layout())
+        return float(value) if value else None
+    except ValueError:
+        raise ValueError(f"GMAI_SHARD_TARGET_MB={value!r} is not a number of megabytes") from None
+
+
+ENV_SHARD_MB = _env_shard_mb()
+
+
+def target_bytes(config: ShardConfig, storage: PipelineStorage) -> int:
+    """The run's `target_shard_mb`, else `GMAI_SHARD_TARGET_MB` as the definitions loaded it, else 1000 MB
+    (1 MB on the demo's raw data)."""
+    mb = config.target_shard_mb if config.target_shard_mb is not None else ENV_SHARD_MB
+    if mb is not None:
+        return int(mb * 1e6)
+    return DEMO_TARGET_BYTES if storage.demo_raw else DEFAULT_TARGET_BYTES
+
+
+def _records(out: OutputLayout) -> ReleaseRecords:
+    try:
+        return ReleaseRecords(out)
     except ReleaseError as exc:
         raise dg.Failure(str(exc)) from None
 
@@ -94,8 +108,8 @@ def _records() -> ReleaseRecords:
     "not remove, one row per id. release_records.parquet (sorted by id) is what every release output reads; "
     "release/rejected.parquet lists each rejected row with its reason.",
 )
-def release_records(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    out = layout()
+def release_records(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+    out = storage.layout()
     stats = write_release_records(out)
     if stats.missing_inputs:
         context.log.warning(
@@ -130,13 +144,15 @@ def release_records(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     description="WebDataset tar shards of every released record (image + LLaVA/XTuner `.json`) with the "
     "`shards.json` index (SHA-256). Crash-safe and resumable.",
 )
-def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -> dg.MaterializeResult:
-    out = layout()
-    records = _records()
+def instruction_shards(
+    context: dg.AssetExecutionContext, config: ShardConfig, storage: PipelineStorage
+) -> dg.MaterializeResult:
+    out = storage.layout()
+    records = _records(out)
     result = write_shards(
         records,
         out.release / "shards",
-        target_bytes(config),
+        target_bytes(config, storage),
         verify=config.verify,
         workers=config.workers,
         direct=config.direct_io,
@@ -160,8 +176,8 @@ def instruction_shards(context: dg.AssetExecutionContext, config: ShardConfig) -
 @dg.asset_check(
     asset=instruction_shards, description="Every indexed shard exists with its indexed size; no stray .tar."
 )
-def shards_match_index() -> dg.AssetCheckResult:
-    shard_dir = layout().release / "shards"
+def shards_match_index(storage: PipelineStorage) -> dg.AssetCheckResult:
+    shard_dir = storage.layout().release / "shards"
     index = read_index(shard_dir)
     problems = verify_shards(shard_dir, hash_files=False)
     return dg.AssetCheckResult(
@@ -177,9 +193,9 @@ def shards_match_index() -> dg.AssetCheckResult:
     description="The annotation files: `annotations/<subset>.jsonl` (GMAI-MM-Caption/Percept/Instruct-en and the "
     "Chinese subset) and `llava.json` (every record in one JSON array), paths relative to the release's images/.",
 )
-def release_annotations() -> dg.MaterializeResult:
-    out = layout()
-    subsets = write_annotations(_records(), out.release)
+def release_annotations(storage: PipelineStorage) -> dg.MaterializeResult:
+    out = storage.layout()
+    subsets = write_annotations(_records(out), out.release)
     return dg.MaterializeResult(
         metadata={
             "records": sum(subsets.values()),
@@ -201,8 +217,8 @@ def _lines(path: Path) -> int:
     description="`internvl_meta.json` and `xtuner_meta.json`: the InternVL and XTuner metas over the annotation "
     "files, with each file's record count.",
 )
-def release_metas() -> dg.MaterializeResult:
-    release = layout().release
+def release_metas(storage: PipelineStorage) -> dg.MaterializeResult:
+    release = storage.layout().release
     files = {name: release / ANNOTATIONS_DIR / f"{name}.jsonl" for name in SUBSETS}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
@@ -225,9 +241,9 @@ def release_metas() -> dg.MaterializeResult:
     description="The release's `images/`: exactly the released images (hard links into the output root's store, "
     "a copy where the filesystem cannot link); images no longer released are removed.",
 )
-def release_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    out = layout()
-    images = sync_images(_records(), out.release / IMAGES_DIR)
+def release_images(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+    out = storage.layout()
+    images = sync_images(_records(out), out.release / IMAGES_DIR)
     for rel in images.removed[:20]:
         context.log.info(f"images/{rel}: no longer released, removed")
     return dg.MaterializeResult(
@@ -252,12 +268,14 @@ def _token_lengths(data: Path, stage: int) -> str:
 
 
 def build_mix_asset(stage: str) -> dg.AssetsDefinition:
-    def compute(context: dg.AssetExecutionContext, text_files: list[str] | None) -> dg.MaterializeResult:
-        out = layout()
+    def compute(
+        context: dg.AssetExecutionContext, storage: PipelineStorage, text_files: list[str] | None
+    ) -> dg.MaterializeResult:
+        out = storage.layout()
         config, path = load_mixtures()
         # A mixture without our records ("w/o our data": only external corpora and text) needs no release.
         ours = any(c.kinds for c in config.stages[stage].components.values())
-        records = _records() if ours else []
+        records = _records(out) if ours else []
         # Stage III is judged by the stage II model: the stage3_scores asset wrote its scores.
         judged = model_judged(config, stage)
         try:
@@ -333,14 +351,16 @@ def build_mix_asset(stage: str) -> dg.AssetsDefinition:
     if stage == "stage3":
 
         @dg.asset(**spec)
-        def _mix3(context: dg.AssetExecutionContext, config: Stage3Config) -> dg.MaterializeResult:
-            return compute(context, config.text_dialogue_files)
+        def _mix3(
+            context: dg.AssetExecutionContext, config: Stage3Config, storage: PipelineStorage
+        ) -> dg.MaterializeResult:
+            return compute(context, storage, config.text_dialogue_files)
 
         return _mix3
 
     @dg.asset(**spec)
-    def _mix(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return compute(context, None)
+    def _mix(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+        return compute(context, storage, None)
 
     return _mix
 
@@ -355,9 +375,9 @@ def build_report_asset(sources: list[SourceDataset]) -> dg.AssetsDefinition:
         description="Table 3 of the paper for our data, sources with licences, generators and prompt versions, "
         "decontamination summary, charts; written as the dataset card `release/README.md`.",
     )
-    def dataset_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        out = layout()
-        report = build_report(_records(), licences, out.decontamination_report, out.release / "report")
+    def dataset_report(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+        out = storage.layout()
+        report = build_report(_records(out), licences, out.decontamination_report, out.release / "report")
         index = read_index(out.release / "shards")
         card_text = dataset_card(report, index, report.subset_counts, out.release, report.features)
         card = write_card(card_text, out.release / "README.md")

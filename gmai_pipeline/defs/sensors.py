@@ -15,6 +15,7 @@ from gmai_pipeline.defs.common import catalog
 from gmai_pipeline.defs.evaluation import gpu_selection
 from gmai_pipeline.defs.generation import ALL_SHARDS_TAGS
 from gmai_pipeline.defs.normalize import normalized_key
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.defs.sources import source_key
 from gmai_pipeline.sensing import (
     FolderState,
@@ -24,7 +25,7 @@ from gmai_pipeline.sensing import (
     scan_raw_root,
     uncatalogued_folders,
 )
-from gmai_pipeline.settings import get_settings, raw_sensor_interval_s
+from gmai_pipeline.settings import raw_sensor_interval_s
 
 
 def _first_seen_is_current(context: dg.SensorEvaluationContext, name: str, state: FolderState) -> bool:
@@ -53,8 +54,8 @@ def build_raw_data_sensor(catalog: list[SourceDataset]) -> dg.SensorDefinition:
         "mtimes), requests source/<name>, normalized/<name> and everything downstream up to the release "
         "(training and evaluation are left to a person). Folders not in the catalog are reported and ignored.",
     )
-    def raw_data_sensor(context: dg.SensorEvaluationContext):
-        raw_root = get_settings().raw_root
+    def raw_data_sensor(context: dg.SensorEvaluationContext, storage: PipelineStorage):
+        raw_root = storage.raw
         previous = decode_cursor(context.cursor)
         current = scan_raw_root(raw_root, names)
         stray = uncatalogued_folders(raw_root, names)

@@ -28,7 +28,8 @@ import pyarrow as pa
 
 from gmai_pipeline.availability import clear_failure, is_present, record_failure
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import catalog, catalog_metadata, group_name, layout, md_table, release_in_run
+from gmai_pipeline.defs.common import catalog, catalog_metadata, group_name, md_table, release_in_run
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.manifest import (
     MANIFEST_SCHEMA,
     MissingDataError,
@@ -39,7 +40,6 @@ from gmai_pipeline.manifest import (
 )
 from gmai_pipeline.normalize import shown_names
 from gmai_pipeline.progress import Progress
-from gmai_pipeline.settings import get_settings
 from gmai_pipeline.storage import OutputLayout, write_table
 
 SCAN_THREADS = min(8, os.cpu_count() or 1)
@@ -139,11 +139,13 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
         description="Scans the selected datasets' raw folders under $GMAI_RAW_ROOT into manifests; absent "
         "folders are reported (with the download URL), not failures.",
     )
-    def _sources(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
-        settings = get_settings()
-        out = layout()
+    def _sources(
+        context: dg.AssetExecutionContext, storage: PipelineStorage
+    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
+        raw_root = storage.raw
+        out = storage.layout()
         selected = [by_key[k] for k in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())]
-        present = [s for s in selected if s.demo or is_present(settings.raw_root, s.name)]
+        present = [s for s in selected if s.demo or is_present(raw_root, s.name)]
         present_names = {s.name for s in present}
         absent = [s for s in selected if s.name not in present_names]
         for s in absent:
@@ -152,11 +154,10 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
         # the run; the log line below and annotations' metadata list them, the asset page says how to fix it.
         if absent:  # one event for all of them: the log stays readable and 200 absent datasets cost one write
             context.log.info(
-                f"{len(absent)} of {len(selected)} selected datasets are absent under {settings.raw_root} "
+                f"{len(absent)} of {len(selected)} selected datasets are absent under {raw_root} "
                 "(not failures; download one and unpack it into its folder to include it):\n"
                 + "\n".join(
-                    f"  source/{s.name}: absent; download {s.url or '(no URL known)'} -> "
-                    f"{settings.raw_root / s.name}/"
+                    f"  source/{s.name}: absent; download {s.url or '(no URL known)'} -> {raw_root / s.name}/"
                     for s in absent
                 )
             )
@@ -166,7 +167,7 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
         lines: queue.SimpleQueue = queue.SimpleQueue()
         with ThreadPoolExecutor(max_workers=SCAN_THREADS, thread_name_prefix="scan") as pool:
             futures: dict[Future, SourceDataset] = {
-                pool.submit(scan_source, s, settings.raw_root, out, lines.put): s for s in present
+                pool.submit(scan_source, s, raw_root, out, lines.put): s for s in present
             }
             pending = set(futures)
             while pending:
@@ -174,7 +175,7 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
                 _drain(lines, context.log.info)
                 for future in sorted(done, key=lambda f: futures[f].name):
                     s = futures[future]
-                    folder = settings.raw_root / s.name
+                    folder = raw_root / s.name
                     exc = future.exception()
                     if exc is not None:
                         message = (
@@ -206,10 +207,10 @@ def build_sources_asset(sources: list[SourceDataset], name: str = "sources") -> 
         _drain(lines, context.log.info)
 
         if not materialized and not failed:
-            shown = "\n".join(missing_data_message(s, settings.raw_root / s.name) for s in absent[:10])
+            shown = "\n".join(missing_data_message(s, raw_root / s.name) for s in absent[:10])
             more = f"\n... and {len(absent) - 10} more" if len(absent) > 10 else ""
             raise MissingDataError(
-                f"none of the {len(selected)} selected datasets is present under {settings.raw_root}:\n{shown}{more}"
+                f"none of the {len(selected)} selected datasets is present under {raw_root}:\n{shown}{more}"
             )
         if failed and (not materialized or not release_in_run(context)):
             # Nothing downstream in this run would name them (annotations is not in it, or has no input left).

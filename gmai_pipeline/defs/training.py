@@ -32,12 +32,13 @@ from pydantic import Field
 from gmai_pipeline import training_cluster as tc
 from gmai_pipeline import training_plan as plan
 from gmai_pipeline.catalog import SourceDataset
-from gmai_pipeline.defs.common import catalog, layout
+from gmai_pipeline.defs.common import catalog
+from gmai_pipeline.defs.resources import PipelineStorage
 from gmai_pipeline.profiles import MissingVariableError, load_resource_config, profile_name
 from gmai_pipeline.release.mixtures import iter_score_candidates, load_mixtures, model_judged, provenance_path
 from gmai_pipeline.release.records import ReleaseError, ReleaseRecords
 from gmai_pipeline.settings import PROJECT_ROOT
-from gmai_pipeline.storage import atomic_path, atomic_write_text
+from gmai_pipeline.storage import OutputLayout, atomic_path, atomic_write_text
 
 GROUP = "training"
 STAGES = (1, 2, 3)
@@ -81,8 +82,9 @@ class GpuCluster(dg.ConfigurableResource):
         return self.python or sys.executable
 
     def _env(self) -> dict[str, str]:
-        # Not configuration read by an asset: the variables the launched training process inherits.
-        keep = ("GMAI_OUTPUT_ROOT", "GMAI_PEAK_FLOPS", "HF_HOME", "CUDA_VISIBLE_DEVICES")
+        # Not configuration read by an asset: the few variables the launched training process inherits
+        # (GMAI_PEAK_FLOPS for its MFU figure, HF_HOME, the GPUs it may use); every path is an argument.
+        keep = ("GMAI_PEAK_FLOPS", "HF_HOME", "CUDA_VISIBLE_DEVICES")
         env = {k: os.environ[k] for k in keep if k in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [self.workdir or str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
@@ -264,7 +266,7 @@ def _free_port() -> int:
 def _launch_environ() -> dict[str, str]:
     """This process's environment minus torch.distributed variables a previous in-process run may have left:
     what a local launch hands its subprocess (not configuration read by the asset)."""
-    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}  # handed to the process, not read
 
 
 def _forward_log(context: dg.AssetExecutionContext, path: Path, pos: int) -> int:
@@ -319,8 +321,8 @@ class ScoreConfig(dg.Config):
     packing: bool | None = None
 
 
-def _mixture(stage: int) -> tuple[Path, dict]:
-    folder = layout().mixtures
+def _mixture(stage: int, out: OutputLayout) -> tuple[Path, dict]:
+    folder = out.mixtures
     data, meta_path = folder / f"stage{stage}.jsonl", provenance_path(folder, f"stage{stage}")
     if not data.exists() or not meta_path.exists():
         raise dg.Failure(f"stage{stage}_mix not materialized: expected {data} and {meta_path}")
@@ -345,8 +347,8 @@ def _profile() -> plan.TrainingProfile:
         raise _refuse(str(exc)) from None
 
 
-def _export(stage: int) -> Path:
-    folder = layout().training / f"stage{stage}" / "export"
+def _export(stage: int, out: OutputLayout) -> Path:
+    folder = out.training / f"stage{stage}" / "export"
     if not (folder / "llm").exists():
         raise _refuse(f"stage {stage} has no export at {folder}: materialize gmai_vl_stage{stage} first")
     return folder
@@ -392,7 +394,12 @@ def _stage_asset(
         f"training/{folder}/export (hand-off) and checkpoints/ (resume). Knobs: the profile's "
         "training.yaml, overridable here.",
     )
-    def _asset(context: dg.AssetExecutionContext, config: StageConfig, gpu_cluster: GpuCluster):
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: StageConfig,
+        gpu_cluster: GpuCluster,
+        storage: PipelineStorage,
+    ):
         profile = _profile()
         if config.base_model is not None:
             profile = profile.model_copy(update={"base_model": config.base_model})
@@ -401,7 +408,7 @@ def _stage_asset(
             model_dir = _check(lambda: plan.check_base_model(profile))
             init_from = None
         else:
-            model_dir = init_from = _export(init_stage)
+            model_dir = init_from = _export(init_stage, storage.layout())
         _check(lambda: plan.check_packing(model_dir, profile.trust_remote_code, knobs.packing))
         world = gpu_cluster.world_size()
         batch = _check(lambda: plan.effective_batch(knobs, world))
@@ -409,8 +416,8 @@ def _stage_asset(
             f"stage {stage} effective batch: {batch['formula']} of {knobs.max_length} tokens "
             f"(packing {'on' if knobs.packing else 'off'}; samples per row are counted once the rows are planned)"
         )
-        data, meta = _mixture(stage)
-        out = layout().training / folder
+        data, meta = _mixture(stage, storage.layout())
+        out = storage.layout().training / folder
         # Resume only together with retries (a retry resumes) or when asked; a fresh run starts clean.
         resume = config.resume or gpu_cluster.retries > 0
         if not resume:
@@ -456,9 +463,9 @@ SCORES_DIR = "stage3_scores"
     "the rule and keeps the table beside the mix.",
 )
 def stage3_scores(
-    context: dg.AssetExecutionContext, config: ScoreConfig, gpu_cluster: GpuCluster
+    context: dg.AssetExecutionContext, config: ScoreConfig, gpu_cluster: GpuCluster, storage: PipelineStorage
 ) -> dg.MaterializeResult:
-    out = layout()
+    out = storage.layout()
     folder = out.training / SCORES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     mixtures, mixtures_path = load_mixtures()
@@ -495,7 +502,7 @@ def stage3_scores(
         )
     profile = _profile()
     knobs = _check(lambda: profile.knobs(3, config.model_dump(exclude_none=True)))
-    model = _export(2)
+    model = _export(2, out)
     _check(lambda: plan.check_packing(model, profile.trust_remote_code, knobs.packing))
     args = [
         "--model",
