@@ -241,13 +241,14 @@ def dagster_env(tmp_path: Path, raw: Path, monkeypatch) -> list:
     from gmai_pipeline.defs import sources as sources_defs
 
     catalog = [_source(tmp_path, 3)]  # writes tmp_path/catalog/liver.yaml
-    for var, value in {
-        "GMAI_CATALOG_DIR": str(tmp_path / "catalog"),
-        "GMAI_RAW_ROOT": str(tmp_path / "raw"),
-        "GMAI_OUTPUT_ROOT": str(tmp_path / "out"),
-    }.items():
-        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("GMAI_CATALOG_DIR", str(tmp_path / "catalog"))  # what build_definitions loads
     return [*sources_defs.build_defs(catalog).assets, *normalize_defs.build_defs(catalog).assets]
+
+
+def _storage(tmp_path: Path) -> dict:
+    from storage_fixtures import storage_at
+
+    return {"storage": storage_at(tmp_path / "out", raw_root=tmp_path / "raw")}
 
 
 def test_definitions_run_the_parts_as_steps_and_join_them(tmp_path: Path, raw: Path, dagster_env) -> None:
@@ -257,7 +258,9 @@ def test_definitions_run_the_parts_as_steps_and_join_them(tmp_path: Path, raw: P
     out = tmp_path / "out"
     job = build_definitions().resolve_job_def("build_dataset_job")  # beside generation's shard partitions
     assert {*PARTS, JOIN} <= set(job.asset_layer.selected_asset_keys)
-    result = dg.materialize(dagster_env, selection=[dg.AssetKey(["source", "liver"]), *PARTS, JOIN])
+    result = dg.materialize(
+        dagster_env, selection=[dg.AssetKey(["source", "liver"]), *PARTS, JOIN], resources=_storage(tmp_path)
+    )
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["in_release"] and checks["inputs_accounted"] and all(checks.values()), checks
@@ -281,7 +284,9 @@ def test_a_part_whose_reader_raised_leaves_the_dataset_out_naming_the_reason(
 
     monkeypatch.setitem(normalize_module.READERS, "msd", buggy)
     source = dg.AssetKey(["source", "liver"])
-    result = dg.materialize(dagster_env, selection=[source, *PARTS, JOIN], raise_on_error=False)
+    result = dg.materialize(
+        dagster_env, selection=[source, *PARTS, JOIN], raise_on_error=False, resources=_storage(tmp_path)
+    )
     done = {
         e.asset_key: e.step_materialization_data.materialization
         for e in result.get_asset_materialization_events()
