@@ -40,7 +40,7 @@ lint: $(STAMP)
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.sqlite.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -m gmai_pipeline.definitions -h 127.0.0.1 -p 3000
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: $(STAMP)
 	$(PY) bench/normalize.py && $(PY) bench/decontaminate.py && $(PY) bench/generate.py && $(PY) bench/shards.py && $(PY) bench/train_step.py

@@ -240,8 +240,8 @@ def dagster_dev(env: dict[str, str], log: Path, timeout: float = 240) -> Iterato
         [
             str(VENV_BIN / "dagster"),
             "dev",
-            "-m",
-            "gmai_pipeline.definitions",
+            "-w",
+            str(REPO / "workspace.yaml"),  # location name gmai_pipeline, as users see it
             "-h",
             "127.0.0.1",
             "-p",
