@@ -654,6 +654,16 @@ class Frames(_Spec):
     base: Literal[0, 1] = 0
 
 
+class Resample(_Spec):
+    """Image files on their own grid resampled onto the mask's (HECKTOR 2022: FDG-PET on a coarser grid
+    than the CT and the GTV masks), by SimpleITK with the files' geometry; files already on the mask grid
+    are read as they are. `channels`: which channels may be resampled (None: any)."""
+
+    to: Literal["mask"] = "mask"
+    channels: tuple[str | int, ...] | None = None
+    interpolation: Literal["linear", "nearest", "bspline"] = "linear"
+
+
 class MaskColors(_Spec):
     """Colour-coded 2D masks (GLENDA's annots/<id>.png): each listed RGB colour is a label value (then
     through the catalog's `labels`, like any mask value; 0 is background). `tolerance`: the largest
@@ -721,6 +731,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     channels: tuple[str | int, ...] | None = None  # None: every channel, each its own image
     filters: Conditions = Field(default_factory=dict)
     frames: Frames | None = None  # 4D image + 4D labels: which time points, per case (3d_seg)
+    resample: Resample | None = None  # channels on their own grid -> the mask grid (3d_seg)
     convert: Convert | None = None  # how files are decoded when extensions cannot say (converters)
     colors: MaskColors | None = None  # colour-coded 2D masks: RGB -> label value (GLENDA)
 
@@ -820,8 +831,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 raise ValueError(
                     f"{task_type}: the templates find the images; a table may only add columns (table.join)"
                 )
-        if task_type != "3d_seg" and self.channels is not None:
-            raise ValueError("channels apply to 3d_seg volumes")
+        if task_type != "3d_seg" and (self.channels is not None or self.resample is not None):
+            raise ValueError("channels and resample apply to 3d_seg volumes")
         if task_type == "3d_seg" and self.masks is not None and not self.masks.plain:
             raise ValueError("masks.background and masks.threshold apply to 2D masks")
         if task_type == "3d_seg" and (self.images.raw is not None or self.images.array is not None):
