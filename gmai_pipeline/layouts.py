@@ -485,6 +485,7 @@ class ImageFiles(FileSet):
 
     raw: RawPixels | None = None
     array: ArrayImages | None = None
+    stack: str | None = None  # 3d_seg: the field numbering 2D section files stacked into one volume (MitoEM)
 
     @model_validator(mode="after")
     def _one_decoder(self) -> ImageFiles:
@@ -835,6 +836,10 @@ class LayoutReader(ReaderBase, VolumeOptions):
             raise ValueError("channels and resample apply to 3d_seg volumes")
         if task_type == "3d_seg" and self.masks is not None and not self.masks.plain:
             raise ValueError("masks.background and masks.threshold apply to 2D masks")
+        if self.images.stack is not None and (
+            task_type != "3d_seg" or self.images.stack not in self.images.fields()
+        ):
+            raise ValueError("images.stack names a field of the image templates, for 3d_seg section stacks")
         if task_type == "3d_seg" and (self.images.raw is not None or self.images.array is not None):
             raise ValueError("images.raw and images.array apply to 2D images")
         if self.frames is not None:

@@ -44,6 +44,7 @@ from gmai_pipeline.readers.base import (
     unreferenced_file,
 )
 from gmai_pipeline.readers.masks import MASK_EXTENSIONS_2D, MaskFile, seg_image
+from gmai_pipeline.readers.stacks import stack_events
 from gmai_pipeline.readers.tables import Table, TableError, read_list, read_table
 from gmai_pipeline.readers.templates import Template, all_hold, matches_any
 from gmai_pipeline.readers.values import list_literal, resolve
@@ -160,7 +161,7 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
     plan = compile_plan(opts)
     ctx.ct_window = opts.ct_window
     ctx.raw, ctx.array = opts.images.raw, opts.images.array
-    three_d = ctx.source.task_type == "3d_seg"
+    three_d = ctx.source.task_type == "3d_seg" and opts.images.stack is None  # a stack: 2D section files
     mask_found = (
         match(ctx, plan.masks, VOLUME_EXTENSIONS if three_d else MASK_EXTENSIONS_2D) if plan.masks else []
     )
@@ -181,7 +182,9 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         return
     rows, events = _joined_rows(ctx, plan, found)
     yield from events
-    if three_d:
+    if opts.images.stack is not None:
+        yield from _stacks(ctx, plan, found, mask_found, rows, lists)
+    elif three_d:
         yield from _volumes(ctx, plan, found, mask_found, rows, lists)
     elif plan.masks:
         yield from _masks_2d(ctx, plan, found, mask_found, rows, lists)
@@ -880,6 +883,23 @@ def _volumes(
         masks = _masks_of(ctx, opts, values, index.get(tuple(members[0].fields.get(k) for k in shared), []))
         vc = VolumeCase(case, images, masks, split, values, ref=case)
         yield from case_events(ctx, opts, vc, opts.modality, opts.channels)
+
+
+def _stacks(
+    ctx, plan: Plan, found: list[Found], mask_found: list[Found], rows: dict, lists
+) -> Iterator[Event]:
+    opts, shared = plan.opts, _shared(plan)
+    index = _mask_index(plan, mask_found, shared)
+    kept = [f for f in found if not _filtered(ctx, opts, _values(f, rows.get(f.rel)), f.rel)]
+    yield from stack_events(
+        ctx,
+        opts,
+        kept,
+        lambda rel, fields: _split(ctx, opts, rel, {**(rows.get(rel) or {}), **fields}, lists),
+        lambda f: _masks_of(ctx, opts, f.fields, index.get(tuple(f.fields.get(k) for k in shared), [])),
+        _modality(ctx, opts.modality, {}, "the layout"),
+        lambda rel: _split_unknown(ctx, rel),
+    )
 
 
 def describe(opts: LayoutReader) -> str:
