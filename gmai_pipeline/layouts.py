@@ -169,6 +169,14 @@ class Uncertain(_Spec):
     )
 
 
+class Bin(_Spec):
+    """One class of a numeric label (`label.bins`): the values from `min` to `max`, both inclusive."""
+
+    value: str
+    min: float | None = None
+    max: float | None = None
+
+
 class LabelSpec(ValueSource):
     """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`, or a Python
     list literal with `format: list_literal`, PadChest `['pleural effusion', 'cardiomegaly']`), one-hot
@@ -186,9 +194,35 @@ class LabelSpec(ValueSource):
     format: Literal["list_literal"] | None = None  # list_literal: a cell `['a', 'b']` (PadChest's Labels)
     positive: tuple[str, ...] = ("1", "1.0", "true", "True", "TRUE", "yes", "Yes")
     uncertain: Uncertain | None = None
+    # numeric labels binned into classes (LYSTO counts -> 0, 1-5, ...): of the column or field, or alone
+    # the raw label a converter reads (an HDF5 label dataset); a value in no bin is `unknown_label`
+    bins: tuple[Bin, ...] = ()
 
     def _sources(self) -> list[str]:
         return super()._sources() + (["columns"] if self.columns else [])
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LabelSpec:
+        given = self._sources()
+        if len(given) > 1 or not given and not self.bins:
+            raise ValueError(
+                f"give exactly one of field, column, value, rules, columns (got {given or 'none'})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ordered_bins(self) -> LabelSpec:
+        for i, b in enumerate(self.bins):
+            inner = (i > 0, i < len(self.bins) - 1)  # only the first may be open below, the last above
+            if (b.min is None and inner[0]) or (b.max is None and inner[1]) or b.min is b.max is None:
+                raise ValueError(
+                    "label.bins: every bin has min and max (inclusive), the first may omit min, the last max"
+                )
+            if b.min is not None and b.max is not None and b.min > b.max:
+                raise ValueError(f"label.bins: bin {b.value!r} has min > max")
+            if i and b.min <= self.bins[i - 1].max:  # type: ignore[operator]
+                raise ValueError("label.bins: bins in ascending order, without overlaps")
+        return self
 
     def _extra_sources(self) -> str:
         return ", columns"
@@ -807,6 +841,11 @@ class LayoutReader(ReaderBase, VolumeOptions):
 
     def check_task(self, task_type: str) -> None:
         """What each task needs, as one sentence naming the missing field."""
+        bins_alone = self.label is not None and self.label.bins and not self.label._sources()
+        if bins_alone and (not isinstance(self.convert, Hdf5Convert) or self.convert.labels is None):
+            raise ValueError(
+                "label.bins alone bins an HDF5 label dataset (convert.labels); else name the column"
+            )
         if self.convert is not None:
             self._check_convert(task_type)
             return

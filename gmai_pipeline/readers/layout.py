@@ -43,6 +43,7 @@ from gmai_pipeline.readers.base import (
     join,
     unreferenced_file,
 )
+from gmai_pipeline.readers.bins import bin_of
 from gmai_pipeline.readers.masks import MASK_EXTENSIONS_2D, MaskFile, seg_image
 from gmai_pipeline.readers.stacks import stack_events
 from gmai_pipeline.readers.tables import Table, TableError, read_list, read_table
@@ -452,9 +453,20 @@ def _labels(opts: LayoutReader, values: dict, where: str) -> list[Annotation]:
             return [Annotation((), where=where, error=("invalid_label", parts))]
     else:
         parts = [p.strip() for p in raw.split(spec.delimiter)] if spec.delimiter else [raw]
+    if spec.bins:
+        return [_binned(spec, p, where) for p in parts if p] or [Annotation((), where=where)]
     return [Annotation((spec.map.get(p, p),), where=where) for p in parts if p] or [
         Annotation((), where=where)
     ]
+
+
+def _binned(spec, raw: str, where: str) -> Annotation:
+    value, why = bin_of(spec.bins, raw)
+    return (
+        Annotation((value,), where=where)
+        if why is None
+        else Annotation((), where=where, error=(Reason.UNKNOWN_LABEL, f"{where}: {why}"))
+    )
 
 
 def _one_hot(spec, values: dict, where: str) -> list[Annotation]:
