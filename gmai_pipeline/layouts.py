@@ -177,6 +177,31 @@ class Bin(_Spec):
     max: float | None = None
 
 
+class ColumnBy(_Spec):
+    """The label column chosen per input by a field (ODIR-5K: `eye` left/right -> Left-/Right-Diagnostic
+    Keywords of the patient's row)."""
+
+    field: str
+    columns: dict[str, str | int] = Field(min_length=1)
+
+
+class Keyword(_Spec):
+    """A finding's free-text keyword -> a raw label (`regex` searched, case-insensitive; first match wins);
+    `value: null` marks a keyword that is no finding (image-quality notes), dropped from the labels."""
+
+    regex: str
+    value: str | None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"keywords: {v!r} does not compile: {exc}") from None
+        return v
+
+
 class LabelSpec(ValueSource):
     """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`, or a Python
     list literal with `format: list_literal`, PadChest `['pleural effusion', 'cardiomegaly']`), one-hot
@@ -197,9 +222,15 @@ class LabelSpec(ValueSource):
     # numeric labels binned into classes (LYSTO counts -> 0, 1-5, ...): of the column or field, or alone
     # the raw label a converter reads (an HDF5 label dataset); a value in no bin is `unknown_label`
     bins: tuple[Bin, ...] = ()
+    column_by: ColumnBy | None = None  # the column chosen per input by a field (ODIR-5K's eye)
+    keywords: tuple[Keyword, ...] = ()  # each (delimited) keyword -> a raw label; unmatched: unknown_label
 
     def _sources(self) -> list[str]:
-        return super()._sources() + (["columns"] if self.columns else [])
+        return (
+            super()._sources()
+            + (["columns"] if self.columns else [])
+            + (["column_by"] if self.column_by else [])
+        )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LabelSpec:
@@ -823,6 +854,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
         for where, src in (("label", self.label), ("split", self.split), ("modality", self.modality)):
             if src is not None and src.field is not None:
                 refs.append((where, src.field))
+        if self.label is not None and self.label.column_by is not None:
+            refs.append(("label.column_by", self.label.column_by.field))
         if self.annotators is not None and self.annotators.field is not None:
             refs.append(("annotators", self.annotators.field))
         refs.extend(("fields", name) for name in self.fields)

@@ -44,6 +44,7 @@ from gmai_pipeline.readers.base import (
     unreferenced_file,
 )
 from gmai_pipeline.readers.bins import bin_of
+from gmai_pipeline.readers.keywords import chosen_cell, keyword_labels
 from gmai_pipeline.readers.masks import MASK_EXTENSIONS_2D, MaskFile, seg_image
 from gmai_pipeline.readers.stacks import stack_events
 from gmai_pipeline.readers.tables import Table, TableError, read_list, read_table
@@ -114,6 +115,8 @@ def _columns(opts: LayoutReader, fields: set[str]) -> list[str | int]:
         if src.column is not None:
             cols.append(src.column)
         cols += list(getattr(src, "columns", ()))
+        by = getattr(src, "column_by", None)
+        cols += list(by.columns.values()) if by is not None else []
         cols += [k for r in src.rules for k in r.when if k not in fields]
     if opts.annotators is not None and opts.annotators.column is not None:
         cols.append(opts.annotators.column)
@@ -444,7 +447,12 @@ def _labels(opts: LayoutReader, values: dict, where: str) -> list[Annotation]:
         return [Annotation((), where=where)]
     if spec.columns:
         return _one_hot(spec, values, where)
-    raw = resolve(spec, values)
+    if spec.column_by is not None:
+        raw, why = chosen_cell(spec, values)
+        if why is not None:
+            return [Annotation((), where=where, error=(Reason.MISSING_LABEL, f"{where}: {why}"))]
+    else:
+        raw = resolve(spec, values)
     if raw is None:
         return [Annotation((), where=where)]
     if spec.format == "list_literal":
@@ -455,6 +463,11 @@ def _labels(opts: LayoutReader, values: dict, where: str) -> list[Annotation]:
         parts = [p.strip() for p in raw.split(spec.delimiter)] if spec.delimiter else [raw]
     if spec.bins:
         return [_binned(spec, p, where) for p in parts if p] or [Annotation((), where=where)]
+    if spec.keywords:
+        parts, unmatched = keyword_labels(spec, [p for p in parts if p])
+        if unmatched is not None:
+            why = f"{where}: keyword '{unmatched[:60]}' matches none of label.keywords"
+            return [Annotation((), where=where, error=(Reason.UNKNOWN_LABEL, why))]
     return [Annotation((spec.map.get(p, p),), where=where) for p in parts if p] or [
         Annotation((), where=where)
     ]
