@@ -322,12 +322,30 @@ class SplitSpec(ValueSource):
         return ", lists, rows"
 
 
+class TableBy(_Spec):
+    """The table a row is looked up in, chosen per input by a field (PAPILA: eye OD -> patient_data_od.xlsx)."""
+
+    field: str
+    files: dict[str, str] = Field(min_length=1)
+
+
 class Join(_Spec):
     """Template-driven reading with a table beside it: a row belongs to the input whose `field` equals the
-    row's `column` (TotalSegmentator's `meta.csv`: column image_id = field case)."""
+    row's `column` (TotalSegmentator's `meta.csv`: column image_id = field case). `cell` says how the cell
+    writes the key, `{key}` standing for the field's value (PAPILA's `#{key}`: `#002` for RET002OD.jpg);
+    `table_by` picks the table per input (`TableBy`)."""
 
     column: str | int
     field: str
+    cell: str | None = None
+    table_by: TableBy | None = None
+
+    @field_validator("cell")
+    @classmethod
+    def _one_key(cls, v: str | None) -> str | None:
+        if v is not None and v.count("{key}") != 1:
+            raise ValueError(f"table.join.cell {v!r}: write the key once as {{key}}, e.g. '#{{key}}'")
+        return v
 
 
 class TableSpec(_Spec):
@@ -351,6 +369,7 @@ class TableSpec(_Spec):
     # table file's stem, so a family of one-label tables (MRNet's train-acl.csv ...) gives one column each
     names: tuple[str, ...] = ()
     header: bool = True  # False: every line is data (MRNet's `0000,0`); columns by names or index
+    skip_rows: int = Field(0, ge=0)  # lines after the header that are not data (PAPILA's two sub-headers)
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
@@ -358,6 +377,9 @@ class TableSpec(_Spec):
     def _mode(self) -> TableSpec:
         if (self.image is None) == (self.join is None):
             raise ValueError("give exactly one of image (the table names the images) or join (templates do)")
+        by = self.join.table_by if self.join is not None else None
+        if by is not None and not set(by.files.values()) <= set(self.file):
+            raise ValueError("table.join.table_by: every file it names must be one of table.file")
         if self.image_pattern is not None:
             check_template(self.image_pattern)
             if self.image_path is None and not {"path", "file", "stem"} & set(
@@ -856,6 +878,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 refs.append((where, src.field))
         if self.label is not None and self.label.column_by is not None:
             refs.append(("label.column_by", self.label.column_by.field))
+        if self.table is not None and self.table.join is not None and self.table.join.table_by is not None:
+            refs.append(("table.join.table_by", self.table.join.table_by.field))
         if self.annotators is not None and self.annotators.field is not None:
             refs.append(("annotators", self.annotators.field))
         refs.extend(("fields", name) for name in self.fields)

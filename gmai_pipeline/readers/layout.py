@@ -44,6 +44,7 @@ from gmai_pipeline.readers.base import (
     unreferenced_file,
 )
 from gmai_pipeline.readers.bins import bin_of
+from gmai_pipeline.readers.joins import joined
 from gmai_pipeline.readers.keywords import chosen_cell, keyword_labels
 from gmai_pipeline.readers.masks import MASK_EXTENSIONS_2D, MaskFile, seg_image
 from gmai_pipeline.readers.stacks import stack_events
@@ -388,6 +389,10 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
             )
         except (TableError, ImageError) as err:  # unparsable, or changed or swapped since the scan
             events.append(Quarantined(rel, "read", err.reason, err.detail))
+            continue
+        if spec.skip_rows:  # sub-header lines below the header (PAPILA): not data
+            first = spec.skip_rows + (1 if spec.header else 0)
+            tables[-1].rows = [(line, row) for line, row in tables[-1].rows if line > first]
     return tables, events
 
 
@@ -397,6 +402,10 @@ def _joined_rows(ctx: ReaderContext, plan: Plan, found: list[Found]) -> tuple[di
         return {}, []
     tables, events = _tables(ctx, plan)
     join_spec = plan.opts.table.join
+    if join_spec is not None and (join_spec.cell is not None or join_spec.table_by is not None):
+        rows = joined(ctx, join_spec, tables, found)
+        ctx.counters["inputs_without_table_row"] += len(found) - len(rows)
+        return rows, events
     by_key: dict[str, dict] = {}
     for t in tables:  # rows of several tables that join one input are merged: first value per column wins
         for _, row in t.rows:
