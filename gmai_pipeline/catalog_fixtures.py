@@ -126,6 +126,17 @@ def _save_volume(path: Path, arr: np.ndarray) -> None:
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
 
 
+def _coarse_volume(path: Path, fine: tuple[int, int, int], spacing: int) -> None:
+    """A volume `spacing` times coarser than the fixture's grid over the same extent (voxel centres
+    shifted by half the difference), as HECKTOR's PET lies beside its CT; NIfTI carries the geometry."""
+    import nibabel as nib
+
+    shape = tuple(max(1, math.ceil(n / spacing)) for n in fine)
+    affine = np.diag([float(spacing)] * 3 + [1.0])
+    affine[:3, 3] = (spacing - 1) / 2
+    nib.save(nib.Nifti1Image(_picture(shape, str(path), high=900).astype(np.float32), affine), str(path))
+
+
 def _save_netpbm(path: Path, arr: np.ndarray) -> None:
     """A binary PGM (P5, 8-bit), as mini-MIAS ships its films."""
     Image.fromarray(arr.astype(np.uint8)).convert("L").save(path, "PPM")
@@ -247,6 +258,8 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
         elif f.colors is not None:
             _save_picture(path, _colour_blocks(shapes.plane, f.colors, start2))
             start2 += len(f.colors)
+        elif f.spacing is not None:
+            _coarse_volume(path, shapes.volume, f.spacing)
         elif f.volume is not None:
             shape = shapes.volume if f.volume == 1 else (*shapes.volume, f.volume)
             _save_volume(path, _picture(shape, f.path, high=900).astype(np.float32))

@@ -255,7 +255,8 @@ class FixtureFile(_Spec):
     on `background` (default 0; 255 for masks whose 0 is a structure, iChallenge-AMD's disc BMPs); with
     `time`, a 4D label volume whose `labelled` frames hold the blocks (M&Ms' ED/ES labels);
     colors: an RGB colour-coded 2D mask holding these colours, one block each, black elsewhere;
-    volume: a 3D image volume with this many channels (1 = 3D, more = 4D);
+    volume: a 3D image volume with this many channels (1 = 3D, more = 4D); with `spacing`, on a grid that
+    many times coarser over the same extent (HECKTOR's PET beside its CT and masks);
     dicom: a single-frame DICOM with this Modality (CR, DX, CT, MR ...), pixels only;
     raw: headerless pixels in this format (`layouts.RawPixels`, the entry's own `images.raw`), textured;
     array: a NumPy `.npy` uint8 array of this shape (MRNet's slices x H x W stacks), textured;
@@ -275,6 +276,7 @@ class FixtureFile(_Spec):
         None  # a colour-coded RGB mask (GLENDA): one block per colour
     )
     volume: int | None = Field(None, ge=1)
+    spacing: int | None = Field(None, ge=2, le=4)  # with volume: a coarser grid (`reader.resample`)
     dicom: str | None = None
     raw: RawPixels | None = None
     array: tuple[int, ...] | None = Field(None, min_length=2, max_length=4)
@@ -312,6 +314,8 @@ class FixtureFile(_Spec):
             raise ValueError(f"{self.path}: give exactly one of {', '.join(KINDS)} (got {given or 'none'})")
         if self.path.startswith("/") or ".." in self.path.split("/"):
             raise ValueError(f"{self.path}: a fixture path is relative and stays inside the dataset")
+        if self.spacing is not None and self.volume != 1:
+            raise ValueError(f"{self.path}: spacing applies to a 3D volume (volume: 1)")
         if self.background is not None and self.mask is None:
             raise ValueError(f"{self.path}: background applies to a mask")
         if (self.time is not None or self.labelled is not None) and (self.mask is None or self.time is None):

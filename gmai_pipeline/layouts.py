@@ -169,6 +169,39 @@ class Uncertain(_Spec):
     )
 
 
+class Bin(_Spec):
+    """One class of a numeric label (`label.bins`): the values from `min` to `max`, both inclusive."""
+
+    value: str
+    min: float | None = None
+    max: float | None = None
+
+
+class ColumnBy(_Spec):
+    """The label column chosen per input by a field (ODIR-5K: `eye` left/right -> Left-/Right-Diagnostic
+    Keywords of the patient's row)."""
+
+    field: str
+    columns: dict[str, str | int] = Field(min_length=1)
+
+
+class Keyword(_Spec):
+    """A finding's free-text keyword -> a raw label (`regex` searched, case-insensitive; first match wins);
+    `value: null` marks a keyword that is no finding (image-quality notes), dropped from the labels."""
+
+    regex: str
+    value: str | None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"keywords: {v!r} does not compile: {exc}") from None
+        return v
+
+
 class LabelSpec(ValueSource):
     """The label: a field, a column (optionally `delimiter`-separated multi-labels, NIH `A|B`, or a Python
     list literal with `format: list_literal`, PadChest `['pleural effusion', 'cardiomegaly']`), one-hot
@@ -186,9 +219,41 @@ class LabelSpec(ValueSource):
     format: Literal["list_literal"] | None = None  # list_literal: a cell `['a', 'b']` (PadChest's Labels)
     positive: tuple[str, ...] = ("1", "1.0", "true", "True", "TRUE", "yes", "Yes")
     uncertain: Uncertain | None = None
+    # numeric labels binned into classes (LYSTO counts -> 0, 1-5, ...): of the column or field, or alone
+    # the raw label a converter reads (an HDF5 label dataset); a value in no bin is `unknown_label`
+    bins: tuple[Bin, ...] = ()
+    column_by: ColumnBy | None = None  # the column chosen per input by a field (ODIR-5K's eye)
+    keywords: tuple[Keyword, ...] = ()  # each (delimited) keyword -> a raw label; unmatched: unknown_label
 
     def _sources(self) -> list[str]:
-        return super()._sources() + (["columns"] if self.columns else [])
+        return (
+            super()._sources()
+            + (["columns"] if self.columns else [])
+            + (["column_by"] if self.column_by else [])
+        )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LabelSpec:
+        given = self._sources()
+        if len(given) > 1 or not given and not self.bins:
+            raise ValueError(
+                f"give exactly one of field, column, value, rules, columns (got {given or 'none'})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ordered_bins(self) -> LabelSpec:
+        for i, b in enumerate(self.bins):
+            inner = (i > 0, i < len(self.bins) - 1)  # only the first may be open below, the last above
+            if (b.min is None and inner[0]) or (b.max is None and inner[1]) or b.min is b.max is None:
+                raise ValueError(
+                    "label.bins: every bin has min and max (inclusive), the first may omit min, the last max"
+                )
+            if b.min is not None and b.max is not None and b.min > b.max:
+                raise ValueError(f"label.bins: bin {b.value!r} has min > max")
+            if i and b.min <= self.bins[i - 1].max:  # type: ignore[operator]
+                raise ValueError("label.bins: bins in ascending order, without overlaps")
+        return self
 
     def _extra_sources(self) -> str:
         return ", columns"
@@ -257,12 +322,30 @@ class SplitSpec(ValueSource):
         return ", lists, rows"
 
 
+class TableBy(_Spec):
+    """The table a row is looked up in, chosen per input by a field (PAPILA: eye OD -> patient_data_od.xlsx)."""
+
+    field: str
+    files: dict[str, str] = Field(min_length=1)
+
+
 class Join(_Spec):
     """Template-driven reading with a table beside it: a row belongs to the input whose `field` equals the
-    row's `column` (TotalSegmentator's `meta.csv`: column image_id = field case)."""
+    row's `column` (TotalSegmentator's `meta.csv`: column image_id = field case). `cell` says how the cell
+    writes the key, `{key}` standing for the field's value (PAPILA's `#{key}`: `#002` for RET002OD.jpg);
+    `table_by` picks the table per input (`TableBy`)."""
 
     column: str | int
     field: str
+    cell: str | None = None
+    table_by: TableBy | None = None
+
+    @field_validator("cell")
+    @classmethod
+    def _one_key(cls, v: str | None) -> str | None:
+        if v is not None and v.count("{key}") != 1:
+            raise ValueError(f"table.join.cell {v!r}: write the key once as {{key}}, e.g. '#{{key}}'")
+        return v
 
 
 class TableSpec(_Spec):
@@ -286,6 +369,7 @@ class TableSpec(_Spec):
     # table file's stem, so a family of one-label tables (MRNet's train-acl.csv ...) gives one column each
     names: tuple[str, ...] = ()
     header: bool = True  # False: every line is data (MRNet's `0000,0`); columns by names or index
+    skip_rows: int = Field(0, ge=0)  # lines after the header that are not data (PAPILA's two sub-headers)
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
@@ -293,6 +377,9 @@ class TableSpec(_Spec):
     def _mode(self) -> TableSpec:
         if (self.image is None) == (self.join is None):
             raise ValueError("give exactly one of image (the table names the images) or join (templates do)")
+        by = self.join.table_by if self.join is not None else None
+        if by is not None and not set(by.files.values()) <= set(self.file):
+            raise ValueError("table.join.table_by: every file it names must be one of table.file")
         if self.image_pattern is not None:
             check_template(self.image_pattern)
             if self.image_path is None and not {"path", "file", "stem"} & set(
@@ -485,6 +572,7 @@ class ImageFiles(FileSet):
 
     raw: RawPixels | None = None
     array: ArrayImages | None = None
+    stack: str | None = None  # 3d_seg: the field numbering 2D section files stacked into one volume (MitoEM)
 
     @model_validator(mode="after")
     def _one_decoder(self) -> ImageFiles:
@@ -654,6 +742,16 @@ class Frames(_Spec):
     base: Literal[0, 1] = 0
 
 
+class Resample(_Spec):
+    """Image files on their own grid resampled onto the mask's (HECKTOR 2022: FDG-PET on a coarser grid
+    than the CT and the GTV masks), by SimpleITK with the files' geometry; files already on the mask grid
+    are read as they are. `channels`: which channels may be resampled (None: any)."""
+
+    to: Literal["mask"] = "mask"
+    channels: tuple[str | int, ...] | None = None
+    interpolation: Literal["linear", "nearest", "bspline"] = "linear"
+
+
 class MaskColors(_Spec):
     """Colour-coded 2D masks (GLENDA's annots/<id>.png): each listed RGB colour is a label value (then
     through the catalog's `labels`, like any mask value; 0 is background). `tolerance`: the largest
@@ -721,6 +819,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
     channels: tuple[str | int, ...] | None = None  # None: every channel, each its own image
     filters: Conditions = Field(default_factory=dict)
     frames: Frames | None = None  # 4D image + 4D labels: which time points, per case (3d_seg)
+    resample: Resample | None = None  # channels on their own grid -> the mask grid (3d_seg)
     convert: Convert | None = None  # how files are decoded when extensions cannot say (converters)
     colors: MaskColors | None = None  # colour-coded 2D masks: RGB -> label value (GLENDA)
 
@@ -777,6 +876,10 @@ class LayoutReader(ReaderBase, VolumeOptions):
         for where, src in (("label", self.label), ("split", self.split), ("modality", self.modality)):
             if src is not None and src.field is not None:
                 refs.append((where, src.field))
+        if self.label is not None and self.label.column_by is not None:
+            refs.append(("label.column_by", self.label.column_by.field))
+        if self.table is not None and self.table.join is not None and self.table.join.table_by is not None:
+            refs.append(("table.join.table_by", self.table.join.table_by.field))
         if self.annotators is not None and self.annotators.field is not None:
             refs.append(("annotators", self.annotators.field))
         refs.extend(("fields", name) for name in self.fields)
@@ -795,6 +898,11 @@ class LayoutReader(ReaderBase, VolumeOptions):
 
     def check_task(self, task_type: str) -> None:
         """What each task needs, as one sentence naming the missing field."""
+        bins_alone = self.label is not None and self.label.bins and not self.label._sources()
+        if bins_alone and (not isinstance(self.convert, Hdf5Convert) or self.convert.labels is None):
+            raise ValueError(
+                "label.bins alone bins an HDF5 label dataset (convert.labels); else name the column"
+            )
         if self.convert is not None:
             self._check_convert(task_type)
             return
@@ -820,10 +928,14 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 raise ValueError(
                     f"{task_type}: the templates find the images; a table may only add columns (table.join)"
                 )
-        if task_type != "3d_seg" and self.channels is not None:
-            raise ValueError("channels apply to 3d_seg volumes")
+        if task_type != "3d_seg" and (self.channels is not None or self.resample is not None):
+            raise ValueError("channels and resample apply to 3d_seg volumes")
         if task_type == "3d_seg" and self.masks is not None and not self.masks.plain:
             raise ValueError("masks.background and masks.threshold apply to 2D masks")
+        if self.images.stack is not None and (
+            task_type != "3d_seg" or self.images.stack not in self.images.fields()
+        ):
+            raise ValueError("images.stack names a field of the image templates, for 3d_seg section stacks")
         if task_type == "3d_seg" and (self.images.raw is not None or self.images.array is not None):
             raise ValueError("images.raw and images.array apply to 2D images")
         if self.frames is not None:

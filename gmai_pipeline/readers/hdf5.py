@@ -28,6 +28,7 @@ from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import Hdf5Convert, LayoutReader
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
+from gmai_pipeline.readers.bins import bin_of
 from gmai_pipeline.readers.converted import Decided, decide, fill, gather
 from gmai_pipeline.readers.masks import mask_rows
 from gmai_pipeline.readers.values import resolve
@@ -129,7 +130,12 @@ def _record(ctx: ReaderContext, opts, conv: Hdf5Convert, unit: Decided, rec: Hdf
     store = ctx.store_for(unit.modality)
     target = f"{name}.png"
     if conv.label_kind == "scalar":
-        if rec.label is not None:
+        if rec.label is not None and opts.label is not None and opts.label.bins:  # LYSTO counts -> classes
+            value, why = bin_of(opts.label.bins, str(rec.label))
+            if why is not None:
+                return Quarantined(name, "annotate", Reason.UNKNOWN_LABEL, f"{name}: {why}")
+            raw = [value]
+        elif rec.label is not None:
             raw = [str(rec.label)]
         else:  # no label dataset: the declared label (a field of the file, a fixed value)
             raw = [resolve(opts.label, unit.values) or ""] if opts.label is not None else []

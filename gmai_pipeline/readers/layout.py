@@ -43,7 +43,11 @@ from gmai_pipeline.readers.base import (
     join,
     unreferenced_file,
 )
+from gmai_pipeline.readers.bins import bin_of
+from gmai_pipeline.readers.joins import joined
+from gmai_pipeline.readers.keywords import chosen_cell, keyword_labels
 from gmai_pipeline.readers.masks import MASK_EXTENSIONS_2D, MaskFile, seg_image
+from gmai_pipeline.readers.stacks import stack_events
 from gmai_pipeline.readers.tables import Table, TableError, read_list, read_table
 from gmai_pipeline.readers.templates import Template, all_hold, matches_any
 from gmai_pipeline.readers.values import list_literal, resolve
@@ -112,6 +116,8 @@ def _columns(opts: LayoutReader, fields: set[str]) -> list[str | int]:
         if src.column is not None:
             cols.append(src.column)
         cols += list(getattr(src, "columns", ()))
+        by = getattr(src, "column_by", None)
+        cols += list(by.columns.values()) if by is not None else []
         cols += [k for r in src.rules for k in r.when if k not in fields]
     if opts.annotators is not None and opts.annotators.column is not None:
         cols.append(opts.annotators.column)
@@ -160,7 +166,7 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
     plan = compile_plan(opts)
     ctx.ct_window = opts.ct_window
     ctx.raw, ctx.array = opts.images.raw, opts.images.array
-    three_d = ctx.source.task_type == "3d_seg"
+    three_d = ctx.source.task_type == "3d_seg" and opts.images.stack is None  # a stack: 2D section files
     mask_found = (
         match(ctx, plan.masks, VOLUME_EXTENSIONS if three_d else MASK_EXTENSIONS_2D) if plan.masks else []
     )
@@ -181,7 +187,9 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         return
     rows, events = _joined_rows(ctx, plan, found)
     yield from events
-    if three_d:
+    if opts.images.stack is not None:
+        yield from _stacks(ctx, plan, found, mask_found, rows, lists)
+    elif three_d:
         yield from _volumes(ctx, plan, found, mask_found, rows, lists)
     elif plan.masks:
         yield from _masks_2d(ctx, plan, found, mask_found, rows, lists)
@@ -381,6 +389,10 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
             )
         except (TableError, ImageError) as err:  # unparsable, or changed or swapped since the scan
             events.append(Quarantined(rel, "read", err.reason, err.detail))
+            continue
+        if spec.skip_rows:  # sub-header lines below the header (PAPILA): not data
+            first = spec.skip_rows + (1 if spec.header else 0)
+            tables[-1].rows = [(line, row) for line, row in tables[-1].rows if line > first]
     return tables, events
 
 
@@ -390,6 +402,10 @@ def _joined_rows(ctx: ReaderContext, plan: Plan, found: list[Found]) -> tuple[di
         return {}, []
     tables, events = _tables(ctx, plan)
     join_spec = plan.opts.table.join
+    if join_spec is not None and (join_spec.cell is not None or join_spec.table_by is not None):
+        rows = joined(ctx, join_spec, tables, found)
+        ctx.counters["inputs_without_table_row"] += len(found) - len(rows)
+        return rows, events
     by_key: dict[str, dict] = {}
     for t in tables:  # rows of several tables that join one input are merged: first value per column wins
         for _, row in t.rows:
@@ -440,7 +456,12 @@ def _labels(opts: LayoutReader, values: dict, where: str) -> list[Annotation]:
         return [Annotation((), where=where)]
     if spec.columns:
         return _one_hot(spec, values, where)
-    raw = resolve(spec, values)
+    if spec.column_by is not None:
+        raw, why = chosen_cell(spec, values)
+        if why is not None:
+            return [Annotation((), where=where, error=(Reason.MISSING_LABEL, f"{where}: {why}"))]
+    else:
+        raw = resolve(spec, values)
     if raw is None:
         return [Annotation((), where=where)]
     if spec.format == "list_literal":
@@ -449,9 +470,25 @@ def _labels(opts: LayoutReader, values: dict, where: str) -> list[Annotation]:
             return [Annotation((), where=where, error=("invalid_label", parts))]
     else:
         parts = [p.strip() for p in raw.split(spec.delimiter)] if spec.delimiter else [raw]
+    if spec.bins:
+        return [_binned(spec, p, where) for p in parts if p] or [Annotation((), where=where)]
+    if spec.keywords:
+        parts, unmatched = keyword_labels(spec, [p for p in parts if p])
+        if unmatched is not None:
+            why = f"{where}: keyword '{unmatched[:60]}' matches none of label.keywords"
+            return [Annotation((), where=where, error=(Reason.UNKNOWN_LABEL, why))]
     return [Annotation((spec.map.get(p, p),), where=where) for p in parts if p] or [
         Annotation((), where=where)
     ]
+
+
+def _binned(spec, raw: str, where: str) -> Annotation:
+    value, why = bin_of(spec.bins, raw)
+    return (
+        Annotation((value,), where=where)
+        if why is None
+        else Annotation((), where=where, error=(Reason.UNKNOWN_LABEL, f"{where}: {why}"))
+    )
 
 
 def _one_hot(spec, values: dict, where: str) -> list[Annotation]:
@@ -880,6 +917,23 @@ def _volumes(
         masks = _masks_of(ctx, opts, values, index.get(tuple(members[0].fields.get(k) for k in shared), []))
         vc = VolumeCase(case, images, masks, split, values, ref=case)
         yield from case_events(ctx, opts, vc, opts.modality, opts.channels)
+
+
+def _stacks(
+    ctx, plan: Plan, found: list[Found], mask_found: list[Found], rows: dict, lists
+) -> Iterator[Event]:
+    opts, shared = plan.opts, _shared(plan)
+    index = _mask_index(plan, mask_found, shared)
+    kept = [f for f in found if not _filtered(ctx, opts, _values(f, rows.get(f.rel)), f.rel)]
+    yield from stack_events(
+        ctx,
+        opts,
+        kept,
+        lambda rel, fields: _split(ctx, opts, rel, {**(rows.get(rel) or {}), **fields}, lists),
+        lambda f: _masks_of(ctx, opts, f.fields, index.get(tuple(f.fields.get(k) for k in shared), [])),
+        _modality(ctx, opts.modality, {}, "the layout"),
+        lambda rel: _split_unknown(ctx, rel),
+    )
 
 
 def describe(opts: LayoutReader) -> str:

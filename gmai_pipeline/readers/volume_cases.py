@@ -24,6 +24,7 @@ from gmai_pipeline.layouts import ValueSource, VolumeOptions
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
 from gmai_pipeline.readers.masks import MaskFile, ignore_values, mask_rows, value_label
+from gmai_pipeline.readers.resample import on_mask_grid
 from gmai_pipeline.readers.values import resolve
 from gmai_pipeline.sample import Sample
 from gmai_pipeline.volumes import (
@@ -235,8 +236,10 @@ def _combined(ctx: ReaderContext, case: VolumeCase, ignore: tuple[int, ...] | st
 def _image_event(
     ctx, opts, case, rel, channel, split, labels, names, numeric, mask_name, modality, channels
 ) -> Event:
+    spec = getattr(opts, "resample", None)
     try:
-        volume = ctx.volume(rel, channels=True)
+        volume = None if spec is None else on_mask_grid(ctx, spec, rel, channel, case.masks[0].rel)
+        volume = ctx.volume(rel, channels=True) if volume is None else volume
     except ImageError as err:
         return Quarantined(rel, "read", err.reason, err.detail)
     if volume.shape[:3] != labels.shape:
