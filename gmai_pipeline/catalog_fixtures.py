@@ -282,7 +282,7 @@ GLASS, TISSUE, LESION = (240, 240, 240), (170, 60, 190), (200, 80, 150)
 
 def _plane_blocks(f) -> int:
     """How many 2D grid blocks a converter-format file takes (0 for slides and their regions)."""
-    if f.format == "slice_masks":
+    if f.format in ("slice_masks", "matlab_mask"):
         return len(f.holds.values)
     if f.format == "rle_csv":
         return f.holds.blocks
@@ -297,6 +297,8 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         _dicom_series(path, h, shapes.plane)
     elif f.format == "slice_masks":
         _slice_masks(path, h, shapes.plane, start)
+    elif f.format == "matlab_mask":
+        _matlab_mask(path, h, shapes.plane, start)
     elif f.format in ("aperio_xml", "asap_xml", "geojson"):
         squares = _slide_squares if on_slides else _grid_squares
         {"aperio_xml": _aperio_xml, "asap_xml": _asap_xml, "geojson": _geojson}[f.format](
@@ -514,6 +516,22 @@ def _slice_masks(folder: Path, holds, plane: tuple[int, int], start: int) -> Non
     mask = _blocks_2d(plane, holds.values, start)
     for i in range(holds.slices):
         Image.fromarray(mask).save(folder / holds.names.format(i=i))
+
+
+def _matlab_mask(path: Path, holds, plane: tuple[int, int], start: int) -> None:
+    """A MATLAB label volume (rows, columns, slices) in MAT v5 or v7.3 (HDF5, column-major, text header)."""
+    import h5py
+    import scipy.io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.repeat(_blocks_2d(plane, holds.values, start)[:, :, None], holds.slices, axis=2)
+    if holds.version == "5":
+        scipy.io.savemat(path, {holds.variable: mask}, do_compression=True)
+        return
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset(holds.variable, data=np.ascontiguousarray(mask.transpose()))
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, HDF5 schema 1.00 .")
 
 
 def _hdf5(path: Path, holds) -> None:

@@ -120,6 +120,16 @@ class SliceMasksHolds(_Spec):
     names: str = "{i:03d}.png"
 
 
+class MatlabHolds(_Spec):
+    """`format: matlab_mask`: a `.mat` label volume (FUMPE's `GroundTruth/*.mat`) on the DICOM grid of the
+    fixture's series (rows, columns, slices by position), each value one block on every slice."""
+
+    variable: str = "Mask"
+    values: tuple[int, ...] = Field(min_length=1)
+    slices: int = Field(4, ge=2, le=16)
+    version: Literal["5", "7.3"] = "5"  # MAT v5 (scipy.io.savemat) or v7.3 (HDF5 behind a 512-byte header)
+
+
 class PolygonShape(_Spec):
     """One polygon of an annotation file, placed by the fixture builder on its own block (picture) or
     region (slide); `name` is what the format calls its label (Aperio Annotation Name or Attribute,
@@ -225,6 +235,7 @@ class SlideMaskHolds(SlideHolds):
 HOLDS: dict[str, type[_Spec]] = {
     "dicom_series": SeriesHolds,
     "slice_masks": SliceMasksHolds,
+    "matlab_mask": MatlabHolds,
     "aperio_xml": PolygonHolds,
     "asap_xml": PolygonHolds,
     "geojson": PolygonHolds,
@@ -237,6 +248,7 @@ FOLDER_FORMATS = ("dicom_series", "slice_masks")
 FileFormat = Literal[
     "dicom_series",
     "slice_masks",
+    "matlab_mask",
     "aperio_xml",
     "asap_xml",
     "geojson",

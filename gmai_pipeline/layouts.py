@@ -865,7 +865,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
         if isinstance(c, DicomSeriesOptions):
             if c.mask is None:
                 raise ValueError(
-                    "convert.mask: say how the labels are stored (volume | dicom_series | dicom_seg | slices)"
+                    "convert.mask: say how the labels are stored (volume | dicom_series | dicom_seg | slices | matlab)"
                 )
             if self.masks is None and c.mask.kind != "dicom_seg":
                 raise ValueError(
