@@ -308,6 +308,8 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         _rle_csv(path, h, shapes.plane, start)
     elif f.format == "hdf5":
         _hdf5(path, h)
+    elif f.format == "npy":
+        _npy(path, h)
     elif f.format == "pyramid_tiff":
         _slide(path, h, _slide_pixels(path))
     else:  # tiff_mask
@@ -532,6 +534,18 @@ def _matlab_mask(path: Path, holds, plane: tuple[int, int], start: int) -> None:
         f.create_dataset(holds.variable, data=np.ascontiguousarray(mask.transpose()))
     with open(path, "r+b") as f:
         f.write(b"MATLAB 7.3 MAT-file, HDF5 schema 1.00 .")
+
+
+def _npy(path: Path, holds) -> None:
+    """A stacked array: textured pictures, or instance channels (instance k + 1 one block of its channel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if holds.holds == "images":
+        data = np.stack([_picture(holds.shape[1:], f"{path.as_posix()}/{i}") for i in range(holds.shape[0])])
+    else:
+        data = np.zeros(holds.shape, holds.dtype)
+        for k, ch in enumerate(holds.values):
+            data[..., ch] = _blocks_2d(holds.shape[1:3], (k + 1,), k)
+    np.save(path, data.astype(holds.dtype))
 
 
 def _hdf5(path: Path, holds) -> None:

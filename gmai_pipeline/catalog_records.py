@@ -130,6 +130,16 @@ class MatlabHolds(_Spec):
     version: Literal["5", "7.3"] = "5"  # MAT v5 (scipy.io.savemat) or v7.3 (HDF5 behind a 512-byte header)
 
 
+class NpyHolds(_Spec):
+    """`format: npy`: one stacked array (PanNuke's `images.npy` N x H x W x 3, `masks.npy` N x H x W x C);
+    `instance_channels`: the channels holding one instance (one block, its own id) in every record."""
+
+    holds: Literal["images", "instance_channels"]
+    shape: tuple[int, ...] = Field(min_length=3, max_length=4)
+    values: tuple[int, ...] = ()  # instance_channels: the channels with an instance
+    dtype: Literal["uint8", "float32", "float64"] = "float64"
+
+
 class PolygonShape(_Spec):
     """One polygon of an annotation file, placed by the fixture builder on its own block (picture) or
     region (slide); `name` is what the format calls its label (Aperio Annotation Name or Attribute,
@@ -241,6 +251,7 @@ HOLDS: dict[str, type[_Spec]] = {
     "geojson": PolygonHolds,
     "rle_csv": RleHolds,
     "hdf5": Hdf5Holds,
+    "npy": NpyHolds,
     "pyramid_tiff": SlideHolds,
     "tiff_mask": SlideMaskHolds,
 }
@@ -254,6 +265,7 @@ FileFormat = Literal[
     "geojson",
     "rle_csv",
     "hdf5",
+    "npy",
     "pyramid_tiff",
     "tiff_mask",
 ]

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gmai_pipeline.converters.dicom_series import DicomSeriesOptions
 from gmai_pipeline.converters.hdf5 import Hdf5Options
+from gmai_pipeline.converters.npy import NpyOptions
 from gmai_pipeline.converters.polygons import PolygonOptions
 from gmai_pipeline.converters.rle import RleOptions
 from gmai_pipeline.converters.wsi import WsiOptions
@@ -630,7 +631,8 @@ class WsiConvert(WsiOptions):
 
 # `reader.convert`: one closed model per converter kind (`gmai_pipeline.converters`), keyed on `kind`.
 Convert = Annotated[
-    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Convert | WsiConvert, Field(discriminator="kind")
+    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Convert | WsiConvert | NpyOptions,
+    Field(discriminator="kind"),
 ]
 # The task types each converter produces rows for.
 CONVERT_TASKS: dict[str, tuple[str, ...]] = {
@@ -639,6 +641,7 @@ CONVERT_TASKS: dict[str, tuple[str, ...]] = {
     "rle": ("2d_seg",),
     "hdf5": ("2d_cls", "2d_seg"),
     "wsi": ("2d_cls", "2d_seg"),
+    "npy": ("2d_det", "2d_seg"),  # boxes per instance id of each class channel
 }
 
 
@@ -896,6 +899,10 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 )
         elif isinstance(c, WsiConvert):
             self._check_wsi(c, task_type)
+        elif isinstance(c, NpyOptions) and self.masks is not None:
+            raise ValueError(
+                "convert.kind npy: the masks are an array (convert.masks_file), not reader.masks"
+            )
 
     def _check_wsi(self, c: WsiConvert, task_type: str) -> None:
         polygon_files = bool(self.masks) and any(

@@ -46,6 +46,7 @@ from gmai_pipeline.readers import (
     layout,
     mask_pairs,
     msd,
+    npy,
     polygons,
     rle,
     voc,
@@ -75,6 +76,7 @@ layout.CONVERTERS.update(
         "rle": rle.read,
         "hdf5": hdf5.read,
         "wsi": wsi.read,
+        "npy": npy.read,
     }
 )
 
