@@ -286,6 +286,8 @@ def _plane_blocks(f) -> int:
         return len(f.holds.values)
     if f.format == "rle_csv":
         return f.holds.blocks
+    if f.format == "imgannot_xml":
+        return f.holds.blocks
     if f.format in ("aperio_xml", "asap_xml", "geojson"):
         return f.holds.blocks  # on a slide fixture these blocks are simply unused rows of the grid
     return 0
@@ -310,6 +312,8 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         _hdf5(path, h)
     elif f.format == "npy":
         _npy(path, h)
+    elif f.format == "imgannot_xml":
+        _imgannot_xml(path, h, shapes.plane, start)
     elif f.format == "pyramid_tiff":
         _slide(path, h, _slide_pixels(path))
     else:  # tiff_mask
@@ -534,6 +538,39 @@ def _matlab_mask(path: Path, holds, plane: tuple[int, int], start: int) -> None:
         f.create_dataset(holds.variable, data=np.ascontiguousarray(mask.transpose()))
     with open(path, "r+b") as f:
         f.write(b"MATLAB 7.3 MAT-file, HDF5 schema 1.00 .")
+
+
+def _imgannot_xml(path: Path, holds, plane: tuple[int, int], start: int) -> None:
+    """An imgannotool file: marking k on block start + k (a square polygon, a circle in it, or a point)."""
+    out = []
+    for k, m in enumerate(holds.markings):
+        r, c = _block_origin(plane, start + k)
+        cx, cy = c + BLOCK // 2, r + BLOCK // 2
+        if m.region == "polygon":
+            pts = "".join(
+                f"<coords2d>{x},{y}</coords2d>" for x, y in ((c, r), (c + BLOCK, r), (c + BLOCK, r + BLOCK))
+            )
+            region = (
+                f"<polygonregion><centroid><coords2d>{cx},{cy}</coords2d></centroid>{pts}</polygonregion>"
+            )
+        elif m.region == "circle":
+            region = (
+                f"<circleregion><centroid><coords2d>{cx},{cy}</coords2d></centroid>"
+                f'<radius direction="x">{BLOCK // 2}</radius><radius direction="y">{BLOCK // 2}</radius></circleregion>'
+            )
+        else:
+            region = ""
+        out.append(
+            f"<marking>{region}<representativepoint><coords2d>{cx},{cy}</coords2d></representativepoint>"
+            f"<confidencelevel>{m.confidence}</confidencelevel><markingtype>{m.type}</markingtype></marking>"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<imgannotooldata><header><software>imgannotool</software></header>'
+        f"<imagename>{path.stem.rsplit('_', 1)[0]}.png</imagename><markinglist>{''.join(out)}</markinglist>"
+        "</imgannotooldata>",
+        encoding="utf-8",
+    )
 
 
 def _npy(path: Path, holds) -> None:

@@ -140,6 +140,24 @@ class NpyHolds(_Spec):
     dtype: Literal["uint8", "float32", "float64"] = "float64"
 
 
+class ImgannotMarking(_Spec):
+    """One DIARETDB1 marking: its markingtype, confidencelevel and region (on its own fixture block)."""
+
+    type: str = Field(min_length=1)
+    confidence: Literal["Low", "Moderate", "High"] = "High"
+    region: Literal["polygon", "circle", "point"] = "polygon"
+
+
+class ImgannotHolds(_Spec):
+    """`format: imgannot_xml`: an imgannotool annotation file (DIARETDB1 `groundtruth/*.xml`); may be empty."""
+
+    markings: tuple[ImgannotMarking, ...] = ()
+
+    @property
+    def blocks(self) -> int:
+        return len(self.markings)
+
+
 class PolygonShape(_Spec):
     """One polygon of an annotation file, placed by the fixture builder on its own block (picture) or
     region (slide); `name` is what the format calls its label (Aperio Annotation Name or Attribute,
@@ -252,6 +270,7 @@ HOLDS: dict[str, type[_Spec]] = {
     "rle_csv": RleHolds,
     "hdf5": Hdf5Holds,
     "npy": NpyHolds,
+    "imgannot_xml": ImgannotHolds,
     "pyramid_tiff": SlideHolds,
     "tiff_mask": SlideMaskHolds,
 }
@@ -266,6 +285,7 @@ FileFormat = Literal[
     "rle_csv",
     "hdf5",
     "npy",
+    "imgannot_xml",
     "pyramid_tiff",
     "tiff_mask",
 ]

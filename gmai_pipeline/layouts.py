@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gmai_pipeline.converters.dicom_series import DicomSeriesOptions
 from gmai_pipeline.converters.hdf5 import Hdf5Options
+from gmai_pipeline.converters.imgannot import ImgannotOptions
 from gmai_pipeline.converters.npy import NpyOptions
 from gmai_pipeline.converters.polygons import PolygonOptions
 from gmai_pipeline.converters.rle import RleOptions
@@ -631,7 +632,13 @@ class WsiConvert(WsiOptions):
 
 # `reader.convert`: one closed model per converter kind (`gmai_pipeline.converters`), keyed on `kind`.
 Convert = Annotated[
-    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Convert | WsiConvert | NpyOptions,
+    DicomSeriesOptions
+    | PolygonOptions
+    | RleOptions
+    | Hdf5Convert
+    | WsiConvert
+    | NpyOptions
+    | ImgannotOptions,
     Field(discriminator="kind"),
 ]
 # The task types each converter produces rows for.
@@ -642,6 +649,7 @@ CONVERT_TASKS: dict[str, tuple[str, ...]] = {
     "hdf5": ("2d_cls", "2d_seg"),
     "wsi": ("2d_cls", "2d_seg"),
     "npy": ("2d_det", "2d_seg"),  # boxes per instance id of each class channel
+    "imgannot": ("2d_det",),  # a box per marking
 }
 
 
@@ -899,6 +907,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 )
         elif isinstance(c, WsiConvert):
             self._check_wsi(c, task_type)
+        elif isinstance(c, ImgannotOptions) and self.masks is None:
+            raise ValueError("convert.kind imgannot needs reader.masks (the annotation XML files)")
         elif isinstance(c, NpyOptions) and self.masks is not None:
             raise ValueError(
                 "convert.kind npy: the masks are an array (convert.masks_file), not reader.masks"

@@ -43,6 +43,7 @@ from gmai_pipeline.readers import (
     dicom_series,
     hdf5,
     image_folder,
+    imgannot,
     layout,
     mask_pairs,
     msd,
@@ -77,6 +78,7 @@ layout.CONVERTERS.update(
         "hdf5": hdf5.read,
         "wsi": wsi.read,
         "npy": npy.read,
+        "imgannot": imgannot.read,
     }
 )
 
