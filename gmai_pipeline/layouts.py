@@ -28,6 +28,7 @@ from gmai_pipeline.converters.npy import NpyOptions
 from gmai_pipeline.converters.polygons import PolygonOptions
 from gmai_pipeline.converters.rle import RleOptions
 from gmai_pipeline.converters.wsi import WsiOptions
+from gmai_pipeline.converters.xml_rows import XmlRows
 
 FIELD_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{\d*,?\d*\})+))?\}")
 # Names every input has besides its template fields: usable in conditions, rules, split lists.
@@ -288,6 +289,9 @@ class TableSpec(_Spec):
     # table file's stem, so a family of one-label tables (MRNet's train-acl.csv ...) gives one column each
     names: tuple[str, ...] = ()
     header: bool = True  # False: every line is data (MRNet's `0000,0`); columns by names or index
+    xml: XmlRows | None = (
+        None  # the files are XML documents: rows and columns by ElementPath (Open-i reports)
+    )
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
