@@ -311,7 +311,7 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
     elif f.format == "hdf5":
         _hdf5(path, h)
     elif f.format == "npy":
-        _npy(path, h)
+        _npy_stack(path, h)
     elif f.format == "imgannot_xml":
         _imgannot_xml(path, h, shapes.plane, start)
     elif f.format == "pyramid_tiff":
@@ -573,7 +573,7 @@ def _imgannot_xml(path: Path, holds, plane: tuple[int, int], start: int) -> None
     )
 
 
-def _npy(path: Path, holds) -> None:
+def _npy_stack(path: Path, holds) -> None:
     """A stacked array: textured pictures, or instance channels (instance k + 1 one block of its channel)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if holds.holds == "images":
