@@ -295,9 +295,11 @@ GLASS, TISSUE, LESION = (240, 240, 240), (170, 60, 190), (200, 80, 150)
 
 def _plane_blocks(f) -> int:
     """How many 2D grid blocks a converter-format file takes (0 for slides and their regions)."""
-    if f.format == "slice_masks":
+    if f.format in ("slice_masks", "matlab_mask"):
         return len(f.holds.values)
     if f.format == "rle_csv":
+        return f.holds.blocks
+    if f.format == "imgannot_xml":
         return f.holds.blocks
     if f.format in ("aperio_xml", "asap_xml", "geojson"):
         return f.holds.blocks  # on a slide fixture these blocks are simply unused rows of the grid
@@ -310,6 +312,8 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         _dicom_series(path, h, shapes.plane)
     elif f.format == "slice_masks":
         _slice_masks(path, h, shapes.plane, start)
+    elif f.format == "matlab_mask":
+        _matlab_mask(path, h, shapes.plane, start)
     elif f.format in ("aperio_xml", "asap_xml", "geojson"):
         squares = _slide_squares if on_slides else _grid_squares
         {"aperio_xml": _aperio_xml, "asap_xml": _asap_xml, "geojson": _geojson}[f.format](
@@ -319,6 +323,10 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         _rle_csv(path, h, shapes.plane, start)
     elif f.format == "hdf5":
         _hdf5(path, h)
+    elif f.format == "npy":
+        _npy_stack(path, h)
+    elif f.format == "imgannot_xml":
+        _imgannot_xml(path, h, shapes.plane, start)
     elif f.format == "pyramid_tiff":
         _slide(path, h, _slide_pixels(path))
     else:  # tiff_mask
@@ -527,6 +535,67 @@ def _slice_masks(folder: Path, holds, plane: tuple[int, int], start: int) -> Non
     mask = _blocks_2d(plane, holds.values, start)
     for i in range(holds.slices):
         Image.fromarray(mask).save(folder / holds.names.format(i=i))
+
+
+def _matlab_mask(path: Path, holds, plane: tuple[int, int], start: int) -> None:
+    """A MATLAB label volume (rows, columns, slices) in MAT v5 or v7.3 (HDF5, column-major, text header)."""
+    import h5py
+    import scipy.io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.repeat(_blocks_2d(plane, holds.values, start)[:, :, None], holds.slices, axis=2)
+    if holds.version == "5":
+        scipy.io.savemat(path, {holds.variable: mask}, do_compression=True)
+        return
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset(holds.variable, data=np.ascontiguousarray(mask.transpose()))
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, HDF5 schema 1.00 .")
+
+
+def _imgannot_xml(path: Path, holds, plane: tuple[int, int], start: int) -> None:
+    """An imgannotool file: marking k on block start + k (a square polygon, a circle in it, or a point)."""
+    out = []
+    for k, m in enumerate(holds.markings):
+        r, c = _block_origin(plane, start + k)
+        cx, cy = c + BLOCK // 2, r + BLOCK // 2
+        if m.region == "polygon":
+            pts = "".join(
+                f"<coords2d>{x},{y}</coords2d>" for x, y in ((c, r), (c + BLOCK, r), (c + BLOCK, r + BLOCK))
+            )
+            region = (
+                f"<polygonregion><centroid><coords2d>{cx},{cy}</coords2d></centroid>{pts}</polygonregion>"
+            )
+        elif m.region == "circle":
+            region = (
+                f"<circleregion><centroid><coords2d>{cx},{cy}</coords2d></centroid>"
+                f'<radius direction="x">{BLOCK // 2}</radius><radius direction="y">{BLOCK // 2}</radius></circleregion>'
+            )
+        else:
+            region = ""
+        out.append(
+            f"<marking>{region}<representativepoint><coords2d>{cx},{cy}</coords2d></representativepoint>"
+            f"<confidencelevel>{m.confidence}</confidencelevel><markingtype>{m.type}</markingtype></marking>"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<imgannotooldata><header><software>imgannotool</software></header>'
+        f"<imagename>{path.stem.rsplit('_', 1)[0]}.png</imagename><markinglist>{''.join(out)}</markinglist>"
+        "</imgannotooldata>",
+        encoding="utf-8",
+    )
+
+
+def _npy_stack(path: Path, holds) -> None:
+    """A stacked array: textured pictures, or instance channels (instance k + 1 one block of its channel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if holds.holds == "images":
+        data = np.stack([_picture(holds.shape[1:], f"{path.as_posix()}/{i}") for i in range(holds.shape[0])])
+    else:
+        data = np.zeros(holds.shape, holds.dtype)
+        for k, ch in enumerate(holds.values):
+            data[..., ch] = _blocks_2d(holds.shape[1:3], (k + 1,), k)
+    np.save(path, data.astype(holds.dtype))
 
 
 def _hdf5(path: Path, holds) -> None:

@@ -120,6 +120,44 @@ class SliceMasksHolds(_Spec):
     names: str = "{i:03d}.png"
 
 
+class MatlabHolds(_Spec):
+    """`format: matlab_mask`: a `.mat` label volume (FUMPE's `GroundTruth/*.mat`) on the DICOM grid of the
+    fixture's series (rows, columns, slices by position), each value one block on every slice."""
+
+    variable: str = "Mask"
+    values: tuple[int, ...] = Field(min_length=1)
+    slices: int = Field(4, ge=2, le=16)
+    version: Literal["5", "7.3"] = "5"  # MAT v5 (scipy.io.savemat) or v7.3 (HDF5 behind a 512-byte header)
+
+
+class NpyHolds(_Spec):
+    """`format: npy`: one stacked array (PanNuke's `images.npy` N x H x W x 3, `masks.npy` N x H x W x C);
+    `instance_channels`: the channels holding one instance (one block, its own id) in every record."""
+
+    holds: Literal["images", "instance_channels"]
+    shape: tuple[int, ...] = Field(min_length=3, max_length=4)
+    values: tuple[int, ...] = ()  # instance_channels: the channels with an instance
+    dtype: Literal["uint8", "float32", "float64"] = "float64"
+
+
+class ImgannotMarking(_Spec):
+    """One DIARETDB1 marking: its markingtype, confidencelevel and region (on its own fixture block)."""
+
+    type: str = Field(min_length=1)
+    confidence: Literal["Low", "Moderate", "High"] = "High"
+    region: Literal["polygon", "circle", "point"] = "polygon"
+
+
+class ImgannotHolds(_Spec):
+    """`format: imgannot_xml`: an imgannotool annotation file (DIARETDB1 `groundtruth/*.xml`); may be empty."""
+
+    markings: tuple[ImgannotMarking, ...] = ()
+
+    @property
+    def blocks(self) -> int:
+        return len(self.markings)
+
+
 class PolygonShape(_Spec):
     """One polygon of an annotation file, placed by the fixture builder on its own block (picture) or
     region (slide); `name` is what the format calls its label (Aperio Annotation Name or Attribute,
@@ -225,11 +263,14 @@ class SlideMaskHolds(SlideHolds):
 HOLDS: dict[str, type[_Spec]] = {
     "dicom_series": SeriesHolds,
     "slice_masks": SliceMasksHolds,
+    "matlab_mask": MatlabHolds,
     "aperio_xml": PolygonHolds,
     "asap_xml": PolygonHolds,
     "geojson": PolygonHolds,
     "rle_csv": RleHolds,
     "hdf5": Hdf5Holds,
+    "npy": NpyHolds,
+    "imgannot_xml": ImgannotHolds,
     "pyramid_tiff": SlideHolds,
     "tiff_mask": SlideMaskHolds,
 }
@@ -237,11 +278,14 @@ FOLDER_FORMATS = ("dicom_series", "slice_masks")
 FileFormat = Literal[
     "dicom_series",
     "slice_masks",
+    "matlab_mask",
     "aperio_xml",
     "asap_xml",
     "geojson",
     "rle_csv",
     "hdf5",
+    "npy",
+    "imgannot_xml",
     "pyramid_tiff",
     "tiff_mask",
 ]

@@ -23,9 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gmai_pipeline.converters.dicom_series import DicomSeriesOptions
 from gmai_pipeline.converters.hdf5 import Hdf5Options
+from gmai_pipeline.converters.imgannot import ImgannotOptions
+from gmai_pipeline.converters.npy import NpyOptions
 from gmai_pipeline.converters.polygons import PolygonOptions
 from gmai_pipeline.converters.rle import RleOptions
 from gmai_pipeline.converters.wsi import WsiOptions
+from gmai_pipeline.converters.xml_rows import XmlRows
 
 FIELD_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{\d*,?\d*\})+))?\}")
 # Names every input has besides its template fields: usable in conditions, rules, split lists.
@@ -370,6 +373,9 @@ class TableSpec(_Spec):
     names: tuple[str, ...] = ()
     header: bool = True  # False: every line is data (MRNet's `0000,0`); columns by names or index
     skip_rows: int = Field(0, ge=0)  # lines after the header that are not data (PAPILA's two sub-headers)
+    xml: XmlRows | None = (
+        None  # the files are XML documents: rows and columns by ElementPath (Open-i reports)
+    )
 
     _files = field_validator("file", mode="before")(_as_tuple)
 
@@ -718,7 +724,14 @@ class WsiConvert(WsiOptions):
 
 # `reader.convert`: one closed model per converter kind (`gmai_pipeline.converters`), keyed on `kind`.
 Convert = Annotated[
-    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Convert | WsiConvert, Field(discriminator="kind")
+    DicomSeriesOptions
+    | PolygonOptions
+    | RleOptions
+    | Hdf5Convert
+    | WsiConvert
+    | NpyOptions
+    | ImgannotOptions,
+    Field(discriminator="kind"),
 ]
 # The task types each converter produces rows for.
 CONVERT_TASKS: dict[str, tuple[str, ...]] = {
@@ -727,6 +740,8 @@ CONVERT_TASKS: dict[str, tuple[str, ...]] = {
     "rle": ("2d_seg",),
     "hdf5": ("2d_cls", "2d_seg"),
     "wsi": ("2d_cls", "2d_seg"),
+    "npy": ("2d_det", "2d_seg"),  # boxes per instance id of each class channel
+    "imgannot": ("2d_det",),  # a box per marking
 }
 
 
@@ -977,7 +992,7 @@ class LayoutReader(ReaderBase, VolumeOptions):
         if isinstance(c, DicomSeriesOptions):
             if c.mask is None:
                 raise ValueError(
-                    "convert.mask: say how the labels are stored (volume | dicom_series | dicom_seg | slices)"
+                    "convert.mask: say how the labels are stored (volume | dicom_series | dicom_seg | slices | matlab)"
                 )
             if self.masks is None and c.mask.kind != "dicom_seg":
                 raise ValueError(
@@ -1008,6 +1023,12 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 )
         elif isinstance(c, WsiConvert):
             self._check_wsi(c, task_type)
+        elif isinstance(c, ImgannotOptions) and self.masks is None:
+            raise ValueError("convert.kind imgannot needs reader.masks (the annotation XML files)")
+        elif isinstance(c, NpyOptions) and self.masks is not None:
+            raise ValueError(
+                "convert.kind npy: the masks are an array (convert.masks_file), not reader.masks"
+            )
 
     def _check_wsi(self, c: WsiConvert, task_type: str) -> None:
         polygon_files = bool(self.masks) and any(

@@ -75,6 +75,7 @@ class Reason(StrEnum):
     SHAPE_MISMATCH = "shape_mismatch", "normalize", "image and mask (or images and labels) differ in shape"
     MASK_MISMATCH = "mask_mismatch", "normalize", "a mask whose grid or slices do not match its DICOM series"
     NOT_AN_AREA = "not_an_area", "normalize", "a shape that encloses no area (a point, a line)"
+    LOW_CONFIDENCE = "low_confidence", "normalize", "an annotation below the confidence the catalog declares"
     DEGENERATE_POLYGON = "degenerate_polygon", "normalize", "a polygon with too few distinct points to fill"
     INVALID_RLE = "invalid_rle", "normalize", "a run-length encoding that cannot be decoded"
     RLE_OUTSIDE_IMAGE = "rle_outside_image", "normalize", "runs that reach beyond the image"

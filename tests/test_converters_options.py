@@ -37,5 +37,5 @@ def test_typos_and_missing_statements_fail() -> None:
         ADAPTER.validate_python({"kind": "wsi", "tile_size": 256})  # no magnification or mpp
     with pytest.raises(ValidationError):
         ADAPTER.validate_python({"kind": "tiff_stack"})
-    assert set(KINDS) == {"dicom_series", "polygons", "rle", "hdf5", "wsi"}
+    assert set(KINDS) == {"dicom_series", "polygons", "rle", "hdf5", "wsi", "npy", "imgannot"}
     assert "dicom_series" in converters.__doc__

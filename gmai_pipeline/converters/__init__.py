@@ -15,6 +15,8 @@ with the layout's templates and hand them over as verified bytes or descriptors,
 | rle | `rle` | an image id of the RLE table (all its rows together) |
 | hdf5 | `hdf5` | one index of the image dataset (with the same index of the label dataset) |
 | wsi | `wsi` | a slide (with its annotations); kept, it gives one 2D tile row per tile |
+| imgannot | `imgannot` | one marking of an imgannotool XML file (DIARETDB1), kept as a box |
+| npy | `npy` | one index of a stacked `.npy` image array (with the same index of its mask array) |
 
 Heavy or optional libraries (pydicom, nibabel, h5py, OpenSlide, pycocotools, scikit-image) are
 imported where used, so importing the package (and its option models) stays cheap.
@@ -28,13 +30,22 @@ from pydantic import Field
 
 from gmai_pipeline.converters.dicom_series import DicomSeriesOptions
 from gmai_pipeline.converters.hdf5 import Hdf5Options
+from gmai_pipeline.converters.imgannot import ImgannotOptions
+from gmai_pipeline.converters.npy import NpyOptions
 from gmai_pipeline.converters.polygons import PolygonOptions
 from gmai_pipeline.converters.rle import RleOptions
 from gmai_pipeline.converters.wsi import WsiOptions
 
 # What the catalog schema embeds (`convert: {kind: ..., ...}`): one closed model per kind.
 ConvertOptions = Annotated[
-    DicomSeriesOptions | PolygonOptions | RleOptions | Hdf5Options | WsiOptions, Field(discriminator="kind")
+    DicomSeriesOptions
+    | PolygonOptions
+    | RleOptions
+    | Hdf5Options
+    | WsiOptions
+    | NpyOptions
+    | ImgannotOptions,
+    Field(discriminator="kind"),
 ]
 KINDS: dict[str, type] = {
     "dicom_series": DicomSeriesOptions,
@@ -42,4 +53,6 @@ KINDS: dict[str, type] = {
     "rle": RleOptions,
     "hdf5": Hdf5Options,
     "wsi": WsiOptions,
+    "npy": NpyOptions,
+    "imgannot": ImgannotOptions,
 }

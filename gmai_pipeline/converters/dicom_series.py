@@ -74,6 +74,7 @@ import numpy as np
 from pydantic import Field
 
 from gmai_pipeline.converters._masks import Options, label_dtype
+from gmai_pipeline.converters.matlab import MatlabMask
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.quarantine import Reason
 
@@ -120,7 +121,7 @@ class SliceMasks(Options):
     index_offset: int = 0  # mask number = InstanceNumber + offset (CHAOS-style 0-based names: -1)
 
 
-MaskSpec = Annotated[VolumeMask | SeriesMask | SegMask | SliceMasks, Field(discriminator="kind")]
+MaskSpec = Annotated[VolumeMask | SeriesMask | SegMask | SliceMasks | MatlabMask, Field(discriminator="kind")]
 
 
 class DicomSeriesOptions(Options):

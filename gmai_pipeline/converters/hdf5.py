@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gmai_pipeline.converters._masks import Options
 from gmai_pipeline.imaging import ImageError, to_uint8
@@ -53,6 +53,15 @@ class Hdf5Options(Options):
     labels: str | None = "y"
     label_kind: Literal["scalar", "mask"] = "scalar"
     block_bytes: int = Field(32 << 20, ge=1 << 16)  # about how many bytes of images one read brings in
+    # mask labels as instance ids (CREMI's uint64 neuron_ids): every non-zero id is one object of class 1,
+    # one box per id (`instance_boxes`), however many ids a volume holds; the catalog names class 1
+    instances: bool = False
+
+    @model_validator(mode="after")
+    def _instances(self) -> Hdf5Options:
+        if self.instances and self.label_kind != "mask":
+            raise ValueError("instances: true reads label maps of instance ids (label_kind: mask)")
+        return self
 
 
 @dataclass
@@ -236,3 +245,14 @@ def _record(i: int, raw: np.ndarray, lab, name: str, total: int, opts: Hdf5Optio
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
     yield Hdf5Record(i, _image(raw), mask)
+
+
+def instance_ids(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Instance ids of any integer type (uint64 included) renumbered 1..count, 0 staying background."""
+    if mask.dtype.kind not in "ui":
+        raise ImageError(Reason.UNSUPPORTED_MASK, f"instance ids are {mask.dtype}, not integers")
+    ids, inverse = np.unique(mask, return_inverse=True)
+    inverse = inverse.reshape(mask.shape).astype(np.int32)
+    if ids.size and ids[0] == 0:
+        return inverse, int(ids.size - 1)
+    return inverse + 1, int(ids.size)

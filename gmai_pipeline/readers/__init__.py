@@ -43,9 +43,11 @@ from gmai_pipeline.readers import (
     dicom_series,
     hdf5,
     image_folder,
+    imgannot,
     layout,
     mask_pairs,
     msd,
+    npy,
     polygons,
     rle,
     voc,
@@ -75,6 +77,8 @@ layout.CONVERTERS.update(
         "rle": rle.read,
         "hdf5": hdf5.read,
         "wsi": wsi.read,
+        "npy": npy.read,
+        "imgannot": imgannot.read,
     }
 )
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from gmai_pipeline.converters import dicom_series as ds_mod
 from gmai_pipeline.converters.dicom_series import DicomFile, DicomSeriesOptions, SegObject, Series
+from gmai_pipeline.converters.matlab import load_matlab_mask
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, modality_slug
 from gmai_pipeline.layouts import LayoutReader
@@ -303,7 +304,7 @@ def _labels(ctx, conv, inputs: Inputs, unit: Decided, series, sv, sname: str, va
         return ds_mod.load_slice_masks(
             loaders, sv, conv.mask, sname
         ), f"{len(masks)} mask images ({shown[0]}, ...)"
-    if kind == "volume":
+    if kind in ("volume", "matlab"):
         if len(masks) > 1:
             return Quarantined(
                 sname,
@@ -311,6 +312,9 @@ def _labels(ctx, conv, inputs: Inputs, unit: Decided, series, sv, sname: str, va
                 Reason.MASK_MISMATCH,
                 f"{sname}: {len(masks)} label volumes match ({shown[0]}, ...); expected one",
             )
+        if kind == "matlab":  # converters.matlab: a .mat variable on the declared grid
+            data = ctx.read(masks[0].rel, lambda _: shown[0])
+            return load_matlab_mask(data, shown[0], sv, conv.mask, budget), shown[0]
         with ctx.open(masks[0].rel, lambda _: shown[0]) as fh:
             return ds_mod.load_volume_mask(fh, shown[0], sv, budget), shown[0]
     # a label series: the mask files' series whose frame of reference is the image series'

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from gmai_pipeline.converters.hdf5 import Hdf5Record, inspect, iter_records, record_name
+from gmai_pipeline.converters._masks import instance_boxes
+from gmai_pipeline.converters.hdf5 import Hdf5Record, inspect, instance_ids, iter_records, record_name
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import Hdf5Convert, LayoutReader
@@ -150,7 +151,14 @@ def _record(ctx: ReaderContext, opts, conv: Hdf5Convert, unit: Decided, rec: Hdf
             )
         stored = store.store_array(rec.image, name, target)
         return Kept([ctx.row(name, unit.split, stored, label, None, modality=unit.modality)])
-    boxes = mask_boxes(rec.label, opts.min_mask_fraction, opts.min_component_pixels)  # type: ignore[arg-type]
+    if conv.instances:  # every non-zero id one object of class 1 (CREMI neuron ids)
+        try:
+            ids, count = instance_ids(rec.label)  # type: ignore[arg-type]
+        except ImageError as err:
+            return Quarantined(name, "annotate", err.reason, f"{name}: {err.detail}")
+        boxes = [(1, b) for _, b in instance_boxes(ids, count, opts.min_component_pixels)[0]]
+    else:
+        boxes = mask_boxes(rec.label, opts.min_mask_fraction, opts.min_component_pixels)  # type: ignore[arg-type]
     return mask_rows(
         ctx,
         name,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gmai_pipeline.catalog import IMAGE_EXTENSIONS_2D
+from gmai_pipeline.converters import xml_rows
 from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError, strip_volume_suffix
 from gmai_pipeline.layouts import BUILTIN_FIELDS, FIELD_TOKEN, LayoutReader, ValueSource, WsiConvert
@@ -376,6 +377,11 @@ def _tables(ctx: ReaderContext, plan: Plan) -> tuple[list[Table], list[Event]]:
         ctx.claim(rel)
         names, wanted = _per_file_names(spec.names, rel, plan.columns)
         try:
+            if spec.xml is not None:  # converters.xml_rows: a document's rows by ElementPath
+                tables.append(
+                    Table(rel, list(spec.xml.columns), xml_rows.rows(ctx.read(rel), rel, spec.xml, wanted))
+                )
+                continue
             tables.append(
                 read_table(
                     ctx.read(rel),
