@@ -80,6 +80,14 @@ class WsiOptions(Options):
     max_tiles_per_slide: int = Field(2000, ge=1)
     background_tiles: int = Field(0, ge=0)
     min_tissue_fraction: float = Field(0.5, gt=0, le=1)
+    # plain: a non-pyramidal JPEG/PNG/TIFF read window by window (`readers.plain_slide`)
+    backend: Literal["openslide", "plain"] = "openslide"
+    # mask slides: raw mask value -> label value (0 = no label); unlisted values keep theirs
+    mask_values: dict[int, int] = Field(default_factory=dict)
+    stride: int | None = Field(None, ge=16)  # mask slides: output pixels between tile origins (overlap)
+    # mask slides in 2d_cls: `center` labels a tile by the one value of its central third (tiles
+    # whose central third holds two values or unlabelled pixels are not cut), as Arvaniti et al. do
+    label_from: Literal["tile", "center"] = "tile"
 
     @property
     def instances(self) -> bool:
@@ -91,6 +99,10 @@ class WsiOptions(Options):
         if (self.magnification is None) == (self.mpp is None):
             raise ValueError(
                 "declare exactly one of magnification (objective power) or mpp (microns per pixel)"
+            )
+        if self.backend == "plain" and (self.magnification is None or self.base_magnification is None):
+            raise ValueError(
+                "backend plain: plain images record no scale; declare magnification and base_magnification"
             )
         return self
 
@@ -149,8 +161,12 @@ def _float(props: Mapping[str, str], key: str) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
-def open_slide(path: Path, name: str):
-    """An OpenSlide handle; ImageError (`unreadable`, `missing_file`) naming the file otherwise."""
+def open_slide(path: Path, name: str, backend: str = "openslide", mask: bool = False):
+    """An OpenSlide handle (or a `PlainSlide`); ImageError (`unreadable`, `missing_file`) naming the file otherwise."""
+    if backend == "plain":
+        from gmai_pipeline.readers.plain_slide import PlainSlide
+
+        return PlainSlide(path, name, mask=mask)
     import openslide
 
     if not Path(path).is_file():
@@ -166,9 +182,12 @@ def open_slide(path: Path, name: str):
 
 
 def slide_info(slide) -> SlideInfo:
+    props = slide.properties
+    if not props:  # a plain image: no scale recorded
+        w, h = slide.dimensions
+        return SlideInfo(int(w), int(h), tuple(float(d) for d in slide.level_downsamples), None, None)
     import openslide
 
-    props = slide.properties
     w, h = slide.dimensions
     return SlideInfo(
         int(w),
@@ -335,7 +354,7 @@ def iter_tiles(
             raise ImageError(
                 Reason.UNKNOWN_LABEL, f"{name}: annotation labels {unknown} are not in the catalog's labels"
             )
-    slide = open_slide(path, name)
+    slide = open_slide(path, name, opts.backend)
     try:
         info = slide_info(slide)
         factor, level = scale(info, opts, name)
@@ -403,10 +422,13 @@ def iter_mask_tiles(
 
     from gmai_pipeline.volumes import mask_boxes
 
-    slide = open_slide(path, name)
+    slide = open_slide(path, name, opts.backend)
     mslide = None
+    lut = np.arange(256, dtype=np.uint8)
+    for raw, value in opts.mask_values.items():
+        lut[raw] = value
     try:
-        mslide = open_slide(mask_path, mask_name)
+        mslide = open_slide(mask_path, mask_name, opts.backend, mask=True)
         info, minfo = slide_info(slide), slide_info(mslide)
         if (info.width, info.height) != (minfo.width, minfo.height):
             raise ImageError(
@@ -421,25 +443,28 @@ def iter_mask_tiles(
                 Reason.UNSUPPORTED_LAYOUT, f"{mask_name}: the mask slide has no level small enough to plan on"
             )
         try:
-            low_mask = np.asarray(mslide.read_region((0, 0), low, (lw, lh)))[..., 0]
+            low_mask = lut[np.asarray(mslide.read_region((0, 0), low, (lw, lh)))[..., 0]]
         except Exception as exc:
             raise ImageError(
                 Reason.UNREADABLE, f"{mask_name}: reading the mask failed ({type(exc).__name__})"
             ) from None
         span = opts.tile_size * factor
+        step = (opts.stride or opts.tile_size) * factor
         ds_low = minfo.downsamples[low]
         busy: set[tuple[int, int]] = set()
-        specs = []
-        for j in range(max(1, math.ceil(info.height / span))):
-            for i in range(max(1, math.ceil(info.width / span))):
+        specs, origins = [], set()
+        for j in range(max(1, math.ceil(info.height / step))):
+            for i in range(max(1, math.ceil(info.width / step))):
                 win = low_mask[
-                    int(j * span / ds_low) : math.ceil((j + 1) * span / ds_low),
-                    int(i * span / ds_low) : math.ceil((i + 1) * span / ds_low),
+                    int(j * step / ds_low) : math.ceil((j * step + span) / ds_low),
+                    int(i * step / ds_low) : math.ceil((i * step + span) / ds_low),
                 ]
                 if win.any():
-                    busy.add((i, j))
-                    x, y = _clamp(i * span, span, info.width), _clamp(j * span, span, info.height)
-                    specs.append(TileSpec(x, y, level, factor, opts.tile_size))
+                    x, y = _clamp(i * step, span, info.width), _clamp(j * step, span, info.height)
+                    busy.update(_cells((x, y, x + span - 1e-6, y + span - 1e-6), span, info))
+                    if (x, y) not in origins:
+                        origins.add((x, y))
+                        specs.append(TileSpec(x, y, level, factor, opts.tile_size))
         del low_mask
         specs = specs[:: max(1, math.ceil(len(specs) / opts.max_tiles_per_slide))]
         mlevel = max(i for i, d in enumerate(minfo.downsamples) if d <= factor * (1 + 1e-6) or i == 0)
@@ -455,9 +480,15 @@ def iter_mask_tiles(
                 ) from None
             if region.size != (spec.size, spec.size):
                 region = region.resize((spec.size, spec.size), Image.Resampling.NEAREST)
-            mask = np.asarray(region)
+            mask = lut[np.asarray(region)]
             boxes = list(mask_boxes(mask, 0.0, opts.min_region_pixels))
-            if boxes:
+            if boxes and opts.label_from == "center":
+                third = spec.size // 3
+                center = mask[third : spec.size - third, third : spec.size - third]
+                if center.min() == 0 or center.max() != center.min():
+                    continue  # no single class in the central third: not a patch
+                yield Tile(spec, spec.position(prefix), image, center, boxes)
+            elif boxes:
                 yield Tile(spec, spec.position(prefix), image, mask, boxes)
         if opts.background_tiles:
             yield from _background(slide, info, [], busy, opts, factor, level, prefix, name)

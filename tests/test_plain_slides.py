@@ -1,0 +1,95 @@
+"""Plain (non-pyramidal) images tiled like slides: `convert: {kind: wsi, backend: plain}`.
+
+Files at the datasets' real paths: Gleason TMA cores and palette masks (eiriniar/gleason_CNN:
+utils/create_patches.py reads `<core>.jpg` with `Gleason_masks_train/mask_<core>.png`, palette 0 benign,
+1-3 Gleason 3-5, 4 ignore) and HuBMAP's planar `train/<id>.tiff` (Kaggle hubmap-kidney-segmentation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from gmai_pipeline.converters.wsi import WsiOptions, iter_mask_tiles
+from gmai_pipeline.decode_guard import DecodeBudget
+from gmai_pipeline.imaging import ImageError
+from gmai_pipeline.quarantine import Reason
+from gmai_pipeline.readers.plain_slide import PlainSlide
+
+GLEASON = {0: 1, 1: 2, 2: 3, 3: 4, 4: 0}  # palette index -> label value (ignore -> unlabelled)
+
+
+def _core(tmp_path):
+    img = tmp_path / "TMA_images" / "ZT76_39_A_1_1.jpg"
+    msk = tmp_path / "Gleason_masks_train" / "mask_ZT76_39_A_1_1.png"
+    img.parent.mkdir()
+    msk.parent.mkdir()
+    rgb = np.full((600, 900, 3), (170, 60, 190), np.uint8)
+    Image.fromarray(rgb).save(img, quality=90)
+    index = np.full((600, 900), 4, np.uint8)  # white: ignore
+    index[:, :300] = 0  # benign
+    index[:, 300:600] = 1  # Gleason 3
+    pal = Image.fromarray(index, "P")
+    pal.putpalette([0, 255, 0, 0, 0, 255, 255, 255, 0, 255, 0, 0, 255, 255, 255])
+    pal.save(msk)
+    return img, msk
+
+
+def test_gleason_core_tiles_take_the_single_class_of_their_central_third(tmp_path):
+    img, msk = _core(tmp_path)
+    opts = WsiOptions(
+        backend="plain",
+        magnification=40,
+        base_magnification=40,
+        tile_size=300,
+        stride=150,
+        mask_values=GLEASON,
+        label_from="center",
+    )
+    tiles = list(iter_mask_tiles(img, "TMA_images/ZT76_39_A_1_1.jpg", msk, "m.png", opts))
+    got = {(t.spec.x, t.spec.y): set(np.unique(t.mask).tolist()) for t in tiles}
+    # columns 0..300 benign (1), 300..600 Gleason 3 (2), 600..900 ignore: tiles whose centre third
+    # straddles a border (x=150: centre 250..350) or lies on ignore pixels (x=600) are not cut
+    assert got == {(0, 0): {1}, (0, 150): {1}, (0, 300): {1}, (300, 0): {2}, (300, 150): {2}, (300, 300): {2}}
+    assert all(t.image.shape == (300, 300, 3) for t in tiles)
+    assert tiles[0].position == "TMA_images/ZT76_39_A_1_1@L0_x0_y0"
+    assert abs(int(tiles[0].image[..., 0].mean()) - 170) < 6  # the core's pixels, not the palette
+
+
+def test_palette_mask_is_read_as_indices_not_colours(tmp_path):
+    _, msk = _core(tmp_path)
+    s = PlainSlide(msk, "mask_ZT76_39_A_1_1.png", mask=True)
+    red = np.asarray(s.read_region((250, 0), 0, (100, 2)))[..., 0]
+    assert red[0, :50].tolist() == [0] * 50 and red[0, 50:].tolist() == [1] * 50
+
+
+def test_hubmap_planar_tiff_is_read_window_by_window(tmp_path):
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 255, (3, 700, 1000), dtype=np.uint8)  # (3, H, W) like HuBMAP's (1,1,3,H,W)
+    path = tmp_path / "train" / "2f6ecfcdf.tiff"
+    path.parent.mkdir()
+    tifffile.imwrite(
+        path, planes, photometric="rgb", planarconfig="separate", tile=(128, 128), compression="zlib"
+    )
+    s = PlainSlide(path, "train/2f6ecfcdf.tiff")
+    assert s.dimensions == (1000, 700)
+    assert len(s._segments(130, 10, 250, 120)) == 3  # one tile per plane: the window touches one
+    win = np.asarray(s.read_region((900, 650), 0, (200, 100)))
+    assert (win[:50, :100, :3] == planes[:, 650:, 900:].transpose(1, 2, 0)).all()
+    assert (win[50:, :, 3] == 0).all() and (win[:, 100:, 3] == 0).all()  # outside: transparent
+    s.close()
+
+
+def test_one_strip_tiff_over_the_budget_is_too_large(tmp_path):
+    path = tmp_path / "big.tiff"
+    tifffile.imwrite(path, np.zeros((512, 512, 3), np.uint8), rowsperstrip=512)
+    with pytest.raises(ImageError) as err:
+        PlainSlide(path, "big.tiff", budget=DecodeBudget(limit=100_000))
+    assert err.value.reason == Reason.TOO_LARGE and "big.tiff" in err.value.detail
+
+
+def test_plain_backend_needs_a_declared_base_magnification():
+    with pytest.raises(ValueError, match="base_magnification"):
+        WsiOptions(backend="plain", magnification=20)
