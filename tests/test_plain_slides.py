@@ -27,6 +27,7 @@ def _core(tmp_path):
     img.parent.mkdir()
     msk.parent.mkdir()
     rgb = np.full((600, 900, 3), (170, 60, 190), np.uint8)
+    rgb[450:, :300] = 255  # glass below the benign gland
     Image.fromarray(rgb).save(img, quality=90)
     index = np.full((600, 900), 4, np.uint8)  # white: ignore
     index[:, :300] = 0  # benign
@@ -47,12 +48,23 @@ def test_gleason_core_tiles_take_the_single_class_of_their_central_third(tmp_pat
         stride=150,
         mask_values=GLEASON,
         label_from="center",
+        max_mean_brightness=180,
     )
     tiles = list(iter_mask_tiles(img, "TMA_images/ZT76_39_A_1_1.jpg", msk, "m.png", opts))
     got = {(t.spec.x, t.spec.y): set(np.unique(t.mask).tolist()) for t in tiles}
-    # columns 0..300 benign (1), 300..600 Gleason 3 (2), 600..900 ignore: tiles whose centre third
-    # straddles a border (x=150: centre 250..350) or lies on ignore pixels (x=600) are not cut
-    assert got == {(0, 0): {1}, (0, 150): {1}, (0, 300): {1}, (300, 0): {2}, (300, 150): {2}, (300, 300): {2}}
+    # columns 0..300 benign (1), 300..600 Gleason 3 (2), 600..900 ignore: a tile whose centre third
+    # holds two grades (x=150: 250..350) or only ignore pixels (x=600) is not cut; one grade beside
+    # ignore pixels is that grade (x=450); (0, 300) is half glass (mean over 180)
+    assert got == {
+        (0, 0): {1},
+        (0, 150): {1},
+        (300, 0): {2},
+        (300, 150): {2},
+        (300, 300): {2},
+        (450, 0): {2},
+        (450, 150): {2},
+        (450, 300): {2},
+    }
     assert all(t.image.shape == (300, 300, 3) for t in tiles)
     assert tiles[0].position == "TMA_images/ZT76_39_A_1_1@L0_x0_y0"
     assert abs(int(tiles[0].image[..., 0].mean()) - 170) < 6  # the core's pixels, not the palette

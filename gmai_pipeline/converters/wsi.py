@@ -85,9 +85,10 @@ class WsiOptions(Options):
     # mask slides: raw mask value -> label value (0 = no label); unlisted values keep theirs
     mask_values: dict[int, int] = Field(default_factory=dict)
     stride: int | None = Field(None, ge=16)  # mask slides: output pixels between tile origins (overlap)
-    # mask slides in 2d_cls: `center` labels a tile by the one value of its central third (tiles
-    # whose central third holds two values or unlabelled pixels are not cut), as Arvaniti et al. do
+    # mask slides in 2d_cls: `center` labels a tile by the one label value of its central third (a
+    # tile whose central third holds two, or none, is not cut), as Arvaniti et al.'s create_patches.py
     label_from: Literal["tile", "center"] = "tile"
+    max_mean_brightness: float | None = Field(None, gt=0, le=255)  # mask slides: brighter tiles are glass
 
     @property
     def instances(self) -> bool:
@@ -471,6 +472,8 @@ def iter_mask_tiles(
         prefix = slide_name(name)
         for spec in specs:
             image = read_tile(slide, spec, info, name)
+            if opts.max_mean_brightness is not None and image.mean() > opts.max_mean_brightness:
+                continue  # mostly glass
             side = max(1, math.ceil(spec.footprint / minfo.downsamples[mlevel] - 1e-6))
             try:
                 region = mslide.read_region((spec.x, spec.y), mlevel, (side, side)).getchannel("R")
@@ -485,8 +488,10 @@ def iter_mask_tiles(
             if boxes and opts.label_from == "center":
                 third = spec.size // 3
                 center = mask[third : spec.size - third, third : spec.size - third]
-                if center.min() == 0 or center.max() != center.min():
+                found = np.unique(center[center > 0])
+                if len(found) != 1:
                     continue  # no single class in the central third: not a patch
+                center = np.full(center.shape, found[0], mask.dtype)
                 yield Tile(spec, spec.position(prefix), image, center, boxes)
             elif boxes:
                 yield Tile(spec, spec.position(prefix), image, mask, boxes)
