@@ -287,7 +287,7 @@ def build(fixture: Fixture, folder: Path) -> list[Path]:
 # with slides, polygons and mask values take 512-px regions of the slide's left part instead, and the
 # rest of the slide is unannotated tissue (background tiles). Headers carry no patient data.
 
-SLIDE_FORMATS = ("pyramid_tiff", "tiff_mask")
+SLIDE_FORMATS = ("pyramid_tiff", "tiff_mask", "plain_slide")
 SLIDE = (2048, 3072)  # level-0 (height, width): a 1024-px annotated strip and 2048 x 2048 of bare tissue
 REGION = 512  # level-0 side of one annotated region on a slide
 GLASS, TISSUE, LESION = (240, 240, 240), (170, 60, 190), (200, 80, 150)
@@ -329,6 +329,8 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         _imgannot_xml(path, h, shapes.plane, start)
     elif f.format == "pyramid_tiff":
         _slide(path, h, _slide_pixels(path))
+    elif f.format == "plain_slide":
+        _plain_slide(path, h)
     else:  # tiff_mask
         _slide(path, h, _slide_mask(h.values))
 
@@ -662,6 +664,22 @@ def _slide(path: Path, holds, base: np.ndarray) -> None:
                 metadata=None,
                 subfiletype=0 if i == 0 else 1,
             )
+
+
+def _plain_slide(path: Path, holds) -> None:
+    """A slide as one plain image (by extension), or with `values` its palette mask on the same grid."""
+    from PIL import Image
+
+    if not holds.values:
+        Image.fromarray(_slide_pixels(path)).save(path)
+        return
+    index = np.full(SLIDE, holds.background, np.uint8)
+    for k, v in enumerate(holds.values):
+        x, y = _region_origin(k)
+        index[y + 64 : y + REGION - 64, x + 64 : x + REGION - 64] = v
+    mask = Image.fromarray(index, "P")
+    mask.putpalette([c for i in range(256) for c in (i, 255 - i, (37 * i) % 256)])
+    mask.save(path)
 
 
 @dataclass

@@ -260,6 +260,15 @@ class SlideMaskHolds(SlideHolds):
     values: tuple[int, ...] = Field(min_length=1)
 
 
+class PlainSlideHolds(_Spec):
+    """`format: plain_slide`: a slide or TMA core stored as one plain image (format by extension; BCNB's
+    `WSIs/<id>.jpg`); with `values`, its palette label mask instead (value k on region k, `background`
+    elsewhere: Gleason's `mask_<core>.png`, where 0 is benign and 4 ignore)."""
+
+    values: tuple[int, ...] = ()
+    background: int = Field(0, ge=0, le=255)
+
+
 HOLDS: dict[str, type[_Spec]] = {
     "dicom_series": SeriesHolds,
     "slice_masks": SliceMasksHolds,
@@ -273,6 +282,7 @@ HOLDS: dict[str, type[_Spec]] = {
     "imgannot_xml": ImgannotHolds,
     "pyramid_tiff": SlideHolds,
     "tiff_mask": SlideMaskHolds,
+    "plain_slide": PlainSlideHolds,
 }
 FOLDER_FORMATS = ("dicom_series", "slice_masks")
 FileFormat = Literal[
@@ -288,6 +298,7 @@ FileFormat = Literal[
     "imgannot_xml",
     "pyramid_tiff",
     "tiff_mask",
+    "plain_slide",
 ]
 
 
