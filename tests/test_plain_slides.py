@@ -7,6 +7,8 @@ utils/create_patches.py reads `<core>.jpg` with `Gleason_masks_train/mask_<core>
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -105,3 +107,34 @@ def test_one_strip_tiff_over_the_budget_is_too_large(tmp_path):
 def test_plain_backend_needs_a_declared_base_magnification():
     with pytest.raises(ValueError, match="base_magnification"):
         WsiOptions(backend="plain", magnification=20)
+
+
+def test_bcnb_jpeg_slide_is_tiled_around_its_json_outline(tmp_path):
+    """BCNB: `WSIs/<id>.jpg` (a slide stored as one JPEG) with `WSIs/<id>.json` ASAP outlines
+    (bupt-ai-cz/BALNMP:preprocessing/cut_tumor_regions.py)."""
+    from gmai_pipeline.converters.vertices_json import read_vertices_json
+    from gmai_pipeline.converters.wsi import iter_tiles
+
+    slide = tmp_path / "WSIs" / "280.jpg"
+    slide.parent.mkdir()
+    Image.fromarray(np.full((700, 1000, 3), (170, 60, 190), np.uint8)).save(slide)
+    outline = {
+        "positive": [{"vertices": [[300, 100], [460, 100], [460, 200], [300, 200]]}, {"vertices": [[5, 5]]}]
+    }
+    parsed = read_vertices_json(json.dumps(outline).encode(), "WSIs/280.json")
+    assert [s.label for s in parsed.shapes] == ["positive"]
+    assert parsed.skipped[0][0] == Reason.DEGENERATE_POLYGON
+    opts = WsiOptions(backend="plain", magnification=20, base_magnification=20, tile_size=256)
+    tiles = list(iter_tiles(slide, "WSIs/280.jpg", parsed.shapes, opts, {"positive": 1}))
+    # the box 300..460 x 100..200 lies in grid cells (1, 0) (256..512): one tile, its box in tile pixels
+    assert [t.position for t in tiles] == ["WSIs/280@L0_x256_y0"]
+    value, box = tiles[0].boxes[0]
+    assert value == 1 and [round(v) for v in box] == [44, 100, 204, 200]
+
+
+def test_vertices_json_that_is_not_a_group_map_is_unreadable():
+    from gmai_pipeline.converters.vertices_json import read_vertices_json
+
+    with pytest.raises(ImageError) as err:
+        read_vertices_json(b'[{"vertices": []}]', "WSIs/1.json")
+    assert err.value.reason == Reason.UNREADABLE and "WSIs/1.json" in err.value.detail

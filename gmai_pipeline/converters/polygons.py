@@ -66,7 +66,7 @@ ASAP_EXCLUSION_GROUPS = ("_2", "Exclusion", "exclusion")
 
 class PolygonOptions(Options):
     kind: Literal["polygons"] = "polygons"
-    format: Literal["aperio_xml", "asap_xml", "geojson", "coco"]
+    format: Literal["aperio_xml", "asap_xml", "geojson", "coco", "vertices_json"]
     instances: bool = False  # one object per shape (nuclei) instead of one per connected component
     exclusion_groups: tuple[str, ...] = ASAP_EXCLUSION_GROUPS  # ASAP groups that cut holes
     label_from: Literal["name", "id", "attribute"] = (
@@ -408,6 +408,10 @@ def read_annotations(path: Path | bytes, name: str, opts: PolygonOptions) -> Par
         return read_asap_xml(path, name, opts.exclusion_groups)
     if opts.format == "geojson":
         return read_geojson(path, name)
+    if opts.format == "vertices_json":  # BCNB's {"positive": [{"vertices": ...}]}
+        from gmai_pipeline.converters.vertices_json import read_vertices_json
+
+        return read_vertices_json(path, name)
     raise ValueError("COCO segmentations are decoded per annotation with coco_mask")
 
 
