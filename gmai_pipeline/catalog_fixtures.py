@@ -301,7 +301,7 @@ def _plane_blocks(f) -> int:
         return f.holds.blocks
     if f.format == "imgannot_xml":
         return f.holds.blocks
-    if f.format in ("aperio_xml", "asap_xml", "geojson"):
+    if f.format in ("aperio_xml", "asap_xml", "geojson", "vertices_json"):
         return f.holds.blocks  # on a slide fixture these blocks are simply unused rows of the grid
     return 0
 
@@ -314,11 +314,10 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         _slice_masks(path, h, shapes.plane, start)
     elif f.format == "matlab_mask":
         _matlab_mask(path, h, shapes.plane, start)
-    elif f.format in ("aperio_xml", "asap_xml", "geojson"):
+    elif f.format in ("aperio_xml", "asap_xml", "geojson", "vertices_json"):
         squares = _slide_squares if on_slides else _grid_squares
-        {"aperio_xml": _aperio_xml, "asap_xml": _asap_xml, "geojson": _geojson}[f.format](
-            path, h, squares(shapes.plane, h, start)
-        )
+        writers = {"aperio_xml": _aperio_xml, "asap_xml": _asap_xml, "geojson": _geojson}
+        writers.get(f.format, _vertices_json)(path, h, squares(shapes.plane, h, start))
     elif f.format == "rle_csv":
         _rle_csv(path, h, shapes.plane, start)
     elif f.format == "hdf5":
@@ -453,6 +452,15 @@ def _geojson(path: Path, holds, squares) -> None:
             }
         )
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
+
+
+def _vertices_json(path: Path, holds, squares) -> None:
+    """BCNB's outlines: `{group: [{"vertices": [[x, y], ...]}]}`, each shape's name its group."""
+    groups: dict[str, list] = {}
+    for shape, sq in zip(holds.shapes, squares, strict=True):
+        if not shape.negative:
+            groups.setdefault(shape.name, []).append({"vertices": [list(p) for p in _square(*sq)]})
+    path.write_text(json.dumps(groups), encoding="utf-8")
 
 
 def _xml(text: str) -> str:

@@ -283,6 +283,7 @@ HOLDS: dict[str, type[_Spec]] = {
     "pyramid_tiff": SlideHolds,
     "tiff_mask": SlideMaskHolds,
     "plain_slide": PlainSlideHolds,
+    "vertices_json": PolygonHolds,
 }
 FOLDER_FORMATS = ("dicom_series", "slice_masks")
 FileFormat = Literal[
@@ -299,6 +300,7 @@ FileFormat = Literal[
     "pyramid_tiff",
     "tiff_mask",
     "plain_slide",
+    "vertices_json",
 ]
 
 

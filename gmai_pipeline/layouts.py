@@ -1037,10 +1037,12 @@ class LayoutReader(ReaderBase, VolumeOptions):
         )
         if polygon_files and c.annotations is None:
             raise ValueError(
-                "convert.annotations: say the annotation files' format ({format: asap_xml | aperio_xml | geojson})"
+                "convert.annotations: say the annotation files' format ({format: asap_xml | aperio_xml | geojson | vertices_json})"
             )
         if c.annotations is not None and c.annotations.format == "coco":
-            raise ValueError("convert.annotations.format: slides take aperio_xml, asap_xml or geojson")
+            raise ValueError(
+                "convert.annotations.format: slides take aperio_xml, asap_xml, geojson or vertices_json"
+            )
         if c.annotations is not None and self.masks is None:
             raise ValueError("convert.annotations needs reader.masks (the annotation files' templates)")
         if task_type == "2d_seg":
