@@ -1045,8 +1045,10 @@ class LayoutReader(ReaderBase, VolumeOptions):
             )
         if c.annotations is not None and self.masks is None:
             raise ValueError("convert.annotations needs reader.masks (the annotation files' templates)")
+        if c.rle is not None and (self.table is None or self.masks is not None):
+            raise ValueError("convert.rle: the runs are a column of reader.table, not reader.masks files")
         if task_type == "2d_seg":
-            if self.masks is None:
+            if self.masks is None and c.rle is None:
                 raise ValueError("2d_seg slides need reader.masks (annotation files or mask slides)")
             if c.background_tiles:
                 raise ValueError(

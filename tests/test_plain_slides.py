@@ -138,3 +138,64 @@ def test_vertices_json_that_is_not_a_group_map_is_unreadable():
     with pytest.raises(ImageError) as err:
         read_vertices_json(b'[{"vertices": []}]', "WSIs/1.json")
     assert err.value.reason == Reason.UNREADABLE and "WSIs/1.json" in err.value.detail
+
+
+def _rle_of(mask: np.ndarray, order: str) -> str:
+    from gmai_pipeline.converters.rle import encode
+
+    return encode(mask, order=order, start=1)
+
+
+@pytest.mark.parametrize("order", ["column", "row"])
+def test_rle_windows_match_the_whole_decode(order):
+    from gmai_pipeline.converters.rle import decode
+    from gmai_pipeline.readers.rle_window import RleMaskSlide
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((90, 130), bool)
+    mask[10:40, 20:70] = True
+    mask[60:89, 100:129] = True
+    mask[rng.integers(0, 90, 40), rng.integers(0, 130, 40)] = True
+    rle = _rle_of(mask, order)
+    assert (decode(rle, 90, 130, order=order) == mask).all()
+    s = RleMaskSlide(rle, 130, 90, order=order, start=1, runs="absolute", value=3, where="train.csv")
+    for x, y, w, h in [(0, 0, 130, 90), (15, 5, 40, 50), (120, 80, 30, 30), (-5, -5, 10, 10)]:
+        got = np.asarray(s.read_region((x, y), 0, (w, h)))[..., 0]
+        want = np.zeros((h, w), np.uint8)
+        x0, y0 = max(0, x), max(0, y)
+        part = mask[y0 : y + h, x0 : x + w]
+        want[y0 - y : y0 - y + part.shape[0], x0 - x : x0 - x + part.shape[1]] = part * 3
+        assert (got == want).all(), (x, y, w, h)
+
+
+def test_hubmap_tiff_with_rle_row_gives_tiles_with_boxes(tmp_path, monkeypatch):
+    """HuBMAP: `train/<id>.tiff` + train.csv `id,encoding` (column-major, 1-based: Kaggle's rle_decode
+    `mask.reshape(shape).T`); the coarse planning level is used because the image is over its budget."""
+    import gmai_pipeline.readers.rle_window as rw
+    from gmai_pipeline.readers.rle_window import RleMaskSlide
+
+    monkeypatch.setattr(rw, "MAX_PLAN_PIXELS", 64 * 64)  # forces a coarse level of 1/16
+    h, w = 700, 1000
+    path = tmp_path / "train" / "2f6ecfcdf.tiff"
+    path.parent.mkdir()
+    rgb = np.full((h, w, 3), (170, 60, 190), np.uint8)
+    tifffile.imwrite(path, rgb, photometric="rgb", tile=(128, 128), compression="zlib")
+    mask = np.zeros((h, w), bool)
+    mask[300:380, 520:600] = True  # one glomerulus in grid cell (2, 1) of 256-px tiles
+    rle = _rle_of(mask, "column")
+    opts = WsiOptions(backend="plain", magnification=40, base_magnification=40, tile_size=256)
+    ms = []
+
+    def open_mask(info):
+        ms.append(
+            RleMaskSlide(
+                rle, info.width, info.height, order="column", start=1, runs="absolute", value=1, where="x"
+            )
+        )
+        return ms[-1]
+
+    tiles = list(iter_mask_tiles(path, "train/2f6ecfcdf.tiff", None, "train.csv", opts, open_mask))
+    assert ms[0].level_downsamples == (1.0, 16.0)
+    assert [t.position for t in tiles] == ["train/2f6ecfcdf@L0_x512_y256"]
+    ((value, box),) = tiles[0].boxes
+    assert value == 1 and [round(v) for v in box] == [8, 44, 88, 124]

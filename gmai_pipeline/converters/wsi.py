@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -60,6 +60,7 @@ from pydantic import Field, model_validator
 
 from gmai_pipeline.converters._masks import Box, Options, instance_boxes
 from gmai_pipeline.converters.polygons import PolygonOptions, Shape, positive_labels, rasterize
+from gmai_pipeline.converters.rle import RleOptions
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.quarantine import Reason
 
@@ -89,6 +90,10 @@ class WsiOptions(Options):
     # tile whose central third holds two, or none, is not cut), as Arvaniti et al.'s create_patches.py
     label_from: Literal["tile", "center"] = "tile"
     max_mean_brightness: float | None = Field(None, gt=0, le=255)  # mask slides: brighter tiles are glass
+    # the mask is run-length encoded in the joined table's `rle.column` (HuBMAP's train.csv encoding),
+    # read window by window as a mask slide of label value `rle_value` (`readers.rle_window`)
+    rle: RleOptions | None = None
+    rle_value: int = Field(1, ge=1, le=255)
 
     @property
     def instances(self) -> bool:
@@ -412,12 +417,18 @@ MAX_PLAN_PIXELS = 16 << 20  # the mask level planned on is read whole: it must b
 
 
 def iter_mask_tiles(
-    path: Path, name: str, mask_path: Path, mask_name: str, opts: WsiOptions
+    path: Path,
+    name: str,
+    mask_path: Path | None,
+    mask_name: str,
+    opts: WsiOptions,
+    open_mask: Callable[[SlideInfo], object] | None = None,
 ) -> Iterator[Tile]:
     """Tiles of a slide whose labels come as a raster mask slide (PANDA's `train_label_masks/{id}_mask.tiff`:
     a pyramidal TIFF on the same grid, label values in the red channel). Region tiles are the grid cells
     where the mask's smallest level has a label; boxes carry the mask values (the catalog names them).
-    Background tiles as for polygons, from cells without labels.
+    Background tiles as for polygons, from cells without labels. `open_mask` builds the mask slide from
+    the slide's size instead of opening `mask_path` (a run-length mask: `readers.rle_window`).
     """
     from PIL import Image
 
@@ -429,8 +440,12 @@ def iter_mask_tiles(
     for raw, value in opts.mask_values.items():
         lut[raw] = value
     try:
-        mslide = open_slide(mask_path, mask_name, opts.backend, mask=True)
-        info, minfo = slide_info(slide), slide_info(mslide)
+        info = slide_info(slide)
+        if open_mask is not None:
+            mslide = open_mask(info)
+        else:
+            mslide = open_slide(mask_path, mask_name, opts.backend, mask=True)  # type: ignore[arg-type]
+        minfo = slide_info(mslide)
         if (info.width, info.height) != (minfo.width, minfo.height):
             raise ImageError(
                 Reason.MASK_MISMATCH,

@@ -185,12 +185,15 @@ def _tiles(
                 )
             fixed[what] = label
     store = ctx.store_for(unit.modality)
+    raster = mask_rel is not None or conv.rle is not None  # labels are mask values
     plans: list[TilePlan] = []
     rows: list[Sample] = []
     tiles_kept: Counter = Counter()
     with contextlib.ExitStack() as stack:
         path = stack.enter_context(slide_path(ctx, rel))
-        if mask_rel is not None:
+        if conv.rle is not None:
+            tiles = iter_mask_tiles(path, rel, None, rel, conv, rle_mask(conv, unit.values, rel))
+        elif mask_rel is not None:
             mpath = stack.enter_context(slide_path(ctx, mask_rel))
             tiles = iter_mask_tiles(path, rel, mpath, mask_rel, conv)
         else:
@@ -201,7 +204,7 @@ def _tiles(
             tiles_kept[tile.spec.kind] += 1
             if seg:
                 for value, box in tile.boxes:
-                    label = _box_label(ctx, value, names, mask_rel is not None, conv.instances)
+                    label = _box_label(ctx, value, names, raster, conv.instances)
                     if label is None:
                         raise ImageError(
                             Reason.UNKNOWN_LABEL,
@@ -224,9 +227,7 @@ def _tiles(
             elif tile.spec.kind == "background":
                 label = fixed.get("background_label")
             else:
-                label = _box_label(
-                    ctx, _majority(tile, conv.instances), names, mask_rel is not None, conv.instances
-                )
+                label = _box_label(ctx, _majority(tile, conv.instances), names, raster, conv.instances)
             if label is None:
                 raise ImageError(
                     Reason.UNKNOWN_LABEL,
@@ -246,6 +247,31 @@ def _tiles(
         ]
     ctx.counters["slides_kept"] += 1
     return [Kept(rows)] if seg else [Kept([r]) for r in rows]
+
+
+def rle_mask(conv: WsiConvert, values: dict, rel: str):
+    """The mask slide of a slide's run-length row (the joined table's `rle.column`), built once the
+    slide's size is known."""
+    from gmai_pipeline.readers.rle_window import RleMaskSlide
+
+    rle = conv.rle
+    assert rle is not None
+    if rle.column not in values:
+        raise ImageError(Reason.MISSING_LABEL, f"{rel}: no table row with column '{rle.column}'")
+
+    def open_mask(info):
+        return RleMaskSlide(
+            str(values[rle.column] or ""),
+            info.width,
+            info.height,
+            order=rle.order,
+            start=rle.start,
+            runs=rle.runs,
+            value=conv.rle_value,
+            where=f"{rel} ({rle.column})",
+        )
+
+    return open_mask
 
 
 def _box_label(ctx, value, names: dict[int, str], mask_slide: bool, instances: bool) -> str | None:
