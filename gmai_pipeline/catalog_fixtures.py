@@ -319,7 +319,7 @@ def _converted(path: Path, f, shapes: Shapes, start: int, on_slides: bool) -> No
         writers = {"aperio_xml": _aperio_xml, "asap_xml": _asap_xml, "geojson": _geojson}
         writers.get(f.format, _vertices_json)(path, h, squares(shapes.plane, h, start))
     elif f.format == "rle_csv":
-        _rle_csv(path, h, shapes.plane, start)
+        _rle_csv(path, h, shapes.plane, start, on_slides)
     elif f.format == "hdf5":
         _hdf5(path, h)
     elif f.format == "npy":
@@ -475,6 +475,18 @@ def _rle(plane: tuple[int, int], i: int, holds) -> str:
     y, x = _block_origin(plane, i)
     mask = np.zeros(plane, bool)
     mask[y : y + BLOCK, x : x + BLOCK] = True
+    return _runs(mask, holds)
+
+
+def _slide_rle(k: int, holds) -> str:
+    """On a slide fixture (HuBMAP's train.csv beside its TIFFs): the runs of the slide's region k."""
+    x, y = _region_origin(k)
+    mask = np.zeros(SLIDE, bool)
+    mask[y + 64 : y + REGION - 64, x + 64 : x + REGION - 64] = True
+    return _runs(mask, holds)
+
+
+def _runs(mask: np.ndarray, holds) -> str:
     flat = mask.flatten(order="F" if holds.order == "column" else "C")
     padded = np.concatenate([[False], flat, [False]])
     edges = np.flatnonzero(padded[1:] != padded[:-1])
@@ -487,13 +499,13 @@ def _rle(plane: tuple[int, int], i: int, holds) -> str:
     return " ".join(f"{a} {b}" for a, b in pairs)
 
 
-def _rle_csv(path: Path, holds, plane: tuple[int, int], start: int) -> None:
+def _rle_csv(path: Path, holds, plane: tuple[int, int], start: int, on_slides: bool = False) -> None:
     col = holds.header.index(holds.column)
-    rows, i = [list(holds.header)], start
+    rows, i = [list(holds.header)], 0 if on_slides else start
     for r in holds.rows:
         r = list(r)
         if r[col] == "@block":
-            r[col] = _rle(plane, i, holds)
+            r[col] = _slide_rle(i, holds) if on_slides else _rle(plane, i, holds)
             i += 1
         rows.append(r)
     buf = io.StringIO()
@@ -678,6 +690,11 @@ def _plain_slide(path: Path, holds) -> None:
     """A slide as one plain image (by extension), or with `values` its palette mask on the same grid."""
     from PIL import Image
 
+    if not holds.values and path.suffix.lower() in (".tif", ".tiff"):  # tiled, not a pyramid (HuBMAP)
+        import tifffile
+
+        tifffile.imwrite(path, _slide_pixels(path), photometric="rgb", tile=(256, 256), compression="zlib")
+        return
     if not holds.values:
         Image.fromarray(_slide_pixels(path)).save(path)
         return

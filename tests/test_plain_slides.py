@@ -199,3 +199,15 @@ def test_hubmap_tiff_with_rle_row_gives_tiles_with_boxes(tmp_path, monkeypatch):
     assert [t.position for t in tiles] == ["train/2f6ecfcdf@L0_x512_y256"]
     ((value, box),) = tiles[0].boxes
     assert value == 1 and [round(v) for v in box] == [8, 44, 88, 124]
+
+
+def test_one_page_per_channel_tiff_is_read_as_colour(tmp_path):
+    """HuBMAP's (1, 1, 3, H, W) TIFFs: three single-channel pages of one series."""
+    planes = np.stack([np.full((300, 400), v, np.uint8) for v in (10, 120, 230)])
+    path = tmp_path / "train" / "aaa6a05cc.tiff"
+    path.parent.mkdir()
+    tifffile.imwrite(path, planes[None, None], photometric="minisblack", tile=(128, 128))
+    s = PlainSlide(path, "train/aaa6a05cc.tiff")
+    assert s.dimensions == (400, 300)
+    assert np.asarray(s.read_region((100, 100), 0, (5, 5)))[0, 0].tolist() == [10, 120, 230, 255]
+    s.close()

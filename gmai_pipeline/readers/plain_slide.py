@@ -10,8 +10,8 @@ tiles work unchanged; only the decoding differs:
 
 - TIFF: tifffile's own tiles or strips (`TiffPage.dataoffsets` and `TiffPage.decode`), so a read
   decodes only the segments its window touches: a 40k x 30k HuBMAP TIFF is never held whole. A
-  segment over the decode budget (an untiled, one-strip TIFF) is `too_large`. Planar-separate
-  (`(3, H, W)`, HuBMAP's `(1, 1, 3, H, W)` pages) and contiguous samples both work.
+  segment over the decode budget (an untiled, one-strip TIFF) is `too_large`. Contiguous samples,
+  planar-separate `(3, H, W)` pages and one page per channel (HuBMAP's `(1, 1, 3, H, W)` series) work.
 - Anything Pillow opens (JPEG, PNG): decoded once per slide and kept while it is tiled, after its
   decoded size is checked against the decode budget (`too_large` otherwise): JPEG has no random access.
 
@@ -138,12 +138,22 @@ class PlainSlide:
         self.samples = int(page.samplesperpixel)
         self.separate = self.samples > 1 and int(page.planarconfig) == 2
         self.height, self.width = (shape[-2], shape[-1]) if self.separate else (shape[0], shape[1])
+        self._pages = [(page, None)]  # (page, output channel it fills; None: its own samples)
+        series = self._tiff.series[0] if self._tiff.series else None
+        if (  # one page per colour channel: HuBMAP's (1, 1, 3, H, W) files
+            self.samples == 1
+            and series is not None
+            and len(series.pages) == 3
+            and tuple(d for d in series.shape if d != 1) == (3, self.height, self.width)
+        ):
+            self._pages = [(pg, c) for c, pg in enumerate(series.pages)]
+            self.samples = 3
         if page.is_tiled:
             self.seg_w, self.seg_h = int(page.tilewidth), int(page.tilelength)
         else:
             self.seg_w, self.seg_h = self.width, int(page.rowsperstrip or self.height) or self.height
             self.seg_h = min(self.seg_h, self.height)
-        seg_bytes = self.seg_w * self.seg_h * self.samples * page.dtype.itemsize
+        seg_bytes = self.seg_w * self.seg_h * int(page.samplesperpixel) * page.dtype.itemsize
         self.budget.check(seg_bytes, self.name, f"one {self.seg_w}x{self.seg_h} TIFF segment")
         if page.dtype.itemsize != 1:
             self.close()
@@ -166,9 +176,16 @@ class PlainSlide:
     def _window(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         if self._array is not None:
             return self._array[y0:y1, x0:x1]
-        page, fh = self._page, self._tiff.filehandle  # type: ignore[union-attr]
-        bands = self.samples if self.separate else 1
+        fh = self._tiff.filehandle  # type: ignore[union-attr]
         out = np.zeros((y1 - y0, x1 - x0, self.samples), np.uint8)
+        for page, channel in self._pages:
+            self._fill(out, page, channel, fh, x0, y0, x1, y1)
+        return self._rgb(out)
+
+    def _fill(
+        self, out: np.ndarray, page, channel: int | None, fh, x0: int, y0: int, x1: int, y1: int
+    ) -> None:
+        """Decode the segments of `page` that the window touches into `out`."""
         for k in self._segments(x0, y0, x1, y1):
             fh.seek(page.dataoffsets[k])
             data = fh.read(page.databytecounts[k])
@@ -182,11 +199,12 @@ class PlainSlide:
                 continue
             part = seg[ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx]
             dst = out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0]
-            if bands > 1:
+            if channel is not None:
+                dst[..., channel] = part[..., 0]
+            elif self.separate:
                 dst[..., s] = part[..., 0]
             else:
                 dst[...] = part[..., : self.samples]
-        return self._rgb(out)
 
     def _rgb(self, a: np.ndarray) -> np.ndarray:
         """(h, w, 3) uint8: a mask's values in the red channel, an image's colours."""
