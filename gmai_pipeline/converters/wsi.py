@@ -34,6 +34,11 @@ Why it is built this way:
 - Areas outside the scanned region (OpenSlide returns them transparent) are composited onto white,
   as a microscope's empty glass looks.
 
+- `backend: plain` serves a large plain image (JPEG, PNG, non-pyramidal TIFF) through the same
+  tiler (`readers.plain_slide`); `rle` takes the mask from a run-length table column, read per window
+  (`readers.rle_window`). Mask slides can remap values (`mask_values`), overlap (`stride`) and label
+  a classification tile by its central third (`label_from: center`), as Arvaniti et al. cut patches.
+
 Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
 `gmai_pipeline.readers.wsi`). CAMELYON16:
 

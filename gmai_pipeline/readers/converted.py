@@ -77,6 +77,9 @@ def gather(
     """Files the templates match (mask files are never images; `exclude` drops more), each with its
     `case`; split lists; and, with `join`, the table rows joined to the images (`table.join`)."""
     plan = compile_plan(opts)
+    rle = getattr(opts.convert, "rle", None)  # wsi: the run-length column of the joined table
+    if rle is not None:
+        plan.columns = list(dict.fromkeys([*plan.columns, rle.column]))
     masks = match(ctx, plan.masks, mask_exts) if plan.masks else []
     mask_rels = {m.rel for m in masks}
     found = [

@@ -7,7 +7,9 @@ are sticky) quarantines the slide and removes the tiles already stored. Each sha
 file that encloses no area is one more input (`not_an_area`). A slide whose annotation file is not
 found is `no_annotation`, unless `convert.unannotated` says it has none by design (Camelyon16's
 normal slides): those give background tiles only. Without `masks`, every slide is tiled as
-background (slide-level labels).
+background (slide-level labels), unless `convert.rle` names the joined table's run-length column: then
+that row is the slide's mask slide (`readers.rle_window`), a slide without a row `missing_label`.
+`convert.backend: plain` reads JPEG/PNG/non-pyramidal TIFF slides (`readers.plain_slide`).
 
 A tile is a normal 2D row: `source_path` is the slide, `sample_id` ends with the tile's position
 `{slide}@L{level}_x{X}_y{Y}` (the pyramid level read, the level-0 top-left corner), the stored image
