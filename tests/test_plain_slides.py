@@ -87,7 +87,8 @@ def test_hubmap_planar_tiff_is_read_window_by_window(tmp_path):
     tifffile.imwrite(
         path, planes, photometric="rgb", planarconfig="separate", tile=(128, 128), compression="zlib"
     )
-    s = PlainSlide(path, "train/2f6ecfcdf.tiff")
+    # a budget far below the whole image (2.1 MB decoded) but above one 128-px tile and the window
+    s = PlainSlide(path, "train/2f6ecfcdf.tiff", budget=DecodeBudget(limit=200_000))
     assert s.dimensions == (1000, 700)
     assert len(s._segments(130, 10, 250, 120)) == 3  # one tile per plane: the window touches one
     win = np.asarray(s.read_region((900, 650), 0, (200, 100)))

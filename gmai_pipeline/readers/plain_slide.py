@@ -44,7 +44,7 @@ class PlainSlide:
         self.name, self.mask = name, mask
         self.budget = budget or DecodeBudget()
         self._tiff = None
-        self._array: np.ndarray | None = None
+        self._image = None  # a decoded Pillow image (JPEG, PNG): no random access to decode from
         if not Path(path).is_file():
             raise ImageError(Reason.MISSING_FILE, f"{name}: image file not found")
         if str(path).lower().endswith(TIFF_SUFFIXES) or name.lower().endswith(TIFF_SUFFIXES):
@@ -87,7 +87,7 @@ class PlainSlide:
         if self._tiff is not None:
             self._tiff.close()
             self._tiff = None
-        self._array = None
+        self._image = None
 
     # -------------------------------------------------------------- Pillow
 
@@ -105,9 +105,11 @@ class PlainSlide:
                             Reason.UNSUPPORTED_LAYOUT,
                             f"{self.name}: a mask must be palette or greyscale, not mode {im.mode}",
                         )
-                    a = np.asarray(im if im.mode != "1" else im.convert("L"))
+                    im.load()
+                    decoded = im if im.mode != "1" else im.convert("L")
                 else:
-                    a = np.asarray(im.convert("RGB"))
+                    im.load()
+                    decoded = im if im.mode == "RGB" else im.convert("RGB")
         except ImageError:
             raise
         except Image.DecompressionBombError:
@@ -118,7 +120,7 @@ class PlainSlide:
             raise ImageError(
                 Reason.UNREADABLE, f"{self.name}: cannot decode ({type(exc).__name__})"
             ) from None
-        self._array = self._rgb(a)
+        self._image = decoded  # one decoded copy; windows are cropped from it
 
     # -------------------------------------------------------------- tifffile
 
@@ -174,8 +176,8 @@ class PlainSlide:
         return [p * per_plane + k for p in range(planes) for k in idx]
 
     def _window(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        if self._array is not None:
-            return self._array[y0:y1, x0:x1]
+        if self._image is not None:
+            return self._rgb(np.asarray(self._image.crop((x0, y0, x1, y1))))
         fh = self._tiff.filehandle  # type: ignore[union-attr]
         out = np.zeros((y1 - y0, x1 - x0, self.samples), np.uint8)
         for page, channel in self._pages:
