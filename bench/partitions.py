@@ -86,11 +86,16 @@ def _defs():
 
     from gmai_pipeline.catalog import load_catalog
     from gmai_pipeline.defs import normalize, sources
+    from gmai_pipeline.defs.resources import PipelineStorage
 
     catalog = load_catalog()  # GMAI_CATALOG_DIR: this run's one entry
     assets = [*sources.build_defs(catalog).assets, *normalize.build_defs(catalog).assets]
+    storage = PipelineStorage(
+        output_root=os.environ["GMAI_OUTPUT_ROOT"], raw_root=os.environ["GMAI_RAW_ROOT"]
+    )
     return dg.Definitions(
         assets=assets,
+        resources={"storage": storage},  # the roots run() sets for this run's step processes
         jobs=[
             dg.define_asset_job("scan", selection=dg.AssetSelection.key_prefixes(["source"])),
             dg.define_asset_job("normalize", selection=dg.AssetSelection.key_prefixes(["normalized"])),

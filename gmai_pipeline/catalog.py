@@ -208,16 +208,28 @@ class MsdReader(_Options, VolumeOptions):
         return (self.dataset_json, self.images_dir + "/")
 
 
+class DicomJsonLabels(_Options):
+    """Labels from an MD.ai annotation export, joined on a UID of each file's own header, in memory only
+    (`readers.dicom_json`). `file`: the JSON's path, or a glob naming exactly one file."""
+
+    file: str
+    format: Literal["mdai"]
+    key: Literal["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"] = "StudyInstanceUID"
+
+
 class DicomReader(_Options):
-    """DICOM files plus `labels.csv` (`file,label`)."""
+    """DICOM files plus `labels.csv` (`file,label`), or `labels_json` (an MD.ai export keyed by a header UID)."""
 
     kind: Literal["dicom"]
     labels_csv: str = "labels.csv"
     file_column: str = "file"
     label_column: str = "label"
     ct_window: tuple[float, float] | None = None
+    labels_json: DicomJsonLabels | None = None
 
     def anchors(self) -> tuple[str, ...]:
+        if self.labels_json is not None:  # a glob anchors nothing: the declared root is the layout root
+            return () if any(c in self.labels_json.file for c in "*?[") else (self.labels_json.file,)
         return (self.labels_csv,)
 
 

@@ -738,7 +738,7 @@ CONVERT_TASKS: dict[str, tuple[str, ...]] = {
     "dicom_series": ("3d_seg",),
     "polygons": ("2d_seg",),
     "rle": ("2d_seg",),
-    "hdf5": ("2d_cls", "2d_seg"),
+    "hdf5": ("2d_cls", "2d_seg", "2d_det"),  # 2d_det: boxes from a table (convert.boxes)
     "wsi": ("2d_cls", "2d_seg"),
     "npy": ("2d_det", "2d_seg"),  # boxes per instance id of each class channel
     "imgannot": ("2d_det",),  # a box per marking
@@ -1015,7 +1015,9 @@ class LayoutReader(ReaderBase, VolumeOptions):
                 raise ValueError(
                     f"convert.label_kind: {task_type} reads {'mask' if task_type == '2d_seg' else 'scalar'} labels"
                 )
-            if c.labels is None and self.label is None:
+            if (task_type == "2d_det") != (c.boxes is not None):
+                raise ValueError("convert.boxes (a box table) gives 2d_det rows, and only it does")
+            if c.labels is None and self.label is None and c.boxes is None:
                 raise ValueError("convert.labels: name the label dataset (or give reader.label)")
             if self.masks is not None:
                 raise ValueError(

@@ -55,6 +55,7 @@ class Reason(StrEnum):
         "a label (or mask value) not in the catalog entry's labels map",
     )
     UNCERTAIN_LABEL = "uncertain_label", "normalize", "an uncertain label cell whose stated policy is quarantine"  # fmt: skip
+    CONFLICTING_LABELS = "conflicting_labels", "normalize", "annotators gave an input different labels, none by a majority"  # fmt: skip
     INVALID_LABEL = "invalid_label", "normalize", "a label value that is not a usable class code (not an integer, out of range)"  # fmt: skip
     NO_ANNOTATION = "no_annotation", "normalize", "an image without any annotation"
     NO_FINDING = "no_finding", "normalize", "a detection row or image that says there is no finding (nothing to box)"  # fmt: skip

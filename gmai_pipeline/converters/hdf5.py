@@ -18,6 +18,10 @@ Why it is built this way:
 - Images must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; non-uint8 pixels are scaled per image
   (`imaging.to_uint8`). Labels: `scalar` (one number per row, any trailing axes of size 1, as PCam's
   `y`) or `mask` (N, H, W label maps, same H, W as the images).
+- Detection boxes may live in a table beside the files instead (fastMRI+ `Annotations/knee.csv`: a row per
+  box, keyed by file stem and slice): `boxes` (`Hdf5BoxTable`, read by `readers.hdf5_boxes`), with
+  `labels: null`. `flip` turns every image (and label map) over first, for annotations drawn on flipped
+  slices (fastMRI+ boxes: microsoft/fastmri-plus:README.md).
 
 Catalog declaration (`reader.convert` of a `kind: layout` entry; the reader is
 `gmai_pipeline.readers.hdf5`). PCam:
@@ -47,6 +51,19 @@ GZIP_MAGIC = b"\x1f\x8b"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+class Hdf5BoxTable(Options):
+    """Boxes as rows of a table beside the HDF5 files (fastMRI+ `Annotations/knee.csv`): a row belongs to
+    index `index` of the file whose stem is its `key` cell; `skip` names rows that are no box (study-level)."""
+
+    file: str
+    key: str  # column holding the HDF5 file's stem (`file1000001`)
+    index: str  # column holding the record index (the slice)
+    columns: tuple[str, str, str, str]
+    format: Literal["xyxy", "xywh"]
+    label: str
+    skip: dict[str, str] = Field(default_factory=dict)  # column -> value: the row is no box (counted)
+
+
 class Hdf5Options(Options):
     kind: Literal["hdf5"] = "hdf5"
     images: str = "x"  # dataset name (a path inside the file: "x" or "group/x")
@@ -56,11 +73,17 @@ class Hdf5Options(Options):
     # mask labels as instance ids (CREMI's uint64 neuron_ids): every non-zero id is one object of class 1,
     # one box per id (`instance_boxes`), however many ids a volume holds; the catalog names class 1
     instances: bool = False
+    # `ud` / `lr`: every image (and label map) flipped before use, as the annotations were drawn
+    # (fastMRI+ boxes lie on up/down-flipped reconstructions: microsoft/fastmri-plus:README.md)
+    flip: Literal["ud", "lr"] | None = None
+    boxes: Hdf5BoxTable | None = None  # 2d_det: one box per table row (readers.hdf5_boxes)
 
     @model_validator(mode="after")
     def _instances(self) -> Hdf5Options:
         if self.instances and self.label_kind != "mask":
             raise ValueError("instances: true reads label maps of instance ids (label_kind: mask)")
+        if self.boxes is not None and self.labels is not None:
+            raise ValueError("convert.boxes: the labels are the table's; set convert.labels: null")
         return self
 
 
@@ -224,7 +247,16 @@ def iter_records(
                 g.close()
 
 
+def _flipped(arr, flip: str | None):
+    if flip is None or arr is None or np.ndim(arr) < 2:
+        return arr
+    return np.asarray(arr)[::-1] if flip == "ud" else np.asarray(arr)[:, ::-1]
+
+
 def _record(i: int, raw: np.ndarray, lab, name: str, total: int, opts: Hdf5Options) -> Iterator:
+    raw = _flipped(raw, opts.flip)
+    if opts.label_kind == "mask":
+        lab = _flipped(lab, opts.flip)
     if lab is None:
         yield Hdf5Record(i, _image(raw), None)
         return

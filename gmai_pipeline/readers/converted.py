@@ -9,7 +9,7 @@ declaration means the same with or without `convert:`. The readers themselves:
 | dicom_series | `readers.dicom_series` | a series (the files of one SeriesInstanceUID in one folder); a file that joins no series; a folder left out whole (split) |
 | polygons | `readers.polygons` | an image file with its annotation file(s); a shape that encloses no area |
 | rle | `readers.rle` | an image file with all its table rows; a table key whose image is not found |
-| hdf5 | `readers.hdf5` | an index of the image dataset; a file that cannot be used (or is left out) at all |
+| hdf5 | `readers.hdf5` | an index of the image dataset (with `boxes`: a box row of it, `readers.hdf5_boxes`); a file that cannot be used (or is left out) at all |
 | wsi | `readers.wsi` | a slide (2d_seg); a tile of a slide (2d_cls), a slide that gives none or cannot be read |
 
 Every file goes through the verified reads (`ReaderContext.read` / `open`), every input's work runs

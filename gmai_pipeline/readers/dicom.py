@@ -429,7 +429,11 @@ def read(ctx: ReaderContext, opts: DicomReader) -> Iterator[Event]:
     names = ctx.dicom_names
     ctx.ct_window = opts.ct_window
     dicom_like = [p for p in ctx.under(ctx.base) if _dicom_like(p)]
-    if ctx.at(opts.labels_csv) in ctx.files:
+    if opts.labels_json is not None:  # an MD.ai export keyed by a header UID (readers.dicom_json)
+        from gmai_pipeline.readers import dicom_json
+
+        yield from dicom_json.inputs(ctx, opts, names, dicom_like)
+    elif ctx.at(opts.labels_csv) in ctx.files:
         yield from _csv_inputs(ctx, opts, names)
     else:
         for rel in dicom_like:
@@ -515,6 +519,11 @@ def _file(ctx: ReaderContext, opts: DicomReader, names: Names, rel: str, raw_lab
     header = read_header(ctx, rel, label)
     if isinstance(header, Quarantined):
         return header
+    return kept_row(ctx, header, split, label)
+
+
+def kept_row(ctx: ReaderContext, header: Header, split: str, label: str) -> Event:
+    """Decode, deduplicate and store a checked header's pixels: its row under its final name."""
     # The name is final once the pixels are known: check duplicates before writing anything.
     with quiet():  # this reader decodes in reader order, so it may also run outside `normalize_source`
         try:

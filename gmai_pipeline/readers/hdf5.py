@@ -7,7 +7,8 @@ gzip-packed, a dataset missing, images and labels of different lengths, its labe
 a declared split leaves it out: one input standing for indices that are never read. A read that
 fails part-way (a corrupt chunk) quarantines that index and every later one, each by name, so the
 count still holds. `2d_cls`: the label value goes through the catalog's labels (PCam
-`{"0": normal, "1": metastatic tissue}`); `2d_seg` (`label_kind: mask`): one row per component.
+`{"0": normal, "1": metastatic tissue}`); `2d_seg` (`label_kind: mask`): one row per component;
+`2d_det` with `convert.boxes`: one row per box row of a table (`readers.hdf5_boxes`, fastMRI+).
 
 Both files are opened through the verified reads (`ReaderContext.open`: hashed in one streaming pass,
 links refused) and h5py reads that descriptor, never the path; records come block by block
@@ -28,7 +29,8 @@ from gmai_pipeline.decode_guard import decoder_failure, is_output_failure
 from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import Hdf5Convert, LayoutReader
 from gmai_pipeline.quarantine import Reason
-from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary
+from gmai_pipeline.readers import hdf5_boxes
+from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, boundary_events
 from gmai_pipeline.readers.bins import bin_of
 from gmai_pipeline.readers.converted import Decided, decide, fill, gather
 from gmai_pipeline.readers.masks import mask_rows
@@ -46,6 +48,8 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
             filled = fill(conv.labels_file, f.fields)
             label_of[f.rel] = ctx.at(filled) if filled is not None else None
     label_files = {v for v in label_of.values() if v}
+    boxes, events = hdf5_boxes.load(ctx, conv.boxes) if conv.boxes is not None else (None, [])
+    yield from events
     for f in inputs.found:
         if f.rel in label_files:  # a label file the images template also matches
             continue
@@ -75,11 +79,17 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
                 f"{f.rel}: its label file {want} is not in the dataset folder",
             )
             continue
-        yield from _file(ctx, opts, conv, unit, labels_rel)
+        if events:  # the box table cannot be read: the file is not read either
+            ctx.saw_image(f.rel)
+            yield Quarantined(f.rel, "read", Reason.MISSING_FILE, f"{f.rel}: its box table cannot be read")
+            continue
+        yield from _file(ctx, opts, conv, unit, labels_rel, boxes)
+    if boxes is not None:
+        hdf5_boxes.unmatched(ctx, boxes)
 
 
 def _file(
-    ctx: ReaderContext, opts, conv: Hdf5Convert, unit: Decided, labels_rel: str | None
+    ctx: ReaderContext, opts, conv: Hdf5Convert, unit: Decided, labels_rel: str | None, boxes=None
 ) -> Iterator[Event]:
     rel = unit.found.rel
     done = 0
@@ -105,9 +115,14 @@ def _file(
                 else:
                     name = record_name(rel, rec.index, count)
                     ctx.saw_image(name)
-                    yield at_boundary(
-                        name, lambda rec=rec, name=name: _record(ctx, opts, conv, unit, rec, name), "record"
-                    )
+                    if boxes is not None:  # a box table (fastMRI+): events per box row
+                        yield from _boxed(ctx, conv, unit, boxes, rec, name)
+                    else:
+                        yield at_boundary(
+                            name,
+                            lambda rec=rec, name=name: _record(ctx, opts, conv, unit, rec, name),
+                            "record",
+                        )
                 done += 1
         except Exception as exc:  # noqa: BLE001 - the sample boundary: a file, or the rest of it
             if is_output_failure(exc):
@@ -125,6 +140,27 @@ def _file(
                 )
                 yield Quarantined(name, "read", err.reason, detail)
     ctx.counters["hdf5_records_read"] += done
+
+
+def _boxed(ctx: ReaderContext, conv: Hdf5Convert, unit: Decided, boxes, rec: Hdf5Record, name: str):
+    """A record's box rows at the sample boundary (one quarantine row per box row it stood for)."""
+    stem = unit.found.rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    store = ctx.store_for(unit.modality)
+    yield from boundary_events(
+        name,
+        lambda: hdf5_boxes.record_events(
+            ctx,
+            conv.boxes,  # type: ignore[arg-type]
+            boxes,
+            (stem, rec.index),
+            name,
+            unit.split,
+            unit.modality,
+            lambda: store.store_array(rec.image, name, f"{name}.png"),
+        ),
+        max(1, len(boxes.rows.get((stem, rec.index), ()))),
+        "record",
+    )
 
 
 def _record(ctx: ReaderContext, opts, conv: Hdf5Convert, unit: Decided, rec: Hdf5Record, name: str) -> Event:
