@@ -19,7 +19,7 @@ at the sample boundary (`base.at_boundary`).
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from gmai_pipeline.imaging import ImageError
@@ -146,3 +146,33 @@ def fill(template: str, fields: dict[str, str]) -> str | None:
 
     out = FIELD_TOKEN.sub(sub, template)
     return None if missing or "*" in out else posixpath.normpath(out)
+
+
+def whole_files(
+    ctx: ReaderContext, opts: LayoutReader, inputs: Inputs, companion_of: dict[str, str | None]
+) -> Iterator[tuple[Decided, str | None] | Quarantined]:
+    """The array files (HDF5, `.npy`) a converter reads, each with its companion file (labels, masks):
+    (decided input, companion path) to read, or a Quarantined standing for the whole file (its split or
+    modality refused, or its split excluded: indices never read). Companions the images template also
+    matches are not inputs of their own."""
+    companions = {v for v in companion_of.values() if v}
+    for f in inputs.found:
+        if f.rel in companions:
+            continue
+        unit = decide(ctx, opts, inputs, f)
+        if unit is None:
+            continue
+        ctx.claim(f.rel)
+        other = companion_of.get(f.rel)
+        if other is not None and other in ctx.files:
+            ctx.claim(other)
+        if isinstance(unit, Quarantined):
+            ctx.saw_image(f.rel)
+            yield unit
+            continue
+        excluded = ctx.exclusion(f.rel, unit.split, bytes_dedup=False)
+        if excluded is not None:
+            ctx.saw_image(f.rel)
+            yield Quarantined(f.rel, excluded[0], excluded[1], excluded[2] + " (the whole file, not read)")
+            continue
+        yield unit, other

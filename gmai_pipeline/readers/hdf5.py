@@ -32,7 +32,7 @@ from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers import hdf5_boxes
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext, at_boundary, boundary_events
 from gmai_pipeline.readers.bins import bin_of
-from gmai_pipeline.readers.converted import Decided, decide, fill, gather
+from gmai_pipeline.readers.converted import Decided, fill, gather, whole_files
 from gmai_pipeline.readers.masks import mask_rows
 from gmai_pipeline.readers.values import resolve
 from gmai_pipeline.volumes import mask_boxes
@@ -47,28 +47,14 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         for f in inputs.found:
             filled = fill(conv.labels_file, f.fields)
             label_of[f.rel] = ctx.at(filled) if filled is not None else None
-    label_files = {v for v in label_of.values() if v}
     boxes, events = hdf5_boxes.load(ctx, conv.boxes) if conv.boxes is not None else (None, [])
     yield from events
-    for f in inputs.found:
-        if f.rel in label_files:  # a label file the images template also matches
+    for item in whole_files(ctx, opts, inputs, label_of):
+        if isinstance(item, Quarantined):
+            yield item
             continue
-        unit = decide(ctx, opts, inputs, f)
-        if unit is None:
-            continue
-        ctx.claim(f.rel)
-        labels_rel = label_of.get(f.rel)
-        if labels_rel is not None and labels_rel in ctx.files:
-            ctx.claim(labels_rel)
-        if isinstance(unit, Quarantined):
-            ctx.saw_image(f.rel)
-            yield unit
-            continue
-        excluded = ctx.exclusion(f.rel, unit.split, bytes_dedup=False)
-        if excluded is not None:
-            ctx.saw_image(f.rel)
-            yield Quarantined(f.rel, excluded[0], excluded[1], excluded[2] + " (the whole file, not read)")
-            continue
+        unit, labels_rel = item
+        f = unit.found
         if conv.labels_file is not None and (labels_rel is None or labels_rel not in ctx.files):
             ctx.saw_image(f.rel)
             want = labels_rel or conv.labels_file

@@ -24,7 +24,7 @@ from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext, at_boundary
-from gmai_pipeline.readers.converted import Decided, decide, fill, gather
+from gmai_pipeline.readers.converted import Decided, fill, gather, whole_files
 from gmai_pipeline.readers.layout import _per_box
 from gmai_pipeline.readers.masks import mask_rows
 
@@ -36,26 +36,12 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
     masks_of = {
         f.rel: (lambda m: ctx.at(m) if m else None)(fill(conv.masks_file, f.fields)) for f in inputs.found
     }
-    mask_files = {v for v in masks_of.values() if v}
-    for f in inputs.found:
-        if f.rel in mask_files:  # a mask array the images template also matches
+    for item in whole_files(ctx, opts, inputs, masks_of):
+        if isinstance(item, Quarantined):
+            yield item
             continue
-        unit = decide(ctx, opts, inputs, f)
-        if unit is None:
-            continue
-        ctx.claim(f.rel)
-        masks_rel = masks_of.get(f.rel)
-        if masks_rel is not None and masks_rel in ctx.files:
-            ctx.claim(masks_rel)
-        if isinstance(unit, Quarantined):
-            ctx.saw_image(f.rel)
-            yield unit
-            continue
-        excluded = ctx.exclusion(f.rel, unit.split, bytes_dedup=False)
-        if excluded is not None:
-            ctx.saw_image(f.rel)
-            yield Quarantined(f.rel, excluded[0], excluded[1], excluded[2] + " (the whole file, not read)")
-            continue
+        unit, masks_rel = item
+        f = unit.found
         if masks_rel is None or masks_rel not in ctx.files:
             ctx.saw_image(f.rel)
             want = masks_rel or conv.masks_file
