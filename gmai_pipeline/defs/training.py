@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 import uuid
+from abc import abstractmethod
 from pathlib import Path
 
 import dagster as dg
@@ -60,14 +61,15 @@ class GpuCluster(dg.ConfigurableResource):
     )
 
     @property
+    @abstractmethod
     def backend(self) -> str:
         """The profile's name for this backend, reported in each stage's metadata."""
-        raise NotImplementedError
 
+    @abstractmethod
     def world_size(self) -> int:
         """Processes a launch starts: the effective batch is computed from it before submitting."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run_stage(
         self,
         context: dg.AssetExecutionContext,
@@ -76,7 +78,6 @@ class GpuCluster(dg.ConfigurableResource):
         module: str = "training_jobs.train",
     ) -> dg.MaterializeResult:
         """Run `python -m <module> <args>` where this resource says, reporting through Pipes."""
-        raise NotImplementedError
 
     def _python(self) -> str:
         return self.python or sys.executable
