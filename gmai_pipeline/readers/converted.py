@@ -176,3 +176,16 @@ def whole_files(
             yield Quarantined(f.rel, excluded[0], excluded[1], excluded[2] + " (the whole file, not read)")
             continue
         yield unit, other
+
+
+def decided_images(ctx: ReaderContext, opts: LayoutReader, inputs: Inputs) -> Iterator[Decided | Quarantined]:
+    """Each image input the filters keep, claimed and counted as seen: its declared values to read it
+    with, or the Quarantined its split or modality became (annotation-file converters: polygons, slides,
+    imgannot)."""
+    for f in inputs.found:
+        unit = decide(ctx, opts, inputs, f)
+        if unit is None:
+            continue
+        ctx.claim(f.rel)
+        ctx.saw_image(f.rel)
+        yield unit

@@ -18,7 +18,7 @@ from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext
-from gmai_pipeline.readers.converted import decide, gather
+from gmai_pipeline.readers.converted import decided_images, gather
 from gmai_pipeline.readers.layout import _per_box
 from gmai_pipeline.readers.masks import Mask2D, seg_image_with
 
@@ -30,15 +30,11 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
     inputs = gather(ctx, opts, IMAGE_EXTENSIONS, (".xml",))
     yield from inputs.events
     expected = " or ".join(opts.masks.path)  # type: ignore[union-attr]
-    for f in inputs.found:
-        unit = decide(ctx, opts, inputs, f)
-        if unit is None:
-            continue
-        ctx.claim(f.rel)
-        ctx.saw_image(f.rel)
+    for unit in decided_images(ctx, opts, inputs):
         if isinstance(unit, Quarantined):
             yield unit
             continue
+        f = unit.found
         files = inputs.masks_of(f)
         if not files:
             yield Quarantined(

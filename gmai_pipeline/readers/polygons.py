@@ -40,7 +40,7 @@ from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Quarantined, ReaderContext, unreferenced_file
-from gmai_pipeline.readers.converted import Decided, decide, gather
+from gmai_pipeline.readers.converted import Decided, decide, decided_images, gather
 from gmai_pipeline.readers.masks import Mask2D, seg_image_with
 from gmai_pipeline.readers.values import resolve
 
@@ -55,15 +55,11 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
         yield from _coco(ctx, opts, conv, inputs)
         return
     expected = " or ".join(opts.masks.path)  # type: ignore[union-attr]
-    for f in inputs.found:
-        unit = decide(ctx, opts, inputs, f)
-        if unit is None:
-            continue
-        ctx.claim(f.rel)
-        ctx.saw_image(f.rel)
+    for unit in decided_images(ctx, opts, inputs):
         if isinstance(unit, Quarantined):
             yield unit
             continue
+        f = unit.found
         files = inputs.masks_of(f)
         if not files:
             shown = ctx.shown(f.rel)

@@ -42,7 +42,7 @@ from gmai_pipeline.imaging import ImageError
 from gmai_pipeline.layouts import LayoutReader, WsiConvert
 from gmai_pipeline.quarantine import Reason
 from gmai_pipeline.readers.base import Event, Kept, Quarantined, ReaderContext
-from gmai_pipeline.readers.converted import Decided, decide, gather
+from gmai_pipeline.readers.converted import Decided, decided_images, gather
 from gmai_pipeline.readers.masks import value_label
 from gmai_pipeline.readers.templates import all_hold
 from gmai_pipeline.readers.values import resolve
@@ -73,15 +73,11 @@ def read(ctx: ReaderContext, opts: LayoutReader) -> Iterator[Event]:
     inputs = gather(ctx, opts)
     yield from inputs.events
     expected = " or ".join(opts.masks.path) if opts.masks else ""
-    for f in inputs.found:
-        unit = decide(ctx, opts, inputs, f)
-        if unit is None:
-            continue
-        ctx.claim(f.rel)
-        ctx.saw_image(f.rel)
+    for unit in decided_images(ctx, opts, inputs):
         if isinstance(unit, Quarantined):
             yield unit
             continue
+        f = unit.found
         masks = inputs.masks_of(f)
         for m in masks:
             ctx.claim(m.rel)
