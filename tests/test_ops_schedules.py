@@ -8,6 +8,9 @@ depend on how far the other stages have got; `test_jobs_on_the_real_graph` check
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +29,8 @@ from gmai_pipeline.defs.training import TRAINING_KEYS
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.progress import Progress
 from gmai_pipeline.sensing import changed_folders, decode_cursor, fingerprint_folder, scan_raw_root
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARDS = dg.StaticPartitionsDefinition(SHARD_KEYS)
 
@@ -171,6 +176,50 @@ def test_celery_executor_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert executor is not None and executor.name == "celery"
     defs = dg.Definitions(assets=_toy_assets(CATALOG), jobs=_jobs(CATALOG), executor=executor)
     assert defs.resolve_job_def("demo_ingest_job").executor_def.name == "celery"
+
+
+def test_multiprocess_step_processes_start_from_the_prebuilt_location() -> None:
+    """The default executor forks its step processes from a forkserver that built the location once:
+    `defs()` there hands back what the preload built instead of rebuilding all assets per step."""
+    executor = definitions.multiprocess_executor()
+    assert executor is not None and executor.name == "multiprocess"
+    code = (
+        "import gmai_pipeline.step_preload; from gmai_pipeline import definitions; "
+        "d = definitions.defs(); assert d is definitions.defs() is definitions._prebuilt; "
+        "assert d.get_repository_def().has_job('demo_job'); print('ok')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GMAI_CATALOG_DIR": str(ROOT / "assets" / "demo")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_run_on_the_default_executor_uses_the_preloaded_forkserver(tmp_path: Path) -> None:
+    """`dagster job execute` as a user types it: every step runs in a process forked from the preloaded server."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.sqlite.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GMAI_")}
+    env.update(
+        DAGSTER_HOME=str(home),
+        GMAI_OUTPUT_ROOT=str(tmp_path / "out"),
+        GMAI_CATALOG_DIR=str(ROOT / "assets" / "demo"),
+        PYTHONPATH=str(ROOT),
+    )
+    dagster = Path(sys.executable).parent / "dagster"
+    cmd = [str(dagster), "job", "execute", "-m", "gmai_pipeline.definitions", "-j", "demo_ingest_job"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.run_config.get("execution", {}) == {}  # nothing for the user to configure
+        events = [r.dagster_event for r in instance.all_logs(run.run_id) if r.dagster_event]
+    started = {e.step_key for e in events if e.event_type_value == "STEP_WORKER_STARTED"}
+    succeeded = {e.step_key for e in events if e.event_type_value == "STEP_SUCCESS"}
+    assert started == succeeded and "sources" in started and len(started) > 1
+    tables = {p.stem for p in (tmp_path / "out" / "normalized").glob("*.parquet")}
+    assert {f"normalized__{name}" for name in tables} == succeeded - {"sources"}
 
 
 def test_jobs_on_the_real_graph() -> None:
