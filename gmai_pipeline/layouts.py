@@ -1071,7 +1071,8 @@ class LayoutReader(ReaderBase, VolumeOptions):
 
 
 class Expect(_Spec):
-    """Documented counts, checked after the read (asset check `expected_counts`) and shown in the UI.
+    """Documented counts, checked after the read (`expected_counts`, in the asset check `in_release`) and shown
+    in the UI.
 
     images: image files the reader found (kept or quarantined, every split); cases: volumes' cases (3D)
     or distinct `{case}` values; classes: distinct labels kept. `tolerance` is the allowed relative

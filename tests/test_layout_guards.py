@@ -38,8 +38,18 @@ def _failure(result) -> str:
     return str(event.event_specific_data.error)
 
 
-def _checks(result) -> dict:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+def _verdict(result) -> dg.AssetCheckEvaluation:
+    """The dataset's one check, `in_release`: the properties verified on its tables are in its metadata."""
+    (verdict,) = result.get_asset_check_evaluations()
+    assert verdict.check_name == "in_release"
+    return verdict
+
+
+def _property(result, name: str) -> dict:
+    """One property's verdict and figures, as `in_release` reports them."""
+    meta = _verdict(result).metadata
+    figures = {k.split("/", 1)[1]: v.value for k, v in meta.items() if k.startswith(f"{name}/")}
+    return {"passed": meta[name].value == "passed", **figures}
 
 
 def test_nih_through_dagster_with_tables_and_split_lists(
@@ -52,8 +62,8 @@ def test_nih_through_dagster_with_tables_and_split_lists(
     assert result.success
     meta = result.asset_materializations_for_node("normalized__nih")[0].metadata
     assert (meta["kept"].value, meta["quarantined"].value) == (4, 1)
-    checks = _checks(result)
-    assert checks["expected_counts"].passed and checks["labels_plausible"].passed
+    assert _property(result, "expected_counts")["passed"] and _property(result, "labels_plausible")["passed"]
+    assert _verdict(result).passed
 
 
 def test_zero_inputs_fail_with_the_folder_the_layout_and_the_url(
@@ -127,9 +137,10 @@ def test_label_collapse_blocks_nih_read_as_class_folders(
         photo(raw_root / "nih" / "images" / f"{i:08d}_000.png", seed=i, size=(16, 16), rgb=False)
     source = entry(tmp_path, "nih", "2d_cls", "reader: {kind: image_folder}")
     result = _materialize(source, raw_root, monkeypatch)
-    check = _checks(result)["labels_plausible"]
-    assert not check.passed
-    findings = check.metadata["findings"].value
+    plausible = _property(result, "labels_plausible")
+    assert not plausible["passed"] and not _verdict(result).passed
+    assert "labels_plausible failed" in _verdict(result).description
+    findings = plausible["findings"]
     assert "label collapse: 'images' holds 25 of 25 rows" in findings and "folder names: images" in findings
 
 
@@ -153,10 +164,13 @@ def test_expect_mismatch_fails_its_check_and_is_shown(tmp_path: Path, output_roo
     expect = "expect: {images: 7909, classes: 8, tolerance: 0.01, source: breakhis page}\n"
     source = entry(tmp_path, "breakhis", "2d_cls", BREAKHIS + expect, **PATHOLOGY)
     result = _materialize(source, raw_root, monkeypatch)
-    check = _checks(result)["expected_counts"]
-    assert not check.passed
-    assert check.metadata["images"].value == "expected 7909, found 2"
-    assert check.metadata["classes"].value == "expected 8, found 2"
-    assert "breakhis" in check.description
+    counts = _property(result, "expected_counts")
+    assert not counts["passed"] and not _verdict(result).passed
+    assert counts["images"] == "expected 7909, found 2"
+    assert counts["classes"] == "expected 8, found 2"
+    assert (
+        "breakhis" in _verdict(result).description
+        and "expected_counts failed" in _verdict(result).description
+    )
     meta = result.asset_materializations_for_node("normalized__breakhis")[0].metadata
     assert meta["images_found"].value == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,7 @@ from normalize_fixtures import make_source, pattern, run, write_image
 from storage_fixtures import storage_at
 
 from gmai_pipeline.defs.common import group_name
-from gmai_pipeline.defs.normalize import CHECKS, IN_RELEASE, build_normalized_asset, normalized_key
+from gmai_pipeline.defs.normalize import IN_RELEASE, PROPERTIES, build_normalized_asset, normalized_key
 from gmai_pipeline.defs.sources import build_source_asset
 from gmai_pipeline.manifest import scan
 from gmai_pipeline.normalize import normalize_source, verify_outputs
@@ -80,7 +81,7 @@ def test_asset_materializes_with_metadata_checks_and_preview(
     assert asset.key == normalized_key("ds")
     assert dg.AssetKey(["source", "ds"]) in asset.dependency_keys
     assert asset.group_names_by_key[asset.key] == group_name(source)
-    assert {c.name for c in asset.check_specs} == set(CHECKS) | {IN_RELEASE}
+    assert {c.name for c in asset.check_specs} == {IN_RELEASE}  # one verdict; the properties in its metadata
     result = dg.materialize([build_source_asset(source), asset], resources={"storage": storage})
     assert result.success
     meta = result.asset_materializations_for_node("normalized__ds")[0].metadata
@@ -89,8 +90,11 @@ def test_asset_materializes_with_metadata_checks_and_preview(
     assert "unreadable" in meta["quarantine_by_reason"].value and "| a " in meta["label_distribution"].value
     assert meta["preview"].value.startswith("![preview](data:image/jpeg;base64,")
     assert (output_root / "previews" / "ds.png").is_file()
-    evals = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evals} == set(CHECKS) | {IN_RELEASE} and all(e.passed for e in evals)
+    (verdict,) = result.get_asset_check_evaluations()
+    assert verdict.check_name == IN_RELEASE and verdict.passed
+    assert {name: verdict.metadata[name].value for name in PROPERTIES} == dict.fromkeys(PROPERTIES, "passed")
+    assert verdict.metadata["inputs_accounted/inputs"].value == 7
+    assert re.search(r"\| boxes_inside_image +\| passed +\|", verdict.metadata["properties"].value)
 
 
 def test_asset_fails_only_when_nothing_is_readable(tmp_path: Path, output_root: Path, monkeypatch) -> None:
@@ -125,7 +129,10 @@ def test_demo_sources_materialize_with_all_checks_passing(storage, output_root: 
     result = dg.materialize(assets, resources={"storage": storage})
     assert result.success
     evals = result.get_asset_check_evaluations()
-    assert len(evals) == len(demo) * (len(CHECKS) + 1)  # + in_release
+    assert {(e.asset_key, e.check_name) for e in evals} == {
+        (normalized_key(s.name), IN_RELEASE) for s in demo
+    }
+    assert all(e.metadata[name].value == "passed" for e in evals for name in PROPERTIES)
     assert all(e.passed for e in evals), [
         (e.asset_key, e.check_name, e.metadata) for e in evals if not e.passed
     ]
