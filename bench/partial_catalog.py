@@ -59,6 +59,7 @@ def _step_counts(home: Path, started_at: float) -> dict:
     """Steps and events of the one run in `home`, and how the wall-clock splits around RUN_START."""
     import dagster as dg
 
+    os.environ["DAGSTER_HOME"] = str(home)  # the template's event log lives under $DAGSTER_HOME/storage
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs()
         records = instance.all_logs(run.run_id)

@@ -194,7 +194,9 @@ def test_multiprocess_step_processes_start_from_the_prebuilt_location() -> None:
 
 
 @pytest.mark.slow
-def test_a_run_on_the_default_executor_uses_the_preloaded_forkserver(tmp_path: Path) -> None:
+def test_a_run_on_the_default_executor_uses_the_preloaded_forkserver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`dagster job execute` as a user types it: every step runs in a process forked from the preloaded server."""
     home = tmp_path / "home"
     home.mkdir()
@@ -210,6 +212,7 @@ def test_a_run_on_the_default_executor_uses_the_preloaded_forkserver(tmp_path: P
     cmd = [str(dagster), "job", "execute", "-m", "gmai_pipeline.definitions", "-j", "demo_ingest_job"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs()
         assert run.status == dg.DagsterRunStatus.SUCCESS
