@@ -69,6 +69,11 @@ def multiprocess_executor() -> dg.ExecutorDefinition | None:
     a `forkserver` that preloaded `gmai_pipeline.step_preload`, a step process starts with all of that in
     memory. Run config can still set `max_concurrent`, `tag_concurrency_limits`, `retries` or another
     `start_method`. None where the platform has no forkserver (Windows): Dagster's default.
+
+    Python keeps one forkserver per process: every run that `dagster job execute`, `dg dev` or the daemon
+    starts is a process of its own, but runs started one after another from one long-lived interpreter
+    (a notebook calling `execute_job` twice) share the first run's server, its environment and the
+    location it built; give those `start_method: {spawn: {}}`.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
@@ -86,8 +91,9 @@ _prebuilt: dg.Definitions | None = None
 def prebuild() -> None:
     """Build the location and resolve every job now, for the processes forked from this one to inherit.
 
-    Only the executor's forkserver calls this (through `gmai_pipeline.step_preload`): it serves one run,
-    under that run's environment, so what it built is what each step process would build again."""
+    Only the executor's forkserver calls this (through `gmai_pipeline.step_preload`): it serves the run
+    whose process started it, under that run's environment, so what it built is what each step process
+    would have built again."""
     global _prebuilt
     built = build_definitions()
     built.get_repository_def().get_all_jobs()
