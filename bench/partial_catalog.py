@@ -35,6 +35,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from process_tree import adopt_orphans, reap  # bench/, the script's folder
+
 REPO = Path(__file__).resolve().parent.parent
 DAGSTER = Path(sys.executable).parent / "dagster"
 RUNS = {
@@ -86,26 +88,6 @@ def _step_counts(home: Path, started_at: float) -> dict:
         }
 
 
-def _adopt_orphans() -> None:
-    """Become the subreaper of what the run leaves behind, so its CPU counts in RUSAGE_CHILDREN.
-
-    The multiprocess executor forks its step processes from a forkserver that outlives the run process
-    unwaited; without this its CPU time, and that of every step, is lost to init."""
-    import ctypes
-
-    PR_SET_CHILD_SUBREAPER = 36
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _reap() -> None:
-    """Wait for every adopted descendant (the forkserver exits once the run process is gone)."""
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-
-
 def run_once(kind: str, catalog: str, keep: bool, instance_root: Path | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"partial-{kind}-{catalog}-"))
     home, out = Path(tempfile.mkdtemp(prefix="dagster_home-", dir=instance_root or tmp)), tmp / "out"
@@ -119,7 +101,7 @@ def run_once(kind: str, catalog: str, keep: bool, instance_root: Path | None = N
     started = time.monotonic()
     proc = subprocess.run([str(DAGSTER), *RUNS[kind]], cwd=tmp, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
-    _reap()
+    reap()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the whole tree: step processes are waited for
     if proc.returncode != 0:
         raise SystemExit(
@@ -157,8 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = [(k, int(n or 1)) for k, _, n in (item.partition(":") for item in args.runs.split(","))]
 
-    if sys.platform == "linux":
-        _adopt_orphans()
+    adopt_orphans()
     load_start = os.getloadavg()
     measured: list[dict] = []
     turn = 0

@@ -42,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from process_tree import adopt_orphans, reap  # noqa: E402  (bench/, the script's folder)
+
 NAME = "bench_ct"
 ENTRY = """name: bench_ct
 title: synthetic CT cases (bench/partitions.py)
@@ -194,7 +196,7 @@ def _run_in_child(work: Path, raw_root: Path, partitions: int) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the {partitions}-partition run failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    _reap()
+    reap()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # The whole tree of the configuration (its scan run included): the step processes are forked from a
@@ -203,21 +205,6 @@ def _run_in_child(work: Path, raw_root: Path, partitions: int) -> dict:
         after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2
     )
     return result
-
-
-def _adopt_orphans() -> None:
-    import ctypes
-
-    PR_SET_CHILD_SUBREAPER = 36
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _reap() -> None:
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
 
 
 def _digest(out: Path) -> dict:
@@ -244,8 +231,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(run(args.child_work, args.child_raw, args.child)), flush=True)
         return
-    if sys.platform == "linux":
-        _adopt_orphans()
+    adopt_orphans()
     work = Path(tempfile.mkdtemp(prefix="gmai-partitions-", dir=args.workdir))
     try:
         raw_root = work / "raw"
