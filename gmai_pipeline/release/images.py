@@ -87,6 +87,7 @@ def _place(src: Path | str, dst: Path | str) -> bool:
 
 
 def _pair_table(rels: list[str], files: list[str]) -> pa.Table:
+    """(key, file) rows; the key is the path with _SEP for "/" (a path holding a NUL would alias another)."""
     rel = pa.array(rels, pa.string())
     if pc.any(pc.match_substring(rel, _SEP)).as_py():
         bad = next(r for r in rels if _SEP in r)
