@@ -5,8 +5,8 @@
 `bench/scale.py` measures this stage after the whole pipeline (about 50 minutes for 100k and 1M samples);
 this builds only what the stage reads: a `release_records.parquet` (GENERATED_SCHEMA, sorted by id, 2.5
 records an image as captions, VQA and half of them translated) and a store of one image path per
-sample, 1,000 to a folder, each a hard link to one of 16 small files (a million paths cost directory
-entries, not disk). For each size `sync_images` runs twice, each time in its own process: the first
+sample, 1,000 to a folder, each a hard link to one of n / 8,192 small files (a million paths cost
+directory entries, not disk; few enough links a file that the release's own stay under ext4's 65,000). For each size `sync_images` runs twice, each time in its own process: the first
 run links every image into `release/images/`, the rerun finds them all in place. Each run reports its
 wall time, CPU time and peak RSS (`ru_maxrss` of that process, imports included).
 """
@@ -44,7 +44,7 @@ def setup(root: Path, n: int) -> dict:
     pool = root / "pool"
     pool.mkdir(parents=True)
     pooled = []
-    for k in range(16):
+    for k in range(max(16, n // 8192)):
         (pool / f"{k}.png").write_bytes(os.urandom(256))
         pooled.append(pool / f"{k}.png")
     folder = "images/2d/cls/fundus/demo_fundus"
