@@ -5,6 +5,8 @@ an images root. The output root's `images/` also holds every image decontaminati
 release gets its own `images/` holding only the released images: hard links into the store (no second
 copy of 5.5M files; a copy only where the filesystem cannot link), each made under a temporary name and
 renamed into place. Images no longer released (decontaminated since, or dropped) are removed.
+Neither step holds the release's paths in memory: they are sorted on disk, and the folder is walked in
+the same order (`sync_images`).
 
 Where only the shards travel (the Hugging Face Hub takes a few thousand files per folder, not millions),
 `python -m gmai_pipeline.release.images unpack RELEASE_DIR` rebuilds `images/` from the shards: every
@@ -16,24 +18,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import hashlib
+import heapq
 import json
 import os
 import shutil
 import tarfile
-from array import array
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from gmai_pipeline.release.records import ReleaseRow
+from gmai_pipeline.release.records import ReleaseRecords, ReleaseRow, image_relative_to_root
 from gmai_pipeline.storage import atomic_write_bytes
 
 IMAGES_DIR = "images"
 # Filesystems without hard links (or a store on another device): the image is copied instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+RUN_ROWS = 16_384  # (path, file) pairs sorted in memory per spilled run
+RUN_BATCH = 512  # pairs per batch of a spilled run: a merge holds about one batch per run
+FAN_IN = 32  # runs merged at once
+# The path separator inside a sort key: it sorts below every character a file name can hold, so keys in
+# sorted order are the files of a depth-first walk that visits each folder's entries by name.
+_SEP = "\x00"
+_PAIRS = pa.schema([("key", pa.string()), ("file", pa.string())])
+_KEYS = pa.schema([("key", pa.string())])
+_RUN_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
 
 
 @dataclass
@@ -74,68 +86,134 @@ def _place(src: Path | str, dst: Path | str) -> bool:
     return copied
 
 
-def released_images(rows: Iterable[ReleaseRow]) -> dict[str, Path]:
-    """Relative image path (as the records name it) -> the stored file; one entry per image (in memory)."""
-    out: dict[str, Path] = {}
+def _pair_table(rels: list[str], files: list[str]) -> pa.Table:
+    """(key, file) rows; the key is the path with _SEP for "/" (a path holding a NUL would alias another)."""
+    rel = pa.array(rels, pa.string())
+    if pc.any(pc.match_substring(rel, _SEP)).as_py():
+        bad = next(r for r in rels if _SEP in r)
+        raise ValueError(f"image path {bad!r} holds a NUL character")
+    return pa.table({"key": pc.replace_substring(rel, "/", _SEP), "file": pa.array(files, pa.string())})
+
+
+def _pairs(rows: ReleaseRecords | Iterable[ReleaseRow]) -> Iterator[pa.Table]:
+    """(key, file) of every row, a batch at a time. From the table only the `image` column is read: no
+    ReleaseRow (and no conversations parsed) per record."""
+    if isinstance(rows, ReleaseRecords):
+        for table in rows.tables(columns=["image"]):
+            images = table.column("image").to_pylist()
+            yield _pair_table(
+                [image_relative_to_root(i) for i in images], [os.path.join(rows.root, i) for i in images]
+            )
+        return
+    rels: list[str] = []
+    files: list[str] = []
     for row in rows:
-        rel = row.record["image"]
-        if out.setdefault(rel, row.image_path) != row.image_path:
-            raise ValueError(f"image {rel} names two files: {out[rel]} and {row.image_path}")
-    return out
+        rels.append(row.record["image"])
+        files.append(row.image_file)
+        if len(rels) >= RUN_ROWS:
+            yield _pair_table(rels, files)
+            rels, files = [], []
+    if rels:
+        yield _pair_table(rels, files)
 
 
-def path_hash(rel: str) -> np.uint64:
-    """64 bits of BLAKE2b of a relative image path: the release's image set costs 8 bytes per image.
+def _write(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Path:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema, options=_RUN_OPTIONS) as w:
+        for batch in batches:
+            w.write_batch(batch)
+    return path
 
-    A numpy uint64, not a Python int: `searchsorted` with an int above 2**63 converted the whole sorted
-    array on every call (quadratic: 7 hours at a million images instead of a minute)."""
-    return np.frombuffer(hashlib.blake2b(rel.encode("utf-8"), digest_size=8).digest(), dtype="<u8")[0]
 
-
-def _hashes(rows: Iterable[ReleaseRow]) -> np.ndarray:
-    """Sorted, distinct path hashes of the images `rows` name."""
-    parts, chunk = [], array("Q")
+def _batches(rows: Iterable[tuple[str, ...]], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Rows of strings as record batches of RUN_BATCH rows."""
+    columns: list[list[str]] = [[] for _ in schema]
     for row in rows:
-        chunk.append(int(path_hash(row.record["image"])))
-        if len(chunk) >= 1 << 20:
-            parts.append(np.unique(np.frombuffer(chunk, dtype=np.uint64)))
-            chunk = array("Q")
-    parts.append(np.unique(np.frombuffer(chunk, dtype=np.uint64)) if len(chunk) else np.zeros(0, np.uint64))
-    return np.unique(np.concatenate(parts))
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+        if len(columns[0]) >= RUN_BATCH:
+            yield pa.record_batch([pa.array(c, pa.string()) for c in columns], schema=schema)
+            columns = [[] for _ in schema]
+    if columns[0]:
+        yield pa.record_batch([pa.array(c, pa.string()) for c in columns], schema=schema)
 
 
-def sync_images(rows: Iterable[ReleaseRow], images_dir: Path) -> ImageSync:
-    """Make `images_dir` hold exactly the images of `rows`, at the paths their records name.
+def _read(path: Path, *columns: str) -> Iterator[tuple[str, ...]]:
+    """The rows of a spilled stream, a batch at a time (not mapped: only one batch is resident)."""
+    with pa.OSFile(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            yield from zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
 
-    `rows` is read twice (a list, or `ReleaseRecords`): once for the set of released images, kept as
-    sorted 64-bit path hashes (8 bytes an image, not a set of path strings), once to place them. A path
-    the records name in two ways (two different files) is an error. A file is removed only when its path
-    hash is not released; a stale file whose hash collides with a released one (odds about 1 in 10^7 at
-    5.5M images) is kept, never a released image removed.
-    """
-    wanted = _hashes(rows)
-    placed = np.zeros(len(wanted), dtype=bool)
-    recent: dict[
-        int, str
-    ] = {}  # the file each recently placed image came from (one image's records are near)
-    result = ImageSync()
-    images_dir.mkdir(parents=True, exist_ok=True)
-    base = str(images_dir)
-    made: set[str] = set()
-    for row in rows:
-        rel = row.record["image"]
-        h = path_hash(rel)
-        k = int(np.searchsorted(wanted, h))
-        if placed[k]:
-            if recent.get(h, row.image_file) != row.image_file:
-                raise ValueError(f"image {rel} names two files: {recent[h]} and {row.image_file}")
+
+def _spill(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
+    """Sorted runs of the distinct (key, file) pairs of about RUN_ROWS rows each, as Arrow IPC streams.
+
+    Small runs: Arrow's allocator (mimalloc) keeps much of what sorting a large run freed, and what it
+    kept grew with the number of runs (runs of 128k pairs: a 196 MB peak at 50k images, 250 MB at 300k;
+    runs of 16k pairs: flat)."""
+    runs: list[Path] = []
+    buffer: list[pa.Table] = []
+    buffered = 0
+
+    def flush() -> None:
+        table = pa.concat_tables(buffer).sort_by([("key", "ascending"), ("file", "ascending")])
+        key, file = table["key"], table["file"]
+        # An image's records sit together: a pair equal to the one before it goes (an aggregation would
+        # do the same at twice the memory).
+        repeat = pc.and_(pc.equal(key[1:], key[:-1]), pc.equal(file[1:], file[:-1]))
+        table = table.filter(pa.chunked_array([[True], pc.invert(repeat)]))
+        batches = table.select(_PAIRS.names).to_batches(max_chunksize=RUN_BATCH)
+        runs.append(_write(folder / f"run-0-{len(runs):06d}.arrow", _PAIRS, batches))
+
+    for table in tables:
+        buffer.append(table)
+        buffered += table.num_rows
+        if buffered >= RUN_ROWS:
+            flush()
+            buffer, buffered = [], 0
+    if buffered:
+        flush()
+    return runs
+
+
+def _merged(runs: list[Path]) -> Iterator[tuple[str, str]]:
+    """The distinct (key, file) pairs of `runs`, in key order; an error when a path names two files."""
+    last_key, last_file = None, None
+    for key, file in heapq.merge(*(_read(p, "key", "file") for p in runs)):
+        if key == last_key:
+            if file != last_file:
+                raise ValueError(f"image {key.replace(_SEP, '/')} names two files: {last_file} and {file}")
             continue
-        placed[k] = True
-        if len(recent) >= 65_536:
-            recent.clear()
-        recent[h] = row.image_file
-        dst = os.path.join(base, rel)
-        src_stat = os.stat(row.image_file)
+        last_key, last_file = key, file
+        yield key, file
+
+
+def _sorted_runs(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
+    """At most FAN_IN sorted runs of the pairs: runs are merged FAN_IN at a time until so few are left, so
+    the final merge holds a bounded number of batches however many runs the release made."""
+    runs, level = _spill(tables, folder), 0
+    while len(runs) > FAN_IN:
+        level += 1
+        merged = []
+        for start in range(0, len(runs), FAN_IN):
+            group = runs[start : start + FAN_IN]
+            if len(group) == 1:
+                merged.append(group[0])
+                continue
+            path = folder / f"run-{level}-{len(merged):06d}.arrow"
+            merged.append(_write(path, _PAIRS, _batches(_merged(group), _PAIRS)))
+            for done in group:
+                done.unlink()
+        runs = merged
+    return runs
+
+
+def _placed(pairs: Iterable[tuple[str, str]], base: str, result: ImageSync) -> Iterator[tuple[str]]:
+    """Link (else copy) each image into place, in key order, unless it is there already; yields its key."""
+    last_parent = None
+    for key, file in pairs:
+        yield (key,)
+        dst = os.path.join(base, key.replace(_SEP, "/"))
+        src_stat = os.stat(file)
         try:
             if _same(src_stat, os.stat(dst)):
                 result.kept += 1
@@ -143,27 +221,65 @@ def sync_images(rows: Iterable[ReleaseRow], images_dir: Path) -> ImageSync:
         except FileNotFoundError:
             pass
         parent = os.path.dirname(dst)
-        if parent not in made:
+        if parent != last_parent:
             os.makedirs(parent, exist_ok=True)
-            if len(made) >= 65_536:
-                made.clear()
-            made.add(parent)
-        if _place(row.image_file, dst):
+            last_parent = parent
+        if _place(file, dst):
             result.copied += 1
         else:
             result.linked += 1
-    for folder, _dirs, files in os.walk(base):
-        prefix = os.path.relpath(folder, base).replace(os.sep, "/")
-        for name in files:
-            rel = name if prefix == "." else f"{prefix}/{name}"
-            h = path_hash(rel)
-            k = int(np.searchsorted(wanted, h))
-            if k < len(wanted) and wanted[k] == h:
-                continue
-            os.unlink(os.path.join(folder, name))
-            if len(result.removed) < 10_000:
-                result.removed.append(rel)
-            result.removed_count += 1
+
+
+def _tree(folder: str, prefix: str = "") -> Iterator[str]:
+    """Keys of the files under `folder`, in key order: each folder's entries by name, depth first.
+
+    Like os.walk, a symbolic link to a folder is neither followed nor listed."""
+    with os.scandir(folder) as it:
+        entries = sorted((e.name, e.is_dir(), e.is_symlink()) for e in it)
+    for name, is_dir, is_link in entries:
+        if not is_dir:
+            yield prefix + name
+        elif not is_link:
+            yield from _tree(os.path.join(folder, name), prefix + name + _SEP)
+
+
+def _remove_unreleased(base: str, released: Iterator[str], result: ImageSync) -> None:
+    """Remove every file under `base` whose key is not in `released` (sorted): a merge of two sorted streams."""
+    wanted = next(released, None)
+    for key in _tree(base):
+        while wanted is not None and wanted < key:
+            wanted = next(released, None)
+        if key == wanted:
+            continue
+        rel = key.replace(_SEP, "/")
+        os.unlink(os.path.join(base, rel))
+        if len(result.removed) < 10_000:
+            result.removed.append(rel)
+        result.removed_count += 1
+
+
+def sync_images(rows: ReleaseRecords | Iterable[ReleaseRow], images_dir: Path) -> ImageSync:
+    """Make `images_dir` hold exactly the images of `rows`, at the paths their records name.
+
+    `rows` (the table, a list, or any iterable of ReleaseRows) is read once. Its (path, file) pairs are
+    sorted on disk, an external merge sort spilled beside `images_dir`, so memory is bounded by the run
+    size and the merge's fan-in, not by the release: each image is placed once, in path order, and a path
+    the records name in two ways (two different files) is an error. The folder is then walked in the same
+    order, and each file the release does not name is removed.
+    """
+    result = ImageSync()
+    images_dir.mkdir(parents=True, exist_ok=True)
+    base = str(images_dir)
+    with tempfile.TemporaryDirectory(prefix=".images-sync.", dir=images_dir.parent) as spill:
+        folder = Path(spill)
+        runs = _sorted_runs(_pairs(rows), folder)
+        # The released keys, sorted, written as they are placed: the removal walk reads them back.
+        released = _write(
+            folder / "released.arrow", _KEYS, _batches(_placed(_merged(runs), base, result), _KEYS)
+        )
+        for path in runs:
+            path.unlink()
+        _remove_unreleased(base, (key for (key,) in _read(released, "key")), result)
     _remove_empty_dirs(images_dir)
     return result
 
