@@ -7,8 +7,8 @@ in its metadata. Partial quarantine is reported, not fatal.
 One bad dataset never blocks the others (README, "Partial downloads and failing datasets"): a
 dataset that cannot be used (its reader raised, its manifest is missing, nothing could be kept, or a
 property of its tables failed) gets a failed `in_release` check and a failure record, and is left out
-of `annotations` while the release is built from the rest; annotations' `present_datasets_in_release` check then fails
-the run naming it. This step fails itself only when `annotations` is not in the run. The check is
+of `annotations` while the release is built from the rest; annotations' `present_datasets_in_release`
+check then fails the run naming it. This step fails itself only when `annotations` is not in the run. The check is
 therefore not Dagster-blocking (a failed blocking check fails the step, which would abandon
 `annotations` for every dataset): what it blocks is this dataset's rows. Tables that were written are
 materialized (they are what was read, and the check judges them); nothing is materialized when no
@@ -55,21 +55,16 @@ from gmai_pipeline.normalize_parts import (
 )
 from gmai_pipeline.storage import OutputLayout, atomic_path
 
-PROPERTIES = {
-    "boxes_inside_image": "every bbox lies inside its stored image (null exactly for classification rows)",
-    "labels_non_empty": "every row has a non-empty label",
-    "modality_department_in_vocabulary": "modality and department are in assets/vocabulary.yaml",
-    "inputs_accounted": "inputs seen = inputs kept + inputs quarantined (recounted from the written tables)",
-    "labels_plausible": "classification labels are classes, not a collapse, ids, codes or folder names",
-}
-EXPECTED = ("expected_counts", "image/case/class counts match the catalog's documented `expect:` counts")
-
-
-def verified_properties(source: SourceDataset) -> dict[str, str]:
-    """What `in_release` verifies on one dataset's tables: the fixed properties, plus `expected_counts`
-    when it declares `expect:`."""
-    return {**PROPERTIES, **(dict([EXPECTED]) if source.expect is not None else {})}
-
+# What `in_release` verifies on the written tables (`gmai_pipeline.normalize.verify_outputs` says how), and
+# `expected_counts` where the entry declares `expect:`.
+PROPERTIES = (
+    "boxes_inside_image",
+    "labels_non_empty",
+    "modality_department_in_vocabulary",
+    "inputs_accounted",
+    "labels_plausible",
+)
+EXPECTED = "expected_counts"
 
 # One check per dataset, the verdict, with every property verified on the written tables in its metadata,
 # rather than one check per property: Dagster writes an event for each check of a run when it plans the
@@ -78,7 +73,7 @@ def verified_properties(source: SourceDataset) -> dict[str, str]:
 IN_RELEASE = "in_release"
 IN_RELEASE_DESCRIPTION = (
     "the verdict on this dataset: it was read, kept at least one input, and the tables written passed every "
-    f"property verified on them ({', '.join(PROPERTIES)}, and {EXPECTED[0]} where the catalog declares "
+    f"property verified on them ({', '.join(PROPERTIES)}, and {EXPECTED} where the catalog declares "
     "`expect:`; each one's outcome is in this check's metadata), so annotations includes it; when it fails, "
     "the reason is here, the dataset is left out and the rest of the release is still built"
 )
