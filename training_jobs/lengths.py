@@ -125,6 +125,10 @@ def _lines(path: Path) -> Iterator[list[tuple[int, bytes]]]:
 _worker: dict[str, Any] = {}
 
 
+def _init_worker(tokenizer, template: str, num_image_tokens: int) -> None:
+    _worker.update(tokenizer=tokenizer, template=template, num_image_tokens=num_image_tokens)
+
+
 def _measure_chunk(chunk: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
     tok, template, n_img = _worker["tokenizer"], _worker["template"], _worker["num_image_tokens"]
     out = []
@@ -137,7 +141,11 @@ def _measure_chunk(chunk: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
 def write_lengths(
     data: Path, tokenizer, template: str, num_image_tokens: int, output: Path | None = None, workers: int = 1
 ) -> Path:
-    """Measure every record of `data` (on `workers` forked processes) into its lengths file."""
+    """Measure every record of `data` (on `workers` processes) into its lengths file.
+
+    The workers are spawned and get the tokenizer pickled: a fast tokenizer runs a Rust thread pool, and a
+    process forked from one that holds it (or any other thread's lock) can hang forever on a lock no thread
+    of its own will release."""
     output = Path(output or lengths_path(data))
     meta = {
         "fingerprint": fingerprint(tokenizer, template, num_image_tokens),
@@ -148,12 +156,13 @@ def write_lengths(
         "data_bytes": str(os.path.getsize(data)),
     }
     schema = SCHEMA.with_metadata({f"gmai.{k}": v for k, v in meta.items()})
-    _worker.update(tokenizer=tokenizer, template=template, num_image_tokens=num_image_tokens)
+    _init_worker(tokenizer, template, num_image_tokens)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             if workers > 1:
-                with mp.get_context("fork").Pool(workers) as pool:
+                init = (tokenizer, template, num_image_tokens)
+                with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init) as pool:
                     for rows in pool.imap(_measure_chunk, _lines(data)):
                         writer.write_table(pa.Table.from_pylist(rows, schema=schema))
             else:
