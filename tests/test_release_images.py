@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from gmai_pipeline.release import images
+from gmai_pipeline.release import images, spill
 from gmai_pipeline.release.images import sync_images
 from gmai_pipeline.release.records import ReleaseRow
 
@@ -76,7 +76,7 @@ def test_the_sort_runs_in_bounded_pieces_and_gives_what_one_run_gives(
     monkeypatch.setattr(images, "RUN_BATCH", 3)
     monkeypatch.setattr(images, "FAN_IN", 3)
     spilled, merges = [], []
-    write, merged = images._write, images._merged
+    write, merged = spill.write_run, images._merged
 
     def counting_write(path: Path, schema: pa.Schema, batches):
         batches = list(batches)
@@ -88,7 +88,7 @@ def test_the_sort_runs_in_bounded_pieces_and_gives_what_one_run_gives(
         merges.append(len(runs))
         return merged(runs)
 
-    monkeypatch.setattr(images, "_write", counting_write)
+    monkeypatch.setattr(spill, "write_run", counting_write)  # what writes the runs sorted in memory
     monkeypatch.setattr(images, "_merged", counting_merged)
     pieces = sync_images(rows, tmp_path / "pieces" / "images")
 

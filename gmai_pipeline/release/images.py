@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gmai_pipeline.release.records import ReleaseRecords, ReleaseRow, image_relative_to_root
+from gmai_pipeline.release.spill import spill_sorted, write_run
 from gmai_pipeline.storage import atomic_write_bytes
 
 IMAGES_DIR = "images"
@@ -45,7 +46,6 @@ FAN_IN = 32  # runs merged at once
 _SEP = "\x00"
 _PAIRS = pa.schema([("key", pa.string()), ("file", pa.string())])
 _KEYS = pa.schema([("key", pa.string())])
-_RUN_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
 
 
 @dataclass
@@ -117,13 +117,6 @@ def _pairs(rows: ReleaseRecords | Iterable[ReleaseRow]) -> Iterator[pa.Table]:
         yield _pair_table(rels, files)
 
 
-def _write(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Path:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema, options=_RUN_OPTIONS) as w:
-        for batch in batches:
-            w.write_batch(batch)
-    return path
-
-
 def _batches(rows: Iterable[tuple[str, ...]], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """Rows of strings as record batches of RUN_BATCH rows."""
     columns: list[list[str]] = [[] for _ in schema]
@@ -144,35 +137,22 @@ def _read(path: Path, *columns: str) -> Iterator[tuple[str, ...]]:
             yield from zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
 
 
+def _distinct_sorted(table: pa.Table) -> pa.Table:
+    table = table.sort_by([("key", "ascending"), ("file", "ascending")])
+    key, file = table["key"], table["file"]
+    # An image's records sit together: a pair equal to the one before it goes (an aggregation would do the
+    # same at twice the memory).
+    repeat = pc.and_(pc.equal(key[1:], key[:-1]), pc.equal(file[1:], file[:-1]))
+    return table.filter(pa.chunked_array([[True], pc.invert(repeat)])).select(_PAIRS.names)
+
+
 def _spill(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
     """Sorted runs of the distinct (key, file) pairs of about RUN_ROWS rows each, as Arrow IPC streams.
 
     Small runs: Arrow's allocator (mimalloc) keeps much of what sorting a large run freed, and what it
     kept grew with the number of runs (runs of 128k pairs: a 196 MB peak at 50k images, 250 MB at 300k;
     runs of 16k pairs: flat)."""
-    runs: list[Path] = []
-    buffer: list[pa.Table] = []
-    buffered = 0
-
-    def flush() -> None:
-        table = pa.concat_tables(buffer).sort_by([("key", "ascending"), ("file", "ascending")])
-        key, file = table["key"], table["file"]
-        # An image's records sit together: a pair equal to the one before it goes (an aggregation would
-        # do the same at twice the memory).
-        repeat = pc.and_(pc.equal(key[1:], key[:-1]), pc.equal(file[1:], file[:-1]))
-        table = table.filter(pa.chunked_array([[True], pc.invert(repeat)]))
-        batches = table.select(_PAIRS.names).to_batches(max_chunksize=RUN_BATCH)
-        runs.append(_write(folder / f"run-0-{len(runs):06d}.arrow", _PAIRS, batches))
-
-    for table in tables:
-        buffer.append(table)
-        buffered += table.num_rows
-        if buffered >= RUN_ROWS:
-            flush()
-            buffer, buffered = [], 0
-    if buffered:
-        flush()
-    return runs
+    return spill_sorted(tables, folder, _distinct_sorted, RUN_ROWS, RUN_BATCH, prefix="run-0-")
 
 
 def _merged(runs: list[Path]) -> Iterator[tuple[str, str]]:
@@ -200,7 +180,7 @@ def _sorted_runs(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
                 merged.append(group[0])
                 continue
             path = folder / f"run-{level}-{len(merged):06d}.arrow"
-            merged.append(_write(path, _PAIRS, _batches(_merged(group), _PAIRS)))
+            merged.append(write_run(path, _PAIRS, _batches(_merged(group), _PAIRS)))
             for done in group:
                 done.unlink()
         runs = merged
@@ -274,7 +254,7 @@ def sync_images(rows: ReleaseRecords | Iterable[ReleaseRow], images_dir: Path) -
         folder = Path(spill)
         runs = _sorted_runs(_pairs(rows), folder)
         # The released keys, sorted, written as they are placed: the removal walk reads them back.
-        released = _write(
+        released = write_run(
             folder / "released.arrow", _KEYS, _batches(_placed(_merged(runs), base, result), _KEYS)
         )
         for path in runs:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from gmai_pipeline.partitions import SHARD_KEYS
 from gmai_pipeline.quarantine import Reason
+from gmai_pipeline.release.spill import spill_sorted
 from gmai_pipeline.schemas import GENERATED_SCHEMA, QUARANTINE_SCHEMA
 from gmai_pipeline.storage import OutputLayout, atomic_path, iter_row_groups
 
@@ -139,7 +140,6 @@ RUN_BATCH = 512  # rows per batch of a spilled run: the merge holds about one ba
 OUT_ROWS = 16_384  # rows per row group of the table
 _SEQ, _SRC = "_seq", "_src"  # input order and input file of a row while it is being sorted
 _COLUMNS = [f.name for f in GENERATED_SCHEMA]
-_RUN_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
 
 
 @dataclass
@@ -203,31 +203,9 @@ def _scan(paths: list[Path], root: Path, stats: RecordsStats, reject: Reject) ->
 
 def _spill(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
     """Sorted runs of at most RUN_ROWS rows, as Arrow IPC streams under `folder`."""
-    runs: list[Path] = []
-    buffer: list[pa.Table] = []
-    buffered = 0
-
-    def flush() -> None:
-        table = pa.concat_tables(buffer).sort_by([("id", "ascending"), (_SEQ, "ascending")])
-        path = folder / f"run-{len(runs):06d}.arrow"
-        with (
-            pa.OSFile(str(path), "wb") as sink,
-            pa.ipc.new_stream(sink, table.schema, options=_RUN_OPTIONS) as w,
-        ):
-            for batch in table.to_batches(max_chunksize=RUN_BATCH):
-                w.write_batch(batch)
-        runs.append(path)
-
-    for table in tables:
-        if table.num_rows:
-            buffer.append(table)
-            buffered += table.num_rows
-        if buffered >= RUN_ROWS:
-            flush()
-            buffer, buffered = [], 0
-    if buffer:
-        flush()
-    return runs
+    return spill_sorted(
+        tables, folder, lambda t: t.sort_by([("id", "ascending"), (_SEQ, "ascending")]), RUN_ROWS, RUN_BATCH
+    )
 
 
 def _run_rows(path: Path) -> Iterator[tuple[str, int, str, int, pa.RecordBatch]]:
