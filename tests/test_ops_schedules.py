@@ -194,10 +194,11 @@ def test_multiprocess_step_processes_start_from_the_prebuilt_location() -> None:
 
 
 @pytest.mark.slow
-def test_a_run_on_the_default_executor_uses_the_preloaded_forkserver(
+def test_dagster_job_execute_runs_every_step_on_the_default_executor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`dagster job execute` as a user types it: every step runs in a process forked from the preloaded server."""
+    """`dagster job execute` as a user types it, on the default (forkserver, preloaded) executor and the SQLite
+    template: every step starts in a process of its own, succeeds and writes its table."""
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(ROOT / "deploy" / "dagster.sqlite.yaml", home / "dagster.yaml")
